@@ -1,0 +1,8 @@
+"""monai_softcam: self-explaining SoftCAM classifiers for medical images, built on MONAI."""
+
+__version__ = "0.1.0"
+
+from .losses import EvidencePenalty, SoftCAMLoss  # noqa: E402
+from .networks import BlackBox, SoftCAM, available_backbones, build_backbone  # noqa: E402
+
+__all__ = ["BlackBox", "EvidencePenalty", "SoftCAM", "SoftCAMLoss", "__version__", "available_backbones", "build_backbone"]

@@ -1,0 +1,35 @@
+"""SoftCAM networks, their black-box counterparts and the backbone registry."""
+
+from .backbones import (
+    Backbone,
+    BackboneSpec,
+    available_backbones,
+    build_backbone,
+    check_spatial_dims,
+    get_backbone_spec,
+    register_backbone,
+)
+from .pretrained import PretrainedWeightsError, load_pretrained_backbone, read_state_dict
+from .softcam import EVIDENCE_MAPS, LOGITS, BlackBox, EvidenceHead, SoftCAM
+from .vgg import VGG_CONFIGS, VGGFeatures, vgg_fc_block
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "BlackBox",
+    "EVIDENCE_MAPS",
+    "EvidenceHead",
+    "LOGITS",
+    "PretrainedWeightsError",
+    "SoftCAM",
+    "VGGFeatures",
+    "VGG_CONFIGS",
+    "available_backbones",
+    "build_backbone",
+    "check_spatial_dims",
+    "get_backbone_spec",
+    "load_pretrained_backbone",
+    "read_state_dict",
+    "register_backbone",
+    "vgg_fc_block",
+]

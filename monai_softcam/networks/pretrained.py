@@ -1,0 +1,165 @@
+"""Initialise a backbone from a LOCAL weight file (nothing is ever downloaded).
+
+Accepted files (loaded with ``torch.load(weights_only=True)``):
+
+* a torchvision ImageNet ``state_dict`` of ResNet, VGG or DenseNet (as saved by
+  ``torch.save(model.state_dict())``), also wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``
+  and with a DDP ``module.`` prefix;
+* a MONAI network's ``state_dict`` of the same architecture (ResNet, DenseNet, SE-ResNet, EfficientNet);
+* a checkpoint of this package's own models (``backbone.*`` keys).
+
+Classifier weights in the file (``fc``, ``classifier``, ``class_layers``, ``last_linear``, ``_fc``,
+``head``) are ignored: the class-evidence layer (or the black box's linear layer) is always
+initialised fresh, and so are VGG's FC6/FC7 1x1 convolutions (as in the paper's reference code).
+
+Two adaptations are made, and reported:
+
+* **2D -> 3D inflation**: a 2D kernel ``w`` of size ``k x k`` loaded into a ``k x k x k`` 3D kernel
+  becomes ``w / k`` repeated ``k`` times along depth, so a volume made of identical slices gives
+  the 2D response.
+* **input channels**: when the model's first convolution has ``c`` input channels and the file's
+  ``c0``, its kernel becomes the mean over the file's channels, tiled ``c`` times and scaled by
+  ``c0 / c``, so an image replicated to all channels gives the original response (``c = 1``: the
+  channel sum).
+
+Any other key or shape mismatch raises :class:`PretrainedWeightsError`, listing the keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["PretrainedWeightsError", "load_pretrained_backbone", "read_state_dict"]
+
+logger = logging.getLogger(__name__)
+
+#: first key component of classifier layers that are never loaded into a backbone
+_HEAD_PREFIXES = {"fc", "classifier", "class_layers", "last_linear", "_fc", "head", "avgpool", "_avg_pooling"}
+#: torchvision DenseNet names a dense layer's modules directly; MONAI nests them under ``layers``
+_TV_DENSE_LAYER = re.compile(r"^(features\.denseblock\d+\.denselayer\d+\.)(?!layers\.)(.+)$")
+#: very old torchvision DenseNet files use ``norm.1`` for ``norm1``
+_OLD_DENSE_NAME = re.compile(r"\.(norm|relu|conv)\.(\d)\.")
+
+
+class PretrainedWeightsError(ValueError):
+    """A weight file does not fit the backbone; the message lists the offending keys."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local file with ``weights_only=True``, unwrapping common containers."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weight file not found: {path}")
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, truncated zips, non-tensor payloads
+        raise PretrainedWeightsError(f"{path} is not a readable PyTorch weight file: {err}") from err
+    for wrapper in ("state_dict", "model", "network"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise PretrainedWeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _backbone_key(key: str, target: dict[str, torch.Tensor]) -> str | None:
+    """Name in the backbone for a key of the file, or None for a classifier key to ignore."""
+    if key.startswith("backbone."):  # this package's own SoftCAM / BlackBox checkpoints
+        key = key[len("backbone.") :]
+    if key.split(".", 1)[0] in _HEAD_PREFIXES:
+        return None
+    key = _OLD_DENSE_NAME.sub(r".\1\2.", key)
+    key = _TV_DENSE_LAYER.sub(r"\1layers.\2", key)
+    if key in target:
+        return key
+    return f"features.{key}" if f"features.{key}" in target else key
+
+
+def _inflate(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    depth = shape[2]
+    return weight.unsqueeze(2).repeat(1, 1, depth, *([1] * (weight.dim() - 2))) / depth
+
+
+def _adapt_in_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    source_channels = weight.shape[1]
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.repeat(1, in_channels, *([1] * (weight.dim() - 2))) * (source_channels / in_channels)
+
+
+def _first_conv_key(backbone: nn.Module) -> str | None:
+    for name, module in backbone.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            return f"{name}.weight"
+    return None
+
+
+def _fmt(keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_pretrained_backbone(backbone: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
+    """Load a local weight file into ``backbone`` (a :class:`~monai_softcam.networks.Backbone`).
+
+    Every parameter and buffer of the backbone's trunk must come from the file (VGG's FC6/FC7
+    neck may stay fresh); unknown keys, missing keys and shape mismatches that are not a 2D->3D
+    inflation or a first-layer channel adaptation raise :class:`PretrainedWeightsError`.
+
+    Returns:
+        a report ``{"loaded": [...], "ignored": [...], "inflated": [...], "adapted": [...]}``.
+    """
+    state = read_state_dict(path)
+    target = backbone.state_dict()
+    first_conv = _first_conv_key(backbone)
+    report: dict[str, list[str]] = {"loaded": [], "ignored": [], "inflated": [], "adapted": []}
+    unexpected: list[str] = []
+    mismatched: list[str] = []
+    new_state: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = _backbone_key(key, target)
+        if name is None:
+            report["ignored"].append(key)
+            continue
+        if name not in target:
+            unexpected.append(key)
+            continue
+        want = target[name].shape
+        if value.is_floating_point() and value.dim() + 1 == len(want) and value.dim() >= 3:
+            if tuple(value.shape[2:]) == tuple(want[3:]):
+                value = _inflate(value, want)
+                report["inflated"].append(name)
+        if name == first_conv and value.dim() == len(want) and value.shape[1] != want[1]:
+            value = _adapt_in_channels(value, want[1])
+            report["adapted"].append(name)
+        if value.shape != want:
+            mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(want)}")
+            continue
+        new_state[name] = value.to(target[name].dtype)
+        report["loaded"].append(name)
+    missing = [k for k in target if k not in new_state and not k.startswith("neck.")]
+    if unexpected or missing or mismatched:
+        parts = [f"weight file {os.fspath(path)} does not fit backbone {getattr(backbone, 'name', '?')}"]
+        if mismatched:
+            parts.append(f"shape mismatch ({len(mismatched)}): {_fmt(mismatched)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_fmt(missing)}")
+        raise PretrainedWeightsError("; ".join(parts))
+    backbone.load_state_dict(new_state, strict=False)
+    logger.info(
+        "loaded %d tensors from %s (%d classifier keys ignored, %d inflated to 3D, %d channel-adapted)",
+        len(report["loaded"]),
+        os.fspath(path),
+        len(report["ignored"]),
+        len(report["inflated"]),
+        len(report["adapted"]),
+    )
+    return report

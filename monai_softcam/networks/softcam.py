@@ -1,0 +1,171 @@
+"""SoftCAM networks and their black-box counterparts.
+
+SoftCAM (Djoumessi & Berens, MIDL 2026) replaces global pooling + fully connected layer with a
+1x1 convolution that emits one *evidence map* per class; the class logit is that map's spatial
+mean. The explanation is therefore the decision itself, computed in the same forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from monai.networks.layers.factories import Conv, Pool
+
+from .backbones import Backbone, build_backbone, check_spatial_dims
+from .pretrained import load_pretrained_backbone
+
+__all__ = ["BlackBox", "EvidenceHead", "SoftCAM", "LOGITS", "EVIDENCE_MAPS"]
+
+#: keys of the dictionary a SoftCAM model returns when ``return_maps=True``
+LOGITS = "logits"
+EVIDENCE_MAPS = "evidence_maps"
+
+
+def _check_num_classes(num_classes: Any) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    return num_classes
+
+
+class EvidenceHead(nn.Module):
+    """The class-evidence layer: a 1x1 convolution giving one map per class, and its spatial mean.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the feature map it reads.
+        num_classes: number of evidence maps (one per class).
+
+    ``forward(features)`` returns ``(logits [B, C], evidence_maps [B, C, *spatial])`` with
+    ``logits[b, c] == evidence_maps[b, c].mean()`` (completeness).
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.evidence = Conv[Conv.CONV, spatial_dims](in_channels, num_classes, kernel_size=1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.evidence(features)
+        logits = maps.flatten(2).mean(dim=2)
+        return logits, maps
+
+
+class _Classifier(nn.Module):
+    """Shared construction and input checks of :class:`SoftCAM` and :class:`BlackBox`."""
+
+    def __init__(
+        self,
+        backbone: str,
+        spatial_dims: int,
+        in_channels: int,
+        num_classes: int,
+        pretrained: str | None,
+        backbone_kwargs: dict[str, Any] | None,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.num_classes = _check_num_classes(num_classes)
+        self.backbone: Backbone = build_backbone(backbone, spatial_dims, in_channels, **(backbone_kwargs or {}))
+        self.in_channels = in_channels
+        self.backbone_name = self.backbone.name
+        if pretrained:
+            load_pretrained_backbone(self.backbone, pretrained)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        expected = ["B", str(self.in_channels)] + ["H", "W", "D"][: self.spatial_dims]
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__}({self.backbone_name}, spatial_dims={self.spatial_dims}, "
+                f"in_channels={self.in_channels}) expects input x of shape [{', '.join(expected)}] "
+                f"({self.spatial_dims + 2} dimensions), got {tuple(x.shape)}"
+            )
+        small = [int(s) for s in x.shape[2:] if s < self.backbone.min_input_size]
+        if small:
+            raise ValueError(
+                f"input x is too small for {self.backbone_name}: every spatial size must be >= "
+                f"{self.backbone.min_input_size}, got {tuple(x.shape[2:])}"
+            )
+
+
+class SoftCAM(_Classifier):
+    """A self-explaining classifier: backbone -> class-evidence layer -> spatial mean.
+
+    Args:
+        backbone: a registered backbone name (see :func:`~monai_softcam.networks.available_backbones`).
+        spatial_dims: 2 or 3.
+        in_channels: number of input channels.
+        num_classes: number of classes (>= 1).
+        pretrained: optional path to a LOCAL weight file for the backbone (torchvision ImageNet
+            format or MONAI format); the evidence layer is always initialised fresh.
+        return_maps: when False (default) ``forward`` returns the logits ``[B, C]`` only, so the
+            model is a plain classifier wherever MONAI expects one; when True it returns
+            ``{"logits": [B, C], "evidence_maps": [B, C, *spatial]}`` from the same forward pass.
+        backbone_kwargs: architecture options for the backbone builder.
+
+    The logits are exactly the spatial means of the evidence maps (completeness); the maps are
+    signed (positive evidence argues for the class) and must not be ReLU'd or rescaled except
+    for display.
+
+    Example::
+
+        >>> import torch
+        >>> net = SoftCAM("resnet50", spatial_dims=2, in_channels=3, num_classes=2, return_maps=True)
+        >>> out = net(torch.zeros(1, 3, 512, 512))
+        >>> out["evidence_maps"].shape
+        torch.Size([1, 2, 16, 16])
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        num_classes: int = 2,
+        pretrained: str | None = None,
+        return_maps: bool = False,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(backbone, spatial_dims, in_channels, num_classes, pretrained, backbone_kwargs)
+        self.head = EvidenceHead(self.spatial_dims, self.backbone.out_channels, self.num_classes)
+        self.return_maps = return_maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        self._check_input(x)
+        logits, maps = self.head(self.backbone(x))
+        if self.return_maps:
+            return {LOGITS: logits, EVIDENCE_MAPS: maps}
+        return logits
+
+
+class BlackBox(_Classifier):
+    """The black-box counterpart of :class:`SoftCAM`: same backbone, global average pooling + linear layer.
+
+    For VGG the FC6/FC7 layers act after the pooling (as fully connected layers), as in a
+    conventional VGG with global pooling. Arguments as for :class:`SoftCAM` (no ``return_maps``:
+    explanations of this model need a post-hoc method).
+
+    Example::
+
+        >>> import torch
+        >>> BlackBox("vgg16", num_classes=2)(torch.zeros(1, 3, 224, 224)).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        num_classes: int = 2,
+        pretrained: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(backbone, spatial_dims, in_channels, num_classes, pretrained, backbone_kwargs)
+        self.pool = Pool[Pool.ADAPTIVEAVG, self.spatial_dims](1)
+        self.fc = nn.Linear(self.backbone.out_channels, self.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        pooled = self.pool(self.backbone.features(x))
+        return self.fc(self.backbone.neck(pooled).flatten(1))

@@ -1,0 +1,42 @@
+"""monai_softcam: self-explaining SoftCAM classifiers for medical images on MONAI."""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "monai_softcam", "__init__.py")) as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+with open(os.path.join(HERE, "README.md")) as f:
+    LONG_DESCRIPTION = f.read()
+
+setup(
+    name="monai_softcam",
+    version=VERSION,
+    description="SoftCAM: self-explaining CNN classifiers (class evidence maps) for 2D/3D medical images, on MONAI",
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["monai_softcam", "monai_softcam.*"]),
+    python_requires=">=3.10",
+    # torch is pinned by the Quick-start scripts (a CPU build) before this package is installed;
+    # any torch >= 2.3 satisfies the requirement, so pip never swaps it for another build.
+    install_requires=[
+        "torch>=2.3",
+        "monai>=1.4",
+        "pytorch-ignite>=0.4.11",
+        "numpy>=1.24",
+        "nibabel>=5.0",
+        "pydicom>=2.4",
+        "SimpleITK>=2.2",
+        "pyyaml>=6.0",
+        "fire>=0.5",
+        "jsonschema>=4.0",
+        "tensorboard>=2.12",
+        "pillow>=9.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={"test": ["pytest>=7.0"]},
+    entry_points={"console_scripts": ["monai-softcam=monai_softcam.__main__:main"]},
+)

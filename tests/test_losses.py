@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from monai_softcam.losses import PENALTY_PRESETS, EvidencePenalty, SoftCAMLoss
+
+
+def _maps():
+    # three samples with very different maps: a first-sample-only penalty gives another value
+    maps = torch.zeros(3, 2, 2, 2)
+    maps[0] = 0.5
+    maps[1, 0] = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
+    maps[2, 1, 1, 1] = -4.0
+    return maps
+
+
+def test_penalty_matches_hand_computed_value_on_every_sample():
+    maps = _maps()
+    # per-sample L1: 8 * 0.5 = 4, |1|+|-2|+|3| = 6, 4            -> mean 14/3
+    # per-sample squared L2: 8 * 0.25 = 2, 1+4+9 = 14, 16          -> mean 32/3
+    l1, l2 = 0.1, 0.01
+    expected = l1 * (4 + 6 + 4) / 3 + l2 * (2 + 14 + 16) / 3
+    value = EvidencePenalty(lambda1=l1, lambda2=l2)(maps)
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    first_only = l1 * 4 + l2 * 2
+    assert value.item() != pytest.approx(first_only, rel=1e-3)
+
+
+def test_unsquared_l2_option():
+    # sqrt of per-sample squared L2: sqrt(2), sqrt(14), 4
+    value = EvidencePenalty(lambda2=1.0, squared_l2=False)(_maps())
+    assert value.item() == pytest.approx((2**0.5 + 14**0.5 + 4) / 3, rel=1e-6)
+
+
+def test_penalty_is_batch_size_invariant():
+    maps = _maps()
+    pen = EvidencePenalty(lambda1=0.3, lambda2=0.2)
+    assert pen(torch.cat([maps, maps])).item() == pytest.approx(pen(maps).item(), rel=1e-6)
+
+
+def test_presets():
+    assert EvidencePenalty.preset("dense").lambda1 == 0 and EvidencePenalty.preset("dense").lambda2 > 0
+    assert EvidencePenalty.preset("sparse").lambda1 > 0 and EvidencePenalty.preset("sparse").lambda2 == 0
+    assert EvidencePenalty.preset("sparse", lambda1=1e-3).lambda1 == 1e-3
+    assert set(PENALTY_PRESETS) == {"none", "dense", "sparse"}
+    with pytest.raises(ValueError, match=r"penalty preset must be one of \['dense', 'none', 'sparse'\], got 'ridge'"):
+        EvidencePenalty.preset("ridge")
+    with pytest.raises(ValueError, match="lambda1 must be a number >= 0, got -1"):
+        EvidencePenalty(lambda1=-1)
+
+
+def test_softcam_loss_is_ce_plus_penalty_with_gradients_to_maps():
+    maps = _maps().requires_grad_(True)
+    logits = maps.flatten(2).mean(-1)
+    target = torch.tensor([0, 1, 1])
+    loss_fn = SoftCAMLoss(lambda1=0.1, lambda2=0.01)
+    loss = loss_fn({"logits": logits, "evidence_maps": maps}, target)
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    assert loss.item() == pytest.approx(ce.item() + EvidencePenalty(0.1, 0.01)(maps).item(), rel=1e-6)
+    assert loss_fn.last_terms["penalty"].item() > 0
+    loss.backward()
+    assert maps.grad.abs().sum() > 0
+    # tuple output and [B, 1] float targets are accepted too
+    same = loss_fn((logits, maps), target.float()[:, None])
+    assert same.item() == pytest.approx(loss.item())
+
+
+def test_softcam_loss_needs_maps_when_penalised():
+    logits = torch.zeros(2, 2)
+    assert SoftCAMLoss()(logits, torch.tensor([0, 1])).item() == pytest.approx(0.693147, rel=1e-5)
+    with pytest.raises(ValueError, match="build the SoftCAM network with return_maps=True"):
+        SoftCAMLoss(preset="dense")(logits, torch.tensor([0, 1]))
+
+
+def test_softcam_loss_rejects_bad_targets():
+    out = {"logits": torch.zeros(2, 3), "evidence_maps": torch.zeros(2, 3, 2, 2)}
+    with pytest.raises(ValueError, match=r"target has labels \[3\] outside the classes 0..2"):
+        SoftCAMLoss()(out, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="integer class indices"):
+        SoftCAMLoss()(out, torch.tensor([0.5, 1.0]))
+
+
+def test_single_logit_uses_binary_cross_entropy():
+    logits = torch.tensor([[2.0], [-1.0]])
+    loss = SoftCAMLoss()(logits, torch.tensor([1, 0]))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx(expected.item())
