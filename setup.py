@@ -17,7 +17,7 @@ setup(
     description="SoftCAM: self-explaining CNN classifiers (class evidence maps) for 2D/3D medical images, on MONAI",
     long_description=LONG_DESCRIPTION,
     long_description_content_type="text/markdown",
-    license="Apache-2.0",
+    license="MIT",
     packages=find_packages(include=["monai_softcam", "monai_softcam.*"]),
     python_requires=">=3.10",
     # torch is pinned by the Quick-start scripts (a CPU build) before this package is installed;

@@ -123,3 +123,14 @@ def test_bad_config():
         DemoDataConfig(spatial_dims=4)
     with pytest.raises(ValueError, match="size must be >= 4"):
         DemoDataConfig(size=16)
+
+
+def test_command_line(tmp_path, capsys):
+    from monai_softcam.__main__ import main
+
+    assert main(["demo-data", str(tmp_path / "d"), "--size", "40", "--num_train", "2", "--num_val", "1", "--num_test", "1"]) == 0
+    assert os.path.isfile(tmp_path / "d" / "test.csv")
+    assert main(["demo-data", str(tmp_path / "d")]) == 2  # never overwrites
+    assert "already exists" in capsys.readouterr().err
+    assert main(["backbones"]) == 0
+    assert "vgg16_bn" in capsys.readouterr().out

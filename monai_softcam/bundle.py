@@ -1,0 +1,144 @@
+"""Helpers that the bundle configs in ``bundle/configs`` call (paths, device, override checks)."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+import torch
+
+__all__ = [
+    "bundle_root",
+    "check_cli_overrides",
+    "check_overrides",
+    "default_device",
+    "prepare_dataset",
+    "require_dir",
+]
+
+logger = logging.getLogger("monai_softcam")
+
+#: arguments of ``python -m monai.bundle run`` that are not config overrides
+_RUN_ARGS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
+             "workflow_name", "workflow_type"}  # fmt: skip
+
+
+def _split_cli(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(config files, {override id: raw value}) from a ``monai.bundle run`` command line."""
+    files: list[str] = []
+    overrides: dict[str, str] = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key, has_value, value = arg[2:].partition("=")
+            if not has_value and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, i = args[i + 1], i + 1
+            key = key.replace("::", "#")
+            if key == "config_file":
+                try:
+                    parsed = ast.literal_eval(value)
+                except (ValueError, SyntaxError):
+                    parsed = value
+                files = [parsed] if isinstance(parsed, str) else [str(p) for p in parsed]
+            elif key not in _RUN_ARGS:
+                overrides[key] = value
+        i += 1
+    return files, overrides
+
+
+def bundle_root(argv: Sequence[str] | None = None) -> str:
+    """The bundle folder: the parent of the ``configs`` folder holding the first ``--config_file``
+    of the command line (as MONAI's own rule for ``configs/metadata.json``), else the current
+    folder if it is a bundle, else ``./bundle``."""
+    files, _ = _split_cli(sys.argv[1:] if argv is None else argv)
+    if files:
+        folder = os.path.dirname(os.path.abspath(files[0]))
+        return os.path.dirname(folder) if os.path.basename(folder) == "configs" else folder
+    if os.path.isfile(os.path.join("configs", "metadata.json")):
+        return os.path.abspath(".")
+    return os.path.abspath("bundle")
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``cpu`` (override with ``--device cpu`` / ``--device cuda:1``)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_overrides(config_files: Sequence[str], overrides: dict[str, Any]) -> None:
+    """Raise a ValueError for override ids that name no key of the merged configs (a typo would
+    otherwise be added silently and ignored), suggesting the closest existing keys."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(f=list(config_files))
+    known = _all_ids(parser.get())
+    unknown = []
+    for key in overrides:
+        parts = key.split("#")
+        # a new key inside an existing dict component (e.g. an extra kwarg) is allowed if its parent exists
+        if key in known or ("#".join(parts[:-1]) in known and len(parts) > 1 and not parts[-1].isdigit()):
+            continue
+        unknown.append(key)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hints.append(f"--{key}" + (f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""))
+        raise ValueError(
+            f"unknown config key(s) in the command line: {'; '.join(hints)}. "
+            f"Config files: {', '.join(config_files)}"
+        )
+
+
+def _all_ids(node: Any, prefix: str = "") -> set[str]:
+    ids = set()
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = ((str(i), v) for i, v in enumerate(node))
+    else:
+        return ids
+    for key, value in items:
+        ident = f"{prefix}#{key}" if prefix else str(key)
+        ids.add(ident)
+        ids |= _all_ids(value, ident)
+    return ids
+
+
+def check_cli_overrides(argv: Sequence[str] | None = None) -> bool:
+    """:func:`check_overrides` for the current ``python -m monai.bundle run ...`` command line.
+
+    Called from the configs' ``initialize`` step; does nothing when the workflow was not started
+    from that command line (e.g. from Python, where overrides are checked by the caller).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return False
+    files, overrides = _split_cli(argv[1:])
+    if files and overrides:
+        check_overrides(files, overrides)
+    return True
+
+
+def prepare_dataset(dataset_dir: str, demo_dir: str, demo_config: dict[str, Any] | None) -> str:
+    """Generate the built-in demo data when ``dataset_dir`` is ``demo_dir`` (reused if already there);
+    any other ``dataset_dir`` must exist (a typo never silently trains on generated data)."""
+    if demo_config is not None and os.path.abspath(dataset_dir) == os.path.abspath(demo_dir):
+        from .data.demo import DemoDataConfig, ensure_demo_dataset
+
+        ensure_demo_dataset(dataset_dir, DemoDataConfig(**demo_config))
+        return dataset_dir
+    return require_dir(dataset_dir)
+
+
+def require_dir(path: str, what: str = "dataset_dir") -> str:
+    """Return ``path`` if it is an existing folder, else raise a FileNotFoundError naming the key."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{what} does not exist or is not a folder: {path} (set it with --{what} /path)")
+    return path

@@ -1,0 +1,430 @@
+"""Ignite handlers of the SoftCAM workflows.
+
+Each handler has one ``attach(engine)`` and does one thing. Handlers that write files do so
+atomically (complete file or none) and only on the main process under ``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+from ignite.engine import Engine, Events
+
+from .metrics.classification import ClassificationMetrics
+from .utils import atomic_open, atomic_torch_save, is_main_process
+from .visualize import evidence_gallery
+
+__all__ = [
+    "BestModelSaver",
+    "EvidenceGallery",
+    "LearningRateLogger",
+    "LoadWeights",
+    "LossTermsLogger",
+    "MetricsReport",
+    "PredictionsWriter",
+    "TrainingCheckpoint",
+    "load_weights",
+]
+
+logger = logging.getLogger("monai_softcam")
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
+
+
+def load_weights(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    """Load a model checkpoint (a state dict, or ``{"model": state_dict, ...}``) with ``weights_only=True``.
+
+    A checkpoint of another backbone or class count raises a ValueError naming the file and the
+    mismatching keys and shapes.
+    """
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"model checkpoint not found: {path} (train first, or set 'checkpoint')")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    target = _unwrap(model)
+    own = target.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        desc = f"{type(target).__name__}"
+        if hasattr(target, "backbone_name"):
+            desc += f"(backbone={target.backbone_name}, num_classes={target.num_classes}, spatial_dims={target.spatial_dims})"
+        parts = [f"checkpoint {path} does not fit the network {desc}"]
+        for title, items in (("shape mismatch", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
+            if items:
+                parts.append(f"{title} ({len(items)}): " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
+        raise ValueError("; ".join(parts))
+    target.load_state_dict(state)
+    return model
+
+
+class LoadWeights:
+    """Load a model checkpoint when the engine starts (see :func:`load_weights`)."""
+
+    def __init__(self, path: str, model: torch.nn.Module) -> None:
+        self.path = path
+        self.model = model
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        load_weights(self.model, self.path)
+        logger.info("loaded model weights from %s", self.path)
+
+
+class BestModelSaver:
+    """Save the model's state dict whenever a validation metric improves (attach to the evaluator).
+
+    Args:
+        metric_name: key in ``engine.state.metrics``; NaN values never count as an improvement.
+        path: file to (over)write, atomically.
+        model: the network (a DDP wrapper is unwrapped).
+        greater_is_better: direction of improvement.
+        epoch_engine: engine whose epoch is recorded (the trainer).
+
+    Its state (best value and epoch) is part of the training checkpoint, so a resumed run keeps it.
+    """
+
+    def __init__(
+        self,
+        metric_name: str,
+        path: str,
+        model: torch.nn.Module,
+        greater_is_better: bool = True,
+        epoch_engine: Engine | None = None,
+    ) -> None:
+        self.metric_name = metric_name
+        self.path = path
+        self.model = model
+        self.sign = 1.0 if greater_is_better else -1.0
+        self.epoch_engine = epoch_engine
+        self.best: float | None = None
+        self.best_epoch = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        value = engine.state.metrics.get(self.metric_name)
+        if value is None or not math.isfinite(float(value)):
+            return
+        value = float(value)
+        if self.best is not None and self.sign * value <= self.sign * self.best:
+            return
+        self.best = value
+        self.best_epoch = int(self.epoch_engine.state.epoch) if self.epoch_engine is not None else int(engine.state.epoch)
+        if is_main_process():
+            atomic_torch_save(_unwrap(self.model).state_dict(), self.path)
+            logger.info("new best %s = %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")
+        self.best_epoch = int(state.get("best_epoch", 0))
+
+
+class TrainingCheckpoint:
+    """The latest training state, saved after every epoch and optionally resumed from (attach to the trainer).
+
+    Args:
+        path: checkpoint file, (over)written atomically after each epoch and at the end.
+        objects: name -> object with ``state_dict``/``load_state_dict`` (model, optimizer, lr scheduler,
+            best-model savers, ...). The trainer's own progress (epoch, iteration) is added.
+        resume: load ``path`` when the trainer starts; without a checkpoint yet, training starts
+            from epoch 0 with a warning.
+
+    A SIGKILL at any point leaves either the previous or the new complete checkpoint. A run that
+    finished (all epochs, or stopped early) is not continued by a resume unless ``max_epochs`` grew.
+    """
+
+    def __init__(self, path: str, objects: dict[str, Any], resume: bool = False) -> None:
+        self.path = path
+        self.objects = objects
+        self.resume = resume
+        self._early_stopped = False
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
+        engine.add_event_handler(Events.COMPLETED, self._save)
+
+    def _state(self, engine: Engine) -> dict[str, Any]:
+        state = {name: _unwrap(obj).state_dict() for name, obj in self.objects.items()}
+        stopped = bool(engine.should_terminate) and engine.state.epoch < (engine.state.max_epochs or 0)
+        state["trainer"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration, "early_stopped": stopped}
+        return state
+
+    def _save(self, engine: Engine) -> None:
+        if is_main_process():
+            atomic_torch_save(self._state(engine), self.path)
+
+    def _load(self, engine: Engine) -> None:
+        if not self.resume:
+            return
+        if not os.path.isfile(self.path):
+            logger.warning("resume requested but no checkpoint at %s yet: training starts at epoch 0", self.path)
+            return
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        absent = [name for name in self.objects if name not in state]
+        if absent:
+            raise ValueError(f"training checkpoint {self.path} lacks {absent}; it was written by another configuration")
+        for name, obj in self.objects.items():
+            if name == "model":
+                load_weights(obj, self.path)
+            else:
+                _unwrap(obj).load_state_dict(state[name])
+        progress = state["trainer"]
+        engine.state.iteration = int(progress["iteration"])
+        engine.state.epoch = int(progress["epoch"])
+        if progress.get("early_stopped"):
+            engine.state.epoch = max(engine.state.epoch, int(engine.state.max_epochs or 0))
+        logger.info("resumed from %s at epoch %d of %s", self.path, engine.state.epoch, engine.state.max_epochs)
+
+
+class LearningRateLogger:
+    """Write the learning rate of every parameter group to TensorBoard at the start of each epoch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, summary_writer: Any, tag: str = "learning_rate") -> None:
+        self.optimizer = optimizer
+        self.writer = summary_writer
+        self.tag = tag
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for i, group in enumerate(self.optimizer.param_groups):
+            tag = self.tag if len(self.optimizer.param_groups) == 1 else f"{self.tag}/group{i}"
+            self.writer.add_scalar(tag, group["lr"], engine.state.epoch)
+
+
+class LossTermsLogger:
+    """Write the epoch means of the cross-entropy and evidence-penalty terms of
+    :class:`~monai_softcam.losses.SoftCAMLoss` to TensorBoard (tags ``train_ce``, ``train_penalty``)."""
+
+    def __init__(self, loss_function: Any, summary_writer: Any) -> None:
+        self.loss_function = loss_function
+        self.writer = summary_writer
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _accumulate(self, engine: Engine) -> None:
+        for name, value in getattr(self.loss_function, "last_terms", {}).items():
+            self._sums[name] = self._sums.get(name, 0.0) + float(value)
+        self._count += 1
+
+    def _write(self, engine: Engine) -> None:
+        for name, total in self._sums.items():
+            self.writer.add_scalar(f"train_{name}", total / max(self._count, 1), engine.state.epoch)
+        self._sums, self._count = {}, 0
+
+
+class EvidenceGallery:
+    """Picture of the first ``max_cases`` cases of an evaluation: image (with the ground-truth outline
+    when the batch has a ``mask``) and the evidence map of every class (attach to an evaluator).
+
+    Args:
+        class_names: one name per class.
+        output_path: PNG file to write at the end of each run (atomically), or None.
+        summary_writer: TensorBoard writer to add the picture to (step: the engine's epoch, which
+            for a MONAI evaluator run by ``ValidationHandler`` is the trainer's epoch), or None.
+        max_cases: number of cases.
+        cases_per_row: cases side by side in each row of the picture.
+        tag: TensorBoard tag.
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        output_path: str | None = None,
+        summary_writer: Any = None,
+        max_cases: int = 8,
+        cases_per_row: int = 1,
+        tag: str = "evidence_maps",
+    ) -> None:
+        self.class_names = list(class_names)
+        self.output_path = output_path
+        self.writer = summary_writer
+        self.max_cases = int(max_cases)
+        self.cases_per_row = int(cases_per_row)
+        self.tag = tag
+        self._cases: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._cases.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        outputs = engine.state.output
+        if len(self._cases) >= self.max_cases or not isinstance(outputs, list):
+            return
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [{}] * len(outputs)
+        for out, item in zip(outputs, batch):
+            if len(self._cases) >= self.max_cases:
+                break
+            self._cases.append(
+                {
+                    "image": out["image"].detach().cpu(),
+                    "maps": out["evidence_maps"].detach().cpu(),
+                    "label": out.get("label"),
+                    "pred": out.get("pred"),
+                    "mask": item.get("mask") if isinstance(item, dict) else None,
+                }
+            )
+
+    def _write(self, engine: Engine) -> None:
+        if not self._cases or not is_main_process():
+            return
+        labels = [c["label"] for c in self._cases]
+        picture = evidence_gallery(
+            [c["image"] for c in self._cases],
+            [c["maps"] for c in self._cases],
+            self.class_names,
+            labels=None if any(lbl is None for lbl in labels) else [int(torch.as_tensor(lbl).reshape(-1)[0]) for lbl in labels],
+            probs=None if any(c["pred"] is None for c in self._cases) else [c["pred"] for c in self._cases],
+            masks=[None if c["mask"] is None else c["mask"].detach().cpu() for c in self._cases],
+            cases_per_row=self.cases_per_row,
+        )
+        if self.output_path:
+            with atomic_open(self.output_path, "wb") as f:
+                picture.save(f, format="PNG")
+        if self.writer is not None:
+            import numpy as np
+
+            self.writer.add_image(self.tag, np.asarray(picture), engine.state.epoch, dataformats="HWC")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+class MetricsReport:
+    """Write the classification metrics of an evaluation run to JSON and CSV, and print them (attach to an evaluator).
+
+    Args:
+        metric: the :class:`~monai_softcam.metrics.ClassificationMetrics` attached to the same evaluator.
+        output_dir: folder receiving ``metrics_<split>.json`` and ``metrics_<split>.csv``.
+        split: name of the evaluated split (used in file names and the printout).
+        class_names: one name per class (for the confusion matrix).
+        details: extra ``name: value`` lines for the JSON and the printout (e.g. checkpoint path).
+    """
+
+    def __init__(
+        self,
+        metric: ClassificationMetrics,
+        output_dir: str,
+        split: str,
+        class_names: Sequence[str],
+        details: dict[str, Any] | None = None,
+        printer: Callable[[str], None] = print,
+    ) -> None:
+        self.metric = metric
+        self.output_dir = output_dir
+        self.split = split
+        self.class_names = list(class_names)
+        self.details = dict(details or {})
+        self.printer = printer
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def paths(self) -> tuple[str, str]:
+        base = os.path.join(self.output_dir, f"metrics_{self.split}")
+        return base + ".json", base + ".csv"
+
+    def __call__(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        report = dict(self.metric.report)
+        json_path, csv_path = self.paths()
+        content = {"split": self.split, "class_names": self.class_names, **self.details, "metrics": report}
+        with atomic_open(json_path, "w") as f:
+            json.dump(content, f, indent=2)
+        with atomic_open(csv_path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["split", "metric", "value"])
+            for name, value in report.items():
+                if name != "confusion_matrix":
+                    writer.writerow([self.split, name, value])
+        lines = [f"{self.split} metrics ({report.get('n', 0)} images):"]
+        lines += [f"  {name:<12} {_fmt(value)}" for name, value in report.items() if name not in ("n", "confusion_matrix")]
+        matrix = report.get("confusion_matrix")
+        if matrix:
+            width = max(len(n) for n in self.class_names) + 2
+            lines.append("  confusion matrix (rows: true, columns: predicted):")
+            lines.append("    " + " " * width + "".join(f"{n:>{width}}" for n in self.class_names))
+            for name, row in zip(self.class_names, matrix):
+                lines.append("    " + f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+        lines += [f"  {k}: {v}" for k, v in self.details.items()]
+        lines.append(f"  metrics written to {json_path} and {csv_path}")
+        self.printer("\n".join(lines))
+
+
+class PredictionsWriter:
+    """Collect one row per case and write a CSV when the run completes (atomically).
+
+    Columns: ``image`` (the input file), ``prob_<class>`` per class, ``predicted_class``, ``logit_<class>``
+    per class (for SoftCAM: the spatial mean of that class's evidence map), ``evidence_maps`` (the
+    folder of the case's saved maps, if any).
+
+    Args:
+        path: the CSV file.
+        class_names: one name per class.
+    """
+
+    def __init__(self, path: str, class_names: Sequence[str]) -> None:
+        self.path = path
+        self.class_names = list(class_names)
+        self._rows: list[list[Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self._rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        for out in engine.state.output:
+            probs = torch.as_tensor(out["pred"]).float().reshape(-1)
+            image = out["image"]
+            source = str(getattr(image, "meta", {}).get("filename_or_obj", ""))
+            logits = torch.as_tensor(out.get("logits", torch.full_like(probs, float("nan")))).float().reshape(-1)
+            row = [source] + [f"{p:.6f}" for p in probs.tolist()]
+            row.append(self.class_names[int(probs.argmax())])
+            row += [f"{v:.6f}" for v in logits.tolist()]
+            row.append(out.get("evidence_maps_dir", ""))
+            self._rows.append(row)
+
+    def _write(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        with atomic_open(self.path, "w", newline="") as f:
+            writer = csv.writer(f)
+            header = ["image"] + [f"prob_{c}" for c in self.class_names] + ["predicted_class"]
+            writer.writerow(header + [f"logit_{c}" for c in self.class_names] + ["evidence_maps"])
+            writer.writerows(self._rows)
+        logger.info("wrote %d predictions to %s", len(self._rows), self.path)

@@ -1,0 +1,248 @@
+"""End-to-end tests of the MONAI bundle through its real command line (tiny demo data, CPU)."""
+
+import csv
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+CONFIGS = os.path.join(REPO_ROOT, "bundle", "configs")
+TRAIN = os.path.join(CONFIGS, "train.yaml")
+EVALUATE = os.path.join(CONFIGS, "evaluate.yaml")
+INFERENCE = os.path.join(CONFIGS, "inference.yaml")
+MULTI_GPU = os.path.join(CONFIGS, "multi_gpu_train.yaml")
+TINY = os.path.join(REPO_ROOT, "tests", "configs", "tiny.yaml")
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def bundle(run_id, configs, *overrides, check=True, timeout=600):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", repr(list(configs)), *overrides]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def train(root, *overrides, check=True):
+    return bundle("training", [TRAIN, TINY], "--bundle_root", str(root), *overrides, check=check)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    proc = train(root)
+    return root, proc
+
+
+def test_training_writes_checkpoints_tensorboard_metrics_and_report(trained):
+    root, proc = trained
+    for name in ("model.pt", "model_best_auc.pt", "training_state.pt"):
+        assert os.path.isfile(root / "models" / name), name
+    model = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert "head.evidence.weight" in model  # a plain state dict
+    state = torch.load(root / "models" / "training_state.pt", weights_only=True)
+    assert state["trainer"]["epoch"] == 2 and {"optimizer", "lr_scheduler", "best_accuracy"} <= set(state)
+    report = json.load(open(root / "eval" / "metrics_val.json"))
+    metrics = report["metrics"]
+    assert metrics["n"] == 12 and 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["auc"] <= 1
+    assert sum(map(sum, metrics["confusion_matrix"])) == 12
+    rows = list(csv.DictReader(open(root / "eval" / "metrics_val.csv")))
+    assert {r["metric"] for r in rows} >= {"accuracy", "auc", "sensitivity", "specificity", "precision", "auprc"}
+    assert os.path.getsize(root / "eval" / "evidence_maps_val.png") > 1000
+    # the run ends by printing the metrics and where the model and maps are
+    assert "val metrics (12 images)" in proc.stdout and "model.pt" in proc.stdout
+    assert "evidence_maps_val.png" in proc.stdout
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(root / "eval" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train_loss", "accuracy", "auc", "learning_rate", "train_ce", "train_penalty"} <= scalars
+    assert len(events.Scalars("accuracy")) == 2
+    assert "evidence_maps" in events.Tags()["images"]
+
+
+@pytest.mark.parametrize(
+    "configs,workflow_type",
+    [([TRAIN, TINY], "train"), ([INFERENCE, TINY], "infer")],
+)
+def test_check_properties(configs, workflow_type, trained):
+    from monai.bundle import ConfigWorkflow
+
+    root, _ = trained
+    wf = ConfigWorkflow(config_file=configs, workflow_type=workflow_type, bundle_root=str(root))
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def test_same_seed_same_metrics(trained, tmp_path):
+    root, _ = trained
+    train(tmp_path / "again")
+    first = json.load(open(root / "eval" / "metrics_val.json"))["metrics"]
+    second = json.load(open(tmp_path / "again" / "eval" / "metrics_val.json"))["metrics"]
+    assert first == second
+
+
+def test_evaluate_from_checkpoint(trained):
+    root, _ = trained
+    proc = bundle("evaluate", [TRAIN, EVALUATE, TINY], "--bundle_root", str(root))
+    metrics = json.load(open(root / "eval" / "metrics_test.json"))["metrics"]
+    assert metrics["n"] == 12
+    assert os.path.isfile(root / "eval" / "metrics_test.csv")
+    assert "test metrics (12 images)" in proc.stdout
+
+
+def _write_inputs(folder):
+    """Two inputs of other sizes than the training size: a non-square PNG and a 2D NIfTI with a
+    non-trivial affine (anisotropic spacing, offset origin)."""
+    from PIL import Image
+
+    from monai_softcam.data import DemoDataConfig, render_sample
+
+    os.makedirs(folder)
+    sample = render_sample(DemoDataConfig(size=64, radius=(3.0, 5.0)), 3)
+    Image.fromarray((sample.image[:40, :56] * 255).astype(np.uint8)).save(os.path.join(folder, "a.png"))
+    affine = np.array([[0.5, 0, 0, 10.0], [0, 0.7, 0, -4.0], [0, 0, 1.0, 2.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(sample.image[:48, :36].astype(np.float32), affine), os.path.join(folder, "b.nii.gz"))
+    return affine
+
+
+def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_path):
+    from monai.bundle import ConfigParser
+
+    from monai_softcam.networks import EVIDENCE_MAPS, LOGITS
+
+    root, _ = trained
+    folder = str(tmp_path / "inputs")
+    nifti_affine = _write_inputs(folder)
+    out = tmp_path / "out"
+    bundle("inference", [INFERENCE, TINY], "--bundle_root", str(root), "--input_path", folder, "--output_dir", str(out))
+    rows = {os.path.basename(r["image"]): r for r in csv.DictReader(open(out / "predictions.csv"))}
+    assert set(rows) == {"a.png", "b.nii.gz"}
+
+    parser = ConfigParser()
+    parser.read_config([INFERENCE, TINY])
+    parser["bundle_root"] = str(root)
+    parser["device"] = "cpu"
+    preprocessing = parser.get_parsed_content("preprocessing")
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    net.eval()
+    for name, expected_shape, expected_affine in (("a", (56, 40), np.eye(4)), ("b", (48, 36), nifti_affine)):
+        row = rows[next(k for k in rows if k.startswith(name + "."))]
+        logits = np.array([float(row["logit_no_lesion"]), float(row["logit_lesion"])])
+        probs = np.array([float(row["prob_no_lesion"]), float(row["prob_lesion"])])
+        np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(), atol=1e-5)
+        saved = []
+        for cls in ("no_lesion", "lesion"):
+            img = nib.load(os.path.join(row["evidence_maps"], f"{name}_evidence_{cls}.nii.gz"))
+            assert img.shape == expected_shape  # the input's own grid
+            np.testing.assert_allclose(img.affine, expected_affine, atol=1e-6)  # and geometry
+            saved.append(img.get_fdata())
+        # the raw maps of the network (before upsampling) average exactly to the logits
+        with torch.no_grad():
+            x = preprocessing({"image": os.path.join(folder, row["image"])})["image"][None]
+            output = net(x.as_tensor())
+        raw_means = output[EVIDENCE_MAPS][0].flatten(1).mean(1).numpy()
+        np.testing.assert_allclose(raw_means, output[LOGITS][0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(raw_means, logits, atol=1e-4)
+        # the upsampled maps on the input grid keep the same signed values (interpolation only)
+        for c in range(2):
+            assert abs(saved[c].mean() - logits[c]) < 0.1 * (np.abs(saved[c]).max() + 1e-6)
+        assert os.path.isfile(os.path.join(row["evidence_maps"], f"{name}_overlay.png"))
+
+
+def test_resume_after_sigkill_completes_planned_epochs(tmp_path):
+    root = tmp_path / "resume"
+    args = ["--demo_data#num_train", "96", "--epochs", "5"]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr([TRAIN, TINY]),
+           "--bundle_root", str(root), *args]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = root / "models" / "training_state.pt"
+    deadline = time.time() + 300
+    while not state_file.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(state_file, weights_only=True)["trainer"]["epoch"]
+    assert killed_at < 5, "the run finished before it could be killed; the test proves nothing"
+    for name in ("model.pt", "training_state.pt"):  # whatever was written is complete
+        torch.load(root / "models" / name, weights_only=True)
+    result = train(root, *args, "--resume", "true")
+    assert f"resumed from {state_file} at epoch {killed_at}" in result.stdout + result.stderr
+    assert torch.load(state_file, weights_only=True)["trainer"]["epoch"] == 5
+    assert os.path.isfile(root / "eval" / "metrics_val.json")
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    root = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
+           "run", "training", "--config_file", repr([TRAIN, TINY, MULTI_GPU]), "--bundle_root", str(root)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert torch.load(root / "models" / "training_state.pt", weights_only=True)["trainer"]["epoch"] == 2
+    metrics = json.load(open(root / "eval" / "metrics_val.json"))["metrics"]
+    assert metrics["n"] == 12  # metrics gathered over both processes' shards
+    # only rank 0 writes TensorBoard events and prints the report
+    assert len(glob.glob(str(root / "eval" / "tensorboard" / "events.*"))) == 1
+    assert proc.stdout.count("val metrics (12 images)") == 1
+
+
+def test_checkpoint_of_another_network_is_refused_by_name(trained):
+    root, _ = trained
+    proc = bundle("evaluate", [TRAIN, EVALUATE, TINY], "--bundle_root", str(root),
+                  "--class_names", "['a','b','c']", check=False)  # fmt: skip
+    assert proc.returncode != 0
+    assert f"checkpoint {root / 'models' / 'model.pt'} does not fit the network" in proc.stderr
+    assert "head.evidence.weight: checkpoint (2, 128, 1, 1) vs network (3, 128, 1, 1)" in proc.stderr
+    proc = bundle("evaluate", [TRAIN, EVALUATE, TINY], "--bundle_root", str(root), "--backbone", "resnet10", check=False)
+    assert proc.returncode != 0 and "does not fit the network SoftCAM(backbone=resnet10" in proc.stderr
+
+
+def test_missing_dataset_dir_and_unknown_key(tmp_path):
+    proc = train(tmp_path / "b", "--dataset_dir", str(tmp_path / "nope"), check=False)
+    assert proc.returncode != 0
+    assert f"dataset_dir does not exist or is not a folder: {tmp_path / 'nope'}" in proc.stderr
+    proc = train(tmp_path / "b", "--epoch", "3", check=False)
+    assert proc.returncode != 0
+    assert "unknown config key(s) in the command line: --epoch (did you mean --epochs" in proc.stderr
+    assert not os.path.exists(tmp_path / "b" / "models")
+
+
+def test_unreadable_image_is_named_and_leaves_no_report(trained, tmp_path):
+    root, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "data", copy / "data")
+    bad = copy / "data" / "demo" / "images" / "demo_00003.png"
+    bad.write_bytes(b"this is not a png")
+    proc = train(copy, check=False)
+    assert proc.returncode != 0
+    assert f"cannot read image file {bad}" in proc.stderr
+    assert not os.path.exists(copy / "eval" / "metrics_val.json")
+    # inference over a folder with that file: no predictions CSV that would look complete
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    shutil.copy(bad, folder / "bad.png")
+    out = tmp_path / "out"
+    proc = bundle("inference", [INFERENCE, TINY], "--bundle_root", str(root), "--input_path", str(folder),
+                  "--output_dir", str(out), check=False)  # fmt: skip
+    assert proc.returncode != 0 and "cannot read image file" in proc.stderr
+    assert not os.path.exists(out / "predictions.csv")

@@ -1,0 +1,195 @@
+"""Unit tests of the pieces the bundle is made of: schedule, data lists, transforms, handlers, CLI checks."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+
+from monai_softcam.bundle import _split_cli, bundle_root, check_cli_overrides, check_overrides, prepare_dataset
+from monai_softcam.data import DataListError, list_images, read_csv_datalist
+from monai_softcam.handlers import BestModelSaver, TrainingCheckpoint, load_weights
+from monai_softcam.networks import SoftCAM
+from monai_softcam.optim import ClippedCosineLR
+from monai_softcam.transforms import AdaptChannelsd, ScaleByDtyped, preprocessing
+from monai_softcam.utils import atomic_open
+from monai_softcam.visualize import evidence_gallery, overlay
+
+from conftest import REPO_ROOT
+
+
+def test_clipped_cosine_schedule():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = ClippedCosineLR(opt, t_max=4, eta_min=1e-4)
+    lrs = []
+    for _ in range(7):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [1e-4 + 0.9e-3 * (1 + np.cos(np.pi * min(t, 4) / 4)) / 2 for t in range(7)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-9)
+    assert lrs[4:] == [1e-4] * 3  # held at the floor after t_max
+    with pytest.raises(ValueError, match="t_max must be >= 1"):
+        ClippedCosineLR(opt, t_max=0)
+
+
+def _csv(path, rows, header=("filename", "label", "mask")):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def test_datalist_reads_and_refuses_bad_rows(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "m.png").write_bytes(b"x")
+    good = _csv(tmp_path / "good.csv", [["a.png", "1", "m.png"], ["a.png", "0.0", ""]])
+    items = read_csv_datalist(good, str(tmp_path), "filename", "label", "mask", num_classes=2)
+    assert items == [
+        {"image": str(tmp_path / "a.png"), "label": 1, "mask": str(tmp_path / "m.png")},
+        {"image": str(tmp_path / "a.png"), "label": 0},
+    ]
+    cases = [
+        ([["a.png", "2", ""]], r"bad.csv row 2 column 'label': label 2 is not one of the classes \[0, 1\]"),
+        ([["a.png", "1", ""], ["a.png", "x", ""]], r"bad.csv row 3 column 'label': label 'x' is not a number"),
+        ([["a.png", "0.5", ""]], r"row 2 column 'label': label '0.5' is not an integer"),
+        ([["", "1", ""]], r"row 2: column 'filename' is empty"),
+        ([["../../etc/passwd", "1", ""]], r"row 2 column 'filename': path '../../etc/passwd' resolves outside the data root"),
+        ([["b.png", "1", ""], ["c.png", "0", ""]], r"2 file\(s\) listed in .*bad.csv do not exist:\n  .*row 2: .*b.png\n  .*row 3: .*c.png"),
+        ([], r"bad.csv: the split is empty"),
+    ]
+    for rows, match in cases:
+        bad = _csv(tmp_path / "bad.csv", rows)
+        with pytest.raises(DataListError, match=match):
+            read_csv_datalist(bad, str(tmp_path), "filename", "label", "mask", num_classes=2)
+    no_label = _csv(tmp_path / "nolabel.csv", [["a.png"]], header=("filename",))
+    with pytest.raises(DataListError, match=r"no column 'label'; the columns are \['filename'\]"):
+        read_csv_datalist(no_label, str(tmp_path), "filename", "label")
+    with pytest.raises(DataListError, match="CSV file not found"):
+        read_csv_datalist(str(tmp_path / "none.csv"))
+
+
+def test_list_images_folder_csv_file(tmp_path):
+    for name in ("b.png", "a.nii.gz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [os.path.basename(i["image"]) for i in list_images(str(tmp_path))] == ["a.nii.gz", "b.png"]
+    assert list_images(str(tmp_path / "b.png")) == [{"image": str(tmp_path / "b.png")}]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataListError, match="no image files"):
+        list_images(str(tmp_path / "empty"))
+    with pytest.raises(DataListError, match="inference input not found"):
+        list_images(str(tmp_path / "missing"))
+
+
+def test_scale_by_dtype_and_channels():
+    out = ScaleByDtyped(keys=["a", "b", "c"])(
+        {"a": torch.tensor([0, 255], dtype=torch.uint8), "b": torch.tensor([0, 65535], dtype=torch.int32).to(torch.uint16), "c": torch.tensor([0.5])}
+    )
+    assert out["a"].tolist() == [0.0, 1.0] and out["b"].tolist() == [0.0, 1.0] and out["c"].tolist() == [0.5]
+    grey = {"image": torch.rand(1, 4, 4)}
+    assert AdaptChannelsd("image", 3)(grey)["image"].shape == (3, 4, 4)
+    assert AdaptChannelsd("image", 3)({"image": torch.rand(4, 4, 4)})["image"].shape == (3, 4, 4)  # RGBA
+    with pytest.raises(ValueError, match="image has 3 channel\\(s\\) but the network expects 1"):
+        AdaptChannelsd("image", 1)({"image": torch.rand(3, 4, 4)})
+    assert AdaptChannelsd("image", 1, allow_rgb_to_grey=True)({"image": torch.rand(3, 4, 4)})["image"].shape == (1, 4, 4)
+
+
+def test_preprocessing_normalises_and_resizes(tmp_path):
+    from PIL import Image
+
+    arr = np.full((20, 30), 128, dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    out = preprocessing([16, 16], in_channels=3, mean=[0.5], std=[0.25])({"image": str(tmp_path / "x.png")})
+    assert out["image"].shape == (3, 16, 16)
+    np.testing.assert_allclose(out["image"].numpy(), (128 / 255 - 0.5) / 0.25, atol=1e-5)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        preprocessing([16, 16], std=[0.0])
+    with pytest.raises(RuntimeError) as err:  # MONAI's Compose wraps the transform's error
+        preprocessing([16, 16])({"image": str(tmp_path / "nope.png")})
+    assert "cannot read image file" in str(err.value.__cause__) and "nope.png" in str(err.value.__cause__)
+
+
+def test_load_weights_names_the_mismatch(tmp_path):
+    src = SoftCAM("resnet10", num_classes=3)
+    path = str(tmp_path / "m.pt")
+    torch.save(src.state_dict(), path)
+    load_weights(SoftCAM("resnet10", num_classes=3), path)
+    with pytest.raises(ValueError, match=r"m.pt does not fit the network SoftCAM\(backbone=resnet10, num_classes=2.*head.evidence.weight: checkpoint \(3, 512, 1, 1\) vs network \(2, 512, 1, 1\)"):
+        load_weights(SoftCAM("resnet10", num_classes=2), path)
+    with pytest.raises(FileNotFoundError, match="model checkpoint not found"):
+        load_weights(src, str(tmp_path / "none.pt"))
+
+
+def test_best_model_saver_and_training_checkpoint_round_trip(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    saver = BestModelSaver("accuracy", str(tmp_path / "best.pt"), net)
+    engine = Engine(lambda e, b: None)
+    for epoch, value in ((1, 0.5), (2, 0.4), (3, float("nan")), (4, 0.7)):
+        engine.state.epoch = epoch
+        engine.state.metrics = {"accuracy": value}
+        saver(engine)
+    assert (saver.best, saver.best_epoch) == (0.7, 4)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    ckpt = TrainingCheckpoint(str(tmp_path / "state.pt"), {"model": net, "optimizer": opt, "best": saver})
+    trainer = Engine(lambda e, b: None)
+    trainer.state.epoch, trainer.state.iteration, trainer.state.max_epochs = 3, 30, 10
+    ckpt._save(trainer)
+    fresh_saver = BestModelSaver("accuracy", str(tmp_path / "best.pt"), net)
+    resumed = TrainingCheckpoint(str(tmp_path / "state.pt"), {"model": net, "optimizer": opt, "best": fresh_saver}, resume=True)
+    other = Engine(lambda e, b: None)
+    other.state.max_epochs = 10
+    resumed._load(other)
+    assert (other.state.epoch, other.state.iteration) == (3, 30)
+    assert (fresh_saver.best, fresh_saver.best_epoch) == (0.7, 4)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_atomic_open_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(path) as f:
+            f.write("new, half")
+            raise RuntimeError("crash while writing")
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_cli_parsing_and_override_check(tmp_path):
+    argv = ["run", "training", "--config_file", "['bundle/configs/train.yaml','x.yaml']", "--epochs", "3",
+            "--penalty#lambda1=0.1", "--train::dataloader::num_workers", "2"]  # fmt: skip
+    files, overrides = _split_cli(argv)
+    assert files == ["bundle/configs/train.yaml", "x.yaml"]
+    assert overrides == {"epochs": "3", "penalty#lambda1": "0.1", "train#dataloader#num_workers": "2"}
+    assert bundle_root(["run", "--config_file", "/a/b/configs/train.yaml"]) == "/a/b"
+    train = os.path.join(REPO_ROOT, "bundle", "configs", "train.yaml")
+    check_overrides([train], {"epochs": 3, "penalty#lambda1": 0.1, "demo_data#num_train": 5})
+    with pytest.raises(ValueError, match=r"--learning_rat \(did you mean --learning_rate\?\)"):
+        check_overrides([train], {"learning_rat": 0.1})
+    with pytest.raises(ValueError, match=r"--trian#dataloader#batch_size"):
+        check_overrides([train], {"trian#dataloader#batch_size": 4})
+    assert check_cli_overrides(["pytest", "--epoch", "3"]) is False  # not the bundle command line
+    with pytest.raises(ValueError, match="unknown config key"):
+        check_cli_overrides(["/x/monai/bundle/__main__.py", "run", "--config_file", train, "--epoch", "3"])
+
+
+def test_prepare_dataset_generates_only_in_demo_dir(tmp_path):
+    demo = {"size": 40, "num_train": 2, "num_val": 1, "num_test": 1}
+    prepare_dataset(str(tmp_path / "demo"), str(tmp_path / "demo"), demo)
+    assert os.path.isfile(tmp_path / "demo" / "train.csv")
+    with pytest.raises(FileNotFoundError, match="dataset_dir does not exist or is not a folder"):
+        prepare_dataset(str(tmp_path / "typo"), str(tmp_path / "demo"), demo)
+
+
+def test_overlay_colours_signed_evidence():
+    image = torch.zeros(1, 4, 4)
+    evidence = torch.tensor([[1.0, -1.0, 0.0, 0.0]] * 4).T  # x = 0 positive, x = 1 negative
+    rgb = overlay(image, evidence)
+    assert rgb[0, 0, 0] > rgb[0, 0, 2]  # red where positive
+    assert rgb[1, 0, 2] > rgb[1, 0, 0]  # blue where negative
+    assert (rgb[3, 0] == 0).all()  # zero evidence leaves the (black) image as it is
+    picture = evidence_gallery([image, image], [evidence[None].repeat(2, 1, 1)] * 2, ["a", "b"], cases_per_row=2, tile=32)
+    assert picture.size[0] == 2 * 3 * 32 + 6
