@@ -161,7 +161,7 @@ class TrainingCheckpoint:
         self.path = path
         self.objects = objects
         self.resume = resume
-        self._early_stopped = False
+        self._stopped_early_before = False  # resumed a run that had already stopped early
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._load)
@@ -175,7 +175,7 @@ class TrainingCheckpoint:
         return state
 
     def _save(self, engine: Engine) -> None:
-        if is_main_process():
+        if is_main_process() and not self._stopped_early_before:
             atomic_torch_save(self._state(engine), self.path)
 
     def _load(self, engine: Engine) -> None:
@@ -196,9 +196,11 @@ class TrainingCheckpoint:
         progress = state["trainer"]
         engine.state.iteration = int(progress["iteration"])
         engine.state.epoch = int(progress["epoch"])
-        if progress.get("early_stopped"):
-            engine.state.epoch = max(engine.state.epoch, int(engine.state.max_epochs or 0))
         logger.info("resumed from %s at epoch %d of %s", self.path, engine.state.epoch, engine.state.max_epochs)
+        if progress.get("early_stopped"):
+            logger.info("that run had stopped early at epoch %d: nothing left to train", engine.state.epoch)
+            self._stopped_early_before = True
+            engine.state.epoch = max(engine.state.epoch, int(engine.state.max_epochs or 0))
 
 
 class LearningRateLogger:

@@ -95,7 +95,7 @@ def test_check_properties(configs, workflow_type, trained):
 
 def test_same_seed_same_metrics(trained, tmp_path):
     root, _ = trained
-    train(tmp_path / "again")
+    bundle("run", [TRAIN, TINY], "--bundle_root", str(tmp_path / "again"))  # plain `run` = `run training`
     first = json.load(open(root / "eval" / "metrics_val.json"))["metrics"]
     second = json.load(open(tmp_path / "again" / "eval" / "metrics_val.json"))["metrics"]
     assert first == second
@@ -190,6 +190,17 @@ def test_resume_after_sigkill_completes_planned_epochs(tmp_path):
     assert f"resumed from {state_file} at epoch {killed_at}" in result.stdout + result.stderr
     assert torch.load(state_file, weights_only=True)["trainer"]["epoch"] == 5
     assert os.path.isfile(root / "eval" / "metrics_val.json")
+
+
+def test_early_stopping_ends_the_run_and_is_not_resumed(tmp_path):
+    root = tmp_path / "early"
+    args = ["--epochs", "6", "--early_stop_patience", "1", "--learning_rate", "0.0"]  # nothing can improve
+    train(root, *args)
+    state = torch.load(root / "models" / "training_state.pt", weights_only=True)["trainer"]
+    assert state == {"epoch": 2, "iteration": 6, "early_stopped": True}
+    result = train(root, *args, "--resume", "true")
+    assert "resumed from" in result.stdout + result.stderr
+    assert torch.load(root / "models" / "training_state.pt", weights_only=True)["trainer"]["epoch"] == 2
 
 
 def test_ddp_two_cpu_processes(tmp_path):
