@@ -80,9 +80,9 @@ def check_overrides(config_files: Sequence[str], overrides: dict[str, Any]) -> N
     known = _all_ids(parser.get())
     unknown = []
     for key in overrides:
-        parts = key.split("#")
-        # a new key inside an existing dict component (e.g. an extra kwarg) is allowed if its parent exists
-        if key in known or ("#".join(parts[:-1]) in known and len(parts) > 1 and not parts[-1].isdigit()):
+        parent = key.rpartition("#")[0]
+        # a new argument of a component (`_target_`) is allowed: the callee's signature checks its name
+        if key in known or (parent in known and isinstance(parser.get(parent), dict) and "_target_" in parser.get(parent)):
             continue
         unknown.append(key)
     if unknown:
@@ -126,13 +126,15 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> bool:
     return True
 
 
-def prepare_dataset(dataset_dir: str, demo_dir: str, demo_config: dict[str, Any] | None) -> str:
-    """Generate the built-in demo data when ``dataset_dir`` is ``demo_dir`` (reused if already there);
-    any other ``dataset_dir`` must exist (a typo never silently trains on generated data)."""
+def prepare_dataset(dataset_dir: str, demo_dir: str, demo_config: Any = None) -> str:
+    """Generate the built-in demo data (a :class:`~monai_softcam.data.DemoDataConfig` or its keyword
+    dict) when ``dataset_dir`` is ``demo_dir``, reusing it if already there; any other
+    ``dataset_dir`` must exist (a typo never silently trains on generated data)."""
     if demo_config is not None and os.path.abspath(dataset_dir) == os.path.abspath(demo_dir):
         from .data.demo import DemoDataConfig, ensure_demo_dataset
 
-        ensure_demo_dataset(dataset_dir, DemoDataConfig(**demo_config))
+        config = demo_config if isinstance(demo_config, DemoDataConfig) else DemoDataConfig(**demo_config)
+        ensure_demo_dataset(dataset_dir, config)
         return dataset_dir
     return require_dir(dataset_dir)
 

@@ -29,6 +29,7 @@ __all__ = [
     "MetricsReport",
     "PredictionsWriter",
     "TrainingCheckpoint",
+    "load_state_checked",
     "load_weights",
 ]
 
@@ -53,6 +54,11 @@ def load_weights(model: torch.nn.Module, path: str) -> torch.nn.Module:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
+    return load_state_checked(model, state, path)
+
+
+def load_state_checked(model: torch.nn.Module, state: dict[str, Any], source: str) -> torch.nn.Module:
+    """``model.load_state_dict(state)`` with a ValueError that names ``source`` and every mismatch."""
     target = _unwrap(model)
     own = target.state_dict()
     missing = [k for k in own if k not in state]
@@ -66,7 +72,7 @@ def load_weights(model: torch.nn.Module, path: str) -> torch.nn.Module:
         desc = f"{type(target).__name__}"
         if hasattr(target, "backbone_name"):
             desc += f"(backbone={target.backbone_name}, num_classes={target.num_classes}, spatial_dims={target.spatial_dims})"
-        parts = [f"checkpoint {path} does not fit the network {desc}"]
+        parts = [f"checkpoint {source} does not fit the network {desc}"]
         for title, items in (("shape mismatch", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
             if items:
                 parts.append(f"{title} ({len(items)}): " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
@@ -98,9 +104,9 @@ class BestModelSaver:
         path: file to (over)write, atomically.
         model: the network (a DDP wrapper is unwrapped).
         greater_is_better: direction of improvement.
-        epoch_engine: engine whose epoch is recorded (the trainer).
 
-    Its state (best value and epoch) is part of the training checkpoint, so a resumed run keeps it.
+    The epoch recorded is the engine's: for a MONAI evaluator run by ``ValidationHandler``, the
+    trainer's epoch. Its state (best value and epoch) is part of the training checkpoint, so a resumed run keeps it.
     """
 
     def __init__(
@@ -109,13 +115,11 @@ class BestModelSaver:
         path: str,
         model: torch.nn.Module,
         greater_is_better: bool = True,
-        epoch_engine: Engine | None = None,
     ) -> None:
         self.metric_name = metric_name
         self.path = path
         self.model = model
         self.sign = 1.0 if greater_is_better else -1.0
-        self.epoch_engine = epoch_engine
         self.best: float | None = None
         self.best_epoch = 0
 
@@ -130,7 +134,7 @@ class BestModelSaver:
         if self.best is not None and self.sign * value <= self.sign * self.best:
             return
         self.best = value
-        self.best_epoch = int(self.epoch_engine.state.epoch) if self.epoch_engine is not None else int(engine.state.epoch)
+        self.best_epoch = int(engine.state.epoch)
         if is_main_process():
             atomic_torch_save(_unwrap(self.model).state_dict(), self.path)
             logger.info("new best %s = %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.path)
@@ -153,8 +157,9 @@ class TrainingCheckpoint:
         resume: load ``path`` when the trainer starts; without a checkpoint yet, training starts
             from epoch 0 with a warning.
 
-    A SIGKILL at any point leaves either the previous or the new complete checkpoint. A run that
-    finished (all epochs, or stopped early) is not continued by a resume unless ``max_epochs`` grew.
+    A SIGKILL at any point leaves either the previous or the new complete checkpoint. Resuming a
+    run that finished all its epochs trains on only if ``max_epochs`` grew; resuming one that stopped
+    early trains no further (and leaves its checkpoint as it was).
     """
 
     def __init__(self, path: str, objects: dict[str, Any], resume: bool = False) -> None:
@@ -190,7 +195,7 @@ class TrainingCheckpoint:
             raise ValueError(f"training checkpoint {self.path} lacks {absent}; it was written by another configuration")
         for name, obj in self.objects.items():
             if name == "model":
-                load_weights(obj, self.path)
+                load_state_checked(obj, state[name], self.path)
             else:
                 _unwrap(obj).load_state_dict(state[name])
         progress = state["trainer"]

@@ -51,24 +51,20 @@ class ReadImaged(LoadImaged):
 
 
 class ScaleByDtyped(MapTransform):
-    """Map integer images to [0, 1] by their type's range (8-bit / 16-bit PNG, JPEG); floats pass unchanged.
+    """Map unsigned-integer images to [0, 1] by their type's range (8- and 16-bit PNG, JPEG, TIFF).
 
-    Must follow ``LoadImaged(..., dtype=None)`` so that the file's own integer type is still known.
-    The output is float32.
+    Must follow ``LoadImaged(..., dtype=None)`` so that the file's own type is still known. Floats
+    and signed integers (e.g. CT in Hounsfield units) only become float32; their scale is left to the
+    intensity normalisation.
     """
+
+    _UNSIGNED = (torch.uint8, torch.uint16, torch.uint32, torch.uint64)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            img = d[key]
-            dtype = img.dtype if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img)).dtype
-            if dtype == torch.bool:
-                d[key] = img.float() if isinstance(img, torch.Tensor) else torch.as_tensor(img).float()
-                continue
-            scale = 1.0
-            if not torch.is_floating_point(torch.zeros((), dtype=dtype)):
-                scale = float(torch.iinfo(dtype).max) if dtype != torch.uint8 else 255.0
-            img = img if isinstance(img, torch.Tensor) else torch.as_tensor(img)
+            img = d[key] if isinstance(d[key], torch.Tensor) else torch.as_tensor(np.asarray(d[key]))
+            scale = float(torch.iinfo(img.dtype).max) if img.dtype in self._UNSIGNED else 1.0
             d[key] = img.float() / scale
         return d
 

@@ -257,3 +257,18 @@ def test_unreadable_image_is_named_and_leaves_no_report(trained, tmp_path):
                   "--output_dir", str(out), check=False)  # fmt: skip
     assert proc.returncode != 0 and "cannot read image file" in proc.stderr
     assert not os.path.exists(out / "predictions.csv")
+
+
+def test_inference_config_matches_training_config():
+    """inference.yaml stands alone (Model Zoo layout): its task and network keys must equal train.yaml's."""
+    import yaml
+
+    train_cfg = yaml.safe_load(open(TRAIN))
+    infer_cfg = yaml.safe_load(open(INFERENCE))
+    for key in ("spatial_dims", "image_size", "in_channels", "class_names", "intensity_mean", "intensity_std",
+                "backbone", "backbone_kwargs", "image_column", "bundle_root", "ckpt_dir", "checkpoint"):  # fmt: skip
+        assert infer_cfg[key] == train_cfg[key], key
+    train_net = {k: v for k, v in train_cfg["network_def"].items() if k != "pretrained"}
+    assert infer_cfg["network_def"] == train_net
+    for key in ("mean", "std", "image_size", "in_channels", "_target_"):
+        assert infer_cfg["preprocessing"][key] == train_cfg["prepare_input"][key], key

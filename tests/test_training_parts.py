@@ -171,6 +171,8 @@ def test_cli_parsing_and_override_check(tmp_path):
         check_overrides([train], {"learning_rat": 0.1})
     with pytest.raises(ValueError, match=r"--trian#dataloader#batch_size"):
         check_overrides([train], {"trian#dataloader#batch_size": 4})
+    with pytest.raises(ValueError, match=r"--penalty#lambda3"):  # a plain dict takes no new keys
+        check_overrides([train], {"penalty#lambda3": 4})
     assert check_cli_overrides(["pytest", "--epoch", "3"]) is False  # not the bundle command line
     with pytest.raises(ValueError, match="unknown config key"):
         check_cli_overrides(["/x/monai/bundle/__main__.py", "run", "--config_file", train, "--epoch", "3"])
