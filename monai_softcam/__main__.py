@@ -1,6 +1,7 @@
 """Command line of the package: ``python -m monai_softcam <command>``.
 
 Commands:
+    check-data  check a dataset's CSVs and files against a preset before training
     demo-data   write the built-in demo dataset (2D PNG or 3D NIfTI, with masks and split CSVs)
     backbones   list the registered backbones
 
@@ -32,6 +33,13 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    from .data.check import check_data
+
+    problems = check_data(args.config, args.dataset_dir, args.splits, not args.no_images, args.report)
+    return 1 if problems else 0
+
+
 def _backbones(args: argparse.Namespace) -> int:
     from .networks.backbones import available_backbones, get_backbone_spec
 
@@ -43,6 +51,14 @@ def _backbones(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monai_softcam", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check-data", help="check a dataset against a preset (exit status 1 on problems)")
+    check.add_argument("--config", action="append", required=True,
+                       help="preset or bundle config (repeat to merge several, in order)")  # fmt: skip
+    check.add_argument("--dataset_dir", required=True, help="the dataset's folder")
+    check.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
+    check.add_argument("--no-images", action="store_true", help="check CSVs and file existence only, decode no image")
+    check.add_argument("--report", help="also write every problem to this CSV file")
+    check.set_defaults(func=_check_data)
     demo = sub.add_parser("demo-data", help="write the built-in demo dataset")
     demo.add_argument("output", help="folder to create (must not exist)")
     demo.add_argument("--spatial_dims", type=int, choices=(2, 3), default=2)

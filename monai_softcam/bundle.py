@@ -18,6 +18,7 @@ __all__ = [
     "default_device",
     "prepare_dataset",
     "require_dir",
+    "required",
 ]
 
 logger = logging.getLogger("monai_softcam")
@@ -137,6 +138,11 @@ def prepare_dataset(dataset_dir: str, demo_dir: str, demo_config: Any = None) ->
         ensure_demo_dataset(dataset_dir, config)
         return dataset_dir
     return require_dir(dataset_dir)
+
+
+def required(key: str, what: str) -> None:
+    """Stand-in value of a setting a preset cannot guess: raises, naming the key, unless overridden."""
+    raise ValueError(f"set {key}: {what} (e.g. --{key} /path/to/it on the command line)")
 
 
 def require_dir(path: str, what: str = "dataset_dir") -> str:

@@ -8,14 +8,16 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
+    InvertibleTransform,
     LoadImaged,
     MapTransform,
     NormalizeIntensityd,
-    Resized,
+    RandomizableTransform,
     Transform,
 )
 
@@ -24,10 +26,14 @@ from .visualize import evidence_gallery, upsample_map
 
 __all__ = [
     "AdaptChannelsd",
+    "BoxesToMaskd",
+    "RandColorJitterd",
     "ReadImaged",
     "SaveEvidenceMapsd",
-    "ScaleByDtyped",
+    "FitToSized",
     "UpsampleEvidenced",
+    "load_input",
+    "normalize_input",
     "preprocessing",
 ]
 
@@ -48,25 +54,6 @@ class ReadImaged(LoadImaged):
         except Exception as err:
             paths = [str(data[k]) for k in self.keys if k in data]
             raise ValueError(f"cannot read image file {', '.join(paths)}: {err}") from err
-
-
-class ScaleByDtyped(MapTransform):
-    """Map unsigned-integer images to [0, 1] by their type's range (8- and 16-bit PNG, JPEG, TIFF).
-
-    Must follow ``LoadImaged(..., dtype=None)`` so that the file's own type is still known. Floats
-    and signed integers (e.g. CT in Hounsfield units) only become float32; their scale is left to the
-    intensity normalisation.
-    """
-
-    _UNSIGNED = (torch.uint8, torch.uint16, torch.uint32, torch.uint64)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key] if isinstance(d[key], torch.Tensor) else torch.as_tensor(np.asarray(d[key]))
-            scale = float(torch.iinfo(img.dtype).max) if img.dtype in self._UNSIGNED else 1.0
-            d[key] = img.float() / scale
-        return d
 
 
 class AdaptChannelsd(MapTransform):
@@ -105,51 +92,288 @@ class AdaptChannelsd(MapTransform):
         return d
 
 
-def preprocessing(
+class BoxesToMaskd(MapTransform):
+    """Turn bounding boxes (``[x, y, width, height]`` in pixels of the loaded image, ``x`` along its
+    first axis = image column) into a mask on the image's grid, merged with an existing mask.
+
+    Placed right after loading, before any resizing, so that the mask then follows the image
+    through every spatial transform. Every item gets a mask (empty without boxes), and the boxes
+    key is removed. A box reaching outside the image raises a ValueError naming the file.
+    """
+
+    def __init__(self, keys: KeysCollection = "boxes", image_key: str = "image", mask_key: str = "mask") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.image_key = image_key
+        self.mask_key = mask_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            boxes = d.pop(key)
+            image = d[self.image_key]
+            spatial = tuple(int(n) for n in image.shape[1:])
+            if self.mask_key in d:
+                mask = torch.as_tensor(d[self.mask_key]) > 0
+                if tuple(mask.shape[1:]) != spatial:
+                    raise ValueError(
+                        f"{_source(d, self.mask_key)}: mask of size {tuple(mask.shape[1:])} does not match "
+                        f"the image {_source(d, self.image_key)} of size {spatial}"
+                    )
+                mask = mask[:1].clone()
+            else:
+                mask = torch.zeros((1, *spatial), dtype=torch.bool)
+            for box in boxes:
+                x, y, w, h = (float(v) for v in box)
+                if x + w > spatial[0] + 0.5 or y + h > spatial[1] + 0.5:
+                    raise ValueError(
+                        f"{_source(d, self.image_key)}: box [x={x:g}, y={y:g}, width={w:g}, height={h:g}] "
+                        f"lies outside the image of {spatial[0]} x {spatial[1]} pixels"
+                    )
+                mask[0, int(np.floor(x)) : int(np.ceil(x + w)), int(np.floor(y)) : int(np.ceil(y + h))] = True
+            meta = dict(image.meta) if isinstance(image, MetaTensor) else {}
+            d[self.mask_key] = MetaTensor(mask.float(), meta=meta)
+        return d
+
+
+def load_input(
     image_size: Sequence[int],
-    in_channels: int = 1,
-    mean: Sequence[float] | float = 0.0,
-    std: Sequence[float] | float = 1.0,
+    resize: str = "stretch",
     image_key: str = "image",
-    mask_key: str | None = None,
+    mask_key: str = "mask",
+    boxes_key: str = "boxes",
+) -> Compose:
+    """Load an image (and its mask or boxes) and bring it to the network's grid; no normalisation.
+
+    Read (DICOM, PNG/JPEG/TIFF 8/16-bit, NRRD, NIfTI, ...; photographs and projection X-rays come in
+    [0, 1], see :mod:`monai_softcam.data.readers`) -> channels first -> boxes to mask
+    (:class:`BoxesToMaskd`) -> resize: ``"stretch"`` to ``image_size`` exactly, or ``"crop"``
+    (as the paper: scale so that the shortest side fits, then a centred crop of ``image_size``), see
+    :class:`FitToSized`. The image is interpolated (bi/trilinear), the mask nearest. The
+    image keeps its own channels here (a cache holds a grey image once, not three times);
+    :func:`normalize_input` adapts them.
+
+    ``image_size`` has one entry per spatial axis (so it also fixes 2D vs 3D). Every spatial step
+    is invertible, so evidence maps can be brought back to the input's own grid with ``Invertd``.
+    """
+    from .data.readers import default_readers
+
+    size = [int(s) for s in image_size]
+    keys = [image_key, mask_key]
+    modes = ["bilinear" if len(size) == 2 else "trilinear", "nearest"]
+    steps: list[Transform] = [
+        ReadImaged(
+            keys=keys, reader=default_readers(len(size)), image_only=True, ensure_channel_first=True, allow_missing_keys=True
+        ),
+        BoxesToMaskd(keys=boxes_key, image_key=image_key, mask_key=mask_key),
+    ]
+    steps.append(FitToSized(keys=keys, spatial_size=size, fit=resize, mode=modes, allow_missing_keys=True))
+    return Compose(steps)
+
+
+class FitToSized(MapTransform, InvertibleTransform):
+    """Bring images to ``spatial_size``: ``fit="stretch"`` scales every axis to its size;
+    ``fit="crop"`` scales keeping the aspect ratio so that the image covers ``spatial_size``, then
+    crops its centre (torchvision's ``Resize(s)`` + ``CenterCrop(s)``, the paper's preparation).
+
+    Interpolation is per key (``"bilinear"``/``"trilinear"`` for images, ``"nearest"`` for masks);
+    shrinking 2D images bilinearly is anti-aliased (a constant image stays constant, borders
+    included). Invertible, with the affine following, so that ``Invertd`` returns evidence maps on
+    the input's own grid and geometry (a cropped border comes back as zeros).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: Sequence[int],
+        fit: str = "stretch",
+        mode: Sequence[str] | str = "bilinear",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if fit not in ("stretch", "crop"):
+            raise ValueError(f"resize must be 'stretch' or 'crop', got {fit!r}")
+        self.spatial_size = [int(s) for s in spatial_size]
+        self.fit = fit
+        self.mode = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
+
+    @staticmethod
+    def _interpolate(img: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
+        size = [int(s) for s in size]
+        if list(img.shape[1:]) == size:
+            return torch.as_tensor(img).float().clone()
+        kwargs = {} if mode == "nearest" else {"align_corners": False}
+        if mode == "bilinear" and any(s < o for s, o in zip(size, img.shape[1:])):
+            kwargs["antialias"] = True
+        return F.interpolate(torch.as_tensor(img)[None].float(), size=size, mode=mode, **kwargs)[0]
+
+    def _plan(self, orig: list[int]) -> tuple[list[int], list[int]]:
+        if self.fit == "stretch":
+            return list(self.spatial_size), [0] * len(orig)
+        scale = max(t / o for t, o in zip(self.spatial_size, orig))
+        scaled = [max(t, int(round(o * scale))) for o, t in zip(orig, self.spatial_size)]
+        return scaled, [(s - t) // 2 for s, t in zip(scaled, self.spatial_size)]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, mode in self.key_iterator(d, self.mode):
+            img = d[key]
+            orig = [int(s) for s in img.shape[1:]]
+            scaled, starts = self._plan(orig)
+            out = self._interpolate(img, scaled, mode)
+            out = out[(slice(None),) + tuple(slice(a, a + t) for a, t in zip(starts, self.spatial_size))]
+            if isinstance(img, MetaTensor):
+                # output index -> input index, per axis: (i + start + 0.5) * orig / scaled - 0.5
+                affine = np.eye(4)
+                for axis, (o, s, a) in enumerate(zip(orig, scaled, starts)):
+                    affine[axis, axis] = o / s
+                    affine[axis, 3] = (a + 0.5) * o / s - 0.5
+                out = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations))
+                out.affine = img.affine @ torch.as_tensor(affine, dtype=img.affine.dtype)
+                extra = {"scaled": scaled, "starts": starts, "mode": mode, "affine": affine.tolist()}
+                self.push_transform(out, orig_size=orig, extra_info=extra)
+            d[key] = out
+        return d
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            info = self.pop_transform(img)
+            extra, orig = info["extra_info"], info["orig_size"]
+            full = torch.zeros((img.shape[0], *extra["scaled"]), dtype=torch.float32)
+            window = tuple(slice(a, a + t) for a, t in zip(extra["starts"], img.shape[1:]))
+            full[(slice(None),) + window] = torch.as_tensor(img).float()
+            restored = MetaTensor(
+                self._interpolate(full, orig, extra["mode"]), meta=dict(img.meta), applied_operations=list(img.applied_operations)
+            )
+            inverse_affine = np.linalg.inv(np.asarray(extra["affine"]))
+            restored.affine = img.affine @ torch.as_tensor(inverse_affine, dtype=img.affine.dtype)
+            d[key] = restored
+        return d
+
+
+def normalize_input(
+    mean: Sequence[float] | float,
+    std: Sequence[float] | float,
+    in_channels: int = 1,
+    spatial_dims: int = 2,
+    image_key: str = "image",
     allow_rgb_to_grey: bool = False,
 ) -> Compose:
-    """Deterministic input preparation, shared by training, evaluation and inference.
-
-    Load (keeping the file's integer type) -> channels first -> integers to [0, 1] by type range ->
-    channel adaptation (:class:`AdaptChannelsd`) -> resize to ``image_size`` (area-averaging for
-    the image, nearest for the mask) -> per-channel ``(x - mean) / std``.
-
-    ``image_size`` has one entry per spatial axis (so it also fixes 2D vs 3D). Every step is
-    invertible or intensity-only, so evidence maps can be brought back to the input's own grid
-    with ``monai.transforms.Invertd``.
-    """
-    keys = [image_key] + ([mask_key] if mask_key else [])
-    size = [int(s) for s in image_size]
-    spatial_dims = len(size)
+    """Channel adaptation (:class:`AdaptChannelsd`: e.g. grey replicated to 3 channels, as the
+    paper) then per-channel ``(x - mean) / std`` (one value serves every channel)."""
     mean_t = [float(m) for m in (mean if isinstance(mean, Sequence) else [mean])]
     std_t = [float(s) for s in (std if isinstance(std, Sequence) else [std])]
     if any(s <= 0 for s in std_t):
         raise ValueError(f"std must be > 0, got {std_t}")
     if len(mean_t) not in (1, in_channels) or len(std_t) not in (1, in_channels):
         raise ValueError(f"mean/std need 1 or {in_channels} values, got {len(mean_t)} and {len(std_t)}")
-    steps: list[Transform] = [
-        ReadImaged(keys=keys, image_only=True, ensure_channel_first=True, dtype=None, allow_missing_keys=True),
-        ScaleByDtyped(keys=keys, allow_missing_keys=True),
-        AdaptChannelsd(keys=image_key, channels=in_channels, allow_rgb_to_grey=allow_rgb_to_grey),
-        Resized(keys=image_key, spatial_size=size, mode="area"),
-    ]
-    if mask_key:
-        steps.append(Resized(keys=mask_key, spatial_size=size, mode="nearest", allow_missing_keys=True))
-    norm_shape = (-1,) + (1,) * spatial_dims
-    steps.append(
-        NormalizeIntensityd(
-            keys=image_key,
-            subtrahend=np.asarray(mean_t * (in_channels // len(mean_t))).reshape(norm_shape),
-            divisor=np.asarray(std_t * (in_channels // len(std_t))).reshape(norm_shape),
-        )
+    shape = (-1,) + (1,) * spatial_dims
+    return Compose(
+        [
+            AdaptChannelsd(keys=image_key, channels=in_channels, allow_rgb_to_grey=allow_rgb_to_grey),
+            NormalizeIntensityd(
+                keys=image_key,
+                subtrahend=np.asarray(mean_t * (in_channels // len(mean_t))).reshape(shape),
+                divisor=np.asarray(std_t * (in_channels // len(std_t))).reshape(shape),
+            ),
+        ]
     )
-    return Compose(steps)
+
+
+def preprocessing(
+    image_size: Sequence[int],
+    in_channels: int = 1,
+    mean: Sequence[float] | float = 0.0,
+    std: Sequence[float] | float = 1.0,
+    resize: str = "stretch",
+    allow_rgb_to_grey: bool = False,
+) -> Compose:
+    """The whole deterministic preparation (evaluation, inference): :func:`load_input` then
+    :func:`normalize_input`. Training puts its augmentations between the two."""
+    return Compose(
+        [
+            load_input(image_size, resize),
+            normalize_input(mean, std, in_channels, len(image_size), allow_rgb_to_grey=allow_rgb_to_grey),
+        ]
+    )
+
+
+class RandColorJitterd(RandomizableTransform, MapTransform):
+    """Random brightness, contrast, saturation and hue of images in [0, 1] (before normalisation).
+
+    Each factor is a range ``[low, high]`` or a number ``d`` meaning ``[1 - d, 1 + d]`` (hue: a
+    number ``d`` in [0, 0.5] meaning a shift of the hue angle in ``[-d, d]`` turns). Brightness
+    multiplies, contrast scales around the image mean, saturation blends with the grey image
+    (colour only), and hue rotates the chroma in YIQ space (colour only; close to an HSV hue shift).
+    Values are clipped to [0, 1]. Applied as a whole with probability ``prob``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.5,
+        brightness: float | Sequence[float] = 0.0,
+        contrast: float | Sequence[float] = 0.0,
+        saturation: float | Sequence[float] = 0.0,
+        hue: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.ranges = {name: _factor_range(name, value) for name, value in
+                       (("brightness", brightness), ("contrast", contrast), ("saturation", saturation))}  # fmt: skip
+        if not 0 <= float(hue) <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+        self.hue = float(hue)
+        self._factors: dict[str, float] = {}
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self._factors = {name: float(self.R.uniform(lo, hi)) for name, (lo, hi) in self.ranges.items()}
+        self._factors["hue"] = float(self.R.uniform(-self.hue, self.hue))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = self._jitter(d[key])
+        return d
+
+    def _jitter(self, img: torch.Tensor) -> torch.Tensor:
+        f = self._factors
+        out = img * f["brightness"]
+        out = (out - out.mean()) * f["contrast"] + out.mean()
+        if out.shape[0] == 3:
+            weights = torch.tensor([0.299, 0.587, 0.114], dtype=out.dtype, device=out.device)
+            grey = (out * weights.view(3, *([1] * (out.dim() - 1)))).sum(0, keepdim=True)
+            out = grey + (out - grey) * f["saturation"]
+            if f["hue"]:
+                out = _rotate_hue(out, f["hue"])
+        return out.clamp(0.0, 1.0)
+
+
+def _factor_range(name: str, value: float | Sequence[float]) -> tuple[float, float]:
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0 or a [low, high] range, got {value}")
+        return max(0.0, 1.0 - float(value)), 1.0 + float(value)
+    low, high = (float(v) for v in value)
+    if not 0 <= low <= high:
+        raise ValueError(f"{name} range must satisfy 0 <= low <= high, got {list(value)}")
+    return low, high
+
+
+def _rotate_hue(rgb: torch.Tensor, turns: float) -> torch.Tensor:
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=rgb.dtype)
+    angle = 2 * np.pi * turns
+    c, s = float(np.cos(angle)), float(np.sin(angle))
+    rotation = torch.tensor([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=rgb.dtype)
+    matrix = torch.linalg.inv(to_yiq) @ rotation @ to_yiq
+    flat = rgb.reshape(3, -1)
+    return (matrix.to(rgb.device) @ flat).reshape(rgb.shape)
 
 
 class UpsampleEvidenced(MapTransform):

@@ -146,7 +146,8 @@ def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_pa
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     net.eval()
-    for name, expected_shape, expected_affine in (("a", (56, 40), np.eye(4)), ("b", (48, 36), nifti_affine)):
+    png_affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # ITK reads a PNG in LPS with unit spacing; maps are RAS
+    for name, expected_shape, expected_affine in (("a", (56, 40), png_affine), ("b", (48, 36), nifti_affine)):
         row = rows[next(k for k in rows if k.startswith(name + "."))]
         logits = np.array([float(row["logit_no_lesion"]), float(row["logit_lesion"])])
         probs = np.array([float(row["prob_no_lesion"]), float(row["prob_lesion"])])
@@ -246,7 +247,7 @@ def test_unreadable_image_is_named_and_leaves_no_report(trained, tmp_path):
     bad.write_bytes(b"this is not a png")
     proc = train(copy, check=False)
     assert proc.returncode != 0
-    assert f"cannot read image file {bad}" in proc.stderr
+    assert "unreadable image (" in proc.stderr and str(bad) in proc.stderr
     assert not os.path.exists(copy / "eval" / "metrics_val.json")
     # inference over a folder with that file: no predictions CSV that would look complete
     folder = tmp_path / "inputs"
@@ -265,10 +266,88 @@ def test_inference_config_matches_training_config():
 
     train_cfg = yaml.safe_load(open(TRAIN))
     infer_cfg = yaml.safe_load(open(INFERENCE))
-    for key in ("spatial_dims", "image_size", "in_channels", "class_names", "intensity_mean", "intensity_std",
-                "backbone", "backbone_kwargs", "image_column", "bundle_root", "ckpt_dir", "checkpoint"):  # fmt: skip
+    for key in ("spatial_dims", "image_size", "resize", "in_channels", "class_names", "intensity_mean", "intensity_std",
+                "backbone", "backbone_kwargs", "bundle_root", "ckpt_dir", "checkpoint"):  # fmt: skip
         assert infer_cfg[key] == train_cfg[key], key
+    for key in ("image_column", "image_root", "image_template", "group_column"):
+        assert infer_cfg["data"].get(key) == train_cfg["data"].get(key), key
     train_net = {k: v for k, v in train_cfg["network_def"].items() if k != "pretrained"}
     assert infer_cfg["network_def"] == train_net
-    for key in ("mean", "std", "image_size", "in_channels", "_target_"):
-        assert infer_cfg["preprocessing"][key] == train_cfg["prepare_input"][key], key
+    assert infer_cfg["preprocessing"]["mean"] == train_cfg["normalize"]["mean"]
+    assert infer_cfg["preprocessing"]["std"] == train_cfg["normalize"]["std"]
+    for key in ("image_size", "resize"):
+        assert infer_cfg["preprocessing"][key] == train_cfg["load_input"][key], key
+
+
+def _rewrite_csv(path, edit):
+    rows = list(csv.DictReader(open(path)))
+    fields = list(rows[0])
+    rows = edit(rows)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k in fields if k in rows[0]] if rows else fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_bad_rows_stop_training_by_name_or_are_skipped_and_listed(trained, tmp_path):
+    """A label outside the classes, a corrupt image, a missing file, a CSV without the label column
+    and an empty split: training refuses to start naming file/row/column; --skip_bad true trains on
+    the rest and lists every skipped row."""
+    root, _ = trained
+    data = tmp_path / "mydata"
+    shutil.copytree(root / "data" / "demo", data)
+    train_csv = data / "train.csv"
+    rows = list(csv.DictReader(open(train_csv)))
+    (data / rows[4]["filename"]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    os.remove(data / rows[6]["filename"])
+
+    def edit(rows):
+        rows[2]["bin_target"] = "5"
+        return rows
+
+    _rewrite_csv(train_csv, edit)
+    out = tmp_path / "run"
+    proc = train(out, "--dataset_dir", str(data), check=False)
+    assert proc.returncode != 0
+    assert "3 problem(s) in the train split (fix them, or set skip_bad" in proc.stderr
+    assert f"{train_csv} row 4 column 'bin_target': label 5 is not one of the classes [0, 1]" in proc.stderr
+    assert f"{train_csv} row 6: unreadable image (" in proc.stderr and str(data / rows[4]["filename"]) in proc.stderr
+    assert f"{train_csv} row 8: file not found: {data / rows[6]['filename']}" in proc.stderr
+    assert not os.path.exists(out / "models" / "model.pt")
+
+    train(out, "--dataset_dir", str(data), "--skip_bad", "true")
+    skipped = list(csv.DictReader(open(out / "eval" / "skipped_train.csv")))
+    assert [(r["where"], r["image"]) for r in skipped] == [
+        (f"{train_csv} row 4 column 'bin_target'", str(data / rows[2]["filename"])),
+        (f"{train_csv} row 6", str(data / rows[4]["filename"])),
+        (f"{train_csv} row 8", str(data / rows[6]["filename"])),
+    ]
+    assert os.path.isfile(out / "models" / "model.pt")
+    assert json.load(open(out / "eval" / "metrics_val.json"))["metrics"]["n"] == 12  # the val split is whole
+
+    _rewrite_csv(data / "val.csv", lambda rows: [{k: v for k, v in r.items() if k != "bin_target"} for r in rows])
+    proc = train(out, "--dataset_dir", str(data), "--skip_bad", "true", check=False)
+    assert proc.returncode != 0 and f"{data / 'val.csv'}: no column 'bin_target'" in proc.stderr
+    shutil.copy(root / "data" / "demo" / "val.csv", data / "val.csv")
+    _rewrite_csv(data / "val.csv", lambda rows: [])
+    proc = train(out, "--dataset_dir", str(data), "--skip_bad", "true", check=False)
+    assert proc.returncode != 0 and f"{data / 'val.csv'}: the val split is empty" in proc.stderr
+
+
+def test_auto_statistics_disk_cache_and_progressive_sampling_through_the_bundle(trained, tmp_path):
+    """--intensity_mean/std auto: measured on the training split, saved beside the model, and read
+    back by evaluate and inference; the disk cache and the progressive sampler run in the bundle."""
+    root, _ = trained
+    out = tmp_path / "auto"
+    shutil.copytree(root / "data", out / "data")
+    auto = ("--intensity_mean", "auto", "--intensity_std", "auto")
+    proc = train(out, *auto, "--epochs", "1", "--cache", "disk", "--sampling", "progressive")
+    saved = json.load(open(out / "models" / "intensity_stats.json"))
+    assert saved["images"] == 24 and len(saved["mean"]) == len(saved["std"]) == 1 and 0 < saved["std"][0] < 1
+    assert f"mean {saved['mean']}, std {saved['std']}" in proc.stdout
+    assert os.listdir(out / "eval" / "cache" / "train") and os.listdir(out / "eval" / "cache" / "val")
+    proc = bundle("evaluate", [TRAIN, EVALUATE, TINY], "--bundle_root", str(out), *auto)
+    assert "intensity statistics of the training split" not in proc.stdout  # read, not measured again
+    assert json.load(open(out / "eval" / "metrics_test.json"))["metrics"]["n"] == 12
+    bundle("inference", [INFERENCE, TINY], "--bundle_root", str(out), *auto, "--output_dir", str(tmp_path / "inf"))
+    assert len(list(csv.DictReader(open(tmp_path / "inf" / "predictions.csv")))) == 12

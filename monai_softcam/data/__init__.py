@@ -1,17 +1,44 @@
-"""Data: the built-in demo dataset and CSV/folder data lists."""
+"""Data: CSV-driven data lists, image readers, samplers, cached datasets and the built-in demo data."""
 
-from .datalist import DataListError, IMAGE_EXTENSIONS, list_images, read_csv_datalist, resolve_under_root
+from .check import check_data, load_check_settings
+from .datalist import (
+    IMAGE_EXTENSIONS,
+    CSVDataSpec,
+    DataListError,
+    Problem,
+    list_images,
+    read_csv_datalist,
+    resolve_under_root,
+)
+from .datasets import CACHE_MODES, intensity_stats, make_dataset, resolve_intensity_stats
 from .demo import DemoDataConfig, DemoSample, ensure_demo_dataset, generate_demo_dataset, render_sample
+from .readers import DicomReader, SimpleITKReader, default_readers, is_dicom_file
+from .sampling import SAMPLING_MODES, BalancedSampler, make_sampler
 
 __all__ = [
+    "BalancedSampler",
+    "CACHE_MODES",
+    "CSVDataSpec",
     "DataListError",
     "DemoDataConfig",
     "DemoSample",
+    "DicomReader",
     "IMAGE_EXTENSIONS",
+    "Problem",
+    "SAMPLING_MODES",
+    "SimpleITKReader",
+    "check_data",
+    "default_readers",
     "ensure_demo_dataset",
     "generate_demo_dataset",
+    "intensity_stats",
+    "is_dicom_file",
     "list_images",
+    "load_check_settings",
+    "make_dataset",
+    "make_sampler",
     "read_csv_datalist",
     "render_sample",
+    "resolve_intensity_stats",
     "resolve_under_root",
 ]

@@ -1,40 +1,340 @@
-"""Turn split CSVs (or a folder of images) into MONAI data lists, refusing bad rows with clear errors."""
+"""One CSV-driven description of a dataset, turned into MONAI data lists with every bad row reported.
+
+:class:`CSVDataSpec` says how a dataset's split CSVs map to images, labels and optional masks or
+bounding boxes. The same spec reads the paper's split CSVs (one row per image), the RSNA
+challenge's ``stage_2_train_labels.csv`` (one row per box, boxes of an image merged into one mask)
+or a plain ``filename,label`` list, for any dataset, without code.
+
+Problems (missing columns, empty or unparsable cells, labels outside the classes, duplicate
+images, paths escaping the data root, missing or unreadable files) are collected for the whole
+split and reported together, naming the CSV, the row (1-based, the header is row 1) and the
+column. By default any problem stops the run; with ``skip_bad=True`` the affected images are
+left out and every skipped row is written to ``skipped_<split>.csv``. Nothing is dropped silently.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import logging
 import os
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
-__all__ = ["DataListError", "IMAGE_EXTENSIONS", "list_images", "read_csv_datalist", "resolve_under_root"]
+__all__ = [
+    "CSVDataSpec",
+    "DataListError",
+    "IMAGE_EXTENSIONS",
+    "Problem",
+    "list_images",
+    "read_csv_datalist",
+    "resolve_under_root",
+]
+
+logger = logging.getLogger("monai_softcam")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
 
 
 class DataListError(ValueError):
     """A CSV or folder cannot be turned into a data list; the message names the file, row and column."""
 
 
-def resolve_under_root(path: str, root: str, where: str) -> str:
-    """Absolute path of ``path`` (relative paths resolve under ``root``), refusing paths that escape ``root``."""
+@dataclass
+class Problem:
+    """One bad cell or file: ``where`` is ``"<csv> row <n> column '<c>'"`` (or the file), ``image`` its image."""
+
+    where: str
+    message: str
+    image: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+def _resolve(path: str, root: str) -> tuple[str, str]:
+    """(absolute path, "") for ``path`` under ``root``, or ("", problem) when it escapes ``root``."""
     root = os.path.realpath(root)
     full = os.path.realpath(os.path.join(root, path))
     if os.path.commonpath([root, full]) != root:
-        raise DataListError(f"{where}: path {path!r} resolves outside the data root {root}")
+        return "", f"path {path!r} resolves outside the data root {root}"
+    return full, ""
+
+
+def resolve_under_root(path: str, root: str, where: str) -> str:
+    """Absolute path of ``path`` (relative paths resolve under ``root``), refusing paths that escape ``root``."""
+    full, message = _resolve(path, root)
+    if message:
+        raise DataListError(f"{where}: {message}")
     return full
 
 
-def _label(value: str, where: str, classes: Sequence[int] | None) -> int:
+def _holdout_fraction(key: str) -> float:
+    """A stable number in [0, 1) for an image id (the same on every machine and Python version)."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+@dataclass
+class CSVDataSpec:
+    """How a dataset's split CSVs map to images, labels and annotations.
+
+    Args:
+        train_csv, val_csv, test_csv: the split CSVs, relative to ``dataset_dir`` (or absolute).
+        image_column: column naming the image.
+        label_column: column holding the integer class (None: unlabelled, e.g. for inference).
+        mask_column: optional column holding a mask file (empty cell: no mask).
+        box_columns: optional ``[x, y, width, height]`` columns of a bounding box in pixels of the
+            original image (``x`` = column from the left, ``y`` = row from the top; empty cells: no
+            box). Boxes become a mask that follows the image through resizing, cropping and
+            augmentation.
+        group_column: rows sharing this column's value are one image (e.g. the RSNA challenge's
+            ``patientId``, one row per box); their boxes are merged. Without it, an image listed
+            twice is an error.
+        image_root: folder under ``dataset_dir`` holding the images.
+        image_template: how a cell becomes a file name: ``{value}`` is the cell, ``{stem}`` the cell
+            without its extension (e.g. ``"{stem}.dcm"`` for CSVs naming converted PNGs of DICOMs).
+        holdout: split one CSV into train/val/test by a stable hash of the image id, e.g.
+            ``{"val": 0.1, "test": 0.1}`` (then the three CSVs may be the same file).
+
+    Example::
+
+        spec = CSVDataSpec(train_csv="train.csv", image_column="filename", label_column="bin_target",
+                           box_columns=["x", "y", "width", "height"])
+        train_items = spec.datalist("train", "/data/rsna", num_classes=2)
+    """
+
+    train_csv: str = "train.csv"
+    val_csv: str = "val.csv"
+    test_csv: str = "test.csv"
+    image_column: str = "filename"
+    label_column: str | None = "label"
+    mask_column: str | None = None
+    box_columns: Sequence[str] | None = None
+    group_column: str | None = None
+    image_root: str = ""
+    image_template: str = "{value}"
+    holdout: dict[str, float] | None = None
+    _columns: list[str] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.box_columns is not None and len(self.box_columns) != 4:
+            raise ValueError(f"box_columns must name 4 columns [x, y, width, height], got {list(self.box_columns)}")
+        if self.holdout is not None:
+            unknown = set(self.holdout) - {"val", "test"}
+            total = sum(float(v) for v in self.holdout.values())
+            if unknown or not 0 <= total < 1:
+                raise ValueError(f"holdout takes fractions for 'val' and 'test' summing to less than 1, got {self.holdout}")
+        try:
+            self.image_template.format(value="x", stem="x")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"image_template may use {{value}} and {{stem}} only, got {self.image_template!r}") from err
+
+    @property
+    def has_annotations(self) -> bool:
+        return self.mask_column is not None or self.box_columns is not None
+
+    def csv_path(self, split: str, dataset_dir: str) -> str:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        name = getattr(self, f"{split}_csv")
+        if not name:
+            raise DataListError(f"no CSV is configured for the {split} split ({split}_csv)")
+        return os.path.join(dataset_dir, name)
+
+    def scan(
+        self, split: str, dataset_dir: str, num_classes: int | None = None, check_images: bool = False
+    ) -> tuple[list[dict[str, Any]], list[Problem]]:
+        """Read one split: the data list (images with problems left out) and every problem found.
+
+        Every referenced file must exist; with ``check_images`` its header is read too
+        (:func:`~monai_softcam.data.readers.probe_image`: fast, no pixels decoded).
+
+        Each item has ``image`` (absolute path), ``label`` (int, unless ``label_column`` is None),
+        ``mask`` (path) when given, ``boxes`` (list of ``[x, y, width, height]``, possibly empty)
+        when the spec has any annotation, and ``row`` (the first CSV row of the image).
+        """
+        csv_path = self.csv_path(split, dataset_dir)
+        if not os.path.isfile(csv_path):
+            raise DataListError(f"CSV file not found for the {split} split: {csv_path}")
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            wanted = [self.image_column, self.label_column, self.mask_column, self.group_column, *(self.box_columns or [])]
+            absent = [c for c in wanted if c is not None and c not in columns]
+            if absent:
+                raise DataListError(f"{csv_path}: no column {absent[0]!r}; the columns are {columns}")
+            rows = list(reader)
+        classes = None if num_classes is None else list(range(max(int(num_classes), 2)))
+        root = os.path.join(dataset_dir, self.image_root)
+        problems: list[Problem] = []
+        items: dict[str, dict[str, Any]] = {}
+        bad_images: set[str] = set()
+        for number, row in enumerate(rows, start=2):
+            cell = lambda c: (row.get(c) or "").strip()  # noqa: E731
+            where = f"{csv_path} row {number}"
+            value = cell(self.image_column)
+            if not value:
+                problems.append(Problem(f"{where} column {self.image_column!r}", "empty image name"))
+                continue
+            key = cell(self.group_column) if self.group_column else value
+            if self.holdout is not None and self._holdout_split(key) != split:
+                continue
+            image, message = _resolve(self.image_template.format(value=value, stem=_stem(value)), root)
+            if message:
+                problems.append(Problem(f"{where} column {self.image_column!r}", message))
+                continue
+            item = {"image": image, "row": number}
+            issues = []
+            if self.label_column is not None:
+                label, message = _parse_label(cell(self.label_column), classes)
+                if message:
+                    issues.append(Problem(f"{where} column {self.label_column!r}", message, image))
+                item["label"] = label
+            if self.mask_column is not None and cell(self.mask_column):
+                mask, message = _resolve(cell(self.mask_column), root)
+                if message:
+                    issues.append(Problem(f"{where} column {self.mask_column!r}", message, image))
+                else:
+                    item["mask"] = mask
+            if self.has_annotations:
+                item["boxes"] = []
+            if self.box_columns is not None:
+                box, message = _parse_box([cell(c) for c in self.box_columns])
+                if message:
+                    issues.append(Problem(f"{where} columns {list(self.box_columns)}", message, image))
+                elif box is not None:
+                    item["boxes"].append(box)
+            if key in items:
+                first = items[key]
+                if not self.group_column:
+                    issues.append(Problem(where, f"image {value!r} is listed again (first at row {first['row']})", image))
+                elif first.get("label") != item.get("label"):
+                    issues.append(
+                        Problem(where, f"label {item.get('label')} differs from row {first['row']} of the same image ({first.get('label')})", image)
+                    )
+                else:
+                    first["boxes"] += item.get("boxes", [])
+                    if "mask" in item:
+                        first.setdefault("mask", item["mask"])
+            else:
+                items[key] = item
+            if issues:
+                problems += issues
+                bad_images.add(image)
+        files = [(item, k) for item in items.values() for k in ("image", "mask") if k in item]
+        if check_images and files:
+            from tqdm import tqdm
+
+            from .readers import probe_image
+
+            files = tqdm(files, desc=f"checking {split} images", unit="file", disable=None if len(files) > 2000 else True)
+        for item, k in files:
+            message = "" if os.path.isfile(item[k]) else "file not found"
+            if not message and check_images:
+                message = probe_image(item[k])
+            if message:
+                problems.append(Problem(f"{csv_path} row {item['row']}", f"{message}: {item[k]}", item["image"]))
+                bad_images.add(item["image"])
+        good = [item for item in items.values() if item["image"] not in bad_images]
+        if not items and not problems:
+            problems.append(Problem(csv_path, f"the {split} split is empty (no data rows)"))
+        return good, problems
+
+    def _holdout_split(self, key: str) -> str:
+        fraction = _holdout_fraction(key)
+        val = float(self.holdout.get("val", 0.0))  # type: ignore[union-attr]
+        test = float(self.holdout.get("test", 0.0))  # type: ignore[union-attr]
+        return "val" if fraction < val else "test" if fraction < val + test else "train"
+
+    def datalist(
+        self,
+        split: str,
+        dataset_dir: str,
+        num_classes: int | None = None,
+        skip_bad: bool = False,
+        report_dir: str | None = None,
+        annotations: bool = True,
+        check_images: bool = False,
+    ) -> list[dict[str, Any]]:
+        """The data list of one split; see :meth:`scan`. ``annotations=False`` leaves masks and boxes
+        out of the items (training does not need them).
+
+        Any problem raises :class:`DataListError` listing them (the first 20 and the count). With
+        ``skip_bad``, the affected images are left out, and every problem is written to
+        ``<report_dir>/skipped_<split>.csv`` (default: beside the CSV) and announced in the log.
+        """
+        items, problems = self.scan(split, dataset_dir, num_classes, check_images)
+        if not annotations:
+            items = [{k: v for k, v in item.items() if k not in ("mask", "boxes")} for item in items]
+        if not problems:
+            return items
+        if not skip_bad or not items:
+            shown = "\n  ".join(str(p) for p in problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            hint = "" if skip_bad else " (fix them, or set skip_bad to leave those images out)"
+            raise DataListError(f"{len(problems)} problem(s) in the {split} split{hint}:\n  {shown}{more}")
+        report = write_skipped_report(problems, report_dir or os.path.dirname(self.csv_path(split, dataset_dir)), split)
+        logger.warning(
+            "skip_bad: %d problem(s) in the %s split; %d image(s) kept; every skipped row is listed in %s",
+            len(problems), split, len(items), report,
+        )  # fmt: skip
+        return items
+
+
+def write_skipped_report(problems: Sequence[Problem], folder: str, split: str) -> str:
+    """Write ``skipped_<split>.csv`` (where, image, problem) atomically; return its path."""
+    from ..utils import atomic_open
+
+    path = os.path.join(folder, f"skipped_{split}.csv")
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["where", "image", "problem"])
+        writer.writerows([p.where, p.image, p.message] for p in problems)
+    return path
+
+
+def class_counts(items: Sequence[dict[str, Any]]) -> Counter:
+    """Number of images per label."""
+    return Counter(int(i["label"]) for i in items if "label" in i)
+
+
+def _stem(value: str) -> str:
+    base = value
+    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
+        if base.lower().endswith(ext):
+            return base[: -len(ext)]
+    return os.path.splitext(base)[0]
+
+
+def _parse_label(value: str, classes: Sequence[int] | None) -> tuple[int | None, str]:
+    if not value:
+        return None, "empty label"
     try:
         number = float(value)
     except ValueError:
-        raise DataListError(f"{where}: label {value!r} is not a number") from None
+        return None, f"label {value!r} is not a number"
     if not number.is_integer():
-        raise DataListError(f"{where}: label {value!r} is not an integer class index")
+        return None, f"label {value!r} is not an integer class index"
     label = int(number)
     if classes is not None and label not in classes:
-        raise DataListError(f"{where}: label {label} is not one of the classes {list(classes)}")
-    return label
+        return label, f"label {label} is not one of the classes {list(classes)}"
+    return label, ""
+
+
+def _parse_box(cells: list[str]) -> tuple[list[float] | None, str]:
+    if not any(cells):
+        return None, ""
+    if not all(cells):
+        return None, f"incomplete box {cells}"
+    try:
+        x, y, w, h = (float(c) for c in cells)
+    except ValueError:
+        return None, f"box {cells} is not numeric"
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        return None, f"box {cells} must have x, y >= 0 and width, height > 0"
+    return [x, y, w, h], ""
 
 
 def read_csv_datalist(
@@ -44,69 +344,36 @@ def read_csv_datalist(
     label_column: str | None = "label",
     mask_column: str | None = None,
     num_classes: int | None = None,
-    check_files: bool = True,
 ) -> list[dict[str, Any]]:
-    """Read a split CSV into ``[{"image": path, "label": int, "mask": path}, ...]``.
-
-    Args:
-        csv_path: the CSV file (header row required).
-        data_root: folder that relative paths resolve under (default: the CSV's folder); paths may
-            not escape it.
-        image_column: column holding the image path.
-        label_column: column holding the integer class; None for unlabelled data (inference).
-        mask_column: optional column holding a mask path (an empty cell means "no mask").
-        num_classes: when given, labels must lie in ``0 .. num_classes - 1`` (``0..1`` for 1 class).
-        check_files: verify that every referenced file exists.
-
-    Raises:
-        DataListError: naming the CSV, the row (1-based, header = row 1) and the column of the first
-            bad cell, or listing every missing file. Nothing is skipped silently.
-    """
-    if not os.path.isfile(csv_path):
-        raise DataListError(f"CSV file not found: {csv_path}")
+    """A data list from one CSV (a shortcut for :class:`CSVDataSpec` with that CSV as its train split)."""
     root = data_root if data_root is not None else os.path.dirname(os.path.abspath(csv_path))
-    classes = None if num_classes is None else list(range(max(int(num_classes), 2)))
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        wanted = [c for c in (image_column, label_column, mask_column) if c is not None]
-        absent = [c for c in wanted if c not in columns]
-        if absent:
-            raise DataListError(f"{csv_path}: no column {absent[0]!r}; the columns are {columns}")
-        rows = list(reader)
-    if not rows:
-        raise DataListError(f"{csv_path}: the split is empty (no data rows)")
-    items, missing = [], []
-    for number, row in enumerate(rows, start=2):
-        where = f"{csv_path} row {number}"
-        image = (row[image_column] or "").strip()
-        if not image:
-            raise DataListError(f"{where}: column {image_column!r} is empty")
-        item: dict[str, Any] = {"image": resolve_under_root(image, root, f"{where} column {image_column!r}")}
-        if label_column is not None:
-            item["label"] = _label((row[label_column] or "").strip(), f"{where} column {label_column!r}", classes)
-        if mask_column is not None and (row[mask_column] or "").strip():
-            item["mask"] = resolve_under_root(row[mask_column].strip(), root, f"{where} column {mask_column!r}")
-        if check_files:
-            missing += [f"{where}: {item[k]}" for k in ("image", "mask") if k in item and not os.path.isfile(item[k])]
-        items.append(item)
-    if missing:
-        shown = "\n  ".join(missing[:10])
-        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise DataListError(f"{len(missing)} file(s) listed in {csv_path} do not exist:\n  {shown}{more}")
-    return items
+    spec = CSVDataSpec(
+        train_csv=os.path.abspath(csv_path), image_column=image_column, label_column=label_column, mask_column=mask_column
+    )
+    return spec.datalist("train", root, num_classes=num_classes)
 
 
-def list_images(source: str, data_root: str | None = None, image_column: str = "filename") -> list[dict[str, Any]]:
-    """Data list for inference from a folder (its image files, sorted, not recursive) or a CSV
-    (the ``image_column``; a ``label`` is not needed)."""
+def list_images(source: str, data_root: str | None = None, spec: CSVDataSpec | None = None) -> list[dict[str, Any]]:
+    """Data list for inference from a folder (its image files, sorted, not recursive), a CSV or one
+    image file.
+
+    A CSV is read with ``spec``'s image column, image root and file-name template (labels, masks
+    and boxes are not needed and not read; rows sharing ``spec.group_column`` are one image), so a
+    preset's test CSV works as inference input unchanged. Its paths resolve under
+    ``data_root/spec.image_root`` (``data_root`` defaults to the CSV's folder).
+    """
     if os.path.isdir(source):
         names = sorted(n for n in os.listdir(source) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
         if not names:
             raise DataListError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {source}")
         return [{"image": os.path.join(os.path.abspath(source), n)} for n in names]
     if source.lower().endswith(".csv"):
-        return read_csv_datalist(source, data_root, image_column=image_column, label_column=None)
+        spec = spec if spec is not None else CSVDataSpec()
+        unlabelled = replace(
+            spec, train_csv=os.path.abspath(source), label_column=None, mask_column=None, box_columns=None, holdout=None
+        )
+        root = data_root if data_root is not None else os.path.dirname(os.path.abspath(source))
+        return [{"image": item["image"]} for item in unlabelled.datalist("train", root)]
     if os.path.isfile(source):
         return [{"image": os.path.abspath(source)}]
     raise DataListError(f"inference input not found: {source} (give a folder of images, a CSV or an image file)")

@@ -1,0 +1,132 @@
+"""``python -m monai_softcam check-data``: find every data problem before a long training run.
+
+It reads a preset (or bundle config), then for each split: the CSV's columns and cells (labels
+outside the classes, empty or unparsable cells, duplicate images, paths escaping the data root),
+every referenced file (missing, unreadable or corrupt: each image is decoded in full), boxes that
+reach outside their image, masks of another size than their image, images shared between splits,
+and the class balance. The exit status is 1 when anything is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+from .datalist import SPLITS, CSVDataSpec, DataListError, Problem
+
+__all__ = ["check_data", "load_check_settings"]
+
+
+def load_check_settings(configs: Sequence[str], dataset_dir: str) -> tuple[CSVDataSpec, list[str], int]:
+    """(data spec, class names, spatial dims) from merged config files, with ``dataset_dir`` set."""
+    from monai.bundle import ConfigParser
+
+    for path in configs:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file not found: {path}")
+    parser = ConfigParser()
+    parser.read_config(f=list(configs))
+    parser["dataset_dir"] = dataset_dir
+    if "data" not in parser:
+        raise ValueError(f"{', '.join(configs)}: no 'data' section (a monai_softcam.data.CSVDataSpec)")
+    spec = parser.get_parsed_content("data")
+    if not isinstance(spec, CSVDataSpec):
+        raise ValueError(f"'data' must be a monai_softcam.data.CSVDataSpec, got {type(spec).__name__}")
+    names = parser.get_parsed_content("class_names") if "class_names" in parser else []
+    dims = parser.get_parsed_content("spatial_dims") if "spatial_dims" in parser else 2
+    return spec, [str(n) for n in names], int(dims)
+
+
+def _image_problems(item: dict[str, Any], where: str, loader: Callable) -> list[Problem]:
+    """Decode the image (and mask); check that boxes and mask fit it."""
+    try:
+        image = loader(item["image"])
+    except Exception as err:
+        return [Problem(where, f"unreadable image {item['image']}: {_last_line(err)}", item["image"])]
+    spatial = tuple(int(s) for s in image.shape[1:])
+    problems = []
+    for x, y, w, h in item.get("boxes", []):
+        if x + w > spatial[0] + 0.5 or y + h > spatial[1] + 0.5:
+            problems.append(
+                Problem(where, f"box [x={x:g}, y={y:g}, width={w:g}, height={h:g}] lies outside the image of "
+                        f"{' x '.join(map(str, spatial))} pixels", item["image"])  # fmt: skip
+            )
+    if "mask" in item:
+        try:
+            mask = loader(item["mask"])
+            if tuple(mask.shape[1:]) != spatial:
+                problems.append(Problem(where, f"mask {item['mask']} has size {tuple(mask.shape[1:])}, the image {spatial}", item["image"]))
+        except Exception as err:
+            problems.append(Problem(where, f"unreadable mask {item['mask']}: {_last_line(err)}", item["image"]))
+    return problems
+
+
+def _last_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+def check_data(
+    configs: Sequence[str],
+    dataset_dir: str,
+    splits: Sequence[str] = SPLITS,
+    read_images: bool = True,
+    report: str | None = None,
+    progress: bool = True,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Check the splits described by ``configs`` under ``dataset_dir``; print a report; return the number of problems."""
+    from monai.transforms import LoadImage
+
+    from .readers import default_readers
+
+    spec, class_names, spatial_dims = load_check_settings(configs, dataset_dir)
+    num_classes = len(class_names) or None
+    reader = LoadImage(reader=default_readers(spatial_dims), image_only=True, ensure_channel_first=True)
+    all_problems: list[tuple[str, Problem]] = []
+    seen: dict[str, str] = {}
+    for split in splits:
+        try:
+            items, problems = spec.scan(split, dataset_dir, num_classes)
+        except DataListError as err:
+            all_problems.append((split, Problem(split, str(err))))
+            out(f"{split}: {err}")
+            continue
+        if read_images:
+            iterator: Any = items
+            if progress:
+                from tqdm import tqdm
+
+                iterator = tqdm(items, desc=f"reading {split} images", unit="img")
+            for item in iterator:
+                problems += _image_problems(item, f"{spec.csv_path(split, dataset_dir)} row {item['row']}", reader)
+        for item in items:
+            other = seen.setdefault(item["image"], split)
+            if other != split:
+                problems.append(Problem(f"{spec.csv_path(split, dataset_dir)} row {item['row']}",
+                                        f"image is also in the {other} split", item["image"]))  # fmt: skip
+        counts = Counter(int(i["label"]) for i in items if i.get("label") is not None)
+        balance = ", ".join(
+            f"{class_names[c] if c < len(class_names) else c}: {counts[c]} ({100.0 * counts[c] / max(len(items), 1):.1f} %)"
+            for c in sorted(counts)
+        )
+        out(f"{split}: {len(items)} images ({spec.csv_path(split, dataset_dir)}); classes: {balance or 'none'}")
+        for problem in problems[:50]:
+            out(f"  {problem}")
+        if len(problems) > 50:
+            out(f"  ... and {len(problems) - 50} more")
+        all_problems += [(split, p) for p in problems]
+    if report:
+        from ..utils import atomic_open
+
+        with atomic_open(report, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["split", "where", "image", "problem"])
+            writer.writerows([split, p.where, p.image, p.message] for split, p in all_problems)
+    if all_problems:
+        out(f"{len(all_problems)} problem(s) found" + (f"; all listed in {report}" if report else ""))
+    else:
+        out("no problems found")
+    return len(all_problems)

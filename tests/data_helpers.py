@@ -1,0 +1,101 @@
+"""Writers of small stand-in files for the data tests: DICOM (pydicom), PNG (SimpleITK), split CSVs."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+
+from conftest import SHARED_DIR
+
+UPSTREAM = os.path.join(SHARED_DIR, "upstream_csv")
+
+
+def write_dicom(
+    path: str,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    slope: float | None = None,
+    intercept: float | None = None,
+    spacing: tuple[float, float] = (0.14, 0.14),
+    signed: bool = False,
+) -> str:
+    """A single-frame DICOM file; ``pixels`` is (rows, cols) or (rows, cols, 3) as stored."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.PatientID = os.path.splitext(os.path.basename(path))[0]
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
+    ds.PhotometricInterpretation = photometric
+    if pixels.ndim == 3:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    ds.PixelSpacing = [float(spacing[0]), float(spacing[1])]
+    if slope is not None:
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept or 0.0
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_png(path: str, pixels: np.ndarray) -> str:
+    """PNG of (rows, cols) or (rows, cols, 3) uint8/uint16 pixels."""
+    import SimpleITK as sitk
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(pixels, isVector=pixels.ndim == 3), path)
+    return path
+
+
+def head_csv(source: str, target: str, rows: int, keep=None) -> list[dict[str, str]]:
+    """Copy the header and the first ``rows`` data rows (those passing ``keep``) of a CSV."""
+    with open(source, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames
+        picked = []
+        for row in reader:
+            if keep is None or keep(row):
+                picked.append(row)
+            if len(picked) == rows:
+                break
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(picked)
+    return picked
+
+
+def write_csv(path: str, header: list[str], rows: list[list]) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def xray_with_boxes(boxes, size: int = 1024, seed: int = 0) -> np.ndarray:
+    """A grey 8-bit 'radiograph' (rows, cols): dim noise, with every box [x, y, w, h] bright."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(20, 90, size=(size, size), dtype=np.uint8)
+    for x, y, w, h in boxes:
+        pixels[int(y) : int(y + h), int(x) : int(x + w)] = 250
+    return pixels
