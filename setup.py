@@ -36,7 +36,9 @@ setup(
         "tensorboard>=2.12",
         "pillow>=9.0",
         "tqdm>=4.60",
+        "matplotlib>=3.5",  # the explanation report's figures
     ],
-    extras_require={"test": ["pytest>=7.0"]},
+    # captum: Integrated Gradients as an extra post-hoc baseline (the tests use it too)
+    extras_require={"captum": ["captum>=0.7"], "test": ["pytest>=7.0", "captum>=0.7"]},
     entry_points={"console_scripts": ["monai-softcam=monai_softcam.__main__:main"]},
 )

@@ -290,6 +290,8 @@ class EvidenceGallery:
         outputs = engine.state.output
         if len(self._cases) >= self.max_cases or not isinstance(outputs, list):
             return
+        if outputs and "evidence_maps" not in outputs[0]:  # a black box: nothing to show
+            return
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [{}] * len(outputs)
         for out, item in zip(outputs, batch):
             if len(self._cases) >= self.max_cases:
@@ -326,6 +328,12 @@ class EvidenceGallery:
             self.writer.add_image(self.tag, np.asarray(picture), engine.state.epoch, dataformats="HWC")
 
 
+def _explanation_summaries(metric: Any) -> dict[str, dict[str, Any]]:
+    from .metrics.explanation import summarize
+
+    return {name: summarize(values) for name, values in getattr(metric, "values", {}).items()}
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -339,6 +347,8 @@ class MetricsReport:
         split: name of the evaluated split (used in file names and the printout).
         class_names: one name per class (for the confusion matrix).
         details: extra ``name: value`` lines for the JSON and the printout (e.g. checkpoint path).
+        explanation: optional :class:`~monai_softcam.metrics.ExplanationMetrics` attached to the same
+            evaluator: its means, 95 % bootstrap intervals and counts are reported too.
     """
 
     def __init__(
@@ -349,8 +359,10 @@ class MetricsReport:
         class_names: Sequence[str],
         details: dict[str, Any] | None = None,
         printer: Callable[[str], None] = print,
+        explanation: Any = None,
     ) -> None:
         self.metric = metric
+        self.explanation = explanation
         self.output_dir = output_dir
         self.split = split
         self.class_names = list(class_names)
@@ -359,6 +371,9 @@ class MetricsReport:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
+
+    def _explanation_summary(self) -> dict[str, dict[str, Any]]:
+        return {} if self.explanation is None else _explanation_summaries(self.explanation)
 
     def paths(self) -> tuple[str, str]:
         base = os.path.join(self.output_dir, f"metrics_{self.split}")
@@ -370,6 +385,9 @@ class MetricsReport:
         report = dict(self.metric.report)
         json_path, csv_path = self.paths()
         content = {"split": self.split, "class_names": self.class_names, **self.details, "metrics": report}
+        explained = self._explanation_summary()
+        if explained:
+            content["explanation_metrics"] = explained
         with atomic_open(json_path, "w") as f:
             json.dump(content, f, indent=2)
         with atomic_open(csv_path, "w", newline="") as f:
@@ -378,6 +396,8 @@ class MetricsReport:
             for name, value in report.items():
                 if name != "confusion_matrix":
                     writer.writerow([self.split, name, value])
+            for name, summary in explained.items():
+                writer.writerow([self.split, name, summary["mean"]])
         lines = [f"{self.split} metrics ({report.get('n', 0)} images):"]
         lines += [f"  {name:<12} {_fmt(value)}" for name, value in report.items() if name not in ("n", "confusion_matrix")]
         matrix = report.get("confusion_matrix")
@@ -387,6 +407,10 @@ class MetricsReport:
             lines.append("    " + " " * width + "".join(f"{n:>{width}}" for n in self.class_names))
             for name, row in zip(self.class_names, matrix):
                 lines.append("    " + f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+        if explained:
+            lines.append("  evidence maps (mean [95 % CI], images):")
+            lines += [f"    {name:<24} {s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}]  n={s['n']}"
+                      for name, s in explained.items()]  # fmt: skip
         lines += [f"  {k}: {v}" for k, v in self.details.items()]
         lines.append(f"  metrics written to {json_path} and {csv_path}")
         self.printer("\n".join(lines))

@@ -66,6 +66,12 @@ def test_training_writes_checkpoints_tensorboard_metrics_and_report(trained):
     rows = list(csv.DictReader(open(root / "eval" / "metrics_val.csv")))
     assert {r["metric"] for r in rows} >= {"accuracy", "auc", "sensitivity", "specificity", "precision", "auprc"}
     assert os.path.getsize(root / "eval" / "evidence_maps_val.png") > 1000
+    # the evidence maps are assessed too: localisation on the lesion images (the others have empty masks)
+    lesions = sum(r["bin_target"] == "1" for r in csv.DictReader(open(root / "data" / "demo" / "val.csv")))
+    explained = report["explanation_metrics"]
+    assert explained["activation_precision"]["n"] == lesions and explained["activation_precision"]["n_excluded"] == 12 - lesions
+    assert explained["consistency"]["n"] == 12 and explained["completeness_error"]["mean"] < 1e-4
+    assert "activation_precision" in {r["metric"] for r in rows} and "evidence maps (mean [95 % CI], images):" in proc.stdout
     # the run ends by printing the metrics and where the model and maps are
     assert "val metrics (12 images)" in proc.stdout and "model.pt" in proc.stdout
     assert "evidence_maps_val.png" in proc.stdout
@@ -351,3 +357,51 @@ def test_auto_statistics_disk_cache_and_progressive_sampling_through_the_bundle(
     assert json.load(open(out / "eval" / "metrics_test.json"))["metrics"]["n"] == 12
     bundle("inference", [INFERENCE, TINY], "--bundle_root", str(out), *auto, "--output_dir", str(tmp_path / "inf"))
     assert len(list(csv.DictReader(open(tmp_path / "inf" / "predictions.csv")))) == 12
+
+
+EXPLAIN = os.path.join(CONFIGS, "explain.yaml")
+
+
+def test_explain_eval_report_compares_softcam_with_a_black_box(trained, tmp_path):
+    """The demo comparison's wiring on tiny data: a black box trained by configs/blackbox.yaml, then
+    explain_eval with configs/demo_comparison.yaml writes the whole report."""
+    root, _ = trained
+    for name in ("sparse", "dense"):  # the same SoftCAM model twice is enough to exercise the wiring
+        shutil.copytree(root / "models", tmp_path / name / "models")
+    data = ("--demo_dir", str(root / "data" / "demo"))
+    blackbox = os.path.join(REPO_ROOT, "configs", "blackbox.yaml")
+    bundle("training", [TRAIN, TINY, blackbox], "--bundle_root", str(tmp_path / "blackbox"), *data)
+    state = torch.load(tmp_path / "blackbox" / "models" / "model.pt", weights_only=True)
+    assert "fc.weight" in state and not any(k.startswith("head.") for k in state)
+    comparison = os.path.join(REPO_ROOT, "configs", "demo_comparison.yaml")
+    light = ("--explain#options", "{'occlusion': {'mask_size': 16, 'overlap': 0.5}}", "--explain#sanity_cases", "2")
+    proc = bundle("explain_eval", [TRAIN, EXPLAIN, comparison, TINY], "--bundle_root", str(tmp_path / "sparse"), *data, *light)
+    out = tmp_path / "report"
+    for name in ("report.json", "report.csv", "cases.csv", "faithfulness.png", "sanity.png", "sanity.csv", "gallery.png",
+                 "index.html", "table.md"):  # fmt: skip
+        assert os.path.getsize(out / name) > 100, name
+    report = json.load(open(out / "report.json"))
+    assert set(report["classification"]) == {"softcam_sparse", "softcam_dense", "blackbox"}
+    assert set(report["explanation"]["blackbox"]) == {"gradcam", "gradcam++", "occlusion"}
+    test_rows = list(csv.DictReader(open(root / "data" / "demo" / "test.csv")))
+    healthy = sum(r["bin_target"] == "0" for r in test_rows)
+    cases = list(csv.DictReader(open(out / "cases.csv")))
+    correct_everywhere = {
+        i for i in range(len(test_rows))
+        if all(int(c["predicted"]) == int(c["label"]) for c in cases if int(c["case"]) == i)
+    }  # fmt: skip
+    for methods in report["explanation"].values():
+        for metrics in methods.values():
+            ap = metrics["activation_precision"]
+            assert (ap["n"], ap["n_excluded"]) == (len(test_rows) - healthy, healthy)  # healthy: empty masks
+            assert ap["ci_low"] <= ap["mean"] <= ap["ci_high"] and ap["higher_is_better"] is True
+            assert metrics["deletion_auc"]["n"] == len(correct_everywhere) == report["faithfulness_images"]
+            assert metrics["deletion_auc"]["higher_is_better"] is False
+    sanity = list(csv.DictReader(open(out / "sanity.csv")))
+    assert {(r["model"], r["method"]) for r in sanity if r["layer"] == "original"} == {
+        (m, k) for m, methods in report["explanation"].items() for k in methods}  # fmt: skip
+    page = open(out / "index.html").read()
+    assert all(name in page for name in ("faithfulness.png", "sanity.png", "gallery.png", "report.csv", "softcam_dense"))
+    assert "explanation report (12 images" in proc.stdout
+    table = open(out / "table.md").read().splitlines()
+    assert len(table) == 2 + 5 and table[-1].startswith("| blackbox | occlusion | ")

@@ -1,4 +1,4 @@
-"""Metrics: classification (accuracy, AUC, ...) and, later, explanation quality."""
+"""Metrics: classification (accuracy, AUC, ...) and explanation quality (localisation, faithfulness, sparseness)."""
 
 from .classification import (
     ClassificationMetrics,
@@ -14,9 +14,11 @@ from .classification import (
     sensitivity,
     specificity,
 )
+from .explanation import ExplanationMetrics
 
 __all__ = [
     "ClassificationMetrics",
+    "ExplanationMetrics",
     "accuracy",
     "average_precision",
     "binary_average_precision",

@@ -142,8 +142,9 @@ class BlackBox(_Classifier):
     """The black-box counterpart of :class:`SoftCAM`: same backbone, global average pooling + linear layer.
 
     For VGG the FC6/FC7 layers act after the pooling (as fully connected layers), as in a
-    conventional VGG with global pooling. Arguments as for :class:`SoftCAM` (no ``return_maps``:
-    explanations of this model need a post-hoc method).
+    conventional VGG with global pooling. Arguments as for :class:`SoftCAM`; a black box has no
+    evidence maps (its explanations need a post-hoc method), so ``return_maps=True`` returns
+    ``{"logits": [B, C]}``: the same output form as SoftCAM's, so that one workflow serves both.
 
     Example::
 
@@ -159,13 +160,16 @@ class BlackBox(_Classifier):
         in_channels: int = 3,
         num_classes: int = 2,
         pretrained: str | None = None,
+        return_maps: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(backbone, spatial_dims, in_channels, num_classes, pretrained, backbone_kwargs)
         self.pool = Pool[Pool.ADAPTIVEAVG, self.spatial_dims](1)
         self.fc = nn.Linear(self.backbone.out_channels, self.num_classes)
+        self.return_maps = return_maps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         self._check_input(x)
         pooled = self.pool(self.backbone.features(x))
-        return self.fc(self.backbone.neck(pooled).flatten(1))
+        logits = self.fc(self.backbone.neck(pooled).flatten(1))
+        return {LOGITS: logits} if self.return_maps else logits

@@ -1,0 +1,502 @@
+"""The explanation report: classification and explanation metrics of one or more models and
+explanation methods on one split, with confidence intervals, curves, a sanity check, a gallery
+and an ``index.html`` that shows them together.
+
+Run through the bundle (``python -m monai.bundle run explain_eval --config_file
+"['bundle/configs/train.yaml','bundle/configs/explain.yaml']"``) or call :func:`explanation_report`.
+
+Written to ``output_dir``:
+
+* ``report.json`` / ``report.csv``: per model, its classification metrics; per model and method,
+  each explanation metric's mean, 95 % bootstrap confidence interval, ``n`` and ``n_excluded``,
+  and whether higher or lower is better;
+* ``cases.csv``: every per-image value (image, label, prediction, model, method, metrics);
+* ``faithfulness.png``: mean deletion and insertion curves;
+* ``sanity.png`` and ``sanity.csv``: cascading randomisation (Spearman correlation per layer);
+* ``gallery.png``: image, ground truth, SoftCAM's map of every class and each method's map;
+* ``table.md``: the headline table in Markdown (AUC; localisation and faithfulness per method);
+* ``index.html``: all of the above on one page.
+
+Rules: localisation metrics use only images with a non-empty mask (the others are counted in
+``n_excluded``); deletion and insertion use only the images that **every** compared model
+classifies correctly (as the paper), so that all methods are compared on the same images.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .explain import cascading_randomization, make_explainer
+from .losses import split_output
+from .metrics.classification import classification_report
+from .metrics.explanation import (
+    activation_consistency,
+    activation_precision,
+    activation_sensitivity,
+    curve_auc,
+    deletion_curve,
+    energy_pointing_game,
+    gini,
+    pointing_game,
+    summarize,
+    topk_localisation_precision,
+)
+from .utils import atomic_open
+
+__all__ = ["HIGHER_IS_BETTER", "explanation_report", "markdown_table"]
+
+logger = logging.getLogger("monai_softcam")
+
+# direction of every reported explanation metric
+HIGHER_IS_BETTER = {
+    "activation_precision": True,
+    "activation_sensitivity": True,
+    "pointing_game": True,
+    "energy_pointing_game": True,
+    "topk_precision": True,
+    "consistency": True,
+    "gini": True,
+    "deletion_auc": False,
+    "insertion_auc": True,
+}
+
+
+def _methods_for(model: dict[str, Any]) -> list[str]:
+    methods = list(model.get("methods") or [])
+    if not methods:
+        raise ValueError(f"model {model.get('name')!r} has no explanation methods")
+    return methods
+
+
+def _prepare_models(models: Sequence[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    from .handlers import load_weights
+
+    prepared, names = [], set()
+    for entry in models:
+        missing = [k for k in ("name", "network") if k not in entry]
+        if missing:
+            raise ValueError(f"each model needs 'name', 'network' and 'methods'; missing {missing} in {entry}")
+        if entry["name"] in names:
+            raise ValueError(f"two models are named {entry['name']!r}")
+        names.add(entry["name"])
+        network = entry["network"]
+        if entry.get("checkpoint"):
+            load_weights(network, entry["checkpoint"])
+        network.to(device).eval()
+        options = dict(entry.get("options") or {})
+        explainers = {m: make_explainer(m, network, **options.get(m, {})) for m in _methods_for(entry)}
+        prepared.append({"name": entry["name"], "network": network, "explainers": explainers, "options": options})
+    return prepared
+
+
+def explanation_report(
+    models: Sequence[dict[str, Any]],
+    dataloader: Any,
+    output_dir: str,
+    class_names: Sequence[str],
+    explained_class: int | None = None,
+    topk: int = 5,
+    topk_patch: int = 33,
+    topk_stride: int = 8,
+    pointing_tolerance: int = 15,
+    deletion_patch: int = 33,
+    deletion_steps: int = 14,
+    deletion_baseline: float = 0.0,
+    gallery_cases: int = 6,
+    sanity_cases: int = 4,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Assess every ``(model, method)`` pair on the images of ``dataloader``; write the report.
+
+    Args:
+        models: ``[{"name", "network", "checkpoint" (optional), "methods": [...], "options":
+            {method: kwargs}}]``; methods are names of :data:`monai_softcam.explain.EXPLAINERS`
+            (``softcam`` needs a SoftCAM network with ``return_maps=True``).
+        dataloader: batches of ``{"image": [B, C, *S], "label": [B], "mask": [B, 1, *S] (optional)}``,
+            preprocessed as for the network (masks on the image's grid).
+        explained_class: the class whose maps are assessed (e.g. 1: the lesion class); None: each
+            image's own label. Consistency counts that class's images as the positive ones.
+        topk, topk_patch, topk_stride: top-k localisation precision (reported at ``k = topk``).
+        pointing_tolerance: pixels around the annotation that still count as a hit in the pointing
+            game (Zhang et al. use 15 px at 224 px).
+        deletion_patch, deletion_steps, deletion_baseline: of :func:`~monai_softcam.metrics.explanation.deletion_curve`.
+        gallery_cases, sanity_cases: images in the picture and in the randomisation check.
+
+    Returns the report dict (also in ``report.json``).
+    """
+    start = time.time()
+    device = torch.device(device)
+    os.makedirs(output_dir, exist_ok=True)
+    prepared = _prepare_models(models, device)
+    pairs = [(m["name"], method) for m in prepared for method in m["explainers"]]
+    values: dict[tuple[str, str], dict[str, list[torch.Tensor]]] = {pair: {} for pair in pairs}
+    curves: dict[tuple[str, str], dict[str, list[torch.Tensor]]] = {pair: {"deletion": [], "insertion": []} for pair in pairs}
+    probs: dict[str, list[torch.Tensor]] = {m["name"]: [] for m in prepared}
+    labels_all: list[torch.Tensor] = []
+    gallery: list[dict[str, Any]] = []
+    sanity_images: list[torch.Tensor] = []
+    sanity_classes: list[torch.Tensor] = []
+    iterator: Any = dataloader
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(dataloader, desc="explanation report", unit="batch")
+    for batch in iterator:
+        images = _plain_tensor(batch["image"]).to(device).float()
+        labels = torch.as_tensor(batch["label"]).reshape(-1).long().to(device)
+        masks = batch.get("mask")
+        masks = None if masks is None else (_plain_tensor(masks).to(device)[:, 0] > 0.5)
+        classes = labels if explained_class is None else torch.full_like(labels, int(explained_class))
+        labels_all.append(labels.cpu())
+        batch_maps: dict[tuple[str, str], torch.Tensor] = {}
+        softcam_all: torch.Tensor | None = None
+        for model in prepared:
+            with torch.no_grad():
+                logits, all_maps = split_output(model["network"](images))
+            p = torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
+            probs[model["name"]].append(p.cpu())
+            if all_maps is not None and softcam_all is None:
+                softcam_all = all_maps.detach().cpu()
+            for method, explainer in model["explainers"].items():
+                maps = explainer(images, classes).detach()
+                pair = (model["name"], method)
+                batch_maps[pair] = maps.cpu()
+                store = values[pair]
+                store.setdefault("consistency", []).append(activation_consistency(maps, labels == classes).cpu())
+                store.setdefault("gini", []).append(gini(maps).cpu())
+                if masks is not None:
+                    for name, fn in (("activation_precision", activation_precision), ("activation_sensitivity", activation_sensitivity),
+                                     ("energy_pointing_game", energy_pointing_game)):  # fmt: skip
+                        store.setdefault(name, []).append(fn(maps, masks).cpu())
+                    store.setdefault("pointing_game", []).append(pointing_game(maps, masks, pointing_tolerance).cpu())
+                    size = min(topk_patch, *maps.shape[1:])
+                    store.setdefault("topk_precision", []).append(
+                        topk_localisation_precision(maps, masks, topk, size, topk_stride)[:, -1].cpu()
+                    )
+                for kind in ("deletion", "insertion"):
+                    curve = deletion_curve(model["network"], images, maps, classes, deletion_patch, deletion_steps,
+                                           deletion_baseline, insertion=kind == "insertion")  # fmt: skip
+                    curves[pair][kind].append(curve)
+        if len(sanity_images) < sanity_cases:
+            sanity_images.append(images[: sanity_cases - len(sanity_images)].cpu())
+            sanity_classes.append(classes[: sanity_images[-1].shape[0]].cpu())
+        _collect_gallery(gallery, gallery_cases, images, labels, masks, softcam_all, batch_maps, probs, prepared)
+
+    labels_cat = torch.cat(labels_all) if labels_all else torch.zeros(0, dtype=torch.long)
+    if labels_cat.numel() == 0:
+        raise ValueError("the data loader gave no images")
+    probs_cat = {name: torch.cat(parts) for name, parts in probs.items()}
+    correct_all = torch.ones_like(labels_cat, dtype=torch.bool)
+    for p in probs_cat.values():
+        correct_all &= _predicted(p) == labels_cat
+    report: dict[str, Any] = {
+        "images": int(labels_cat.numel()),
+        "faithfulness_images": int(correct_all.sum()),
+        "explained_class": explained_class if explained_class is None else class_names[int(explained_class)],
+        "settings": {"topk": topk, "topk_patch": topk_patch, "topk_stride": topk_stride,
+                     "pointing_tolerance": pointing_tolerance, "deletion_patch": deletion_patch,
+                     "deletion_steps": deletion_steps, "deletion_baseline": deletion_baseline},  # fmt: skip
+        "classification": {name: _plain(classification_report(_two_columns(p), labels_cat)) for name, p in probs_cat.items()},
+        "explanation": {},
+    }
+    per_case: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    mean_curves: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for pair in pairs:
+        metrics = {name: torch.cat(parts) for name, parts in values[pair].items()}
+        for kind in ("deletion", "insertion"):
+            c = torch.cat(curves[pair][kind])
+            auc = curve_auc(c)
+            metrics[f"{kind}_auc"] = torch.where(correct_all, auc, torch.full_like(auc, float("nan")))
+            mean_curves[pair] = mean_curves.get(pair, {})
+            mean_curves[pair][kind] = c[correct_all].mean(0).tolist() if correct_all.any() else []
+        per_case[pair] = metrics
+        report["explanation"].setdefault(pair[0], {})[pair[1]] = {
+            name: {**summarize(v, seed=seed), "higher_is_better": HIGHER_IS_BETTER[name]} for name, v in metrics.items()
+        }
+    report["curves"] = {f"{m}/{k}": v for (m, k), v in mean_curves.items()}
+    sanity = []
+    if sanity_images:
+        images = torch.cat(sanity_images).to(device)
+        classes = torch.cat(sanity_classes).to(device)
+        for model in prepared:
+            for method in model["explainers"]:
+                kwargs = model["options"].get(method, {})
+                make = lambda net, method=method, kwargs=kwargs: make_explainer(method, net, **kwargs)  # noqa: E731
+                for row in cascading_randomization(model["network"], make, images, classes, seed=seed):
+                    sanity.append({"model": model["name"], "method": method, **row})
+    report["sanity"] = sanity
+    report["seconds"] = round(time.time() - start, 1)
+    _write_outputs(output_dir, report, per_case, labels_cat, probs_cat, mean_curves, sanity, gallery, class_names, pairs)
+    logger.info("explanation report of %d images written to %s in %.1f s", report["images"], output_dir, report["seconds"])
+    print(_summary_text(report, output_dir))
+    return report
+
+
+def _plain_tensor(x: Any) -> torch.Tensor:
+    """A torch.Tensor without MONAI's metadata (faster, and what the explainers expect)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def _predicted(p: torch.Tensor) -> torch.Tensor:
+    return (p[:, 0] > 0.5).long() if p.shape[1] == 1 else p.argmax(dim=1)
+
+
+def _two_columns(p: torch.Tensor) -> torch.Tensor:
+    return torch.cat([1 - p, p], dim=1) if p.shape[1] == 1 else p
+
+
+def _plain(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in report.items()}
+
+
+def _collect_gallery(gallery, limit, images, labels, masks, softcam_all, batch_maps, probs, prepared) -> None:
+    """Keep the first ``limit`` cases, preferring annotated ones (half of the places at most for the others)."""
+    for i in range(images.shape[0]):
+        if len(gallery) >= limit:
+            return
+        annotated = masks is not None and bool(masks[i].any())
+        if not annotated and sum(1 for g in gallery if not g["annotated"]) >= limit // 2:
+            continue
+        gallery.append({
+            "image": images[i].cpu(),
+            "label": int(labels[i]),
+            "mask": None if masks is None else masks[i].cpu(),
+            "annotated": annotated,
+            "softcam": None if softcam_all is None else softcam_all[i],
+            "maps": {pair: maps[i] for pair, maps in batch_maps.items()},
+            "probs": {m["name"]: probs[m["name"]][-1][i] for m in prepared},
+        })  # fmt: skip
+
+
+def _summary_text(report: dict[str, Any], output_dir: str) -> str:
+    lines = [f"explanation report ({report['images']} images; faithfulness on the {report['faithfulness_images']} "
+             f"that every model classifies correctly):"]  # fmt: skip
+    for model, cls in report["classification"].items():
+        lines.append(f"  {model}: accuracy {cls['accuracy']:.4f}, auc {cls['auc']:.4f}")
+    names = ["activation_precision", "pointing_game", "topk_precision", "deletion_auc", "insertion_auc"]
+    lines.append("  " + f"{'model / method':<32}" + "".join(f"{n:>24}" for n in names))
+    for model, methods in report["explanation"].items():
+        for method, metrics in methods.items():
+            cells = [f"{metrics[n]['mean']:.3f}" if n in metrics else "-" for n in names]
+            lines.append("  " + f"{model + ' / ' + method:<32}" + "".join(f"{c:>24}" for c in cells))
+    lines.append(f"  report: {os.path.join(output_dir, 'index.html')} ({report['seconds']} s)")
+    return "\n".join(lines)
+
+
+def _write_outputs(output_dir, report, per_case, labels, probs, mean_curves, sanity, gallery, class_names, pairs) -> None:
+    with atomic_open(os.path.join(output_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2, default=float)
+    with atomic_open(os.path.join(output_dir, "report.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "method", "metric", "mean", "ci_low", "ci_high", "n", "n_excluded", "higher_is_better"])
+        for model, cls in report["classification"].items():
+            for name, value in cls.items():
+                if isinstance(value, float):
+                    writer.writerow([model, "", name, value, "", "", cls["n"], 0, True])
+        for model, methods in report["explanation"].items():
+            for method, metrics in methods.items():
+                for name, s in metrics.items():
+                    writer.writerow([model, method, name, s["mean"], s["ci_low"], s["ci_high"], s["n"], s["n_excluded"],
+                                     s["higher_is_better"]])  # fmt: skip
+    with atomic_open(os.path.join(output_dir, "cases.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        names = sorted({n for metrics in per_case.values() for n in metrics})
+        writer.writerow(["case", "label", "model", "method", "predicted", *names])
+        for (model, method), metrics in per_case.items():
+            predicted = _predicted(probs[model])
+            for i in range(labels.numel()):
+                row = [float(metrics[n][i]) if n in metrics else "" for n in names]
+                writer.writerow([i, int(labels[i]), model, method, int(predicted[i]), *row])
+    with atomic_open(os.path.join(output_dir, "sanity.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["model", "method", "layer", "spearman_mean", "spearman_std"])
+        writer.writeheader()
+        writer.writerows(sanity)
+    _plot_curves(os.path.join(output_dir, "faithfulness.png"), mean_curves, report["settings"])
+    _plot_sanity(os.path.join(output_dir, "sanity.png"), sanity)
+    _gallery_picture(os.path.join(output_dir, "gallery.png"), gallery, class_names, pairs)
+    with atomic_open(os.path.join(output_dir, "table.md"), "w") as f:
+        f.write(markdown_table(report))
+    _write_html(os.path.join(output_dir, "index.html"), report)
+
+
+TABLE_METRICS = ("activation_precision", "pointing_game", "topk_precision", "deletion_auc", "insertion_auc")
+
+
+def markdown_table(report: dict[str, Any], metrics: Sequence[str] = TABLE_METRICS) -> str:
+    """The headline table: per model and method, the model's ROC AUC and each metric's mean [95 % CI]."""
+    head = ["model", "method", "ROC AUC"] + [f"{m.replace('_', ' ')} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, methods in report["explanation"].items():
+        for method, values in methods.items():
+            cells = [model, method, f"{report['classification'][model]['auc']:.3f}"]
+            for m in metrics:
+                v = values.get(m)
+                cells.append("-" if not v or v["n"] == 0 else f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+
+
+def _plot_curves(path: str, mean_curves, settings) -> None:
+    plt = _figure()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, kind in zip(axes, ("deletion", "insertion")):
+        for (model, method), c in mean_curves.items():
+            if c.get(kind):
+                x = np.linspace(0, 1, len(c[kind])) * (len(c[kind]) - 1)
+                ax.plot(x, c[kind], marker="o", ms=3, label=f"{model} / {method}")
+        better = "lower" if kind == "deletion" else "higher"
+        ax.set_title(f"{kind}: relative confidence ({better} area is better)")
+        ax.set_xlabel(f"patches of {settings['deletion_patch']} px {'removed' if kind == 'deletion' else 'restored'}")
+        ax.set_ylabel("min(p_i, p) / p")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+    if any(c.get(kind) for c in mean_curves.values() for kind in ("deletion", "insertion")):
+        axes[1].legend(fontsize=8, loc="lower right")
+    else:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no image that every model classifies correctly", ha="center", transform=ax.transAxes)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _plot_sanity(path: str, sanity) -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    series: dict[str, list[dict[str, Any]]] = {}
+    for row in sanity:
+        series.setdefault(f"{row['model']} / {row['method']}", []).append(row)
+    positions: dict[int, list[str]] = {}
+    for name, rows in series.items():
+        ax.plot(range(len(rows)), [r["spearman_mean"] for r in rows], marker="o", ms=3, label=name)
+        for i, r in enumerate(rows):
+            label = r["layer"].replace("backbone.features.", "")
+            if label not in positions.setdefault(i, []):
+                positions[i].append(label)
+    ax.set_xticks(sorted(positions), ["/".join(positions[i]) for i in sorted(positions)], rotation=45, ha="right")
+    ax.set_ylabel("Spearman rank correlation with the original map")
+    ax.set_title("cascading randomisation (from the output layer down): should drop")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _gallery_picture(path: str, gallery, class_names, pairs) -> None:
+    from PIL import Image, ImageDraw
+
+    from .visualize import display_slice, overlay, upsample_map
+
+    rows, caption_h, tile = [], 14, 140
+    for case in gallery:
+        image = case["image"]
+        mask = case["mask"]
+        tiles, captions = [], []
+        maps_by_name = {}
+        if case["softcam"] is not None:
+            up = upsample_map(case["softcam"].float(), image.shape[1:])
+            for c, name in enumerate(class_names):
+                maps_by_name[f"SoftCAM: {name}"] = up[c]
+        for (model, method), m in case["maps"].items():
+            if method != "softcam":
+                maps_by_name[f"{model}: {method}"] = m
+        z = None
+        if image.dim() == 4:  # 3D: the slice of strongest evidence of the first map
+            z = display_slice(next(iter(maps_by_name.values()))[None]) if maps_by_name else image.shape[-1] // 2
+        def pick(x):  # noqa: E306
+            return x if z is None else x[..., z]
+        mask_np = None if mask is None else pick(mask).numpy()
+        tiles.append(overlay(pick(image), torch.zeros(pick(image).shape[1:]), mask=mask_np))
+        captions.append(f"label: {class_names[case['label']]}")
+        softcam_limit = max((float(v.abs().max()) for k, v in maps_by_name.items() if k.startswith("SoftCAM")), default=0.0)
+        for name, m in maps_by_name.items():
+            limit = softcam_limit if name.startswith("SoftCAM") else float(m.abs().max())
+            tiles.append(overlay(pick(image), pick(m), limit=limit or None, mask=mask_np))
+            captions.append(name)
+        pics = [Image.fromarray(np.ascontiguousarray(np.swapaxes(t, 0, 1))).resize((tile, tile), Image.BILINEAR) for t in tiles]
+        row = Image.new("RGB", (tile * len(pics), tile + caption_h), "white")
+        draw = ImageDraw.Draw(row)
+        for k, (pic, text) in enumerate(zip(pics, captions)):
+            row.paste(pic, (k * tile, caption_h))
+            draw.text((k * tile + 2, 1), text[:26], fill="black")
+        rows.append(row)
+    width = max((r.width for r in rows), default=tile)
+    sheet = Image.new("RGB", (width, sum(r.height + 4 for r in rows) or tile), "white")
+    y = 0
+    for row in rows:
+        sheet.paste(row, (0, y))
+        y += row.height + 4
+    with atomic_open(path, "wb") as f:
+        sheet.save(f, format="PNG")
+
+
+def _write_html(path: str, report: dict[str, Any]) -> None:
+    def cell(s: dict[str, Any]) -> str:
+        if s["n"] == 0:
+            return "<td>-</td>"
+        return f"<td>{s['mean']:.3f} <small>[{s['ci_low']:.3f}, {s['ci_high']:.3f}]</small></td>"
+
+    names = sorted({n for methods in report["explanation"].values() for m in methods.values() for n in m})
+    head = "".join(f"<th>{html.escape(n)} {'&uarr;' if HIGHER_IS_BETTER[n] else '&darr;'}</th>" for n in names)
+    body = []
+    for model, methods in report["explanation"].items():
+        for method, metrics in methods.items():
+            cells = "".join(cell(metrics[n]) if n in metrics else "<td>-</td>" for n in names)
+            body.append(f"<tr><td>{html.escape(model)}</td><td>{html.escape(method)}</td>{cells}</tr>")
+    cls_names = ["accuracy", "auc", "sensitivity", "specificity", "precision", "auprc"]
+    cls_rows = "".join(
+        f"<tr><td>{html.escape(m)}</td>" + "".join(f"<td>{c[n]:.4f}</td>" for n in cls_names if n in c) + "</tr>"
+        for m, c in report["classification"].items()
+    )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>SoftCAM explanation report</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,td:nth-child(2){{text-align:left}}
+small{{color:#666}} img{{max-width:100%;border:1px solid #eee}}</style></head><body>
+<h1>Explanation report</h1>
+<p>{report['images']} images; explained class: {html.escape(str(report['explained_class'] or "each image's label"))};
+deletion and insertion on the {report['faithfulness_images']} images that every model classifies correctly;
+localisation metrics on images with a non-empty annotation. Values: mean [95 % bootstrap CI];
+&uarr; higher is better, &darr; lower is better. Settings: {html.escape(json.dumps(report['settings']))}.</p>
+<h2>Classification</h2>
+<table><tr><th>model</th>{''.join(f'<th>{n}</th>' for n in cls_names)}</tr>{cls_rows}</table>
+<h2>Explanations</h2>
+<table><tr><th>model</th><th>method</th>{head}</tr>{''.join(body)}</table>
+<p>Tables: <a href="report.csv">report.csv</a>, per image: <a href="cases.csv">cases.csv</a>,
+<a href="report.json">report.json</a>.</p>
+<h2>Faithfulness curves</h2><img src="faithfulness.png" alt="deletion and insertion curves">
+<h2>Sanity check: cascading model-parameter randomisation</h2>
+<p>The rank correlation between each map and the map of the progressively randomised model must drop
+(<a href="sanity.csv">sanity.csv</a>).</p><img src="sanity.png" alt="randomisation check">
+<h2>Gallery</h2><p>Yellow outline: ground truth. Red: evidence for the class, blue: against it.</p>
+<img src="gallery.png" alt="maps of each method">
+<p><small>Written in {report['seconds']} s.</small></p>
+</body></html>
+"""
+    with atomic_open(path, "w") as f:
+        f.write(page)

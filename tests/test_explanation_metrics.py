@@ -1,0 +1,196 @@
+"""Explanation metrics on hand-built maps whose right answer is known, in 2D and 3D."""
+
+import math
+
+import pytest
+import torch
+from ignite.engine import Engine
+
+from monai_softcam.metrics.explanation import (
+    ExplanationMetrics,
+    activation_consistency,
+    activation_precision,
+    activation_sensitivity,
+    completeness_error,
+    curve_auc,
+    deletion_curve,
+    energy_pointing_game,
+    gini,
+    pointing_game,
+    summarize,
+    topk_localisation_precision,
+)
+from monai_softcam.networks import SoftCAM
+
+LOCALISATION = [activation_precision, activation_sensitivity, energy_pointing_game, pointing_game]
+
+
+def _box(shape, lo, hi):
+    """[1, *shape] bool mask, True in the box [lo, hi) on every axis."""
+    mask = torch.zeros(1, *shape, dtype=torch.bool)
+    mask[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    return mask
+
+
+@pytest.mark.parametrize("shape", [(40, 48), (24, 22, 28)])
+def test_map_on_the_mask_scores_best_and_off_the_mask_worst(shape):
+    dims = len(shape)
+    mask = _box(shape, [4] * dims, [14] * dims)
+    elsewhere = _box(shape, [18] * dims, [24] * dims)
+    on = mask.float() * 3.0 - 0.5  # signed: negative outside
+    off = elsewhere.float() * 3.0 - 0.5
+    for metric in LOCALISATION:
+        assert metric(on, mask).item() == pytest.approx(1.0), metric.__name__
+        assert metric(off, mask).item() == pytest.approx(0.0), metric.__name__
+    # half the evidence inside: precision 1/2, the whole annotation covered: sensitivity 1
+    both = mask.float() + elsewhere.float() * (mask.sum() / elsewhere.sum())  # equal mass in and out
+    assert activation_precision(both, mask).item() == pytest.approx(0.5, abs=1e-5)
+    assert energy_pointing_game(both, mask).item() == pytest.approx(0.5, abs=1e-5)
+    assert activation_sensitivity(on, mask).item() == pytest.approx(1.0)
+    # a map at half strength over half the annotation: sensitivity 1/4 when min-max makes the peak 1
+    half = torch.zeros(1, *shape)
+    half[(slice(None), slice(4, 9)) + tuple(slice(4, 14) for _ in range(dims - 1))] = 0.5
+    half[(0,) + tuple([19] * dims)] = 1.0  # the peak, outside the mask
+    assert activation_sensitivity(half, mask).item() == pytest.approx(0.25)
+    size = 5
+    assert topk_localisation_precision(on, mask, k=1, patch_size=size, stride=2)[0, 0] == 1.0
+    assert topk_localisation_precision(off, mask, k=1, patch_size=size, stride=2)[0, 0] == 0.0
+
+
+def test_topk_ranks_patches_and_suppresses_overlaps():
+    mask = _box((64, 64), (0, 0), (20, 64))  # the first 20 rows are annotated
+    heat = torch.zeros(1, 64, 64)
+    heat[0, 2:10, 2:10] = 3.0  # strongest, inside
+    heat[0, 40:48, 40:48] = 2.0  # outside
+    heat[0, 5:13, 40:48] = 1.0  # inside
+    precision = topk_localisation_precision(heat, mask, k=3, patch_size=8, stride=2)
+    assert precision[0].tolist() == pytest.approx([1.0, 0.5, 2 / 3])
+    # more patches requested than fit: the precision of all that fit
+    many = topk_localisation_precision(heat, mask, k=80, patch_size=8, stride=8)  # only 8 x 8 = 64 patches fit
+    assert many.shape == (1, 80) and many[0, -1] == many[0, 63] == pytest.approx(24 / 64)
+    with pytest.raises(ValueError, match="patch_size 80 is larger"):
+        topk_localisation_precision(heat, mask, patch_size=80)
+
+
+def test_pointing_game_tolerance():
+    mask = _box((20, 20), (5, 5), (10, 10))
+    near = torch.zeros(1, 20, 20)
+    near[0, 11, 7] = 1.0  # two pixels below the box
+    assert pointing_game(near, mask).item() == 0.0
+    assert pointing_game(near, mask, tolerance=2).item() == 1.0
+
+
+def test_empty_masks_are_excluded_and_counted_bad_input_is_named():
+    mask = torch.stack([_box((16, 16), (2, 2), (6, 6))[0], torch.zeros(16, 16, dtype=torch.bool)])
+    maps = torch.rand(2, 16, 16)
+    for metric in LOCALISATION:
+        values = metric(maps, mask)
+        assert math.isfinite(values[0].item()) and math.isnan(values[1].item()), metric.__name__
+    assert torch.isnan(topk_localisation_precision(maps, mask, k=2, patch_size=4)[1]).all()
+    summary = summarize(activation_precision(maps, mask))
+    assert (summary["n"], summary["n_excluded"]) == (1, 1)
+    assert summary["ci_low"] <= summary["mean"] <= summary["ci_high"]
+    with pytest.raises(ValueError, match=r"masks of shape \(2, 8, 8\) do not match the maps of shape \(2, 16, 16\)"):
+        activation_precision(maps, torch.ones(2, 8, 8))
+    broken = maps.clone()
+    broken[1, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"sample\(s\) \[1\] contain NaN or inf"):
+        activation_precision(broken, mask)
+    # a map without positive evidence points at nothing: the worst value, not NaN
+    assert activation_precision(-torch.ones(1, 16, 16), mask[:1]).item() == 0.0
+    assert activation_precision(torch.zeros(1, 16, 16), mask[:1]).item() == 0.0
+
+
+def test_gini_consistency_completeness():
+    assert gini(torch.ones(1, 4, 4)).item() == pytest.approx(0.0, abs=1e-6)
+    one_hot = torch.zeros(1, 4, 4)
+    one_hot[0, 1, 2] = -5.0
+    assert gini(one_hot).item() == pytest.approx(1 - 1 / 16)
+    assert gini(torch.tensor([[[0.0, 0.0], [1.0, 1.0]]])).item() == pytest.approx(0.5)
+    assert gini(torch.zeros(1, 3, 3)).item() == 0.0
+
+    signed = torch.tensor([[[1.0, 1.0], [-1.0, -1.0]]])
+    maps = torch.cat([torch.ones(1, 2, 2), torch.ones(1, 2, 2), signed])
+    consistency = activation_consistency(maps, torch.tensor([True, False, True]))
+    assert consistency.tolist() == pytest.approx([1.0, 0.0, 0.5])
+
+    net = SoftCAM("resnet10", in_channels=1, num_classes=3, return_maps=True).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 64, 64))
+    assert completeness_error(out["logits"], out["evidence_maps"]).max() < 1e-5
+    assert completeness_error(out["logits"] + 0.1, out["evidence_maps"]).min() == pytest.approx(0.1, abs=1e-5)
+
+
+class OneRegionModel(torch.nn.Module):
+    """Reads only the mean of the tile [8:16, 8:16]: class 1 when it is bright."""
+
+    def forward(self, x):
+        region = x[:, :, 8:16, 8:16].mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(region), 20 * region - 5], dim=1)
+
+
+def test_deletion_and_insertion_on_a_model_that_reads_one_region():
+    images = torch.zeros(2, 1, 64, 64)
+    images[:, :, 8:16, 8:16] = 1.0
+    images[1, :, 40:48, 40:48] = 1.0  # a bright distractor the model ignores
+    right = torch.zeros(2, 64, 64)
+    right[:, 8:16, 8:16] = 1.0
+    wrong = torch.zeros(2, 64, 64)
+    wrong[:, 40:48, 40:48] = 1.0
+    wrong[:, 8:16, 8:16] = -1.0  # ranked last
+    target = torch.tensor([1, 1])
+    model = OneRegionModel()
+    good = deletion_curve(model, images, right, target, patch_size=8, steps=5)
+    bad = deletion_curve(model, images, wrong, target, patch_size=8, steps=5)
+    assert good.shape == (2, 6) and torch.allclose(good[:, 0], torch.ones(2))
+    p0 = torch.sigmoid(torch.tensor(15.0))
+    assert good[:, 1:].max() == pytest.approx(float(torch.sigmoid(torch.tensor(-5.0)) / p0), rel=1e-4)
+    assert torch.allclose(bad, torch.ones(2, 6))
+    assert (curve_auc(good) < 0.15).all() and (curve_auc(bad) == 1).all()
+    inserted = deletion_curve(model, images, right, target, patch_size=8, steps=5, insertion=True)
+    missed = deletion_curve(model, images, wrong, target, patch_size=8, steps=5, insertion=True)
+    assert torch.allclose(inserted[:, 1:], torch.ones(2, 5)) and (curve_auc(inserted) > 0.85).all()
+    assert (curve_auc(missed) < 0.05).all()
+    # 3D: the same with a cube
+    volume = torch.zeros(1, 1, 16, 16, 16)
+    volume[..., :8, :8, :8] = 1.0
+    cube = torch.zeros(1, 16, 16, 16)
+    cube[:, :8, :8, :8] = 1.0
+
+    def reads_cube(x):
+        return torch.stack([torch.zeros(x.shape[0]), 20 * x[:, :, :8, :8, :8].mean(dim=(1, 2, 3, 4)) - 5], 1)
+
+    curve = deletion_curve(reads_cube, volume, cube, torch.tensor([1]), patch_size=8, steps=2)
+    assert curve[0, 1] < 0.01
+
+
+def test_ignite_metric_over_batches():
+    metric = ExplanationMetrics(output_transform=lambda out, batch: out, explained_class=1, topk=1, patch_size=4, stride=2)
+    engine = Engine(lambda e, batch: batch)
+    metric.attach(engine, "activation_precision")
+    mask = _box((32, 32), (0, 0), (16, 16))[0]
+    maps = torch.zeros(2, 2, 4, 4)
+    maps[0, 1, :2, :2] = 1.0  # lesion image: the lesion class's evidence in the annotated quarter
+    maps[1, 1] = -1.0  # healthy image: evidence against the lesion everywhere
+    logits = maps.flatten(2).mean(2)
+    batches = [(maps, torch.stack([mask, torch.zeros_like(mask)])[:, None], torch.tensor([1, 0]), logits)]
+    state = engine.run(batches, max_epochs=1)
+    m = state.metrics
+    assert 0.85 < m["activation_precision"] < 1.0  # the bilinear upsampling spills a little past the quarter
+    assert m["pointing_game"] == 1.0 and m["top1_precision"] == 1.0
+    assert m["consistency"] == 1.0 and m["explanation_excluded"] == 1
+    assert m["completeness_error"] < 1e-6
+
+
+def test_explanation_output_reads_evaluator_output_and_batch():
+    from monai_softcam.metrics.explanation import explanation_output
+
+    outputs = [{"evidence_maps": torch.zeros(2, 4, 4), "label": torch.tensor(i), "logits": torch.zeros(2)} for i in (0, 1)]
+    batch = [{"mask": torch.zeros(1, 8, 8), "image": torch.zeros(1, 8, 8)} for _ in range(2)]
+    maps, masks, labels, logits = explanation_output(outputs, batch)
+    assert len(maps) == len(masks) == len(logits) == 2 and [int(v) for v in labels] == [0, 1]
+    maps, masks, labels, logits = explanation_output([{"label": 1, "logits": torch.zeros(2)}], [{"image": 0}])
+    assert maps is None and masks is None  # a black box without annotations
+    metric = ExplanationMetrics()
+    metric.update((None, None, [1], None))
+    assert metric.compute() == {}
