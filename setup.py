@@ -11,6 +11,9 @@ with open(os.path.join(HERE, "monai_softcam", "__init__.py")) as f:
 with open(os.path.join(HERE, "README.md")) as f:
     LONG_DESCRIPTION = f.read()
 
+CAPTUM = ["captum>=0.7"]
+ONNX = ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"]
+
 setup(
     name="monai_softcam",
     version=VERSION,
@@ -39,6 +42,7 @@ setup(
         "matplotlib>=3.5",  # the explanation report's figures
     ],
     # captum: Integrated Gradients as an extra post-hoc baseline (the tests use it too)
-    extras_require={"captum": ["captum>=0.7"], "test": ["pytest>=7.0", "captum>=0.7"]},
+    # onnx: ONNX export (torch.export-based exporter: onnx + onnxscript) and its check (onnxruntime)
+    extras_require={"captum": CAPTUM, "onnx": ONNX, "test": ["pytest>=7.0", *CAPTUM, *ONNX]},
     entry_points={"console_scripts": ["monai-softcam=monai_softcam.__main__:main"]},
 )

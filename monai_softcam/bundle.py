@@ -16,6 +16,7 @@ __all__ = [
     "check_cli_overrides",
     "check_overrides",
     "default_device",
+    "place_network",
     "prepare_dataset",
     "require_dir",
     "required",
@@ -69,6 +70,18 @@ def bundle_root(argv: Sequence[str] | None = None) -> str:
 def default_device() -> torch.device:
     """``cuda`` when a GPU is visible, else ``cpu`` (override with ``--device cpu`` / ``--device cuda:1``)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def place_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = False) -> torch.nn.Module:
+    """Move ``network`` to ``device``; with ``channels_last``, also to the channels-last memory
+    format (``channels_last_3d`` for 3D networks). Same numbers up to rounding; often much faster:
+    3D convolutions train several times faster on CPUs, and GPUs with AMP gain too
+    (``benchmarks/``)."""
+    network = network.to(device)
+    if channels_last:
+        dims = next((m.weight.dim() - 2 for m in network.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), 2)
+        network = network.to(memory_format=torch.channels_last_3d if dims == 3 else torch.channels_last)
+    return network
 
 
 def check_overrides(config_files: Sequence[str], overrides: dict[str, Any]) -> None:

@@ -82,9 +82,10 @@ def load_state_checked(model: torch.nn.Module, state: dict[str, Any], source: st
 
 
 class LoadWeights:
-    """Load a model checkpoint when the engine starts (see :func:`load_weights`)."""
+    """Load a model checkpoint when the engine starts (see :func:`load_weights`). ``path=None``
+    says that the network already holds its weights (a TorchScript export): nothing is loaded."""
 
-    def __init__(self, path: str, model: torch.nn.Module) -> None:
+    def __init__(self, path: str | None, model: torch.nn.Module) -> None:
         self.path = path
         self.model = model
 
@@ -92,12 +93,15 @@ class LoadWeights:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
+        if self.path is None:
+            logger.info("the network holds its own weights: no checkpoint loaded")
+            return
         load_weights(self.model, self.path)
         logger.info("loaded model weights from %s", self.path)
 
 
 class BestModelSaver:
-    """Save the model's state dict whenever a validation metric improves (attach to the evaluator).
+    """Save the model's state dict (as CPU tensors) whenever a validation metric improves (attach to the evaluator).
 
     Args:
         metric_name: key in ``engine.state.metrics``; NaN values never count as an improvement.
@@ -136,7 +140,9 @@ class BestModelSaver:
         self.best = value
         self.best_epoch = int(engine.state.epoch)
         if is_main_process():
-            atomic_torch_save(_unwrap(self.model).state_dict(), self.path)
+            # CPU tensors in the contiguous layout: the file loads anywhere (a CPU-only machine, ckpt_export)
+            state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(self.model).state_dict().items()}
+            atomic_torch_save(state, self.path)
             logger.info("new best %s = %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.path)
 
     def state_dict(self) -> dict[str, Any]:

@@ -45,15 +45,25 @@ def _source(data: Mapping[Hashable, Any], key: Hashable) -> str:
 
 
 class ReadImaged(LoadImaged):
-    """``LoadImaged`` whose failures name the file: a missing, corrupt or unsupported image raises
-    ``ValueError("cannot read image file <path> ...")`` instead of a reader-specific error."""
+    """``LoadImaged`` (``image_only``) that picks each file's reader by its name (the readers given
+    first, then MONAI's), so that no other reader is tried on it, and whose failures name the file:
+    a missing, corrupt or unsupported image raises ``ValueError("cannot read image file <path>: ...")``."""
+
+    def _reader_for(self, path: Any):
+        for candidate in self._loader.readers[::-1]:  # the readers given come last in the list, and win
+            if candidate.verify_suffix(path):
+                return candidate
+        return None  # MONAI then tries every reader
 
     def __call__(self, data, reader=None):  # type: ignore[override]
-        try:
-            return super().__call__(data, reader)
-        except Exception as err:
-            paths = [str(data[k]) for k in self.keys if k in data]
-            raise ValueError(f"cannot read image file {', '.join(paths)}: {err}") from err
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            try:
+                d[key] = self._loader(path, reader or self._reader_for(path))
+            except Exception as err:
+                raise ValueError(f"cannot read image file {path}: {err}") from err
+        return d
 
 
 class AdaptChannelsd(MapTransform):
@@ -148,7 +158,8 @@ def load_input(
     [0, 1], see :mod:`monai_softcam.data.readers`) -> channels first -> boxes to mask
     (:class:`BoxesToMaskd`) -> resize: ``"stretch"`` to ``image_size`` exactly, or ``"crop"``
     (as the paper: scale so that the shortest side fits, then a centred crop of ``image_size``), see
-    :class:`FitToSized`. The image is interpolated (bi/trilinear), the mask nearest. The
+    :class:`FitToSized`, or ``"none"`` (the input's own size, for sliding-window inference). The
+    image is interpolated (bi/trilinear), the mask nearest. The
     image keeps its own channels here (a cache holds a grey image once, not three times);
     :func:`normalize_input` adapts them.
 
@@ -158,6 +169,8 @@ def load_input(
     from .data.readers import default_readers
 
     size = [int(s) for s in image_size]
+    if resize not in ("stretch", "crop", "none"):
+        raise ValueError(f"resize must be 'stretch', 'crop' or 'none', got {resize!r}")
     keys = [image_key, mask_key]
     modes = ["bilinear" if len(size) == 2 else "trilinear", "nearest"]
     steps: list[Transform] = [
@@ -166,7 +179,8 @@ def load_input(
         ),
         BoxesToMaskd(keys=boxes_key, image_key=image_key, mask_key=mask_key),
     ]
-    steps.append(FitToSized(keys=keys, spatial_size=size, fit=resize, mode=modes, allow_missing_keys=True))
+    if resize != "none":
+        steps.append(FitToSized(keys=keys, spatial_size=size, fit=resize, mode=modes, allow_missing_keys=True))
     return Compose(steps)
 
 

@@ -15,12 +15,15 @@ __all__ = ["atomic_open", "atomic_torch_save", "is_main_process"]
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary file beside ``path`` and move it onto ``path`` only when the block succeeds.
+    """Open a temporary file beside ``path`` and move it onto ``path`` only when the block succeeds
+    (text is UTF-8 unless ``encoding`` says otherwise).
 
     A crash (or SIGKILL) while writing leaves the previous ``path`` untouched and never a truncated
     file under the final name.
     """
     path = os.fspath(path)
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")  # whatever the locale says
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)

@@ -99,3 +99,42 @@ def xray_with_boxes(boxes, size: int = 1024, seed: int = 0) -> np.ndarray:
     for x, y, w, h in boxes:
         pixels[int(y) : int(y + h), int(x) : int(x + w)] = 250
     return pixels
+
+
+def write_dicom_series(folder: str, volume_kji: np.ndarray, spacing=(0.8, 0.7, 2.5), origin=(-40.0, 30.0, 12.0),
+                       series_uid: str | None = None) -> list[str]:  # fmt: skip
+    """One DICOM file per slice of an int16 volume ((K, J, I) = slices, rows, columns), axial, LPS
+    geometry (``spacing``: column, row, slice), with the tags a series reader sorts by."""
+    import locale
+
+    import SimpleITK as sitk
+    from pydicom.uid import generate_uid
+
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's DICOM writer leaves the process in the "C" locale
+    os.makedirs(folder, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    paths = []
+    for k, plane in enumerate(volume_kji.astype(np.int16)):
+        image = sitk.GetImageFromArray(plane)
+        image.SetSpacing((float(spacing[0]), float(spacing[1])))
+        tags = {
+            "0008|0060": "CT",
+            "0010|0020": "test",
+            "0020|000d": series_uid + ".1",
+            "0020|000e": series_uid,
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.4f}" for v in (origin[0], origin[1], origin[2] + k * spacing[2])),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0018|0050": f"{spacing[2]:.4f}",
+        }
+        for tag, value in tags.items():
+            image.SetMetaData(tag, value)
+        path = os.path.join(folder, f"slice_{k:03d}.dcm")
+        writer.SetFileName(path)
+        writer.Execute(image)
+        paths.append(path)
+    locale.setlocale(locale.LC_ALL, saved_locale)
+    return paths

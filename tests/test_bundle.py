@@ -34,7 +34,7 @@ def _env():
 
 def bundle(run_id, configs, *overrides, check=True, timeout=600):
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", repr(list(configs)), *overrides]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -214,7 +214,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     root = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
            "run", "training", "--config_file", repr([TRAIN, TINY, MULTI_GPU]), "--bundle_root", str(root)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert torch.load(root / "models" / "training_state.pt", weights_only=True)["trainer"]["epoch"] == 2
     metrics = json.load(open(root / "eval" / "metrics_val.json"))["metrics"]
@@ -281,8 +281,10 @@ def test_inference_config_matches_training_config():
     assert infer_cfg["network_def"] == train_net
     assert infer_cfg["preprocessing"]["mean"] == train_cfg["normalize"]["mean"]
     assert infer_cfg["preprocessing"]["std"] == train_cfg["normalize"]["std"]
-    for key in ("image_size", "resize"):
-        assert infer_cfg["preprocessing"][key] == train_cfg["load_input"][key], key
+    assert infer_cfg["preprocessing"]["image_size"] == train_cfg["load_input"]["image_size"]
+    # the training resize, unless the sliding window explains inputs at their own size
+    assert infer_cfg["preprocessing"]["resize"] == "$'none' if @sliding_window else " + train_cfg["load_input"]["resize"]
+    assert infer_cfg["sliding_window"] is False and infer_cfg["channels_last"] == train_cfg["channels_last"]
 
 
 def _rewrite_csv(path, edit):
@@ -403,5 +405,5 @@ def test_explain_eval_report_compares_softcam_with_a_black_box(trained, tmp_path
     page = open(out / "index.html").read()
     assert all(name in page for name in ("faithfulness.png", "sanity.png", "gallery.png", "report.csv", "softcam_dense"))
     assert "explanation report (12 images" in proc.stdout
-    table = open(out / "table.md").read().splitlines()
+    table = open(out / "table.md", encoding="utf-8").read().splitlines()
     assert len(table) == 2 + 5 and table[-1].startswith("| blackbox | occlusion | ")

@@ -12,7 +12,7 @@ from .datalist import (
 )
 from .datasets import CACHE_MODES, intensity_stats, make_dataset, resolve_intensity_stats
 from .demo import DemoDataConfig, DemoSample, ensure_demo_dataset, generate_demo_dataset, render_sample
-from .readers import DicomReader, SimpleITKReader, default_readers, is_dicom_file
+from .readers import DicomReader, DicomSeriesReader, SimpleITKReader, default_readers, is_dicom_file
 from .sampling import SAMPLING_MODES, BalancedSampler, make_sampler
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "DemoDataConfig",
     "DemoSample",
     "DicomReader",
+    "DicomSeriesReader",
     "IMAGE_EXTENSIONS",
     "Problem",
     "SAMPLING_MODES",

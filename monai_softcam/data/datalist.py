@@ -231,7 +231,7 @@ class CSVDataSpec:
 
             files = tqdm(files, desc=f"checking {split} images", unit="file", disable=None if len(files) > 2000 else True)
         for item, k in files:
-            message = "" if os.path.isfile(item[k]) else "file not found"
+            message = "" if os.path.exists(item[k]) else "file not found"
             if not message and check_images:
                 message = probe_image(item[k])
             if message:
@@ -354,8 +354,8 @@ def read_csv_datalist(
 
 
 def list_images(source: str, data_root: str | None = None, spec: CSVDataSpec | None = None) -> list[dict[str, Any]]:
-    """Data list for inference from a folder (its image files, sorted, not recursive), a CSV or one
-    image file.
+    """Data list for inference from a folder (its image files, sorted, not recursive; a folder
+    holding one DICOM series of several slices is that one volume), a CSV or one image file.
 
     A CSV is read with ``spec``'s image column, image root and file-name template (labels, masks
     and boxes are not needed and not read; rows sharing ``spec.group_column`` are one image), so a
@@ -364,8 +364,16 @@ def list_images(source: str, data_root: str | None = None, spec: CSVDataSpec | N
     """
     if os.path.isdir(source):
         names = sorted(n for n in os.listdir(source) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
+        if all(n.lower().endswith((".dcm", ".dicom")) for n in names):  # one DICOM series: one volume
+            from .readers import dicom_series
+
+            try:
+                if len(dicom_series(source)) > 1 or not names:
+                    return [{"image": os.path.abspath(source)}]
+            except ValueError:
+                pass
         if not names:
-            raise DataListError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {source}")
+            raise DataListError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) or DICOM series in folder {source}")
         return [{"image": os.path.join(os.path.abspath(source), n)} for n in names]
     if source.lower().endswith(".csv"):
         spec = spec if spec is not None else CSVDataSpec()

@@ -261,12 +261,12 @@ def generate_demo_dataset(out_dir: str, config: DemoDataConfig | None = None, pr
                 )
                 index += 1
                 bar.update(1)
-            with open(os.path.join(work, f"{split}.csv"), "w", newline="") as f:
+            with open(os.path.join(work, f"{split}.csv"), "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(_csv_columns(config.spatial_dims))
                 writer.writerows(rows)
         bar.close()
-        with open(os.path.join(work, "demo.json"), "w") as f:
+        with open(os.path.join(work, "demo.json"), "w", encoding="utf-8") as f:
             json.dump({"fingerprint": _fingerprint(config), "config": asdict(config)}, f, indent=2)
         os.replace(work, out_dir)
     except BaseException:

@@ -7,6 +7,8 @@ use RAS too, while DICOM and ITK store LPS, so the affine is converted.
 * :class:`SimpleITKReader`: PNG, JPEG, TIFF, BMP (8- and 16-bit, grey or RGB: 16-bit colour keeps
   its precision, unlike PIL), mapped to float32 in [0, 1] by their integer type's range; NRRD and
   MetaImage (``.mha``/``.mhd``) keep their values (e.g. CT in Hounsfield units).
+* :class:`DicomSeriesReader`: a folder holding one DICOM series (CT/MR), stacked by position with
+  SimpleITK/GDCM; values rescaled (CT in Hounsfield units).
 * :class:`DicomReader`: single DICOM files. The modality rescale (slope, intercept) is applied, so
   CT comes out in Hounsfield units (float32). Images without a rescale (X-ray, photographs) come
   out as float32 in [0, 1] by their stored bit depth. ``MONOCHROME1`` images (where larger values
@@ -25,7 +27,7 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
-__all__ = ["DicomReader", "SimpleITKReader", "default_readers", "is_dicom_file", "probe_image"]
+__all__ = ["DicomReader", "DicomSeriesReader", "SimpleITKReader", "default_readers", "dicom_series", "is_dicom_file", "probe_image"]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -100,6 +102,51 @@ class SimpleITKReader(ImageReader):
         affine[:spatial, :spatial] = direction * np.asarray(image.GetSpacing(), dtype=float)[None, :]
         affine[:spatial, 3] = image.GetOrigin()
         return array, _meta(array, affine, channels, path)
+
+
+def dicom_series(folder: str) -> list[str]:
+    """The files of the one DICOM series in ``folder``, sorted by position; a ValueError naming the
+    folder if it holds no series or several."""
+    import SimpleITK as sitk
+
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    if not ids:
+        raise ValueError(f"{folder}: no DICOM series in this folder")
+    if len(ids) > 1:
+        raise ValueError(f"{folder}: {len(ids)} DICOM series in one folder ({', '.join(ids)}); give one series per folder")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, ids[0]))
+
+
+class DicomSeriesReader(SimpleITKReader):
+    """Read a folder holding one DICOM series as a volume (SimpleITK/GDCM).
+
+    Args:
+        spatial_dims: 2 refuses series of more than one slice with a clear message.
+    """
+
+    def __init__(self, spatial_dims: int = 3) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+
+    def verify_suffix(self, filename: Sequence[Any] | Any) -> bool:
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
+        return len(names) == 1 and os.path.isdir(os.fspath(names[0]))
+
+    def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
+        import SimpleITK as sitk
+
+        path = _single(data)
+        if not os.path.isdir(path):  # MONAI tries every given reader: leave files to the others
+            raise ValueError(f"{path}: not a folder")
+        files = dicom_series(path)
+        if len(files) > 1 and self.spatial_dims == 2:
+            raise ValueError(f"{path}: a DICOM series of {len(files)} slices cannot be used as a 2D image")
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        try:
+            return path, reader.Execute()
+        except RuntimeError as err:
+            raise ValueError(f"{path}: not a readable DICOM series ({str(err).strip().splitlines()[-1]})") from err
 
 
 class DicomReader(ImageReader):
@@ -189,7 +236,7 @@ class DicomReader(ImageReader):
 
 def default_readers(spatial_dims: int = 2) -> list[ImageReader]:
     """The readers the preprocessing puts before MONAI's defaults (NIfTI and anything else)."""
-    return [DicomReader(spatial_dims=spatial_dims), SimpleITKReader()]
+    return [DicomSeriesReader(spatial_dims=spatial_dims), DicomReader(spatial_dims=spatial_dims), SimpleITKReader()]
 
 
 def probe_image(path: str) -> str:
@@ -202,7 +249,9 @@ def probe_image(path: str) -> str:
     """
     lower = path.lower()
     try:
-        if is_dicom_file(path):
+        if os.path.isdir(path):
+            dicom_series(path)
+        elif is_dicom_file(path):
             import pydicom
 
             ds = pydicom.dcmread(path, stop_before_pixels=True)

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 from monai.networks.nets import DenseNet, EfficientNetBN, ResNet, SEResNet50
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck, get_inplanes
+from monai.utils import ensure_tuple_rep
 
 from .vgg import VGGFeatures, vgg_fc_block
 
@@ -55,7 +56,10 @@ class Backbone(nn.Module):
             used to map pretrained weights.
         spatial_dims: 2 or 3.
         in_channels: number of input channels.
-        min_input_size: smallest spatial size (per axis) the trunk accepts.
+        min_input_size: smallest spatial size the trunk accepts, one number for every axis or one
+            per axis. The registered backbones use their output stride (32 with the defaults): a
+            smaller input would give an empty output grid (VGG, DenseNet) or one cell that sees mostly
+            padding.
     """
 
     def __init__(
@@ -67,7 +71,7 @@ class Backbone(nn.Module):
         family: str = "",
         spatial_dims: int = 2,
         in_channels: int = 3,
-        min_input_size: int = 1,
+        min_input_size: int | Sequence[int] = 1,
     ) -> None:
         super().__init__()
         self.features = features
@@ -78,6 +82,13 @@ class Backbone(nn.Module):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.min_input_size = min_input_size
+
+    def min_input_shape(self) -> list[int]:
+        """``min_input_size`` as one integer per spatial axis (a ValueError if it has another length)."""
+        sizes = [int(s) for s in ensure_tuple_rep(self.min_input_size, self.spatial_dims)]
+        if any(s < 1 for s in sizes):
+            raise ValueError(f"min_input_size of backbone {self.name!r} must be >= 1 per axis, got {self.min_input_size!r}")
+        return sizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.features(x))
@@ -163,7 +174,7 @@ def _resnet_builder(block: type, layers: list[int]) -> Callable[..., Backbone]:
     def build(
         spatial_dims: int,
         in_channels: int,
-        conv1_t_stride: int = 2,
+        conv1_t_stride: int | Sequence[int] = 2,
         no_max_pool: bool = False,
         widen_factor: float = 1.0,
     ) -> Backbone:
@@ -187,7 +198,9 @@ def _resnet_builder(block: type, layers: list[int]) -> Callable[..., Backbone]:
         stages = [(f"layer{i}", getattr(net, f"layer{i}")) for i in range(1, 5)]
         features = nn.Sequential(OrderedDict(stem + stages))
         out_channels = int(get_inplanes()[3] * widen_factor) * block.expansion
-        return Backbone(features, out_channels)
+        # output stride: first convolution x max-pool (2) x layers 2-4 (2 each)
+        stride = [int(s) * (1 if no_max_pool else 2) * 8 for s in ensure_tuple_rep(conv1_t_stride, spatial_dims)]
+        return Backbone(features, out_channels, min_input_size=stride)
 
     return build
 
@@ -206,7 +219,8 @@ def _densenet_builder(block_config: tuple[int, ...], growth_rate: int = 32, init
         features = net.features
         # the trunk ends on a batch norm; the original network applies ReLU before pooling, so do we
         features.add_module("relu5", nn.ReLU(inplace=True))
-        return Backbone(features, net.class_layers.out.in_features)
+        # output stride 32 (the trunk itself needs 29 px: three 2x2 average pools after a stride-4 stem)
+        return Backbone(features, net.class_layers.out.in_features, min_input_size=32)
 
     return build
 
@@ -214,7 +228,7 @@ def _densenet_builder(block_config: tuple[int, ...], growth_rate: int = 32, init
 def _seresnet50_builder(spatial_dims: int, in_channels: int) -> Backbone:
     net = SEResNet50(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=1)
     features = nn.Sequential(OrderedDict((f"layer{i}", getattr(net, f"layer{i}")) for i in range(5)))
-    return Backbone(features, net.last_linear.in_features)
+    return Backbone(features, net.last_linear.in_features, min_input_size=32)  # output stride 32
 
 
 def _efficientnet_builder(model_name: str) -> Callable[..., Backbone]:
@@ -238,7 +252,7 @@ def _efficientnet_builder(model_name: str) -> Callable[..., Backbone]:
                 ]
             )
         )
-        return Backbone(features, net._conv_head.out_channels)
+        return Backbone(features, net._conv_head.out_channels, min_input_size=32)  # output stride 32
 
     return build
 
@@ -247,6 +261,7 @@ def _vgg_builder(config: str, batch_norm: bool) -> Callable[..., Backbone]:
     def build(spatial_dims: int, in_channels: int, fc_width: int = 4096, dropout: float = 0.5) -> Backbone:
         features = VGGFeatures(config, spatial_dims=spatial_dims, in_channels=in_channels, batch_norm=batch_norm)
         neck = vgg_fc_block(spatial_dims, features.out_channels, width=fc_width, dropout=dropout)
+        # output stride 32; five 2x2 max-pools leave an empty grid below 32 px
         return Backbone(features, fc_width, neck=neck, min_input_size=32)
 
     return build

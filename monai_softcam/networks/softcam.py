@@ -51,8 +51,21 @@ class EvidenceHead(nn.Module):
         return logits, maps
 
 
+def _format_shape(shape: list[int]) -> str:
+    """``(1, 3, 64)`` as Python prints a tuple, in TorchScript too (where a shape is a list)."""
+    inner = ", ".join([str(s) for s in shape])
+    return "(" + inner + ("," if len(shape) == 1 else "") + ")"
+
+
 class _Classifier(nn.Module):
-    """Shared construction and input checks of :class:`SoftCAM` and :class:`BlackBox`."""
+    """Shared construction and input checks of :class:`SoftCAM` and :class:`BlackBox`.
+
+    ``forward`` checks its input first (also after ``torch.jit.script``): the number of dimensions
+    and of channels, and that every spatial size reaches the backbone's ``min_input_size`` (for the
+    registered backbones their output stride: one cell of the output grid); a ValueError names what
+    was expected and what came. In a TorchScript model the same message arrives as a
+    ``torch.jit.Error`` whose text contains ``builtins.ValueError: <message>``.
+    """
 
     def __init__(
         self,
@@ -69,22 +82,38 @@ class _Classifier(nn.Module):
         self.backbone: Backbone = build_backbone(backbone, spatial_dims, in_channels, **(backbone_kwargs or {}))
         self.in_channels = in_channels
         self.backbone_name = self.backbone.name
+        # what the input checks need, as plain attributes so that forward stays scriptable
+        self._description = (
+            f"{type(self).__name__}({self.backbone_name}, spatial_dims={self.spatial_dims}, in_channels={in_channels})"
+        )
+        self._expected_shape = "[" + ", ".join(["B", str(in_channels)] + ["H", "W", "D"][: self.spatial_dims]) + "]"
+        self._min_size: list[int] = self.backbone.min_input_shape()
         if pretrained:
             load_pretrained_backbone(self.backbone, pretrained)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        expected = ["B", str(self.in_channels)] + ["H", "W", "D"][: self.spatial_dims]
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+        ndim = self.spatial_dims + 2
+        if x.dim() != ndim or x.shape[1] != self.in_channels:
+            problem = f"{x.dim()} dimensions, expected {ndim}"
+            if x.dim() == ndim:
+                problem = f"{x.shape[1]} input channels, expected {self.in_channels}"
             raise ValueError(
-                f"{type(self).__name__}({self.backbone_name}, spatial_dims={self.spatial_dims}, "
-                f"in_channels={self.in_channels}) expects input x of shape [{', '.join(expected)}] "
-                f"({self.spatial_dims + 2} dimensions), got {tuple(x.shape)}"
+                f"{self._description} expects input x of shape {self._expected_shape} ({ndim} dimensions), "
+                f"got {_format_shape(list(x.shape))}: {problem}"
             )
-        small = [int(s) for s in x.shape[2:] if s < self.backbone.min_input_size]
-        if small:
+        spatial = list(x.shape[2:])
+        too_small = False
+        for i in range(len(spatial)):  # (TorchScript has no zip(strict=...))
+            if spatial[i] < self._min_size[i]:
+                too_small = True
+        if too_small:
+            if min(self._min_size) == max(self._min_size):
+                needed = f"every spatial size must be >= {self._min_size[0]}"
+            else:
+                needed = f"the spatial sizes must be >= {_format_shape(self._min_size)}"
             raise ValueError(
-                f"input x is too small for {self.backbone_name}: every spatial size must be >= "
-                f"{self.backbone.min_input_size}, got {tuple(x.shape[2:])}"
+                f"input x is too small for {self.backbone_name}: {needed}, got {_format_shape(spatial)} "
+                f"(the backbone's minimum: one cell of its output grid)"
             )
 
 
@@ -134,7 +163,7 @@ class SoftCAM(_Classifier):
         self._check_input(x)
         logits, maps = self.head(self.backbone(x))
         if self.return_maps:
-            return {LOGITS: logits, EVIDENCE_MAPS: maps}
+            return {"logits": logits, "evidence_maps": maps}  # LOGITS, EVIDENCE_MAPS (TorchScript needs literals)
         return logits
 
 
@@ -172,4 +201,6 @@ class BlackBox(_Classifier):
         self._check_input(x)
         pooled = self.pool(self.backbone.features(x))
         logits = self.fc(self.backbone.neck(pooled).flatten(1))
-        return {LOGITS: logits} if self.return_maps else logits
+        if self.return_maps:
+            return {"logits": logits}  # LOGITS (TorchScript needs literals)
+        return logits

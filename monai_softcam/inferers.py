@@ -1,0 +1,92 @@
+"""Evidence maps of inputs larger than the network was trained on: a sliding window.
+
+:class:`EvidenceSlidingWindowInferer` runs the network on windows of the training size
+(``roi_size``) over the whole input, with MONAI's ``sliding_window_inference``; each window's
+evidence maps are upsampled to the window's voxels, and the windows are blended into one map per
+class on the input's own grid. The whole input's logits are *defined* as the spatial mean of that
+stitched map, so SoftCAM's completeness (logit = mean of the map) holds for the whole input by
+construction.
+
+Blending: with ``mode="constant"`` (default) every voxel's evidence is the plain mean of the
+windows covering it; ``"gaussian"`` weights each window's centre more than its border. A voxel
+seen by one window keeps that window's evidence exactly, so where the input fits in one window the
+stitched map is the direct map upsampled to the input (tested). Where windows overlap, the
+stitched logit is in general *not* the mean of the windows' own logits (overlapped voxels count
+once, border voxels are seen with less context): it is the mean of what is shown.
+
+Memory: the input, the stitched maps (classes x input voxels, on ``device``), and
+``sw_batch_size`` windows at a time on ``sw_device``: it grows with the window batch, not with the
+input size (measured in ``benchmarks/sliding_window.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from monai.inferers import Inferer, sliding_window_inference
+
+from .visualize import upsample_map
+
+__all__ = ["EvidenceSlidingWindowInferer"]
+
+
+class EvidenceSlidingWindowInferer(Inferer):
+    """Sliding-window SoftCAM inference returning ``{"logits": [B, C], "evidence_maps": [B, C, *input]}``.
+
+    Args:
+        roi_size: the window (the network's training input size), one entry per spatial axis.
+        sw_batch_size: windows run together (the memory knob).
+        overlap: fraction of a window shared with its neighbour, per axis or one value.
+        mode: ``"constant"`` (plain mean where windows overlap) or ``"gaussian"``.
+        sw_device: where windows run (default: the input's device).
+        device: where the stitched map is kept (default: the input's device; ``"cpu"`` saves GPU memory).
+        progress: show a progress bar over the windows.
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int],
+        sw_batch_size: int = 4,
+        overlap: float | Sequence[float] = 0.25,
+        mode: str = "constant",
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        self.roi_size = [int(s) for s in roi_size]
+        if sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+        self.sw_batch_size = int(sw_batch_size)
+        self.overlap = overlap
+        self.mode = mode
+        self.sw_device = sw_device
+        self.device = device
+        self.progress = progress
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        if inputs.dim() != len(self.roi_size) + 2:
+            raise ValueError(
+                f"input of shape {tuple(inputs.shape)} does not match a {len(self.roi_size)}D window {self.roi_size}"
+            )
+
+        def window_maps(window: torch.Tensor) -> torch.Tensor:
+            out = network(window, *args, **kwargs)
+            if not isinstance(out, dict) or "evidence_maps" not in out:
+                raise TypeError("sliding-window evidence needs a network returning evidence maps (SoftCAM, return_maps=True)")
+            maps = out["evidence_maps"]
+            return torch.stack([upsample_map(m, window.shape[2:]) for m in maps]).to(maps.dtype)
+
+        maps = sliding_window_inference(
+            inputs,
+            roi_size=self.roi_size,
+            sw_batch_size=self.sw_batch_size,
+            predictor=window_maps,
+            overlap=self.overlap,
+            mode=self.mode,
+            sw_device=self.sw_device,
+            device=self.device,
+            progress=self.progress,
+        )
+        return {"logits": maps.flatten(2).mean(-1), "evidence_maps": maps}

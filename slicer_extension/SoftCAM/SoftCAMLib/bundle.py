@@ -1,0 +1,195 @@
+"""A trained SoftCAM bundle as the Slicer module sees it: what it classifies and how it prepares
+its input, read from the bundle's own ``configs/metadata.json`` and ``configs/inference.yaml``
+(plus the preset files it was trained with, merged after it, as on the command line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Sequence
+
+__all__ = ["BundleError", "BundleInfo", "unpack_torchscript"]
+
+INFERENCE_CONFIGS = ("inference.yaml", "inference.json")
+TORCHSCRIPT_KEY = "torchscript_export"
+
+
+class BundleError(ValueError):
+    """A folder that is not a usable SoftCAM bundle; the message says what is missing or wrong."""
+
+
+@dataclass
+class BundleInfo:
+    """Read with :meth:`read`; every field comes from the bundle's configs."""
+
+    path: str
+    config_files: list[str]
+    name: str
+    version: str
+    monai_version: str
+    class_names: list[str]
+    spatial_dims: int
+    image_size: list[int]
+    in_channels: int
+    resize: str
+    intensity: str
+    checkpoint: str
+    warnings: list[str] = field(default_factory=list)
+    torchscript: str | None = None  # the export this bundle was unpacked from
+
+    @classmethod
+    def read(cls, path: str, extra_configs: Sequence[str] = ()) -> "BundleInfo":
+        """Read the bundle folder ``path`` (``configs/metadata.json``, ``configs/inference.yaml``,
+        the checkpoint it names). ``extra_configs``: preset files merged after the inference config
+        (e.g. ``configs/rsna.yaml``), as given to ``python -m monai.bundle run inference``.
+
+        Raises:
+            BundleError: naming the missing file or the key that cannot be read.
+        """
+        path = os.path.abspath(os.path.expanduser(path))
+        if os.path.isfile(path) and path.endswith(".ts"):
+            folder, embedded = unpack_torchscript(path)
+            return cls.read(folder, [*embedded, *extra_configs])
+        if not os.path.isdir(path):
+            raise BundleError(f"{path} is not a folder (a bundle) or a TorchScript export (.ts)")
+        meta_file = os.path.join(path, "configs", "metadata.json")
+        if not os.path.isfile(meta_file):
+            raise BundleError(f"{path} is not a MONAI bundle: configs/metadata.json not found")
+        inference = [os.path.join(path, "configs", n) for n in INFERENCE_CONFIGS]
+        inference = [f for f in inference if os.path.isfile(f)]
+        if not inference:
+            raise BundleError(f"{path}: no configs/inference.yaml (or .json): the bundle cannot run inference")
+        extra = [os.path.abspath(os.path.expanduser(f)) for f in extra_configs if str(f).strip()]
+        for f in extra:
+            if not os.path.isfile(f):
+                raise BundleError(f"preset config {f} not found")
+        try:
+            with open(meta_file) as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as err:
+            raise BundleError(f"{meta_file}: not readable JSON ({err})") from err
+
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        files = inference[:1] + extra
+        try:
+            parser.read_config(f=files)
+        except Exception as err:
+            raise BundleError(f"cannot read the configs {files}: {err}") from err
+        parser["bundle_root"] = path
+
+        def get(key: str):
+            try:
+                return parser.get_parsed_content(key)
+            except Exception as err:
+                raise BundleError(f"{files[-1] if len(files) > 1 else files[0]}: cannot read key '{key}' ({err})") from err
+
+        class_names = [str(c) for c in get("class_names")]
+        image_size = [int(s) for s in get("image_size")]
+        spatial_dims = int(get("spatial_dims"))
+        if len(image_size) != spatial_dims:
+            raise BundleError(f"{files[0]}: image_size {image_size} does not have spatial_dims={spatial_dims} entries")
+        try:  # 'auto' statistics are read from the file training wrote beside the model
+            mean, std = parser.get_parsed_content("intensity_stats")
+        except Exception:
+            mean, std = parser.get("intensity_mean"), parser.get("intensity_std")
+        info = cls(
+            path=path,
+            config_files=files,
+            name=str(meta.get("name", os.path.basename(path))),
+            version=str(meta.get("version", "?")),
+            monai_version=str(meta.get("monai_version", "?")),
+            class_names=class_names,
+            spatial_dims=spatial_dims,
+            image_size=image_size,
+            in_channels=int(get("in_channels")),
+            resize=str(get("resize")),
+            intensity=f"(x - {mean}) / {std}",
+            checkpoint=os.path.abspath(str(parser.get(TORCHSCRIPT_KEY) or get("checkpoint"))),
+        )
+        info.torchscript = str(parser.get(TORCHSCRIPT_KEY, "")) or None
+        if info.torchscript is None and not os.path.isfile(info.checkpoint):
+            raise BundleError(f"{path}: the checkpoint {info.checkpoint} does not exist (train the bundle first)")
+        import monai
+
+        if info.monai_version not in ("?", monai.__version__):
+            info.warnings.append(
+                f"the bundle was made with MONAI {info.monai_version}, this Python has MONAI {monai.__version__}"
+            )
+        return info
+
+    def check_weights(self) -> None:
+        """Build the bundle's network and load its checkpoint (``weights_only``); raises a
+        :class:`BundleError` listing the mismatching tensors if the checkpoint is of another
+        network (backbone, class count, channels). A TorchScript export holds its own weights."""
+        if self.torchscript:
+            return
+        from monai.bundle import ConfigParser
+
+        from monai_softcam.handlers import load_weights
+
+        parser = ConfigParser()
+        parser.read_config(f=self.config_files)
+        parser["bundle_root"] = self.path
+        try:
+            network = parser.get_parsed_content("network_def")
+            load_weights(network, self.checkpoint)
+        except Exception as err:
+            raise BundleError(f"{self.path}: {err}") from err
+
+    def summary(self) -> str:
+        """A few lines for the GUI."""
+        size = "x".join(str(s) for s in self.image_size)
+        lines = [
+            f"{self.name}  (version {self.version}, MONAI {self.monai_version})",
+            f"classes: {', '.join(self.class_names)}",
+            f"input: {self.spatial_dims}D, {self.in_channels} channel(s), resized ({self.resize}) to {size}, "
+            f"intensities {self.intensity}",
+            f"checkpoint: {self.checkpoint}",
+        ]
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+
+
+def unpack_torchscript(path: str, folder: str | None = None) -> tuple[str, list[str]]:
+    """A bundle folder made from a TorchScript export of ``python -m monai.bundle ckpt_export``:
+    the configs it embeds (``metadata.json``, ``inference.json`` and any preset given after it) in
+    ``configs/``, plus ``configs/torchscript.json``, which makes the network the export itself
+    (loaded with ``torch.jit.load``; no checkpoint is read). Returns the folder and the config
+    files to merge after ``inference.json`` (the presets, then ``torchscript.json``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            extra = {n.split("/extra/", 1)[1]: archive.read(n) for n in archive.namelist() if "/extra/" in n}
+    except (OSError, zipfile.BadZipFile) as err:
+        raise BundleError(f"{path}: not a TorchScript file ({err})") from err
+    missing = [n for n in ("metadata.json", "inference.json") if n not in extra]
+    if missing:
+        raise BundleError(
+            f"{path}: a TorchScript export without {' and '.join(missing)}: export it with "
+            "python -m monai.bundle ckpt_export ... --meta_file configs/metadata.json --config_file configs/inference.yaml"
+        )
+    folder = folder or tempfile.mkdtemp(prefix="softcam_ts_")
+    os.makedirs(os.path.join(folder, "configs"), exist_ok=True)
+    for name, content in extra.items():
+        with open(os.path.join(folder, "configs", name), "wb") as f:
+            f.write(content)
+    with open(os.path.join(folder, "configs", "inference.json")) as f:
+        inference = json.load(f)
+    if "auto" in (inference.get("intensity_mean"), inference.get("intensity_std")):
+        raise BundleError(
+            f"{path}: its intensity statistics are 'auto' (measured when training, kept beside the checkpoint, not "
+            "in the export): give the values with the export's configs, or use the bundle folder"
+        )
+    override = {
+        TORCHSCRIPT_KEY: os.path.abspath(path),
+        "network": f"$torch.jit.load({os.path.abspath(path)!r}, map_location=@device)",
+        "checkpoint": None,
+    }
+    with open(os.path.join(folder, "configs", "torchscript.json"), "w") as f:
+        json.dump(override, f, indent=2)
+    presets = [n for n in extra if n.endswith(".json") and n not in ("metadata.json", "inference.json")]
+    return folder, [os.path.join(folder, "configs", n) for n in presets + ["torchscript.json"]]

@@ -1,0 +1,44 @@
+"""Small bundles for tests (pytest here, ``SoftCAMTest`` inside Slicer): the repository's bundle
+configs with a freshly initialised (seeded, untrained) network saved as the checkpoint. Needs the
+monai_softcam source tree (``bundle/configs``) beside this extension."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Sequence
+
+from .dependencies import package_source
+
+__all__ = ["repository_bundle", "write_test_bundle"]
+
+
+def repository_bundle() -> str:
+    """``<repo>/bundle`` of the source tree this extension sits in."""
+    root = package_source()
+    bundle = os.path.join(root, "bundle")
+    if not os.path.isfile(os.path.join(bundle, "configs", "inference.yaml")):
+        raise FileNotFoundError(
+            "the monai_softcam source tree (bundle/configs/inference.yaml) is not beside this extension"
+        )
+    return bundle
+
+
+def write_test_bundle(folder: str, extra_configs: Sequence[str] = (), seed: int = 0) -> str:
+    """Copy the repository's bundle configs into ``folder`` and save a seeded, untrained network
+    (built from ``configs/inference.yaml`` + ``extra_configs``) as ``models/model.pt``."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    source = repository_bundle()
+    os.makedirs(os.path.join(folder, "configs"), exist_ok=True)
+    for name in ("metadata.json", "inference.yaml", "logging.conf"):
+        shutil.copy(os.path.join(source, "configs", name), os.path.join(folder, "configs", name))
+    parser = ConfigParser()
+    parser.read_config(f=[os.path.join(folder, "configs", "inference.yaml"), *extra_configs])
+    parser["bundle_root"] = folder
+    torch.manual_seed(seed)
+    network = parser.get_parsed_content("network_def")
+    os.makedirs(os.path.join(folder, "models"), exist_ok=True)
+    torch.save(network.state_dict(), os.path.join(folder, "models", "model.pt"))
+    return folder

@@ -1,0 +1,211 @@
+"""Volumes as 3D Slicer holds them, without Slicer: a voxel array in (K, J, I) order (what
+``slicer.util.arrayFromVolume`` returns; a trailing axis for the components of a colour volume)
+and the 4x4 IJK-to-RAS matrix of the volume node.
+
+The bundle reads images in MONAI's (I, J, K) = (x, y, z) voxel order and the evidence maps come
+back on the same voxel grid, so a map is put on the source volume by voxel index and inherits its
+IJK-to-RAS matrix unchanged: the map voxel (i, j, k) is exactly the input voxel the model read
+there, whatever the volume's orientation, spacing or obliquity. Geometry from DICOM/ITK is LPS;
+:meth:`Volume.from_lps` converts it to Slicer's RAS.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "LPS_TO_RAS",
+    "Volume",
+    "VolumeError",
+    "geometry_matrix",
+    "read_map",
+    "safe_name",
+    "write_exchange_file",
+    "write_probabilities",
+    "write_volume",
+]
+
+#: flips x and y: LPS <-> RAS (its own inverse)
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: 2D single-slice volumes of these integer types go to the bundle as PNG, the format photographs
+#: are read from, so that they get the same intensity scaling (integer range -> [0, 1])
+_PNG_TYPES = (np.uint8, np.uint16)
+
+
+class VolumeError(ValueError):
+    """A volume that the bundle cannot take (dimensions, channels) or a result that does not fit it."""
+
+
+def geometry_matrix(origin: Sequence[float], spacing: Sequence[float], direction: Sequence[Sequence[float]]) -> np.ndarray:
+    """The 4x4 index-to-physical matrix of an ITK-style geometry (direction columns are the axes)."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.asarray(direction, dtype=float).reshape(3, 3) * np.asarray(spacing, dtype=float)[None, :]
+    matrix[:3, 3] = np.asarray(origin, dtype=float)
+    return matrix
+
+
+@dataclass
+class Volume:
+    """A volume node's content: ``array`` in (K, J, I[, components]) order and ``ijk_to_ras``.
+
+    Args:
+        array: voxels, shape ``(K, J, I)`` or ``(K, J, I, C)`` for colour (vector) volumes; a 2D
+            image loaded in Slicer is a single-slice volume (K = 1).
+        ijk_to_ras: the node's IJK-to-RAS matrix (4x4).
+        name: the node name (used for file names).
+        source_file: the file the volume was loaded from, when it is unchanged since; the bundle
+            then reads that very file (results identical to ``run inference`` on it).
+    """
+
+    array: np.ndarray
+    ijk_to_ras: np.ndarray
+    name: str = "volume"
+    source_file: str | None = None
+    components: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array)
+        self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=float)
+        if self.array.ndim not in (3, 4) or min(self.array.shape[:3]) < 1:
+            raise VolumeError(
+                f"volume '{self.name}': expected a (K, J, I) or (K, J, I, components) array, got shape {self.array.shape}"
+            )
+        if self.ijk_to_ras.shape != (4, 4) or not np.all(np.isfinite(self.ijk_to_ras)):
+            raise VolumeError(f"volume '{self.name}': IJK-to-RAS must be a finite 4x4 matrix")
+        if abs(np.linalg.det(self.ijk_to_ras[:3, :3])) < 1e-12:
+            raise VolumeError(f"volume '{self.name}': IJK-to-RAS matrix is singular (zero spacing?)")
+        self.components = self.array.ndim == 4
+
+    @classmethod
+    def from_lps(cls, array: np.ndarray, ijk_to_lps: np.ndarray, **kwargs) -> "Volume":
+        """A volume whose geometry is given in LPS (DICOM, ITK, SimpleITK)."""
+        return cls(array, LPS_TO_RAS @ np.asarray(ijk_to_lps, dtype=float), **kwargs)
+
+    @property
+    def ijk_shape(self) -> tuple[int, int, int]:
+        """(I, J, K): the voxel counts along the node's I, J and K axes."""
+        k, j, i = self.array.shape[:3]
+        return i, j, k
+
+    @property
+    def channels(self) -> int:
+        return int(self.array.shape[3]) if self.components else 1
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for a single-slice volume (a 2D image), else 3."""
+        return 2 if self.array.shape[0] == 1 else 3
+
+    def check_fits(self, spatial_dims: int, in_channels: int) -> None:
+        """Raise a :class:`VolumeError` saying what is wrong if a bundle with these settings cannot
+        take this volume (a 2D bundle takes single-slice volumes, a 3D bundle volumes of more than
+        one slice; channels as the bundle's preprocessing adapts them)."""
+        if spatial_dims == 2 and self.spatial_dims != 2:
+            raise VolumeError(
+                f"volume '{self.name}' has {self.array.shape[0]} slices but the bundle classifies 2D images: "
+                "select a single-slice volume (a 2D image)"
+            )
+        if spatial_dims == 3 and self.spatial_dims != 3:
+            raise VolumeError(f"volume '{self.name}' is a single slice but the bundle classifies 3D volumes")
+        if self.components and spatial_dims == 3:
+            raise VolumeError(f"volume '{self.name}': colour (vector) volumes are not supported for 3D bundles")
+        import torch
+
+        from monai_softcam.transforms import AdaptChannelsd
+
+        try:  # the bundle's own channel rule (grey -> 3 channels, RGBA -> RGB, ...)
+            AdaptChannelsd(keys="image", channels=in_channels)({"image": torch.zeros(self.channels, 1)})
+        except ValueError:
+            raise VolumeError(
+                f"volume '{self.name}' has {self.channels} channel(s) but the bundle's network takes {in_channels}"
+            ) from None
+
+    def ijk_array(self) -> np.ndarray:
+        """The voxels in MONAI's order: (I, J[, K]) for 2D/3D, components last."""
+        array = self.array[0] if self.spatial_dims == 2 else self.array
+        order = list(range(array.ndim - (1 if self.components else 0)))[::-1]
+        return np.transpose(array, order + ([array.ndim - 1] if self.components else []))
+
+
+def _sitk_image(volume: Volume, spatial_dims: int):
+    import SimpleITK as sitk
+
+    array = volume.array[0] if spatial_dims == 2 else volume.array  # (J, I) / (K, J, I) [+ C]: ITK's numpy order
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=volume.components)
+    ijk_to_lps = LPS_TO_RAS @ volume.ijk_to_ras
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    if spatial_dims == 3:
+        image.SetSpacing(spacing.tolist())
+        image.SetDirection((ijk_to_lps[:3, :3] / spacing[None, :]).ravel().tolist())
+        image.SetOrigin(ijk_to_lps[:3, 3].tolist())
+    else:  # a 2D file keeps the in-plane spacing; the map goes back on the slice by voxel index
+        image.SetSpacing(spacing[:2].tolist())
+    return image
+
+
+def write_exchange_file(volume: Volume, folder: str, spatial_dims: int) -> str:
+    """The file the bundle reads for ``volume``: its unchanged source file when it has one, else
+    a file written into ``folder``: 8/16-bit PNG for integer 2D images of those types (read like
+    any photograph: integer range -> [0, 1]), NRRD with the volume's geometry otherwise (values
+    as Slicer holds them, e.g. CT in Hounsfield units)."""
+    if volume.source_file and os.path.isfile(volume.source_file):
+        return volume.source_file
+    import SimpleITK as sitk
+
+    png = spatial_dims == 2 and volume.array.dtype.type in _PNG_TYPES and volume.channels in (1, 3, 4)
+    path = os.path.join(folder, f"{safe_name(volume.name)}.{'png' if png else 'nrrd'}")
+    sitk.WriteImage(_sitk_image(volume, spatial_dims), path, useCompression=not png)
+    return path
+
+
+def read_map(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """An evidence map file of the bundle (NIfTI, on the input's voxel grid) as a (K, J, I) float32
+    array for ``volume``, with the affine stored in the file."""
+    import nibabel as nib
+
+    image = nib.load(path)
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    i, j, k = volume.ijk_shape
+    expected = (i, j) if volume.spatial_dims == 2 else (i, j, k)
+    if data.ndim == 3 and volume.spatial_dims == 2 and data.shape[2] == 1:
+        data = data[..., 0]
+    if data.shape != expected:
+        raise VolumeError(f"{path}: map of shape {data.shape} does not fit volume '{volume.name}' of (I, J, K) {volume.ijk_shape}")
+    kji = np.transpose(data if data.ndim == 3 else data[..., None], (2, 1, 0))
+    return np.ascontiguousarray(kji), np.asarray(image.affine, dtype=float)
+
+
+def write_volume(path: str, array_kji: np.ndarray, ijk_to_ras: np.ndarray) -> str:
+    """Write a (K, J, I) array with its geometry: NRRD (``.nrrd``) or NIfTI (``.nii``/``.nii.gz``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    if path.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        nib.save(nib.Nifti1Image(np.transpose(array_kji, (2, 1, 0)).astype(np.float32), ijk_to_ras), path)
+        return path
+    if not path.endswith(".nrrd"):
+        raise ValueError(f"{path}: choose a .nrrd, .nii or .nii.gz file name")
+    import SimpleITK as sitk
+
+    sitk.WriteImage(_sitk_image(Volume(array_kji.astype(np.float32), ijk_to_ras), 3), path, useCompression=True)
+    return path
+
+
+def write_probabilities(path: str, rows: Sequence[dict]) -> str:
+    """One CSV row per volume: ``volume``, ``prob_<class>`` ..., ``predicted_class``."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def safe_name(name: str) -> str:
+    """``name`` usable as a file name (letters, digits, ``-_.``; anything else becomes ``_``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "volume"

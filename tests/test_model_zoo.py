@@ -1,0 +1,192 @@
+"""The checks the MONAI Model Zoo runs on a new bundle, run offline on a copy of bundle/ with an
+untrained model: required files, version in changelog, metadata against the Zoo's schema, the
+inference workflow's properties, the network's inputs and outputs, and the export round trip
+(TorchScript through ``ckpt_export``, ONNX through the bundle's ``export_onnx``)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+from conftest import REPO_ROOT, SHARED_DIR
+
+BUNDLE = os.path.join(REPO_ROOT, "bundle")
+SCHEMA = os.path.join(SHARED_DIR, "monai_schema", "meta_schema_20240725.json")
+ATOL = 1e-4
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def _run(*commands, timeout=300):
+    """Run ``python -m monai.bundle <args>`` for each argument list, side by side; fail with the output of any that fails."""
+    procs = []
+    for args in commands:
+        cmd = [sys.executable, "-m", "monai.bundle", *args]
+        procs.append((cmd, subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")))
+    outputs = []
+    for cmd, proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        if proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}\n{err[-6000:]}")
+        outputs.append(out)
+    return outputs
+
+
+def _parser(root, configs=("inference.yaml",)):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / c) for c in configs])
+    parser.read_meta(str(root / "configs" / "metadata.json"))
+    parser["bundle_root"] = str(root)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def zoo_bundle(tmp_path_factory):
+    """A copy of bundle/ (configs, docs, LICENSE, large_files.yml) with a freshly initialised models/model.pt
+    (a plain state dict, as training writes it; batch-norm statistics randomised so that comparisons are not trivial)."""
+    root = tmp_path_factory.mktemp("zoo") / "softcam_demo"
+    shutil.copytree(os.path.join(BUNDLE, "configs"), root / "configs")
+    shutil.copytree(os.path.join(BUNDLE, "docs"), root / "docs")
+    for name in ("LICENSE", "large_files.yml"):
+        shutil.copy(os.path.join(BUNDLE, name), root / name)
+    os.makedirs(root / "models")
+    torch.manual_seed(0)
+    net = _parser(root).get_parsed_content("network_def")
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_(0.0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def test_required_files_version_and_large_files():
+    for name in ("LICENSE", "configs/metadata.json", "configs/inference.yaml", "configs/logging.conf", "docs/README.md"):
+        assert os.path.isfile(os.path.join(BUNDLE, name)), f"bundle/{name} is missing"
+    meta = json.load(open(os.path.join(BUNDLE, "configs", "metadata.json")))
+    assert meta["version"] in meta["changelog"], f"version {meta['version']} is not in the changelog"
+    large = yaml.safe_load(open(os.path.join(BUNDLE, "large_files.yml")))["large_files"]
+    paths = [entry["path"] for entry in large]
+    assert {"models/model.pt", "models/model.ts", "models/model.onnx"} <= set(paths)
+    assert all({"path", "url", "hash_val", "hash_type"} <= set(entry) for entry in large)
+    # the weights themselves stay out of git
+    ignored = open(os.path.join(REPO_ROOT, ".gitignore")).read().split()
+    assert {"bundle/models/*.pt", "bundle/models/*.ts", "bundle/models/*.onnx"} <= set(ignored)
+
+
+@pytest.fixture
+def schema(tmp_path):
+    if not os.path.isfile(SCHEMA):
+        pytest.skip(f"the Model Zoo schema is not at {SCHEMA} (shared/monai_schema)")
+    path = tmp_path / "schema.json"  # verify_metadata skips the download when the file exists
+    shutil.copy(SCHEMA, path)
+    return str(path)
+
+
+@pytest.mark.filterwarnings("ignore:No hash value provided")  # the schema is a local copy: nothing is downloaded
+def test_metadata_verifies_offline_against_the_zoo_schema(schema, tmp_path):
+    from monai.bundle import verify_metadata
+
+    meta_file = os.path.join(BUNDLE, "configs", "metadata.json")
+    verify_metadata(meta_file=meta_file, filepath=schema)
+    meta = json.load(open(meta_file))
+    assert meta["schema"].endswith("/meta_schema_20240725.json")
+    outputs = meta["network_data_format"]["outputs"]
+    assert set(outputs) == {"pred", "evidence_maps"}  # logits (as the Zoo's tools expect them) and the maps
+    classes = yaml.safe_load(open(os.path.join(BUNDLE, "configs", "inference.yaml")))["class_names"]
+    assert outputs["pred"]["num_channels"] == outputs["evidence_maps"]["num_channels"] == len(classes)
+    # the check can fail: a metadata file without a required key, or with a wrongly typed one, is refused
+    for broken in ({k: v for k, v in meta.items() if k != "network_data_format"}, {**meta, "version": 2}):
+        path = tmp_path / "broken.json"
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match="Failed validating"):
+            verify_metadata(meta_file=str(path), filepath=schema)
+
+
+def test_inference_workflow_properties(zoo_bundle, tmp_path):
+    from monai.bundle import ConfigWorkflow
+    from PIL import Image
+
+    images = tmp_path / "images"  # what a user passes as --input_path
+    os.makedirs(images)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100), dtype=np.uint8)).save(images / "a.png")
+    wf = ConfigWorkflow(
+        config_file=str(zoo_bundle / "configs" / "inference.yaml"),
+        meta_file=str(zoo_bundle / "configs" / "metadata.json"),
+        workflow_type="infer",
+        bundle_root=str(zoo_bundle),
+        input_path=str(images),
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def test_network_inputs_and_outputs_match_metadata(zoo_bundle):
+    from monai.bundle import verify_net_in_out
+
+    files = {
+        "net_id": "network_def",
+        "meta_file": str(zoo_bundle / "configs" / "metadata.json"),
+        "config_file": str(zoo_bundle / "configs" / "inference.yaml"),
+        "bundle_root": str(zoo_bundle),
+        "device": "cpu",
+    }
+    # MONAI's check reads outputs#pred and needs one tensor: the logits, i.e. return_maps False
+    verify_net_in_out(**files, **{"network_def#return_maps": False})
+    with pytest.raises(ValueError, match="output channel number `2` doesn't match: `3`"):
+        verify_net_in_out(**files, **{"network_def#return_maps": False, "_meta_#network_data_format#outputs#pred#num_channels": 3})
+    # the evidence maps, as declared: channels and grid at the declared input size
+    parser = _parser(zoo_bundle)
+    meta = parser.get("_meta_")["network_data_format"]
+    image, maps = meta["inputs"]["image"], meta["outputs"]["evidence_maps"]
+    net = parser.get_parsed_content("network_def").eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, image["num_channels"], *image["spatial_shape"]))
+    assert tuple(out["evidence_maps"].shape) == (1, maps["num_channels"], *maps["spatial_shape"])
+    assert out["evidence_maps"].dtype == getattr(torch, maps["dtype"])
+
+
+def test_export_round_trip_torchscript_and_onnx(zoo_bundle):
+    pytest.importorskip("onnxruntime", reason="the ONNX extra: pip install 'monai_softcam[onnx]'")
+    from monai_softcam.export import run_onnx
+    from monai_softcam.handlers import load_weights
+
+    configs, models = zoo_bundle / "configs", zoo_bundle / "models"
+    # the documented commands (docs/README.md), with this bundle's paths
+    _, onnx_out = _run(
+        ["ckpt_export", "--net_id", "network_def", "--filepath", str(models / "model.ts"),
+         "--ckpt_file", str(models / "model.pt"), "--meta_file", str(configs / "metadata.json"),
+         "--config_file", str(configs / "inference.yaml")],
+        ["run", "export_onnx", "--config_file", repr([str(configs / "inference.yaml"), str(configs / "export.yaml")])],
+    )  # fmt: skip
+    assert f"wrote {models / 'model.onnx'} outputs ['logits', 'evidence_maps']" in onnx_out
+
+    extra = {"metadata.json": "", "inference.json": ""}
+    ts = torch.jit.load(str(models / "model.ts"), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == json.load(open(configs / "metadata.json"))["version"]
+    assert json.loads(extra["inference.json"])["network_def"]["return_maps"] is True
+
+    parser = _parser(zoo_bundle)
+    net = load_weights(parser.get_parsed_content("network_def"), str(models / "model.pt")).eval()
+    x = torch.randn(3, 1, *parser.get_parsed_content("image_size"))
+    with torch.no_grad():
+        eager, scripted = net(x), ts(x)
+    onnx = run_onnx(models / "model.onnx", x)
+    for name in ("logits", "evidence_maps"):
+        assert tuple(eager[name].shape) == tuple(scripted[name].shape) == onnx[name].shape
+        assert float((scripted[name] - eager[name]).abs().max()) <= ATOL, name
+        assert float(np.abs(onnx[name] - eager[name].numpy()).max()) <= ATOL, name
+    assert eager["evidence_maps"].std() > 0 and eager["evidence_maps"].shape[2:] == (12, 12)

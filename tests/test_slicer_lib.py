@@ -1,0 +1,302 @@
+"""SoftCAMLib (the Slicer module's logic, no Slicer): bundles, volumes and their geometry,
+inference in a subprocess and in-process, export, display settings, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT, TESTS_DIR
+from data_helpers import write_dicom, write_png
+from test_bundle import INFERENCE, bundle
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "slicer_extension", "SoftCAM"))
+
+from SoftCAMLib import (  # noqa: E402
+    LPS_TO_RAS,
+    BundleError,
+    BundleInfo,
+    InferenceError,
+    InferenceJob,
+    Volume,
+    VolumeError,
+    export_result,
+    geometry_matrix,
+    missing_requirements,
+    overlay_display,
+    run_inference,
+)
+from SoftCAMLib.testing import write_test_bundle  # noqa: E402
+
+KNOWN_2D = os.path.join(TESTS_DIR, "configs", "known_evidence_2d.yaml")
+KNOWN_3D = os.path.join(TESTS_DIR, "configs", "known_evidence_3d.yaml")
+
+
+def _rotation(axis, degrees):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    a = np.deg2rad(degrees)
+    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+
+
+@pytest.fixture
+def subprocess_env(monkeypatch):
+    """Child processes import the known-evidence network from tests/."""
+    monkeypatch.setenv("PYTHONPATH", TESTS_DIR + os.pathsep + REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+
+
+def _known_bundle(tmp_path, config, *extra):
+    folder = write_test_bundle(str(tmp_path / "bundle"), [config, *extra])
+    return BundleInfo.read(folder, [config, *extra])
+
+
+def _hot(array):
+    """The voxels of the upper half of the map's range."""
+    return array > (array.max() + array.min()) / 2
+
+
+def _iou(a, b):
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def test_2d_oblique_slice_maps_land_on_the_object_and_both_modes_agree(tmp_path, subprocess_env):
+    """An oblique, anisotropic single-slice volume (float, written as NRRD for the bundle): the map
+    of a known-evidence model lights up the bright square, on the slice's own grid and matrix, and
+    the subprocess and in-process runs give the same numbers."""
+    info = _known_bundle(tmp_path, KNOWN_2D)
+    assert info.spatial_dims == 2 and info.class_names == ["no_lesion", "lesion"] and info.image_size == [64, 64]
+    image = np.full((1, 60, 80), 0.2, np.float32)
+    image[0, 20:36, 48:72] = 0.9  # rows (J) 20-35, columns (I) 48-71
+    ijk_to_ras = geometry_matrix([12.0, -7.0, 40.0], [0.5, 0.8, 3.0], _rotation([1, 1, 1], 20))
+    volume = Volume(image, ijk_to_ras, name="oblique slice")
+    messages = []
+    inproc = run_inference(info, volume, mode="inprocess", progress=messages.append)
+    sub = run_inference(info, volume, mode="subprocess")
+    assert messages[0] == "writing the input" and messages[-1].startswith("done in")
+    for name in info.class_names:
+        assert sub.probabilities[name] == pytest.approx(inproc.probabilities[name], abs=1e-6)
+        np.testing.assert_allclose(sub.maps[name], inproc.maps[name], atol=1e-6)
+        assert sub.maps[name].shape == image.shape and sub.maps[name].dtype == np.float32
+    np.testing.assert_array_equal(sub.ijk_to_ras, ijk_to_ras)
+    assert sub.predicted_class == "no_lesion" and sum(sub.probabilities.values()) == pytest.approx(1, abs=1e-5)
+    lesion = sub.maps["lesion"][0]
+    square = np.zeros_like(lesion, bool)
+    square[20:36, 48:72] = True
+    assert _iou(_hot(lesion), square) > 0.8
+    np.testing.assert_allclose(sub.maps["no_lesion"], -sub.maps["lesion"], atol=1e-5)
+    # the logit is the mean of the map, here on the image's own grid (the resampling blurs edges only)
+    assert lesion.mean() == pytest.approx(sub.logits["lesion"], abs=0.05 * abs(sub.logits["lesion"]))
+
+
+def test_3d_volume_lps_and_ras_geometry_match_the_bundle_on_the_same_file(tmp_path, subprocess_env):
+    """A 3D NIfTI volume (oblique, anisotropic) run by the bundle's CLI, and the same volume as
+    Slicer holds it, given once with its RAS matrix (nibabel) and once with the LPS geometry
+    SimpleITK/DICOM report: identical probabilities and maps, the bundle's map files carry the
+    volume's own matrix, and the evidence sits on the bright cube in RAS."""
+    import SimpleITK as sitk
+
+    info = _known_bundle(tmp_path, KNOWN_3D)
+    array_ijk = np.full((40, 30, 24), 0.1, np.float32)
+    array_ijk[8:16, 18:26, 5:12] = 1.0
+    ijk_to_ras = geometry_matrix([-30.0, 12.0, -8.0], [0.7, 1.1, 2.5], _rotation([0.2, -1, 0.4], 35))
+    path = str(tmp_path / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(array_ijk, ijk_to_ras), path)
+
+    out = tmp_path / "cli"
+    bundle("inference", [INFERENCE, KNOWN_3D], "--bundle_root", info.path, "--input_path", path, "--output_dir", str(out))
+    with open(out / "predictions.csv") as f:
+        cli = next(csv.DictReader(f))
+    cli_map = np.asarray(nib.load(os.path.join(cli["evidence_maps"], "ct_evidence_lesion.nii.gz")).dataobj)
+
+    ras = run_inference(info, Volume(np.transpose(array_ijk, (2, 1, 0)), ijk_to_ras, name="ct"))
+    itk = sitk.ReadImage(path)  # LPS geometry, (K, J, I) array: what a DICOM series gives
+    direction = np.asarray(itk.GetDirection()).reshape(3, 3)
+    ijk_to_lps = geometry_matrix(itk.GetOrigin(), itk.GetSpacing(), direction)
+    lps = run_inference(info, Volume.from_lps(sitk.GetArrayFromImage(itk), ijk_to_lps, name="ct"))
+
+    np.testing.assert_allclose(lps.ijk_to_ras, ijk_to_ras, atol=1e-4)
+    for result in (ras, lps):
+        for name in info.class_names:
+            assert result.probabilities[name] == pytest.approx(float(cli[f"prob_{name}"]), abs=1e-5)
+            np.testing.assert_allclose(result.map_affines[name], ijk_to_ras, atol=1e-4)  # the bundle saw our geometry
+        np.testing.assert_allclose(result.maps["lesion"], np.transpose(cli_map, (2, 1, 0)), atol=1e-5)
+
+    kji = np.argwhere(_hot(lps.maps["lesion"]))
+    hot_ras = (lps.ijk_to_ras @ np.c_[kji[:, ::-1], np.ones(len(kji))].T)[:3].mean(1)
+    cube_ras = (ijk_to_ras @ np.array([11.5, 21.5, 8.0, 1.0]))[:3]
+    assert np.linalg.norm(hot_ras - cube_ras) < 2.5  # mm; voxels are 0.7 x 1.1 x 2.5 mm
+
+
+def test_files_loaded_in_slicer_give_the_bundles_results(tmp_path, subprocess_env):
+    """A 12-bit DICOM X-ray (read from its own file) and an 8-bit RGB PNG (a colour volume written
+    back as PNG, as when it was edited): the same probabilities and maps as the bundle's CLI on the
+    original files; colour channels follow the bundle's channel rule."""
+    three = tmp_path / "three_channels.yaml"
+    three.write_text("in_channels: 3\n")
+    info = _known_bundle(tmp_path, KNOWN_2D, str(three))
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    xray = (rng.uniform(0, 1500, (70, 90))).astype(np.uint16)
+    xray[10:30, 50:80] = 4000
+    dicom = write_dicom(str(data / "xray.dcm"), xray, bits_stored=12, spacing=(0.2, 0.15))
+    photo = rng.integers(0, 120, (50, 64, 3)).astype(np.uint8)
+    photo[5:25, 30:60] = 250
+    write_png(str(data / "photo.png"), photo)
+
+    out = tmp_path / "cli"
+    bundle("inference", [INFERENCE, KNOWN_2D, str(three)], "--bundle_root", info.path, "--input_path", str(data),
+           "--output_dir", str(out))  # fmt: skip
+    with open(out / "predictions.csv") as f:
+        cli = {os.path.basename(r["image"]): r for r in csv.DictReader(f)}
+
+    xray_to_ras = LPS_TO_RAS @ np.diag([0.15, 0.2, 1.0, 1.0])  # column spacing along I, row spacing along J
+    volumes = {
+        "xray.dcm": Volume(xray[None], xray_to_ras, name="xray", source_file=dicom),
+        "photo.png": Volume(photo[None], LPS_TO_RAS, name="photo"),  # no source: written as PNG again
+    }
+    for name, volume in volumes.items():
+        result = run_inference(info, volume)
+        for c in info.class_names:
+            assert result.probabilities[c] == pytest.approx(float(cli[name][f"prob_{c}"]), abs=1e-6), name
+        stem = os.path.splitext(name)[0]
+        cli_map = np.asarray(nib.load(os.path.join(cli[name]["evidence_maps"], f"{stem}_evidence_lesion.nii.gz")).dataobj)
+        np.testing.assert_allclose(result.maps["lesion"][0], cli_map.T, atol=1e-5)
+    # the bright block is where the map is hot, in the image's (row, column) layout
+    block = np.zeros((70, 90), bool)
+    block[10:30, 50:80] = True
+    assert _iou(_hot(run_inference(info, volumes["xray.dcm"]).maps["lesion"][0]), block) > 0.7
+
+
+def test_bad_bundles_and_volumes_get_clear_errors(tmp_path):
+    with pytest.raises(BundleError, match="not a MONAI bundle"):
+        BundleInfo.read(str(tmp_path))
+    with pytest.raises(BundleError, match="is not a folder"):
+        BundleInfo.read(str(tmp_path / "nowhere"))
+    folder = write_test_bundle(str(tmp_path / "bundle"))
+    with pytest.raises(BundleError, match="preset config .*missing.yaml not found"):
+        BundleInfo.read(folder, [str(tmp_path / "missing.yaml")])
+    info = BundleInfo.read(folder)
+    info.check_weights()  # its own checkpoint fits
+
+    # a checkpoint of another network (3 classes): refused, naming the mismatching tensors
+    from monai_softcam.networks import SoftCAM
+
+    other = SoftCAM("resnet18", spatial_dims=2, in_channels=1, num_classes=3,
+                    backbone_kwargs={"widen_factor": 0.25, "conv1_t_stride": 1, "no_max_pool": True})  # fmt: skip
+    torch.save(other.state_dict(), os.path.join(folder, "models", "model.pt"))
+    with pytest.raises(BundleError, match="(?s)model.pt.*shape"):
+        info.check_weights()
+    job = InferenceJob(info, Volume(np.zeros((1, 40, 40), np.float32), np.eye(4), name="img"), mode="inprocess").start()
+    assert job.poll() and job.state == "failed"
+    with pytest.raises(InferenceError, match="(?s)inference failed.*model.pt"):
+        job.result()
+
+    os.remove(os.path.join(folder, "models", "model.pt"))
+    with pytest.raises(BundleError, match="checkpoint .*model.pt does not exist"):
+        BundleInfo.read(folder)
+    os.remove(os.path.join(folder, "configs", "inference.yaml"))
+    with pytest.raises(BundleError, match="no configs/inference.yaml"):
+        BundleInfo.read(folder)
+
+    with pytest.raises(VolumeError, match="has 5 slices but the bundle classifies 2D images"):
+        InferenceJob(info, Volume(np.zeros((5, 40, 40), np.float32), np.eye(4), name="ct"))
+    with pytest.raises(VolumeError, match="'pair' has 2 channel.*takes 1"):
+        InferenceJob(info, Volume(np.zeros((1, 40, 40, 2), np.float32), np.eye(4), name="pair"))
+    with pytest.raises(VolumeError, match="expected a \\(K, J, I\\)"):
+        Volume(np.zeros((40, 40), np.float32), np.eye(4))
+    with pytest.raises(VolumeError, match="singular"):
+        Volume(np.zeros((1, 4, 4), np.float32), np.diag([1.0, 0.0, 1.0, 1.0]))
+
+
+def test_a_torchscript_export_runs_like_its_bundle(tmp_path):
+    """A .ts file from ``ckpt_export`` (configs and metadata embedded) is a bundle too: same
+    probabilities and maps as the folder it was exported from; an export without configs is refused."""
+    folder = write_test_bundle(str(tmp_path / "bundle"))
+    ts = str(tmp_path / "model.ts")
+    configs = os.path.join(folder, "configs")
+    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", ts,
+               "--ckpt_file", os.path.join(folder, "models", "model.pt"), "--meta_file", os.path.join(configs, "metadata.json"),
+               "--config_file", os.path.join(configs, "inference.yaml"), "--bundle_root", folder]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info, exported = BundleInfo.read(folder), BundleInfo.read(ts)
+    assert exported.torchscript == ts and exported.class_names == info.class_names and "inference.json" in exported.config_files[0]
+    exported.check_weights()  # nothing to check: the export holds its weights
+    image = np.random.default_rng(0).uniform(0, 1, (1, 50, 70)).astype(np.float32)
+    expected = run_inference(info, Volume(image, np.eye(4), name="img"))
+    result = run_inference(exported, Volume(image, np.eye(4), name="img"))
+    for name in info.class_names:
+        assert result.probabilities[name] == pytest.approx(expected.probabilities[name], abs=1e-6)
+        np.testing.assert_allclose(result.maps[name], expected.maps[name], atol=1e-5)
+
+    import torch
+
+    bare = str(tmp_path / "bare.ts")
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), bare)
+    with pytest.raises(BundleError, match="without metadata.json and inference.json"):
+        BundleInfo.read(bare)
+
+
+def test_cancel_stops_a_subprocess_run(tmp_path, subprocess_env):
+    info = _known_bundle(tmp_path, KNOWN_2D)
+    job = InferenceJob(info, Volume(np.zeros((1, 30, 30), np.float32), np.eye(4), name="img")).start()
+    assert job.state == "running" and not job.poll()
+    job.cancel()
+    assert job.poll() and job.state == "cancelled"
+    with pytest.raises(InferenceError, match="cancelled"):
+        job.result()
+
+
+def test_export_writes_maps_with_the_volume_geometry_and_probabilities(tmp_path):
+    import SimpleITK as sitk
+
+    info = _known_bundle(tmp_path, KNOWN_3D)
+    ijk_to_ras = geometry_matrix([5.0, -3.0, 2.0], [0.9, 1.2, 2.0], _rotation([0, 0, 1], 30))
+    array = np.random.default_rng(1).uniform(0, 1, (12, 20, 16)).astype(np.float32)
+    result = run_inference(info, Volume(array, ijk_to_ras, name="case 1"))
+    nrrd = export_result(result, str(tmp_path / "export"), "nrrd")
+    nifti = export_result(result, str(tmp_path / "export_nii"), "nii.gz")
+    assert [os.path.basename(p) for p in nrrd] == [
+        "case_1_evidence_no_lesion.nrrd", "case_1_evidence_lesion.nrrd", "case_1_probabilities.csv"
+    ]  # fmt: skip
+    image = sitk.ReadImage(nrrd[1])
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image), result.maps["lesion"], atol=1e-6)
+    lps = geometry_matrix(image.GetOrigin(), image.GetSpacing(), np.asarray(image.GetDirection()).reshape(3, 3))
+    np.testing.assert_allclose(LPS_TO_RAS @ lps, ijk_to_ras, atol=1e-5)
+    saved = nib.load(nifti[1])
+    np.testing.assert_allclose(np.asarray(saved.dataobj).transpose(2, 1, 0), result.maps["lesion"], atol=1e-6)
+    np.testing.assert_allclose(saved.affine, ijk_to_ras, atol=1e-5)
+    with open(nrrd[2]) as f:
+        row = next(csv.DictReader(f))
+    assert row["predicted_class"] == result.predicted_class
+    assert float(row["prob_lesion"]) == pytest.approx(result.probabilities["lesion"], abs=1e-6)
+    with pytest.raises(ValueError, match="'nrrd' or 'nii.gz'"):
+        export_result(result, str(tmp_path), "png")
+
+
+def test_overlay_display_is_centred_at_zero_with_one_scale_for_all_classes():
+    maps = {"a": np.array([[-2.0, 1.0]]), "b": np.array([[0.5, 4.0]])}
+    shown = overlay_display(maps)
+    assert shown.level == 0 and shown.window == 8.0 and shown.threshold is None
+    assert "ColdToHot" in shown.color_node_id
+    assert overlay_display(maps, threshold=0.25).threshold == (1.0, 4.0)
+    sequential = overlay_display(maps, signed=False)
+    assert (sequential.window, sequential.level) == (6.0, 1.0) and "Inferno" in sequential.color_node_id
+    with pytest.raises(ValueError, match="threshold"):
+        overlay_display(maps, threshold=1.5)
+
+
+def test_missing_requirements_are_found_without_importing(monkeypatch):
+    import importlib.util
+
+    assert missing_requirements() == []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("monai", "SimpleITK") else real(name, *a))
+    assert missing_requirements() == ["monai", "SimpleITK"]
