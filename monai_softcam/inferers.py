@@ -14,9 +14,10 @@ stitched map is the direct map upsampled to the input (tested). Where windows ov
 stitched logit is in general *not* the mean of the windows' own logits (overlapped voxels count
 once, border voxels are seen with less context): it is the mean of what is shown.
 
-Memory: the input, the stitched maps (classes x input voxels, on ``device``), and
-``sw_batch_size`` windows at a time on ``sw_device``: it grows with the window batch, not with the
-input size (measured in ``benchmarks/sliding_window.py``).
+Memory: the input, the stitched maps (classes x input voxels, plus MONAI's weight map, on
+``device``), and ``sw_batch_size`` windows at a time on ``sw_device``: the network's activations
+grow with the window batch only; what grows with the input is the input itself and the stitched
+maps (measured in ``benchmarks/sliding_window.py``).
 """
 
 from __future__ import annotations

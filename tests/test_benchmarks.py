@@ -28,3 +28,14 @@ def test_export_agreement_benchmark_runs(tmp_path):
     _run("export_agreement.py", "--backbones", "resnet10", "--out", str(out))
     rows = [line for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("| resnet10")]
     assert len(rows) == 2 and not any("failed" in r for r in rows)
+
+
+def test_explanation_cost_benchmark_runs(tmp_path):
+    out = tmp_path / "cost.md"
+    _run("explanation_cost.py", "--backbones", "resnet10", "--sizes", "32", "--batches", "1", "--repeats", "1",
+         "--spatial_dims", "2", "--out", str(out))  # fmt: skip
+    rows = [line for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("| resnet10")]
+    assert [r.split("|")[4].strip() for r in rows] == [
+        "black box (logits)", "SoftCAM (logits + all maps)", "Grad-CAM, one class", "Grad-CAM, all classes",
+        "Grad-CAM++, one class", "occlusion, one class",
+    ]  # fmt: skip
