@@ -39,3 +39,10 @@ def test_explanation_cost_benchmark_runs(tmp_path):
         "black box (logits)", "SoftCAM (logits + all maps)", "Grad-CAM, one class", "Grad-CAM, all classes",
         "Grad-CAM++, one class", "occlusion, one class",
     ]  # fmt: skip
+
+
+def test_workflow_overhead_benchmark_runs(tmp_path):
+    out = tmp_path / "overhead.md"
+    _run("workflow_overhead.py", "--quick", "--repeats", "1", "--out", str(out))
+    table = out.read_text(encoding="utf-8")
+    assert "| bundle trainer (Ignite) |" in table and "| hand-written loop |" in table
