@@ -27,6 +27,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _tables import write_table  # noqa: E402
 
 
 def _contenders(backbone: str, spatial_dims: int, size: int, batch: int, occlusion: bool, classes: int = 2):
@@ -137,11 +139,7 @@ def main(argv=None) -> int:
             *rows,
         ]
     )
-    print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(table + "\n")
-    print("wrote", args.out)
+    write_table(table, args.out)
     return 0
 
 

@@ -18,6 +18,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _tables import write_table  # noqa: E402
 
 
 def _randomise_batch_norm(net, seed: int = 1) -> None:
@@ -96,11 +98,7 @@ def main(argv=None) -> int:
             *rows,
         ]
     )
-    print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(table + "\n")
-    print("wrote", args.out)
+    write_table(table, args.out)
     return 0 if all("failed" not in r for r in rows) else 1
 
 

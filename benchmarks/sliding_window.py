@@ -22,6 +22,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _tables import write_table  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -132,12 +134,7 @@ def main(argv=None) -> int:
             f"| {'x'.join(map(str, size))} | {_windows(size, roi, args.overlap)} | {batch} | "
             f"{statistics.median(times):.2f} s ({min(times):.2f}-{max(times):.2f}) | {peak:.0f} MB | {extra:.0f} MB |"
         )
-    table = "\n".join(lines) + "\n"
-    print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(table)
-    print("wrote", args.out)
+    write_table("\n".join(lines), args.out)
     return 0
 
 

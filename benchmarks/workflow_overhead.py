@@ -22,6 +22,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _tables import write_table  # noqa: E402
 REPO = os.path.dirname(HERE)
 
 
@@ -91,12 +93,7 @@ def main(argv=None) -> int:
     for name, t in times.items():
         r = ratio if name.startswith("bundle") else 1.0
         lines.append(f"| {name} | {statistics.median(t):.2f} ({min(t):.2f}-{max(t):.2f}) | {images / statistics.median(t):.1f} | {r:.3f}x |")
-    table = "\n".join(lines)
-    print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        f.write(table + "\n")
-    print("wrote", args.out)
+    write_table("\n".join(lines), args.out)
     return 0
 
 
