@@ -46,3 +46,10 @@ def test_workflow_overhead_benchmark_runs(tmp_path):
     _run("workflow_overhead.py", "--quick", "--repeats", "1", "--out", str(out))
     table = out.read_text(encoding="utf-8")
     assert "| bundle trainer (Ignite) |" in table and "| hand-written loop |" in table
+
+
+def test_data_pipeline_benchmark_runs(tmp_path):
+    out = tmp_path / "pipeline.md"
+    _run("data_pipeline.py", "--quick", "--images", "4", "--passes", "1", "--out", str(out))
+    table = out.read_text(encoding="utf-8")
+    assert "| fundus | 0 worker(s) |" in table and "memory cache" in table
