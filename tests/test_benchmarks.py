@@ -53,3 +53,10 @@ def test_data_pipeline_benchmark_runs(tmp_path):
     _run("data_pipeline.py", "--quick", "--images", "4", "--passes", "1", "--out", str(out))
     table = out.read_text(encoding="utf-8")
     assert "| fundus | 0 worker(s) |" in table and "memory cache" in table
+
+
+def test_training_memory_benchmark_runs(tmp_path):
+    out = tmp_path / "memory.md"
+    _run("training_memory.py", "--quick", "--steps", "1", "--out", str(out))
+    rows = [line for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("| cpu")]
+    assert len(rows) == 2 and all("MB RSS" in r for r in rows)
