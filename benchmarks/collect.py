@@ -9,7 +9,7 @@ import glob
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["explanation_cost", "explanation_cost_vgg16", "workflow_overhead", "data_pipeline", "training_memory", "sliding_window", "export_agreement"]  # then any other table
+ORDER = ["explanation_cost", "explanation_cost_vgg16", "explanation_cost_3d", "workflow_overhead", "data_pipeline", "training_memory", "sliding_window", "export_agreement"]  # then any other table
 
 INTRO = """# Benchmarks
 

@@ -9,7 +9,8 @@ Contenders, on the same backbone and input, run in alternation ``--repeats`` tim
 * black box: logits of the black-box counterpart (global pooling + linear), ``torch.no_grad``;
 * SoftCAM: logits AND the evidence maps of every class, one forward pass;
 * Grad-CAM (one class, all classes), Grad-CAM++ (one class): MONAI's, on the black box's last stage;
-* occlusion (one class; batch 1 at the smallest size only, it is slow): MONAI's, an 8 x 8 grid of masks.
+* occlusion (one class; batch 1 at the smallest size only, it is slow; ``--no_occlusion`` skips it):
+  MONAI's, a grid of 8 masks per axis.
 
 Each row gives the median time per batch and, per contender, the median over the repeats of its
 time divided by the black box's time in the same repeat (the machine's drift hits both). Targets:
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default=None, help="default 224,512 (2D) / 64,128 (3D)")
     parser.add_argument("--batches", default=None, help="default 1,8")
     parser.add_argument("--repeats", type=int, default=None, help="default 5")
+    parser.add_argument("--no_occlusion", action="store_true", help="skip occlusion (minutes per image in 3D on a CPU)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", default=os.path.join(HERE, "results", "explanation_cost.md"))
     args = parser.parse_args(argv)
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
         for backbone in backbones:
             for size in sizes:
                 for batch in batches:
-                    occlusion = batch == 1 and size == min(sizes)
+                    occlusion = batch == 1 and size == min(sizes) and not args.no_occlusion
                     result = measure(backbone, dims, size, batch, repeats, occlusion)
                     shape = "x".join([str(size)] * dims)
                     for name, r in result.items():
