@@ -26,7 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from _tables import write_table  # noqa: E402
+from _common import write_table  # noqa: E402
 
 PRESETS = {"fundus": "configs/fundus.yaml", "rsna": "configs/rsna.yaml"}
 

@@ -29,7 +29,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _tables import write_table  # noqa: E402
+from _common import write_table  # noqa: E402
 
 
 def _contenders(backbone: str, spatial_dims: int, size: int, batch: int, occlusion: bool, classes: int = 2):

@@ -19,7 +19,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _tables import write_table  # noqa: E402
+from _common import write_table  # noqa: E402
 
 
 def _randomise_batch_norm(net, seed: int = 1) -> None:

@@ -17,27 +17,17 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _tables import write_table  # noqa: E402
+from _common import peak_rss_mb, rss_mb, run_fresh, write_table  # noqa: E402
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _child(args: argparse.Namespace) -> None:
     """One measurement; prints a JSON line."""
-    import resource
-
     import torch
 
     from monai_softcam.inferers import EvidenceSlidingWindowInferer
@@ -50,11 +40,11 @@ def _child(args: argparse.Namespace) -> None:
     inferer = EvidenceSlidingWindowInferer(args.roi, sw_batch_size=args.sw_batch_size, overlap=args.overlap)
     with torch.inference_mode():
         net(torch.randn(1, 1, *args.roi))  # warm-up outside the timing
-        held = _rss_mb()
+        held = rss_mb()
         start = time.perf_counter()
         out = inferer(x, net)
         seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     assert out["evidence_maps"].shape[2:] == tuple(args.size)
     print(json.dumps({"seconds": seconds, "peak_mb": peak, "held_mb": held}))
 
@@ -63,10 +53,7 @@ def _measure(size, roi, sw_batch_size, args) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--child", "--backbone", args.backbone, "--threads", str(args.threads),
                "--overlap", str(args.overlap), "--sw_batch_size", str(sw_batch_size),
                "--size", *map(str, size), "--roi", *map(str, roi)]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_fresh(command)
 
 
 def _windows(size, roi, overlap) -> int:

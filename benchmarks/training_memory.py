@@ -18,26 +18,16 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _tables import write_table  # noqa: E402
+from _common import peak_rss_mb, rss_mb, run_fresh, write_table  # noqa: E402
 
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _child(args: argparse.Namespace) -> None:
-    import resource
-
     import torch
 
     from monai_softcam.bundle import place_network
@@ -53,7 +43,7 @@ def _child(args: argparse.Namespace) -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 2, (args.batch,), device=device)
-    held = _rss_mb()
+    held = rss_mb()
     times = []
     for _ in range(args.steps + 1):
         start = time.perf_counter()
@@ -66,7 +56,7 @@ def _child(args: argparse.Namespace) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    result = {"seconds": statistics.median(times[1:]), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    result = {"seconds": statistics.median(times[1:]), "peak_mb": peak_rss_mb(),
               "held_mb": held}  # fmt: skip
     if device.type == "cuda":
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -104,10 +94,7 @@ def main(argv=None) -> int:
         command = [sys.executable, os.path.abspath(__file__), "--child", "--backbone", backbone, "--size", str(size),
                    "--batch", str(batch), "--device", device, "--steps", str(args.steps), "--threads", str(args.threads)]
         command += (["--amp"] if amp else []) + (["--channels_last"] if channels_last else [])  # fmt: skip
-        proc = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = run_fresh(command)
         memory = (f"{r['gpu_peak_mb']:.0f} MB (GPU)" if device == "cuda"
                   else f"{r['peak_mb']:.0f} MB RSS ({r['peak_mb'] - r['held_mb']:.0f} MB above the model)")  # fmt: skip
         rows.append(f"| {device} | {batch} | {'yes' if amp else 'no'} | {'yes' if channels_last else 'no'} | "

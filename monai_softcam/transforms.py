@@ -14,6 +14,7 @@ from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     InvertibleTransform,
+    LoadImage,
     LoadImaged,
     MapTransform,
     NormalizeIntensityd,
@@ -44,23 +45,27 @@ def _source(data: Mapping[Hashable, Any], key: Hashable) -> str:
     return str(meta.get("filename_or_obj", key))
 
 
-class ReadImaged(LoadImaged):
-    """``LoadImaged`` (``image_only``) that picks each file's reader by its name (the readers given
-    first, then MONAI's), so that no other reader is tried on it, and whose failures name the file:
-    a missing, corrupt or unsupported image raises ``ValueError("cannot read image file <path>: ...")``."""
+def reader_for(loader: LoadImage, path: Any) -> Any:
+    """The reader of ``loader`` that claims ``path`` by its name (the readers given to it first, then
+    MONAI's), to pass as ``loader(path, reader)`` so that no other reader is tried on the file; None
+    (MONAI then tries every reader) if none claims it."""
+    for candidate in loader.readers[::-1]:  # the readers given come last in the list, and win
+        if candidate.verify_suffix(path):
+            return candidate
+    return None
 
-    def _reader_for(self, path: Any):
-        for candidate in self._loader.readers[::-1]:  # the readers given come last in the list, and win
-            if candidate.verify_suffix(path):
-                return candidate
-        return None  # MONAI then tries every reader
+
+class ReadImaged(LoadImaged):
+    """``LoadImaged`` (``image_only``) that picks each file's reader by its name (:func:`reader_for`)
+    and whose failures name the file: a missing, corrupt or unsupported image raises
+    ``ValueError("cannot read image file <path>: ...")``."""
 
     def __call__(self, data, reader=None):  # type: ignore[override]
         d = dict(data)
         for key in self.key_iterator(d):
             path = d[key]
             try:
-                d[key] = self._loader(path, reader or self._reader_for(path))
+                d[key] = self._loader(path, reader or reader_for(self._loader, path))
             except Exception as err:
                 raise ValueError(f"cannot read image file {path}: {err}") from err
         return d

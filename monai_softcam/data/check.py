@@ -80,11 +80,16 @@ def check_data(
     """Check the splits described by ``configs`` under ``dataset_dir``; print a report; return the number of problems."""
     from monai.transforms import LoadImage
 
+    from ..transforms import reader_for
     from .readers import default_readers
 
     spec, class_names, spatial_dims = load_check_settings(configs, dataset_dir)
     num_classes = len(class_names) or None
-    reader = LoadImage(reader=default_readers(spatial_dims), image_only=True, ensure_channel_first=True)
+    loader = LoadImage(reader=default_readers(spatial_dims), image_only=True, ensure_channel_first=True)
+
+    def reader(path: str) -> Any:  # each file read by the reader its name calls for, no other tried
+        return loader(path, reader_for(loader, path))
+
     all_problems: list[tuple[str, Problem]] = []
     seen: dict[str, str] = {}
     for split in splits:

@@ -1,0 +1,43 @@
+"""Shared by the benchmark scripts: writing their table, and measuring in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Sequence
+
+
+def write_table(table: str, path: str) -> None:
+    """Print a markdown table and write it to ``path`` (UTF-8)."""
+    table = table.rstrip("\n") + "\n"
+    print(table)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(table)
+    print("wrote", path)
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_fresh(command: Sequence[str]) -> dict:
+    """Run a measurement in its own process (so that its peak memory is its own) and return the JSON
+    object it prints on its last line; a RuntimeError with its error output if it fails."""
+    proc = subprocess.run(list(command), capture_output=True, encoding="utf-8", errors="replace", check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
