@@ -74,9 +74,8 @@ def default_device() -> torch.device:
 
 def place_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = False) -> torch.nn.Module:
     """Move ``network`` to ``device``; with ``channels_last``, also to the channels-last memory
-    format (``channels_last_3d`` for 3D networks). Same numbers up to rounding; often much faster:
-    3D convolutions train several times faster on CPUs, and GPUs with AMP gain too
-    (``benchmarks/``)."""
+    format (``channels_last_3d`` for 3D networks). Same numbers up to rounding; often faster
+    (``benchmarks/training_memory.py`` measures it)."""
     network = network.to(device)
     if channels_last:
         dims = next((m.weight.dim() - 2 for m in network.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), 2)
