@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 from typing import Sequence
 
@@ -41,3 +42,25 @@ def run_fresh(command: Sequence[str]) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def describe_machine(device: str = "cpu", threads: int | None = None) -> str:
+    """One line naming what a table was measured on: the CPU (cores, torch threads) or the GPU
+    (model, memory, CUDA and cuDNN versions), and the torch version."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        what = (f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
+                f"cuDNN {torch.backends.cudnn.version()}")  # fmt: skip
+    else:
+        what = f"{platform.machine()} CPU ({os.cpu_count()} cores, {threads or torch.get_num_threads()} threads)"
+    return f"{what}, torch {torch.__version__}"
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (GPU timings must not stop the clock before the kernels end)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))

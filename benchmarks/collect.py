@@ -9,7 +9,8 @@ import glob
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["explanation_cost", "explanation_cost_vgg16", "explanation_cost_3d", "workflow_overhead", "data_pipeline", "training_memory", "sliding_window", "export_agreement"]  # then any other table
+ORDER = ["explanation_cost", "explanation_cost_vgg16", "explanation_cost_vgg16_b8", "explanation_cost_3d",
+         "workflow_overhead", "data_pipeline", "training_memory", "sliding_window", "export_agreement"]  # then others
 
 INTRO = """# Benchmarks
 
@@ -21,14 +22,50 @@ with `python benchmarks/collect.py` after running a script.
 """
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def targets(texts: list[str]) -> str:
+    """The issue's targets, checked against the tables' numbers: SoftCAM (logits + all maps) within
+    1.05x of plain inference; Grad-CAM for one class at least 3x SoftCAM's time at 512 px (ratio of
+    the two medians); the bundle's trainer within 1.10x of a hand-written loop."""
+    cost: dict[tuple, dict[str, tuple[float, float]]] = {}
+    overhead = None
+    for text in texts:
+        for line in text.splitlines():
+            cells = _cells(line)
+            if len(cells) == 6 and cells[3] in ("SoftCAM (logits + all maps)", "Grad-CAM, one class"):
+                median, ratio = float(cells[4].split()[0]), float(cells[5].rstrip("x"))
+                cost.setdefault(tuple(cells[:3]), {})[cells[3]] = (median, ratio)
+            elif cells[0] == "bundle trainer (Ignite)":
+                overhead = float(cells[-1].rstrip("x"))
+    lines = ["## Targets", "", "Computed by `benchmarks/collect.py` from the tables below.", "",
+             "| backbone | input | batch | SoftCAM vs black box (target <= 1.05x) | Grad-CAM one class vs SoftCAM "
+             "(target >= 3x at 512 px) |", "|---|---|---|---|---|"]  # fmt: skip
+    for (backbone, shape, batch), r in cost.items():
+        if len(r) < 2:
+            continue
+        soft, grad = r["SoftCAM (logits + all maps)"], r["Grad-CAM, one class"]
+        speedup = grad[0] / soft[0]
+        at_512 = shape.split("x")[0] == "512"
+        lines.append(f"| {backbone} | {shape} | {batch} | {soft[1]:.2f}x {'met' if soft[1] <= 1.05 else 'missed'} | "
+                     f"{speedup:.1f}x" + (f" {'met' if speedup >= 3 else 'missed'}" if at_512 else "") + " |")  # fmt: skip
+    if overhead is not None:
+        lines += ["", f"Workflow overhead: the bundle's trainer takes {overhead:.3f}x the time of a hand-written loop "
+                  f"(target <= 1.10x: {'met' if overhead <= 1.10 else 'missed'})."]  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     tables = sorted(glob.glob(os.path.join(HERE, "results", "*.md")))
     rank = {name: i for i, name in enumerate(ORDER)}
     tables.sort(key=lambda p: (rank.get(os.path.splitext(os.path.basename(p))[0], len(ORDER)), p))
-    parts = [INTRO]
+    texts = []
     for path in tables:
         with open(path, encoding="utf-8") as f:
-            parts.append("#" + f.read().strip())  # one heading level down
+            texts.append(f.read().strip())
+    parts = [INTRO, targets(texts), *("#" + text for text in texts)]  # the tables one heading level down
     out = os.path.join(os.path.dirname(HERE), "docs", "benchmarks.md")
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n\n".join(parts) + "\n")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from _common import write_table  # noqa: E402
+from _common import describe_machine, synchronize, write_table  # noqa: E402
 
 PRESETS = {"fundus": "configs/fundus.yaml", "rsna": "configs/rsna.yaml"}
 
@@ -93,9 +92,9 @@ def _model_rate(config, batch: int, steps: int) -> float:
     import torch
 
     network, optimizer, loss = (config.get_parsed_content(k) for k in ("network", "optimizer", "loss"))
-    size = config.get_parsed_content("image_size")
-    x = torch.randn(batch, config.get_parsed_content("in_channels"), *size)
-    y = torch.randint(0, 2, (batch,))
+    size, device = config.get_parsed_content("image_size"), config.get_parsed_content("device")
+    x = torch.randn(batch, config.get_parsed_content("in_channels"), *size, device=device)
+    y = torch.randint(0, 2, (batch,), device=device)
     times = []
     for step in range(steps + 1):
         start = time.perf_counter()
@@ -103,6 +102,7 @@ def _model_rate(config, batch: int, steps: int) -> float:
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         optimizer.step()
+        synchronize(device)
         if step:  # the first step is a warm-up
             times.append(time.perf_counter() - start)
     return batch / statistics.median(times)
@@ -131,6 +131,9 @@ def main(argv=None) -> int:
     count = args.images or (8 if args.quick else 48)
     workers = [int(w) for w in (args.workers or ("0,1" if args.quick else "0,1,2")).split(",")]
     steps = 0 if args.quick else args.steps
+    from monai_softcam.bundle import default_device
+
+    model_device = "the same CPU" if default_device().type == "cpu" else describe_machine(str(default_device()))
     rows = []
     for preset in presets:
         with tempfile.TemporaryDirectory() as root:
@@ -155,7 +158,7 @@ def main(argv=None) -> int:
         "# Data pipeline: the presets' training preprocessing vs the model's consumption",
         "",
         f"`python {' '.join(['benchmarks/data_pipeline.py', *(argv if argv is not None else sys.argv[1:])])}`: "
-        f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, {count} images per preset, "
+        f"loaders on {describe_machine('cpu', args.threads)}; model on {model_device}; {count} images per preset, "
         f"{args.passes} alternating passes; fundus: 512-px RGB PNG, rsna: 1024-px grey DICOM (-> 512 px).",
         "",
         "| preset | loader / consumer | images/s, median (min-max) |",

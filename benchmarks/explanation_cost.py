@@ -3,6 +3,7 @@
     python benchmarks/explanation_cost.py            # ResNet-50 and VGG-16 at 224 and 512 px, batch 1 and 8
     python benchmarks/explanation_cost.py --quick    # ResNet-18 at 64 px and 32^3: a smoke run in seconds
     python benchmarks/explanation_cost.py --spatial_dims 3 --sizes 64,128 --backbones resnet50 --batches 1
+    python benchmarks/explanation_cost.py --device cuda   # on a GPU (the default when one is there)
 
 Contenders, on the same backbone and input, run in alternation ``--repeats`` times:
 
@@ -12,6 +13,7 @@ Contenders, on the same backbone and input, run in alternation ``--repeats`` tim
 * occlusion (one class; batch 1 at the smallest size only, it is slow; ``--no_occlusion`` skips it):
   MONAI's, a grid of 8 masks per axis.
 
+On a GPU the clock stops only after the device has finished (``torch.cuda.synchronize``).
 Each row gives the median time per batch and, per contender, the median over the repeats of its
 time divided by the black box's time in the same repeat (the machine's drift hits both). Targets:
 SoftCAM within 1.05x of plain inference; Grad-CAM for one class at least 3x slower than SoftCAM at
@@ -22,26 +24,26 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _common import write_table  # noqa: E402
+from _common import describe_machine, synchronize, write_table  # noqa: E402
 
 
-def _contenders(backbone: str, spatial_dims: int, size: int, batch: int, occlusion: bool, classes: int = 2):
+def _contenders(backbone: str, spatial_dims: int, size: int, batch: int, occlusion: bool, device: str, classes: int = 2):
     import torch
 
     from monai_softcam.explain import GradCAMExplainer, OcclusionExplainer
     from monai_softcam.networks import BlackBox, SoftCAM
 
     torch.manual_seed(0)
-    softcam = SoftCAM(backbone, spatial_dims, 3 if spatial_dims == 2 else 1, classes, return_maps=True).eval()
-    blackbox = BlackBox(backbone, spatial_dims, 3 if spatial_dims == 2 else 1, classes).eval()
-    x = torch.randn(batch, softcam.in_channels, *([size] * spatial_dims))
+    in_channels = 3 if spatial_dims == 2 else 1
+    softcam = SoftCAM(backbone, spatial_dims, in_channels, classes, return_maps=True).to(device).eval()
+    blackbox = BlackBox(backbone, spatial_dims, in_channels, classes).to(device).eval()
+    x = torch.randn(batch, in_channels, *([size] * spatial_dims), device=device)
     gradcam = GradCAMExplainer(blackbox)
     gradcampp = GradCAMExplainer(blackbox, plus=True)
 
@@ -65,10 +67,11 @@ def _contenders(backbone: str, spatial_dims: int, size: int, batch: int, occlusi
     return contenders
 
 
-def measure(backbone, spatial_dims, size, batch, repeats, occlusion) -> dict[str, dict]:
-    contenders = _contenders(backbone, spatial_dims, size, batch, occlusion)
+def measure(backbone, spatial_dims, size, batch, repeats, occlusion, device="cpu") -> dict[str, dict]:
+    contenders = _contenders(backbone, spatial_dims, size, batch, occlusion, device)
     for fn in contenders.values():  # warm-up
         fn()
+    synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for r in range(repeats):
         names = list(contenders)
@@ -76,6 +79,7 @@ def measure(backbone, spatial_dims, size, batch, repeats, occlusion) -> dict[str
         for name in order:
             start = time.perf_counter()
             contenders[name]()
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     base = times["black box (logits)"]
     return {
@@ -98,6 +102,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", default=None, help="default 1,8")
     parser.add_argument("--repeats", type=int, default=None, help="default 5")
     parser.add_argument("--no_occlusion", action="store_true", help="skip occlusion (minutes per image in 3D on a CPU)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when there is a GPU)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", default=os.path.join(HERE, "results", "explanation_cost.md"))
     args = parser.parse_args(argv)
@@ -108,6 +113,7 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dims_list = [args.spatial_dims] if args.spatial_dims else ([2, 3] if args.quick else [2])
     backbones = (args.backbones or ("resnet18" if args.quick else "resnet50,vgg16")).split(",")
     batches = [int(b) for b in (args.batches or ("1,2" if args.quick else "1,8")).split(",")]
@@ -120,7 +126,7 @@ def main(argv=None) -> int:
             for size in sizes:
                 for batch in batches:
                     occlusion = batch == 1 and size == min(sizes) and not args.no_occlusion
-                    result = measure(backbone, dims, size, batch, repeats, occlusion)
+                    result = measure(backbone, dims, size, batch, repeats, occlusion, device)
                     shape = "x".join([str(size)] * dims)
                     for name, r in result.items():
                         rows.append(
@@ -133,7 +139,7 @@ def main(argv=None) -> int:
             "# Explanation cost: SoftCAM's maps vs plain inference and post-hoc methods",
             "",
             f"`python {' '.join(['benchmarks/explanation_cost.py', *(argv if argv is not None else sys.argv[1:])])}`: "
-            f"{platform.machine()} CPU, {args.threads} threads, torch {torch.__version__}, {repeats} alternating repeats, "
+            f"{describe_machine(device, args.threads)}, {repeats} alternating repeats, "
             "2 classes, random weights. Ratio: median over the repeats of time / black-box time in the same repeat.",
             "",
             "| backbone | input | batch | method | ms per batch, median (min-max) | vs black box |",

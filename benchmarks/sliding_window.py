@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _common import peak_rss_mb, rss_mb, run_fresh, write_table  # noqa: E402
+from _common import describe_machine, peak_rss_mb, rss_mb, run_fresh, write_table  # noqa: E402
 
 
 
@@ -101,13 +100,12 @@ def main(argv=None) -> int:
                   f"{results[(size, batch)][-1]['seconds']:.2f} s, peak {results[(size, batch)][-1]['peak_mb']:.0f} MB",
                   flush=True)  # fmt: skip
 
-    import torch
 
     lines = [
         f"# Sliding-window SoftCAM inference: 3D {args.backbone}, windows of {'x'.join(map(str, roi))}, overlap {args.overlap}",
         "",
-        f"`python benchmarks/sliding_window.py{' --quick' if quick else ''}` on {platform.processor() or platform.machine()}, "
-        f"{args.threads} threads, torch {torch.__version__}, {repeats} run(s) per row, each in a fresh process.",
+        f"`python benchmarks/sliding_window.py{' --quick' if quick else ''}` on "
+        f"{describe_machine('cpu', args.threads)}, {repeats} run(s) per row, each in a fresh process.",
         "",
         "| input | windows | sw_batch_size | time, median (min-max) | peak RSS | peak above model + input |",
         "|---|---|---|---|---|---|",

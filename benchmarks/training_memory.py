@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _common import peak_rss_mb, rss_mb, run_fresh, write_table  # noqa: E402
+from _common import describe_machine, peak_rss_mb, rss_mb, run_fresh, synchronize, write_table  # noqa: E402
 
 
 
@@ -53,8 +52,7 @@ def _child(args: argparse.Namespace) -> None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     result = {"seconds": statistics.median(times[1:]), "peak_mb": peak_rss_mb(),
               "held_mb": held}  # fmt: skip
@@ -100,11 +98,11 @@ def main(argv=None) -> int:
         rows.append(f"| {device} | {batch} | {'yes' if amp else 'no'} | {'yes' if channels_last else 'no'} | "
                     f"{r['seconds']:.2f} s | {memory} |")  # fmt: skip
         print(rows[-1], flush=True)
-    device_name = torch.cuda.get_device_name(0) if gpu else f"{platform.machine()} CPU, {args.threads} threads"
+    machines = describe_machine("cpu", args.threads) + (f"; GPU: {describe_machine('cuda')}" if gpu else "")
     lines = [
         f"# Training memory: SoftCAM {backbone} at {size} px, one training step",
         "",
-        f"`python benchmarks/training_memory.py{' --quick' if args.quick else ''}`: {device_name}, torch {torch.__version__}"
+        f"`python benchmarks/training_memory.py{' --quick' if args.quick else ''}`: {machines}"
         + ("" if gpu else "; no GPU here, so no GPU rows") + f"; median of {args.steps} steps after a warm-up.",
         "",
         "| device | batch | AMP | channels-last | time per step | peak memory |",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _common import write_table  # noqa: E402
+from _common import describe_machine, synchronize, write_table  # noqa: E402
 REPO = os.path.dirname(HERE)
 
 
@@ -63,12 +62,14 @@ def main(argv=None) -> int:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            synchronize(device)
 
         times: dict[str, list[float]] = {"bundle trainer (Ignite)": [], "hand-written loop": []}
         clock = {}
         trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: clock.__setitem__("start", time.perf_counter()))
 
         def after_epoch(engine) -> None:  # registered last: the trainer's own handlers are inside its time
+            synchronize(device)
             if engine.state.epoch > 1:
                 times["bundle trainer (Ignite)"].append(time.perf_counter() - clock["start"])
             start = time.perf_counter()
@@ -83,8 +84,8 @@ def main(argv=None) -> int:
     lines = [
         "# Workflow overhead: the bundle's Ignite trainer vs a hand-written loop",
         "",
-        f"`python benchmarks/workflow_overhead.py{' --quick' if args.quick else ''}`: {platform.machine()} CPU, "
-        f"{args.threads} threads, torch {torch.__version__}; {images} training images per epoch, batch "
+        f"`python benchmarks/workflow_overhead.py{' --quick' if args.quick else ''}`: "
+        f"{describe_machine(device, args.threads)}; {images} training images per epoch, batch "
         f"{loader.batch_size}, {repeats} timed epochs each, alternating.",
         "",
         "| loop | s per epoch, median (min-max) | images/s | time vs hand-written |",

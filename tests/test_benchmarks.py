@@ -34,7 +34,9 @@ def test_explanation_cost_benchmark_runs(tmp_path):
     out = tmp_path / "cost.md"
     _run("explanation_cost.py", "--backbones", "resnet10", "--sizes", "32", "--batches", "1", "--repeats", "1",
          "--spatial_dims", "2", "--out", str(out))  # fmt: skip
-    rows = [line for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("| resnet10")]
+    text = out.read_text(encoding="utf-8")
+    assert "CPU (" in text and "threads), torch " in text  # the machine the numbers come from
+    rows = [line for line in text.splitlines() if line.startswith("| resnet10")]
     assert [r.split("|")[4].strip() for r in rows] == [
         "black box (logits)", "SoftCAM (logits + all maps)", "Grad-CAM, one class", "Grad-CAM, all classes",
         "Grad-CAM++, one class", "occlusion, one class",
@@ -60,3 +62,38 @@ def test_training_memory_benchmark_runs(tmp_path):
     _run("training_memory.py", "--quick", "--steps", "1", "--out", str(out))
     rows = [line for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("| cpu")]
     assert len(rows) == 2 and all("MB RSS" in r for r in rows)
+
+
+def test_machine_line_names_the_gpu_and_its_versions(monkeypatch):
+    """The GPU branch of the tables' machine line, with the CUDA calls stood in for (no GPU here)."""
+    import types
+
+    import torch
+
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    from _common import describe_machine
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(name="NVIDIA H100", total_memory=80 * 2**30))  # fmt: skip
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+    assert describe_machine("cuda") == f"NVIDIA H100 (80 GiB), CUDA 12.8, cuDNN 91002, torch {torch.__version__}"
+    assert describe_machine("cpu", threads=3).endswith(f"cores, 3 threads), torch {torch.__version__}")
+
+
+def test_targets_are_checked_from_the_tables():
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    from collect import targets
+
+    cost = """| backbone | input | batch | method | ms per batch, median (min-max) | vs black box |
+|---|---|---|---|---|---|
+| vgg16 | 512x512 | 1 | black box (logits) | 100.0 (90.0-110.0) | 1.00x |
+| vgg16 | 512x512 | 1 | SoftCAM (logits + all maps) | 110.0 (100.0-120.0) | 1.10x |
+| vgg16 | 512x512 | 1 | Grad-CAM, one class | 440.0 (400.0-450.0) | 4.40x |
+| resnet50 | 224x224 | 8 | SoftCAM (logits + all maps) | 50.0 (50.0-50.0) | 0.99x |
+| resnet50 | 224x224 | 8 | Grad-CAM, one class | 100.0 (100.0-100.0) | 2.00x |"""
+    overhead = "| bundle trainer (Ignite) | 18.91 (18.09-21.08) | 42.3 | 1.125x |"
+    text = targets([cost, overhead])
+    assert "| vgg16 | 512x512 | 1 | 1.10x missed | 4.0x met |" in text
+    assert "| resnet50 | 224x224 | 8 | 0.99x met | 2.0x |" in text  # the 3x target is for 512 px only
+    assert "1.125x the time of a hand-written loop (target <= 1.10x: missed)" in text
