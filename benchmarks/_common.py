@@ -6,12 +6,19 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from typing import Sequence
 
 
-def write_table(table: str, path: str) -> None:
-    """Print a markdown table and write it to ``path`` (UTF-8)."""
-    table = table.rstrip("\n") + "\n"
+def write_table(path: str, title: str, about: str, columns: Sequence[str], rows: Sequence[str],
+                script: str, argv: Sequence[str] | None = None) -> None:
+    """Print a benchmark's markdown table and write it to ``path`` (UTF-8): the title, the exact
+    command that made it (``script`` with ``argv``, default the process's arguments), ``about``
+    (machine and settings), then the table of ``columns`` and ready-made ``rows``."""
+    command = " ".join(["python", f"benchmarks/{os.path.basename(script)}", *(sys.argv[1:] if argv is None else argv)])
+    lines = [f"# {title}", "", f"`{command}`: {about}", "", "| " + " | ".join(columns) + " |",
+             "|" + "---|" * len(columns), *rows]  # fmt: skip
+    table = "\n".join(lines) + "\n"
     print(table)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:

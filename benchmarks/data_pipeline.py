@@ -154,18 +154,14 @@ def main(argv=None) -> int:
                 backbone = config.get_parsed_content("backbone")
                 rows.append(f"| {preset} | model: {backbone} training step, batch {args.batch} | {model:.1f} |")
                 print(rows[-1], flush=True)
-    lines = [
-        "# Data pipeline: the presets' training preprocessing vs the model's consumption",
-        "",
-        f"`python {' '.join(['benchmarks/data_pipeline.py', *(argv if argv is not None else sys.argv[1:])])}`: "
+    write_table(
+        args.out,
+        "Data pipeline: the presets' training preprocessing vs the model's consumption",
         f"loaders on {describe_machine('cpu', args.threads)}; model on {model_device}; {count} images per preset, "
         f"{args.passes} alternating passes; fundus: 512-px RGB PNG, rsna: 1024-px grey DICOM (-> 512 px).",
-        "",
-        "| preset | loader / consumer | images/s, median (min-max) |",
-        "|---|---|---|",
-        *rows,
-    ]
-    write_table("\n".join(lines), args.out)
+        ["preset", "loader / consumer", "images/s, median (min-max)"],
+        rows, __file__, argv,
+    )  # fmt: skip
     return 0
 
 

@@ -134,20 +134,14 @@ def main(argv=None) -> int:
                             f"({1000 * r['min']:.1f}-{1000 * r['max']:.1f}) | {r['ratio']:.2f}x |"
                         )
                         print(rows[-1], flush=True)
-    table = "\n".join(
-        [
-            "# Explanation cost: SoftCAM's maps vs plain inference and post-hoc methods",
-            "",
-            f"`python {' '.join(['benchmarks/explanation_cost.py', *(argv if argv is not None else sys.argv[1:])])}`: "
-            f"{describe_machine(device, args.threads)}, {repeats} alternating repeats, "
-            "2 classes, random weights. Ratio: median over the repeats of time / black-box time in the same repeat.",
-            "",
-            "| backbone | input | batch | method | ms per batch, median (min-max) | vs black box |",
-            "|---|---|---|---|---|---|",
-            *rows,
-        ]
-    )
-    write_table(table, args.out)
+    write_table(
+        args.out,
+        "Explanation cost: SoftCAM's maps vs plain inference and post-hoc methods",
+        f"{describe_machine(device, args.threads)}, {repeats} alternating repeats, 2 classes, random weights. "
+        "Ratio: median over the repeats of time / black-box time in the same repeat.",
+        ["backbone", "input", "batch", "method", "ms per batch, median (min-max)", "vs black box"],
+        rows, __file__, argv,
+    )  # fmt: skip
     return 0
 
 

@@ -85,20 +85,15 @@ def main(argv=None) -> int:
                 print(rows[-1], flush=True)
     import onnxruntime
 
-    table = "\n".join(
-        [
-            "# Export agreement: eager PyTorch vs TorchScript vs ONNX (onnxruntime)",
-            "",
-            f"`python benchmarks/export_agreement.py{' --quick' if args.quick else ''}`: torch {torch.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}, CPU; random weights and batch-norm statistics; "
-            "2D 64 x 96 px, 3D 32 x 32 x 64 voxels, batch 3. Largest absolute difference over logits and evidence maps.",
-            "",
-            "| backbone | dims | TorchScript | ONNX | ONNX / max output | max output |",
-            "|---|---|---|---|---|---|",
-            *rows,
-        ]
-    )
-    write_table(table, args.out)
+    write_table(
+        args.out,
+        "Export agreement: eager PyTorch vs TorchScript vs ONNX (onnxruntime)",
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, CPU; random weights and batch-norm "
+        "statistics; 2D 64 x 96 px, 3D 32 x 32 x 64 voxels, batch 3. Largest absolute difference over logits and "
+        "evidence maps.",
+        ["backbone", "dims", "TorchScript", "ONNX", "ONNX / max output", "max output"],
+        rows, __file__, argv,
+    )  # fmt: skip
     return 0 if all("failed" not in r for r in rows) else 1
 
 

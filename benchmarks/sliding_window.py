@@ -101,25 +101,23 @@ def main(argv=None) -> int:
                   flush=True)  # fmt: skip
 
 
-    lines = [
-        f"# Sliding-window SoftCAM inference: 3D {args.backbone}, windows of {'x'.join(map(str, roi))}, overlap {args.overlap}",
-        "",
-        f"`python benchmarks/sliding_window.py{' --quick' if quick else ''}` on "
-        f"{describe_machine('cpu', args.threads)}, {repeats} run(s) per row, each in a fresh process.",
-        "",
-        "| input | windows | sw_batch_size | time, median (min-max) | peak RSS | peak above model + input |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for size, batch in configs:
         runs = results[(size, batch)]
         times = [m["seconds"] for m in runs]
         peak = max(m["peak_mb"] for m in runs)
         extra = max(m["peak_mb"] - m["held_mb"] for m in runs)
-        lines.append(
+        rows.append(
             f"| {'x'.join(map(str, size))} | {_windows(size, roi, args.overlap)} | {batch} | "
             f"{statistics.median(times):.2f} s ({min(times):.2f}-{max(times):.2f}) | {peak:.0f} MB | {extra:.0f} MB |"
         )
-    write_table("\n".join(lines), args.out)
+    write_table(
+        args.out,
+        f"Sliding-window SoftCAM inference: 3D {args.backbone}, windows of {'x'.join(map(str, roi))}, overlap {args.overlap}",
+        f"{describe_machine('cpu', args.threads)}, {repeats} run(s) per row, each in a fresh process.",
+        ["input", "windows", "sw_batch_size", "time, median (min-max)", "peak RSS", "peak above model + input"],
+        rows, __file__, argv,
+    )  # fmt: skip
     return 0
 
 

@@ -99,17 +99,13 @@ def main(argv=None) -> int:
                     f"{r['seconds']:.2f} s | {memory} |")  # fmt: skip
         print(rows[-1], flush=True)
     machines = describe_machine("cpu", args.threads) + (f"; GPU: {describe_machine('cuda')}" if gpu else "")
-    lines = [
-        f"# Training memory: SoftCAM {backbone} at {size} px, one training step",
-        "",
-        f"`python benchmarks/training_memory.py{' --quick' if args.quick else ''}`: {machines}"
-        + ("" if gpu else "; no GPU here, so no GPU rows") + f"; median of {args.steps} steps after a warm-up.",
-        "",
-        "| device | batch | AMP | channels-last | time per step | peak memory |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ]
-    write_table("\n".join(lines), args.out)
+    write_table(
+        args.out,
+        f"Training memory: SoftCAM {backbone} at {size} px, one training step",
+        machines + ("" if gpu else "; no GPU here, so no GPU rows") + f"; median of {args.steps} steps after a warm-up.",
+        ["device", "batch", "AMP", "channels-last", "time per step", "peak memory"],
+        rows, __file__, argv,
+    )  # fmt: skip
     return 0
 
 

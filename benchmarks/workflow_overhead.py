@@ -81,20 +81,19 @@ def main(argv=None) -> int:
         trainer.run()
 
     ratio = statistics.median(a / b for a, b in zip(times["bundle trainer (Ignite)"], times["hand-written loop"]))
-    lines = [
-        "# Workflow overhead: the bundle's Ignite trainer vs a hand-written loop",
-        "",
-        f"`python benchmarks/workflow_overhead.py{' --quick' if args.quick else ''}`: "
-        f"{describe_machine(device, args.threads)}; {images} training images per epoch, batch "
-        f"{loader.batch_size}, {repeats} timed epochs each, alternating.",
-        "",
-        "| loop | s per epoch, median (min-max) | images/s | time vs hand-written |",
-        "|---|---|---|---|",
-    ]
+    rows = []
     for name, t in times.items():
         r = ratio if name.startswith("bundle") else 1.0
-        lines.append(f"| {name} | {statistics.median(t):.2f} ({min(t):.2f}-{max(t):.2f}) | {images / statistics.median(t):.1f} | {r:.3f}x |")
-    write_table("\n".join(lines), args.out)
+        rows.append(f"| {name} | {statistics.median(t):.2f} ({min(t):.2f}-{max(t):.2f}) | "
+                    f"{images / statistics.median(t):.1f} | {r:.3f}x |")  # fmt: skip
+    write_table(
+        args.out,
+        "Workflow overhead: the bundle's Ignite trainer vs a hand-written loop",
+        f"{describe_machine(device, args.threads)}; {images} training images per epoch, batch {loader.batch_size}, "
+        f"{repeats} timed epochs each, alternating.",
+        ["loop", "s per epoch, median (min-max)", "images/s", "time vs hand-written"],
+        rows, __file__, argv,
+    )  # fmt: skip
     return 0
 
 

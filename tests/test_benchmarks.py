@@ -36,6 +36,8 @@ def test_explanation_cost_benchmark_runs(tmp_path):
          "--spatial_dims", "2", "--out", str(out))  # fmt: skip
     text = out.read_text(encoding="utf-8")
     assert "CPU (" in text and "threads), torch " in text  # the machine the numbers come from
+    assert f"`python benchmarks/explanation_cost.py --backbones resnet10 --sizes 32 --batches 1 --repeats 1 " \
+           f"--spatial_dims 2 --out {out}`" in text  # the exact command
     rows = [line for line in text.splitlines() if line.startswith("| resnet10")]
     assert [r.split("|")[4].strip() for r in rows] == [
         "black box (logits)", "SoftCAM (logits + all maps)", "Grad-CAM, one class", "Grad-CAM, all classes",
