@@ -114,6 +114,8 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {device}: torch sees no GPU here (torch {torch.__version__}); use --device cpu")
     dims_list = [args.spatial_dims] if args.spatial_dims else ([2, 3] if args.quick else [2])
     backbones = (args.backbones or ("resnet18" if args.quick else "resnet50,vgg16")).split(",")
     batches = [int(b) for b in (args.batches or ("1,2" if args.quick else "1,8")).split(",")]

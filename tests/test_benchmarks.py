@@ -99,3 +99,14 @@ def test_targets_are_checked_from_the_tables():
     assert "| vgg16 | 512x512 | 1 | 1.10x missed | 4.0x met |" in text
     assert "| resnet50 | 224x224 | 8 | 0.99x met | 2.0x |" in text  # the 3x target is for 512 px only
     assert "1.125x the time of a hand-written loop (target <= 1.10x: missed)" in text
+
+
+def test_explanation_cost_refuses_a_gpu_that_is_not_there():
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", "explanation_cost.py"), "--device", "cuda"],
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=300)  # fmt: skip
+    assert proc.returncode == 2 and "--device cuda: torch sees no GPU here" in proc.stderr
