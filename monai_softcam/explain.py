@@ -31,8 +31,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .losses import split_output
-from .visualize import upsample_map
+from .networks.outputs import split_output, upsample_map
 
 __all__ = [
     "EXPLAINERS",

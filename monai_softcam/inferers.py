@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from monai.inferers import Inferer, sliding_window_inference
 
-from .visualize import upsample_map
+from .networks.outputs import upsample_map
 
 __all__ = ["EvidenceSlidingWindowInferer"]
 

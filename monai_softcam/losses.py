@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .networks.softcam import EVIDENCE_MAPS, LOGITS
+from .networks.outputs import split_output
 
-__all__ = ["EvidencePenalty", "PENALTY_PRESETS", "SoftCAMLoss", "split_output"]
+__all__ = ["EvidencePenalty", "PENALTY_PRESETS", "SoftCAMLoss"]
 
 #: Starting points from the paper (ResNet-50 values; the paper tuned them per dataset/backbone on
 #: validation data, e.g. Lasso 5e-5 fundus, 9e-4 OCT; Ridge 7e-5 ResNet, 2e-4 VGG).
@@ -88,17 +88,6 @@ class EvidencePenalty(nn.Module):
         return f"lambda1={self.lambda1}, lambda2={self.lambda2}, squared_l2={self.squared_l2}"
 
 
-def split_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(logits, evidence_maps or None)`` from a model output: a dict, a ``(logits, maps)`` tuple or logits."""
-    if isinstance(output, dict):
-        if LOGITS not in output:
-            raise ValueError(f"model output dict must have a {LOGITS!r} key, got keys {sorted(output)}")
-        return output[LOGITS], output.get(EVIDENCE_MAPS)
-    if isinstance(output, (tuple, list)):
-        if len(output) != 2:
-            raise ValueError(f"model output tuple must be (logits, evidence_maps), got {len(output)} items")
-        return output[0], output[1]
-    return output, None
 
 
 def _class_indices(target: torch.Tensor, num_classes: int) -> torch.Tensor:

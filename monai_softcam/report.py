@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .explain import cascading_randomization, make_explainer
-from .losses import split_output
+from .networks.outputs import split_output, upsample_map
 from .metrics.classification import classification_report
 from .metrics.explanation import (
     activation_consistency,
@@ -410,7 +410,7 @@ def _plot_sanity(path: str, sanity) -> None:
 def _gallery_picture(path: str, gallery, class_names, pairs) -> None:
     from PIL import Image, ImageDraw
 
-    from .visualize import display_slice, overlay, upsample_map
+    from .visualize import display_slice, overlay
 
     rows, caption_h, tile = [], 14, 140
     for case in gallery:

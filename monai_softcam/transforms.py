@@ -14,7 +14,6 @@ from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     InvertibleTransform,
-    LoadImage,
     LoadImaged,
     MapTransform,
     NormalizeIntensityd,
@@ -23,7 +22,9 @@ from monai.transforms import (
 )
 
 from .data.datalist import IMAGE_EXTENSIONS
-from .visualize import evidence_gallery, upsample_map
+from .data.readers import default_readers, reader_for
+from .networks.outputs import upsample_map
+from .visualize import evidence_gallery
 
 __all__ = [
     "AdaptChannelsd",
@@ -45,14 +46,6 @@ def _source(data: Mapping[Hashable, Any], key: Hashable) -> str:
     return str(meta.get("filename_or_obj", key))
 
 
-def reader_for(loader: LoadImage, path: Any) -> Any:
-    """The reader of ``loader`` that claims ``path`` by its name (the readers given to it first, then
-    MONAI's), to pass as ``loader(path, reader)`` so that no other reader is tried on the file; None
-    (MONAI then tries every reader) if none claims it."""
-    for candidate in loader.readers[::-1]:  # the readers given come last in the list, and win
-        if candidate.verify_suffix(path):
-            return candidate
-    return None
 
 
 class ReadImaged(LoadImaged):
@@ -171,8 +164,6 @@ def load_input(
     ``image_size`` has one entry per spatial axis (so it also fixes 2D vs 3D). Every spatial step
     is invertible, so evidence maps can be brought back to the input's own grid with ``Invertd``.
     """
-    from .data.readers import default_readers
-
     size = [int(s) for s in image_size]
     if resize not in ("stretch", "crop", "none"):
         raise ValueError(f"resize must be 'stretch', 'crop' or 'none', got {resize!r}")

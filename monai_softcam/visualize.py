@@ -12,9 +12,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-__all__ = ["display_slice", "evidence_gallery", "mask_outline", "overlay", "upsample_map"]
+from .networks.outputs import upsample_map
+
+__all__ = ["display_slice", "evidence_gallery", "mask_outline", "overlay"]
 
 _POSITIVE = np.array([220, 30, 30], dtype=np.float32)
 _NEGATIVE = np.array([30, 90, 230], dtype=np.float32)
@@ -24,10 +25,6 @@ def _to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
 
 
-def upsample_map(evidence: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Interpolate ``[C, *grid]`` maps to ``[C, *size]`` (bi/trilinear, cell centres aligned as in the network)."""
-    mode = "bilinear" if evidence.dim() == 3 else "trilinear"
-    return F.interpolate(evidence[None].float(), size=tuple(int(s) for s in size), mode=mode, align_corners=False)[0]
 
 
 def mask_outline(mask: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from test_bundle import EVALUATE, INFERENCE, TRAIN, bundle
 from monai_softcam.data import DicomSeriesReader, list_images
 from monai_softcam.inferers import EvidenceSlidingWindowInferer
 from monai_softcam.networks import SoftCAM
-from monai_softcam.visualize import upsample_map
+from monai_softcam.networks import upsample_map
 
 DEMO3D = os.path.join(REPO_ROOT, "configs", "demo3d.yaml")
 TINY3D = os.path.join(TESTS_DIR, "configs", "tiny3d.yaml")

@@ -80,8 +80,7 @@ def check_data(
     """Check the splits described by ``configs`` under ``dataset_dir``; print a report; return the number of problems."""
     from monai.transforms import LoadImage
 
-    from ..transforms import reader_for
-    from .readers import default_readers
+    from .readers import default_readers, reader_for
 
     spec, class_names, spatial_dims = load_check_settings(configs, dataset_dir)
     num_classes = len(class_names) or None

@@ -27,7 +27,16 @@ import numpy as np
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
-__all__ = ["DicomReader", "DicomSeriesReader", "SimpleITKReader", "default_readers", "dicom_series", "is_dicom_file", "probe_image"]
+__all__ = [
+    "DicomReader",
+    "DicomSeriesReader",
+    "SimpleITKReader",
+    "default_readers",
+    "dicom_series",
+    "is_dicom_file",
+    "probe_image",
+    "reader_for",
+]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -237,6 +246,16 @@ class DicomReader(ImageReader):
 def default_readers(spatial_dims: int = 2) -> list[ImageReader]:
     """The readers the preprocessing puts before MONAI's defaults (NIfTI and anything else)."""
     return [DicomSeriesReader(spatial_dims=spatial_dims), DicomReader(spatial_dims=spatial_dims), SimpleITKReader()]
+
+
+def reader_for(loader: Any, path: Any) -> Any:
+    """The reader of ``loader`` that claims ``path`` by its name (the readers given to it first, then
+    MONAI's), to pass as ``loader(path, reader)`` so that no other reader is tried on the file; None
+    (MONAI then tries every reader) if none claims it."""
+    for candidate in loader.readers[::-1]:  # the readers given come last in the list, and win
+        if candidate.verify_suffix(path):
+            return candidate
+    return None
 
 
 def probe_image(path: str) -> str:

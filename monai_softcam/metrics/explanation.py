@@ -4,7 +4,7 @@ Conventions shared by every function (2D and 3D alike):
 
 * ``maps``: ``[B, *spatial]``, one map per sample (the map of the explained class, on the grid of
   the image or the mask; bring SoftCAM's coarse maps there first, e.g. with
-  :func:`monai_softcam.visualize.upsample_map`). Signed maps are allowed; each metric says how it
+  :func:`monai_softcam.networks.upsample_map`). Signed maps are allowed; each metric says how it
   treats negative values. A ``[B, 1, *spatial]`` channel is accepted and dropped.
 * ``masks``: the annotation, same shape as ``maps`` (bool, or numbers where > 0.5 is inside).
 * The result is one value per sample, ``[B]`` (``[B, k]`` for top-k precision), float32.
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine
 from ignite.metrics import Metric
 
+from ..networks.outputs import split_output, upsample_map
 from .classification import _gather, _stack
 
 __all__ = [
@@ -66,7 +67,7 @@ def _check_maps(maps: Any, masks: Any = None) -> tuple[torch.Tensor, torch.Tenso
     if masks.shape != maps.shape:
         raise ValueError(
             f"masks of shape {tuple(masks.shape)} do not match the maps of shape {tuple(maps.shape)}: "
-            "bring the maps to the mask's grid first (e.g. monai_softcam.visualize.upsample_map)"
+            "bring the maps to the mask's grid first (e.g. monai_softcam.networks.upsample_map)"
         )
     masks = masks > 0.5 if masks.is_floating_point() else masks.bool()
     return maps, masks
@@ -269,8 +270,6 @@ def deletion_curve(
     ``model`` returns logits (or SoftCAM's output dict); probabilities are its softmax (sigmoid
     for one output). See :func:`curve_auc` for the area.
     """
-    from ..losses import split_output
-
     images = torch.as_tensor(images)
     maps, _ = _check_maps(maps)
     if maps.shape != (images.shape[0], *images.shape[2:]):
@@ -403,8 +402,6 @@ class ExplanationMetrics(Metric):
         self._values.setdefault(name, []).append(value.detach().float().cpu().reshape(value.shape[0], -1)[:, -1])
 
     def update(self, output: Sequence[Any]) -> None:
-        from ..visualize import upsample_map
-
         maps, masks, labels, logits = output
         if maps is None:
             return

@@ -10,7 +10,8 @@ from .backbones import (
     register_backbone,
 )
 from .pretrained import PretrainedWeightsError, load_pretrained_backbone, read_state_dict
-from .softcam import EVIDENCE_MAPS, LOGITS, BlackBox, EvidenceHead, SoftCAM
+from .outputs import EVIDENCE_MAPS, LOGITS, split_output, upsample_map
+from .softcam import BlackBox, EvidenceHead, SoftCAM
 from .vgg import VGG_CONFIGS, VGGFeatures, vgg_fc_block
 
 __all__ = [
@@ -31,5 +32,7 @@ __all__ = [
     "load_pretrained_backbone",
     "read_state_dict",
     "register_backbone",
+    "split_output",
+    "upsample_map",
     "vgg_fc_block",
 ]

@@ -14,13 +14,11 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv, Pool
 
 from .backbones import Backbone, build_backbone, check_spatial_dims
+from .outputs import EVIDENCE_MAPS, LOGITS
 from .pretrained import load_pretrained_backbone
 
 __all__ = ["BlackBox", "EvidenceHead", "SoftCAM", "LOGITS", "EVIDENCE_MAPS"]
 
-#: keys of the dictionary a SoftCAM model returns when ``return_maps=True``
-LOGITS = "logits"
-EVIDENCE_MAPS = "evidence_maps"
 
 
 def _check_num_classes(num_classes: Any) -> int:

@@ -1,0 +1,37 @@
+"""What a SoftCAM network returns, and how its evidence maps reach the input grid.
+
+A SoftCAM model with ``return_maps=True`` returns ``{LOGITS: [B, C], EVIDENCE_MAPS: [B, C, *grid]}``;
+a black box returns logits. :func:`split_output` reads either; :func:`upsample_map` brings maps
+from the network's grid to an image grid (the one interpolation every consumer uses).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["EVIDENCE_MAPS", "LOGITS", "split_output", "upsample_map"]
+
+#: keys of the dictionary a SoftCAM model returns when ``return_maps=True``
+LOGITS = "logits"
+EVIDENCE_MAPS = "evidence_maps"
+
+def split_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logits, evidence_maps or None)`` from a model output: a dict, a ``(logits, maps)`` tuple or logits."""
+    if isinstance(output, dict):
+        if LOGITS not in output:
+            raise ValueError(f"model output dict must have a {LOGITS!r} key, got keys {sorted(output)}")
+        return output[LOGITS], output.get(EVIDENCE_MAPS)
+    if isinstance(output, (tuple, list)):
+        if len(output) != 2:
+            raise ValueError(f"model output tuple must be (logits, evidence_maps), got {len(output)} items")
+        return output[0], output[1]
+    return output, None
+
+
+def upsample_map(evidence: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Interpolate ``[C, *grid]`` maps to ``[C, *size]`` (bi/trilinear, cell centres aligned as in the network)."""
+    mode = "bilinear" if evidence.dim() == 3 else "trilinear"
+    return F.interpolate(evidence[None].float(), size=tuple(int(s) for s in size), mode=mode, align_corners=False)[0]
