@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .data.check import check_data
+from .data.demo import DemoDataConfig, generate_demo_dataset
+from .networks.backbones import available_backbones, get_backbone_spec
+
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from .data.demo import DemoDataConfig, generate_demo_dataset
-
     config = DemoDataConfig(
         spatial_dims=args.spatial_dims,
         size=args.size if args.size else (96 if args.spatial_dims == 2 else 48),
@@ -34,15 +36,11 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from .data.check import check_data
-
     problems = check_data(args.config, args.dataset_dir, args.splits, not args.no_images, args.report)
     return 1 if problems else 0
 
 
 def _backbones(args: argparse.Namespace) -> int:
-    from .networks.backbones import available_backbones, get_backbone_spec
-
     for name in available_backbones():
         print(f"{name:<18} {get_backbone_spec(name).description}")
     return 0

@@ -10,12 +10,20 @@ import sys
 from typing import Any, Sequence
 
 import torch
+from monai.bundle import ConfigParser
+
+from .data.demo import DemoDataConfig, ensure_demo_dataset
 
 __all__ = [
+    "barrier",
+    "bundle_cli",
     "bundle_root",
     "check_cli_overrides",
     "check_overrides",
+    "config_id",
     "default_device",
+    "destroy_distributed",
+    "init_distributed",
     "place_network",
     "prepare_dataset",
     "require_dir",
@@ -27,6 +35,11 @@ logger = logging.getLogger("monai_softcam")
 #: arguments of ``python -m monai.bundle run`` that are not config overrides
 _RUN_ARGS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
              "workflow_name", "workflow_type"}  # fmt: skip
+
+
+def config_id(key: str) -> str:
+    """A config id as MONAI reads it from the command line (``a::b`` is ``a#b``)."""
+    return key.replace("::", "#")
 
 
 def _split_cli(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -41,7 +54,7 @@ def _split_cli(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
             key, has_value, value = arg[2:].partition("=")
             if not has_value and i + 1 < len(args) and not args[i + 1].startswith("--"):
                 value, i = args[i + 1], i + 1
-            key = key.replace("::", "#")
+            key = config_id(key)
             if key == "config_file":
                 try:
                     parsed = ast.literal_eval(value)
@@ -72,6 +85,26 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def init_distributed(device: torch.device | str) -> None:
+    """Join the torchrun process group (NCCL on GPUs, gloo on CPUs) and select this process's GPU."""
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(device)
+
+
+def barrier() -> None:
+    """Wait for every process of the group; nothing to wait for without one (a single process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def destroy_distributed() -> None:
+    """Leave the process group, if this process joined one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def place_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = False) -> torch.nn.Module:
     """Move ``network`` to ``device``; with ``channels_last``, also to the channels-last memory
     format (``channels_last_3d`` for 3D networks). Same numbers up to rounding; often faster
@@ -86,8 +119,6 @@ def place_network(network: torch.nn.Module, device: torch.device | str, channels
 def check_overrides(config_files: Sequence[str], overrides: dict[str, Any]) -> None:
     """Raise a ValueError for override ids that name no key of the merged configs (a typo would
     otherwise be added silently and ignored), suggesting the closest existing keys."""
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config(f=list(config_files))
     known = _all_ids(parser.get())
@@ -124,16 +155,36 @@ def _all_ids(node: Any, prefix: str = "") -> set[str]:
     return ids
 
 
+def bundle_cli(argv: Sequence[str] | None = None) -> tuple[list[str], dict[str, Any], set[str]] | None:
+    """``(config files, overrides, the bundle's own config files)`` of a ``python -m monai.bundle``
+    command line, or None when this process was not started from one. Override values are read as
+    Python literals where they are (``[64,64]``, ``3``), as MONAI's command line does; the bundle's
+    own configs are the files in the folder of the first one (``bundle/configs``)."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return None
+    files, raw = _split_cli(argv[1:])
+    overrides: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    own_dir = os.path.dirname(os.path.abspath(files[0])) if files else ""
+    own = {os.path.abspath(f) for f in files if os.path.dirname(os.path.abspath(f)) == own_dir}
+    return files, overrides, own
+
+
 def check_cli_overrides(argv: Sequence[str] | None = None) -> bool:
     """:func:`check_overrides` for the current ``python -m monai.bundle run ...`` command line.
 
     Called from the configs' ``initialize`` step; does nothing when the workflow was not started
     from that command line (e.g. from Python, where overrides are checked by the caller).
     """
-    argv = list(sys.argv if argv is None else argv)
-    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+    cli = bundle_cli(argv)
+    if cli is None:
         return False
-    files, overrides = _split_cli(argv[1:])
+    files, overrides, _ = cli
     if files and overrides:
         check_overrides(files, overrides)
     return True
@@ -144,8 +195,6 @@ def prepare_dataset(dataset_dir: str, demo_dir: str, demo_config: Any = None) ->
     dict) when ``dataset_dir`` is ``demo_dir``, reusing it if already there; any other
     ``dataset_dir`` must exist (a typo never silently trains on generated data)."""
     if demo_config is not None and os.path.abspath(dataset_dir) == os.path.abspath(demo_dir):
-        from .data.demo import DemoDataConfig, ensure_demo_dataset
-
         config = demo_config if isinstance(demo_config, DemoDataConfig) else DemoDataConfig(**demo_config)
         ensure_demo_dataset(dataset_dir, config)
         return dataset_dir

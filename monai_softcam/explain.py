@@ -30,8 +30,9 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
 
-from .networks.outputs import split_output, upsample_map
+from .networks.outputs import probabilities, split_output, upsample_map
 
 __all__ = [
     "EXPLAINERS",
@@ -80,10 +81,6 @@ def _classes(class_idx: Any, batch: int, device: torch.device) -> torch.Tensor:
     return classes
 
 
-def _probabilities(logits: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
-
-
 class SoftCAMExplainer:
     """SoftCAM's evidence maps of the requested classes, upsampled to the input grid (signed)."""
 
@@ -106,8 +103,6 @@ class GradCAMExplainer:
     """Grad-CAM (or Grad-CAM++ with ``plus=True``) from ``monai.visualize``, raw values, on ``target_layer``."""
 
     def __init__(self, model: nn.Module, target_layer: str = "backbone.features", plus: bool = False) -> None:
-        from monai.visualize import GradCAM, GradCAMpp
-
         wrapped = _Logits(model)
         names = {name for name, _ in wrapped.named_modules()}
         layer = f"model.{target_layer}"
@@ -142,12 +137,10 @@ class OcclusionExplainer:
 
     def __init__(self, model: nn.Module, mask_size: int = 16, overlap: float = 0.5, mode: Any = "gaussian",
                  n_batch: int = 32) -> None:  # fmt: skip
-        from monai.visualize import OcclusionSensitivity
-
         self.model = _Logits(model)
         self.occlusion = OcclusionSensitivity(
             self.model, mask_size=mask_size, n_batch=n_batch, verbose=False, mode=mode, overlap=overlap,
-            activate=_probabilities,
+            activate=probabilities,
         )  # fmt: skip
 
     def __call__(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
@@ -156,7 +149,7 @@ class OcclusionExplainer:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Using a non-tuple sequence")  # inside MONAI's occlusion
             for image, c in zip(images, classes.tolist()):
-                p = _probabilities(self.model(image[None]))[0, c]
+                p = probabilities(self.model(image[None]))[0, c]
                 occluded, _ = self.occlusion(image[None])
                 out.append(p - occluded[0, c].float())
         return torch.stack(out)
@@ -170,7 +163,7 @@ class IntegratedGradientsExplainer:
 
     def __init__(self, model: nn.Module, steps: int = 32, baseline: float = 0.0, internal_batch_size: int = 16) -> None:
         try:
-            from captum.attr import IntegratedGradients
+            from captum.attr import IntegratedGradients  # optional extra: only for this explainer
         except ImportError as err:
             raise ImportError("Integrated Gradients needs Captum: pip install captum (or pip install monai_softcam[captum])") from err
         self.model = _Logits(model)

@@ -87,7 +87,7 @@ def _eager_outputs(network: nn.Module, x: torch.Tensor, names: list[str]) -> dic
 
 def _onnxruntime() -> Any:
     try:
-        import onnxruntime
+        import onnxruntime  # optional: the onnx extra
     except ImportError as err:
         raise ImportError(f"running an ONNX model needs onnxruntime: {_EXTRA_HINT}") from err
     return onnxruntime

@@ -13,11 +13,22 @@ import math
 import os
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from .checkpoint import (
+    CheckpointError,
+    load_state_checked,
+    load_weights,
+    portable_state_dict,
+    read_checkpoint,
+    save_checkpoint,
+    unwrap_module,
+)
 from .metrics.classification import ClassificationMetrics
-from .utils import atomic_open, atomic_torch_save, is_main_process
+from .metrics.explanation import summarize
+from .utils import atomic_open, is_main_process
 from .visualize import evidence_gallery
 
 __all__ = [
@@ -29,61 +40,14 @@ __all__ = [
     "MetricsReport",
     "PredictionsWriter",
     "TrainingCheckpoint",
-    "load_state_checked",
-    "load_weights",
 ]
 
 logger = logging.getLogger("monai_softcam")
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
-
-
-def load_weights(model: torch.nn.Module, path: str) -> torch.nn.Module:
-    """Load a model checkpoint (a state dict, or ``{"model": state_dict, ...}``) with ``weights_only=True``.
-
-    A checkpoint of another backbone or class count raises a ValueError naming the file and the
-    mismatching keys and shapes.
-    """
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"model checkpoint not found: {path} (train first, or set 'checkpoint')")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    return load_state_checked(model, state, path)
-
-
-def load_state_checked(model: torch.nn.Module, state: dict[str, Any], source: str) -> torch.nn.Module:
-    """``model.load_state_dict(state)`` with a ValueError that names ``source`` and every mismatch."""
-    target = _unwrap(model)
-    own = target.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
-        for k in own
-        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        desc = f"{type(target).__name__}"
-        if hasattr(target, "backbone_name"):
-            desc += f"(backbone={target.backbone_name}, num_classes={target.num_classes}, spatial_dims={target.spatial_dims})"
-        parts = [f"checkpoint {source} does not fit the network {desc}"]
-        for title, items in (("shape mismatch", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
-            if items:
-                parts.append(f"{title} ({len(items)}): " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
-        raise ValueError("; ".join(parts))
-    target.load_state_dict(state)
-    return model
-
-
 class LoadWeights:
-    """Load a model checkpoint when the engine starts (see :func:`load_weights`). ``path=None``
-    says that the network already holds its weights (a TorchScript export): nothing is loaded."""
+    """Load a model checkpoint when the engine starts (see :func:`monai_softcam.checkpoint.load_weights`).
+    ``path=None`` says that the network already holds its weights (a TorchScript export): nothing is loaded."""
 
     def __init__(self, path: str | None, model: torch.nn.Module) -> None:
         self.path = path
@@ -105,12 +69,14 @@ class BestModelSaver:
 
     Args:
         metric_name: key in ``engine.state.metrics``; NaN values never count as an improvement.
-        path: file to (over)write, atomically.
+        path: file to (over)write atomically (:func:`~monai_softcam.checkpoint.save_checkpoint`) with
+            the model's :func:`~monai_softcam.checkpoint.portable_state_dict`.
         model: the network (a DDP wrapper is unwrapped).
         greater_is_better: direction of improvement.
 
     The epoch recorded is the engine's: for a MONAI evaluator run by ``ValidationHandler``, the
     trainer's epoch. Its state (best value and epoch) is part of the training checkpoint, so a resumed run keeps it.
+    Not ignite's ``Checkpoint``: with the fixed file name it removes the old best model before writing the new one.
     """
 
     def __init__(
@@ -140,9 +106,7 @@ class BestModelSaver:
         self.best = value
         self.best_epoch = int(engine.state.epoch)
         if is_main_process():
-            # CPU tensors in the contiguous layout: the file loads anywhere (a CPU-only machine, ckpt_export)
-            state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(self.model).state_dict().items()}
-            atomic_torch_save(state, self.path)
+            save_checkpoint(portable_state_dict(self.model), self.path)
             logger.info("new best %s = %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.path)
 
     def state_dict(self) -> dict[str, Any]:
@@ -166,6 +130,7 @@ class TrainingCheckpoint:
     A SIGKILL at any point leaves either the previous or the new complete checkpoint. Resuming a
     run that finished all its epochs trains on only if ``max_epochs`` grew; resuming one that stopped
     early trains no further (and leaves its checkpoint as it was).
+    Not ignite's ``Checkpoint``: with the fixed file name it removes the previous state before writing the new one.
     """
 
     def __init__(self, path: str, objects: dict[str, Any], resume: bool = False) -> None:
@@ -180,14 +145,14 @@ class TrainingCheckpoint:
         engine.add_event_handler(Events.COMPLETED, self._save)
 
     def _state(self, engine: Engine) -> dict[str, Any]:
-        state = {name: _unwrap(obj).state_dict() for name, obj in self.objects.items()}
+        state = {name: unwrap_module(obj).state_dict() for name, obj in self.objects.items()}
         stopped = bool(engine.should_terminate) and engine.state.epoch < (engine.state.max_epochs or 0)
         state["trainer"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration, "early_stopped": stopped}
         return state
 
     def _save(self, engine: Engine) -> None:
         if is_main_process() and not self._stopped_early_before:
-            atomic_torch_save(self._state(engine), self.path)
+            save_checkpoint(self._state(engine), self.path)
 
     def _load(self, engine: Engine) -> None:
         if not self.resume:
@@ -195,15 +160,17 @@ class TrainingCheckpoint:
         if not os.path.isfile(self.path):
             logger.warning("resume requested but no checkpoint at %s yet: training starts at epoch 0", self.path)
             return
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        absent = [name for name in self.objects if name not in state]
+        state = read_checkpoint(self.path, "training checkpoint")
+        absent = [name for name in [*self.objects, "trainer"] if not isinstance(state, dict) or name not in state]
         if absent:
-            raise ValueError(f"training checkpoint {self.path} lacks {absent}; it was written by another configuration")
+            raise CheckpointError(
+                f"training checkpoint {self.path} lacks {absent}; it was written by another configuration"
+            )
         for name, obj in self.objects.items():
             if name == "model":
                 load_state_checked(obj, state[name], self.path)
             else:
-                _unwrap(obj).load_state_dict(state[name])
+                unwrap_module(obj).load_state_dict(state[name])
         progress = state["trainer"]
         engine.state.iteration = int(progress["iteration"])
         engine.state.epoch = int(progress["epoch"])
@@ -329,14 +296,10 @@ class EvidenceGallery:
             with atomic_open(self.output_path, "wb") as f:
                 picture.save(f, format="PNG")
         if self.writer is not None:
-            import numpy as np
-
             self.writer.add_image(self.tag, np.asarray(picture), engine.state.epoch, dataformats="HWC")
 
 
 def _explanation_summaries(metric: Any) -> dict[str, dict[str, Any]]:
-    from .metrics.explanation import summarize
-
     return {name: summarize(values) for name, values in getattr(metric, "values", {}).items()}
 
 

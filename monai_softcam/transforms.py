@@ -6,6 +6,7 @@ import gzip
 import os
 from typing import Any, Hashable, Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,9 +22,9 @@ from monai.transforms import (
     Transform,
 )
 
-from .data.datalist import IMAGE_EXTENSIONS
-from .data.readers import default_readers, reader_for
+from .data.readers import default_readers, image_stem, reader_for
 from .networks.outputs import upsample_map
+from .utils import atomic_open
 from .visualize import evidence_gallery
 
 __all__ = [
@@ -444,7 +445,7 @@ class SaveEvidenceMapsd(MapTransform):
 
     def _unique_name(self, source: str) -> str:
         if source not in self._names:
-            base = name = _case_name(source)
+            base = name = image_stem(os.path.basename(source))
             taken = set(self._names.values())
             k = 2
             while name in taken:  # same file name in different folders: never overwrite another case
@@ -453,10 +454,6 @@ class SaveEvidenceMapsd(MapTransform):
         return self._names[source]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        import nibabel as nib
-
-        from .utils import atomic_open
-
         d = dict(data)
         for key in self.key_iterator(d):
             maps = d[key]
@@ -478,11 +475,3 @@ class SaveEvidenceMapsd(MapTransform):
                     picture.save(f, format="PNG")
             d[f"{key}_dir"] = folder
         return d
-
-
-def _case_name(path: str) -> str:
-    base = os.path.basename(path)
-    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
-        if base.lower().endswith(ext):
-            return base[: -len(ext)]
-    return os.path.splitext(base)[0]

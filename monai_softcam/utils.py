@@ -7,10 +7,9 @@ import os
 import tempfile
 from typing import IO, Any, Iterator
 
-import torch
 import torch.distributed as dist
 
-__all__ = ["atomic_open", "atomic_torch_save", "is_main_process"]
+__all__ = ["atomic_open", "is_main_process"]
 
 
 @contextlib.contextmanager
@@ -38,12 +37,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`atomic_open`."""
-    with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle)
 
 
 def is_main_process() -> bool:

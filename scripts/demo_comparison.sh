@@ -14,7 +14,7 @@ python -m monai.bundle run training --config_file "$TRAIN" --bundle_root "$OUT/d
     --penalty#lambda1 0.0 --penalty#lambda2 1.0e-4
 python -m monai.bundle run training --config_file "['$TRAIN','configs/blackbox.yaml']" --bundle_root "$OUT/blackbox" "${common[@]}"
 python -m monai.bundle run explain_eval \
-    --config_file "['$TRAIN','bundle/configs/explain.yaml','configs/demo_comparison.yaml']" \
+    --config_file "['$TRAIN','bundle/configs/evaluate.yaml','bundle/configs/explain.yaml','configs/demo_comparison.yaml']" \
     --bundle_root "$OUT/sparse" "${common[@]}"
 cat "$OUT/report/table.md"
 echo "comparison report: $OUT/report/index.html"

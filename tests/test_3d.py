@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TESTS_DIR
 from data_helpers import write_dicom_series
-from test_bundle import EVALUATE, INFERENCE, TRAIN, bundle
+from test_bundle import CONFIGS, EVALUATE, INFERENCE, TRAIN, bundle
 
 from monai_softcam.data import DicomSeriesReader, list_images
 from monai_softcam.inferers import EvidenceSlidingWindowInferer
@@ -25,17 +25,31 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def test_3d_preset_trains_evaluates_and_infers_with_the_volumes_geometry(tmp_path):
-    """demo3d through the same bundle configs; inference on a NIfTI volume larger than the
-    training size (sliding window) and on a DICOM series folder: maps on each input's own grid
-    with its affine, and the whole-input logit equal to the mean of the stitched map."""
+    """demo3d through the same bundle configs, the preset named only for training: evaluation, the
+    explanation report, inference, both exports and SoftCAMLib read the trained task. Inference on
+    a NIfTI volume larger than the training size (sliding window) and on a DICOM series folder:
+    maps on each input's own grid with its affine, and the whole-input logit equal to the mean of
+    the stitched map."""
     root = str(tmp_path / "b")
     bundle("training", [TRAIN, DEMO3D, TINY3D], "--bundle_root", root)
     with open(os.path.join(root, "eval", "metrics_val.json")) as f:
         metrics = json.load(f)
     assert 0 <= metrics["metrics"]["auc"] <= 1 and "explanation_metrics" in metrics
     assert os.path.isfile(os.path.join(root, "models", "intensity_stats.json"))  # 'auto' statistics
-    bundle("evaluate", [TRAIN, EVALUATE, DEMO3D, TINY3D], "--bundle_root", root)
+    with open(os.path.join(root, "models", "task.json")) as f:
+        task = json.load(f)
+    assert (task["spatial_dims"], task["image_size"], task["backbone"]) == (3, [24, 24, 24], "resnet10")
+    assert isinstance(task["intensity_mean"][0], float)  # 'auto' resolved
+    data3d = ("--dataset_dir", os.path.join(root, "data", "demo3d"))
+    bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", root, *data3d)
     assert os.path.isfile(os.path.join(root, "eval", "metrics_test.csv"))
+    explain = os.path.join(CONFIGS, "explain.yaml")
+    bundle("explain_eval", [TRAIN, EVALUATE, explain], "--bundle_root", root, *data3d,
+           "--explain#methods", "['softcam','gradcam']", "--explain#sanity_cases", "1")  # fmt: skip
+    with open(os.path.join(root, "eval", "explanations_test", "report.json")) as f:
+        assert json.load(f)["images"] == 8
+    proc = bundle("inference", [INFERENCE], "--bundle_root", root, "--spatial_dims", "2", check=False)
+    assert proc.returncode != 0 and "sets spatial_dims to 2, but the trained model's spatial_dims is 3" in proc.stderr
 
     data = tmp_path / "inputs"
     affine = np.array([[0.0, -0.9, 0.0, 20.0], [0.8, 0.0, 0.0, -15.0], [0.0, 0.0, 2.0, 4.0], [0, 0, 0, 1]])
@@ -49,7 +63,7 @@ def test_3d_preset_trains_evaluates_and_infers_with_the_volumes_geometry(tmp_pat
         csv.writer(f).writerows([["filename"], ["big.nii.gz"], ["series"]])
 
     out = tmp_path / "infer"
-    bundle("inference", [INFERENCE, DEMO3D, TINY3D], "--bundle_root", root, "--dataset_dir", str(data),
+    bundle("inference", [INFERENCE], "--bundle_root", root, "--dataset_dir", str(data),
            "--input_path", str(data / "inputs.csv"), "--output_dir", str(out), "--sliding_window", "true")  # fmt: skip
     with open(out / "predictions.csv") as f:
         rows = {os.path.basename(r["image"]): r for r in csv.DictReader(f)}
@@ -64,6 +78,28 @@ def test_3d_preset_trains_evaluates_and_infers_with_the_volumes_geometry(tmp_pat
             np.testing.assert_allclose(saved.affine, expected_affine, atol=1e-4)
             # completeness on the whole input: the logit is the mean of the stitched map
             assert float(np.asarray(saved.dataobj, dtype=np.float64).mean()) == pytest.approx(float(row[f"logit_{cls}"]), rel=1e-5, abs=1e-4)
+
+    # export: ONNX (export.yaml after inference.yaml) and TorchScript with the task embedded, which SoftCAMLib reads
+    models = os.path.join(root, "models")
+    bundle("export_onnx", [INFERENCE, os.path.join(CONFIGS, "export.yaml")], "--bundle_root", root)
+    assert os.path.isfile(os.path.join(models, "model.onnx"))
+    import subprocess
+    import sys
+
+    from test_bundle import _env
+
+    ts = os.path.join(models, "model.ts")
+    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", ts,
+               "--ckpt_file", os.path.join(models, "model.pt"), "--meta_file", os.path.join(CONFIGS, "metadata.json"),
+               "--config_file", repr([INFERENCE, os.path.join(models, "task.json")]), "--bundle_root", root]  # fmt: skip
+    proc = subprocess.run(command, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sys.path.insert(0, os.path.join(REPO_ROOT, "slicer_extension", "SoftCAM"))
+    from SoftCAMLib import BundleInfo
+
+    info = BundleInfo.read(ts)
+    assert (info.spatial_dims, info.image_size, info.class_names) == (3, [24, 24, 24], ["no_lesion", "lesion"])
+    assert info.intensity == f"(x - {task['intensity_mean']}) / {task['intensity_std']}"
 
 
 def test_dicom_series_reader_stacks_one_series_and_names_bad_folders(tmp_path):

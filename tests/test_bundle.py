@@ -88,7 +88,7 @@ def test_training_writes_checkpoints_tensorboard_metrics_and_report(trained):
 
 @pytest.mark.parametrize(
     "configs,workflow_type",
-    [([TRAIN, TINY], "train"), ([INFERENCE, TINY], "infer")],
+    [([TRAIN, TINY], "train"), ([INFERENCE], "infer")],
 )
 def test_check_properties(configs, workflow_type, trained):
     from monai.bundle import ConfigWorkflow
@@ -108,8 +108,12 @@ def test_same_seed_same_metrics(trained, tmp_path):
 
 
 def test_evaluate_from_checkpoint(trained):
+    """The tiny preset (32 px) is not repeated: evaluation reads the trained task from models/task.json."""
     root, _ = trained
-    proc = bundle("evaluate", [TRAIN, EVALUATE, TINY], "--bundle_root", str(root))
+    task = json.load(open(root / "models" / "task.json"))
+    assert task["image_size"] == [32, 32] and task["class_names"] == ["no_lesion", "lesion"]
+    assert task["trained_with"]["config_files"] == [TRAIN, TINY]
+    proc = bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root))
     metrics = json.load(open(root / "eval" / "metrics_test.json"))["metrics"]
     assert metrics["n"] == 12
     assert os.path.isfile(root / "eval" / "metrics_test.csv")
@@ -140,12 +144,12 @@ def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_pa
     folder = str(tmp_path / "inputs")
     nifti_affine = _write_inputs(folder)
     out = tmp_path / "out"
-    bundle("inference", [INFERENCE, TINY], "--bundle_root", str(root), "--input_path", folder, "--output_dir", str(out))
+    bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", folder, "--output_dir", str(out))
     rows = {os.path.basename(r["image"]): r for r in csv.DictReader(open(out / "predictions.csv"))}
     assert set(rows) == {"a.png", "b.nii.gz"}
 
     parser = ConfigParser()
-    parser.read_config([INFERENCE, TINY])
+    parser.read_config([INFERENCE])
     parser["bundle_root"] = str(root)
     parser["device"] = "cpu"
     preprocessing = parser.get_parsed_content("preprocessing")
@@ -224,15 +228,46 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert proc.stdout.count("val metrics (12 images)") == 1
 
 
-def test_checkpoint_of_another_network_is_refused_by_name(trained):
+def test_checkpoint_of_another_network_is_refused_by_name(trained, tmp_path):
+    from monai.bundle import ConfigParser
+
     root, _ = trained
-    proc = bundle("evaluate", [TRAIN, EVALUATE, TINY], "--bundle_root", str(root),
-                  "--class_names", "['a','b','c']", check=False)  # fmt: skip
+    parser = ConfigParser()
+    parser.read_config([TRAIN, TINY])
+    other = tmp_path / "other.pt"
+    for overrides, expected in (({"class_names": ["a", "b", "c"]}, "head.evidence.weight: checkpoint (3, 128, 1, 1) vs network (2, 128, 1, 1)"),
+                                ({"backbone": "resnet10"}, "shape mismatch")):  # fmt: skip
+        config = ConfigParser(parser.get())
+        config.update({"bundle_root": str(root), **overrides})
+        torch.save(config.get_parsed_content("task").network().state_dict(), other)
+        proc = bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root), "--checkpoint", str(other), check=False)
+        assert proc.returncode != 0
+        assert f"checkpoint {other} does not fit the network SoftCAM(backbone=resnet18" in proc.stderr
+        assert expected in proc.stderr
+
+
+def test_override_or_preset_contradicting_the_trained_task_is_refused_by_name(trained):
+    root, _ = trained
+    proc = bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root), "--class_names", "['a','b','c']", check=False)
     assert proc.returncode != 0
-    assert f"checkpoint {root / 'models' / 'model.pt'} does not fit the network" in proc.stderr
-    assert "head.evidence.weight: checkpoint (2, 128, 1, 1) vs network (3, 128, 1, 1)" in proc.stderr
-    proc = bundle("evaluate", [TRAIN, EVALUATE, TINY], "--bundle_root", str(root), "--backbone", "resnet10", check=False)
-    assert proc.returncode != 0 and "does not fit the network SoftCAM(backbone=resnet10" in proc.stderr
+    assert ("--class_names on the command line sets class_names to ['a', 'b', 'c'], but the trained model's class_names "
+            "is ['no_lesion', 'lesion']") in proc.stderr  # fmt: skip
+    oct_preset = os.path.join(REPO_ROOT, "configs", "oct.yaml")
+    proc = bundle("inference", [INFERENCE, oct_preset], "--bundle_root", str(root), "--dataset_dir", str(root / "data" / "demo"),
+                  "--input_path", str(root / "data" / "demo" / "images"), check=False)  # fmt: skip
+    assert proc.returncode != 0
+    assert f"{oct_preset} sets image_size to [496, 496], but the trained model's image_size is [32, 32]" in proc.stderr
+    assert str(root / "models" / "task.json") in proc.stderr
+    # the same values as the task are accepted (the preset a model was trained with may be repeated)
+    bundle("inference", [INFERENCE, TINY], "--bundle_root", str(root), "--input_path", str(root / "data" / "demo" / "images"),
+           "--output_dir", str(root / "eval" / "again"))  # fmt: skip
+
+
+def test_inference_before_training_says_to_train_first(tmp_path):
+    proc = bundle("inference", [INFERENCE], "--bundle_root", str(tmp_path / "fresh"), check=False)
+    assert proc.returncode != 0
+    assert f"no trained model in {tmp_path / 'fresh' / 'models'}: task.json not found. Train first" in proc.stderr
+    assert "--input_path" in proc.stderr
 
 
 def test_missing_dataset_dir_and_unknown_key(tmp_path):
@@ -260,31 +295,56 @@ def test_unreadable_image_is_named_and_leaves_no_report(trained, tmp_path):
     folder.mkdir()
     shutil.copy(bad, folder / "bad.png")
     out = tmp_path / "out"
-    proc = bundle("inference", [INFERENCE, TINY], "--bundle_root", str(root), "--input_path", str(folder),
+    proc = bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", str(folder),
                   "--output_dir", str(out), check=False)  # fmt: skip
     assert proc.returncode != 0 and "cannot read image file" in proc.stderr
     assert not os.path.exists(out / "predictions.csv")
 
 
 def test_inference_config_matches_training_config():
-    """inference.yaml stands alone (Model Zoo layout): its task and network keys must equal train.yaml's."""
+    """inference.yaml stands alone (Model Zoo layout): it reads every task key from the trained task,
+    as evaluate.yaml does after train.yaml, and builds the network and the preprocessing as training does."""
     import yaml
+
+    from monai_softcam.task import TASK_KEYS
 
     train_cfg = yaml.safe_load(open(TRAIN))
     infer_cfg = yaml.safe_load(open(INFERENCE))
-    for key in ("spatial_dims", "image_size", "resize", "in_channels", "class_names", "intensity_mean", "intensity_std",
-                "backbone", "backbone_kwargs", "bundle_root", "ckpt_dir", "checkpoint"):  # fmt: skip
+    eval_cfg = yaml.safe_load(open(EVALUATE))
+    assert set(TASK_KEYS) <= set(train_cfg) and set(TASK_KEYS) == set(train_cfg["task"]) - {"_target_"}
+    for cfg in (infer_cfg, eval_cfg):
+        assert cfg["trained_task"] == "$monai_softcam.task.load_task(@ckpt_dir)"
+        for key in TASK_KEYS:
+            assert cfg[key] == f"$@trained_task.{key}", key
+    for key in ("bundle_root", "ckpt_dir", "checkpoint"):
         assert infer_cfg[key] == train_cfg[key], key
     for key in ("image_column", "image_root", "image_template", "group_column"):
         assert infer_cfg["data"].get(key) == train_cfg["data"].get(key), key
     train_net = {k: v for k, v in train_cfg["network_def"].items() if k != "pretrained"}
     assert infer_cfg["network_def"] == train_net
-    assert infer_cfg["preprocessing"]["mean"] == train_cfg["normalize"]["mean"]
-    assert infer_cfg["preprocessing"]["std"] == train_cfg["normalize"]["std"]
-    assert infer_cfg["preprocessing"]["image_size"] == train_cfg["load_input"]["image_size"]
+    assert train_cfg["prepare_input"] == "$@trained_task.preprocessing()"
     # the training resize, unless the sliding window explains inputs at their own size
-    assert infer_cfg["preprocessing"]["resize"] == "$'none' if @sliding_window else " + train_cfg["load_input"]["resize"]
+    assert infer_cfg["preprocessing"] == "$@trained_task.preprocessing(resize='none' if @sliding_window else None)"
     assert infer_cfg["sliding_window"] is False and infer_cfg["channels_last"] == train_cfg["channels_last"]
+
+
+def test_multi_gpu_config_runs_every_step_of_train_yaml():
+    """multi_gpu_train.yaml reuses train.yaml's lifecycle: merged, every initialize/run/finalize step of
+    train.yaml is there, in order (a re-spelt list that drops one, e.g. the cuDNN step, fails)."""
+    from monai.bundle import ConfigParser
+
+    single = ConfigParser()
+    single.read_config(TRAIN)
+    multi = ConfigParser()
+    multi.read_config([TRAIN, MULTI_GPU])
+    for step in ("initialize", "run", "finalize"):
+        wanted, merged = single[step], multi[step]
+        positions = [merged.index(item) if item in merged else -1 for item in wanted]
+        missing = [item for item, pos in zip(wanted, positions) if pos < 0]
+        assert not missing, f"multi_gpu_train.yaml's {step} lacks {missing}"
+        assert positions == sorted(positions), f"multi_gpu_train.yaml's {step} reorders train.yaml's steps"
+    assert multi["distributed"] is True and single["distributed"] is False
+    assert any("cudnn" in str(item) for item in multi["initialize"])
 
 
 def _rewrite_csv(path, edit):
@@ -353,11 +413,13 @@ def test_auto_statistics_disk_cache_and_progressive_sampling_through_the_bundle(
     saved = json.load(open(out / "models" / "intensity_stats.json"))
     assert saved["images"] == 24 and len(saved["mean"]) == len(saved["std"]) == 1 and 0 < saved["std"][0] < 1
     assert f"mean {saved['mean']}, std {saved['std']}" in proc.stdout
+    task = json.load(open(out / "models" / "task.json"))  # the trained task holds the measured values
+    assert (task["intensity_mean"], task["intensity_std"]) == (saved["mean"], saved["std"])
     assert os.listdir(out / "eval" / "cache" / "train") and os.listdir(out / "eval" / "cache" / "val")
-    proc = bundle("evaluate", [TRAIN, EVALUATE, TINY], "--bundle_root", str(out), *auto)
+    proc = bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(out), *auto)
     assert "intensity statistics of the training split" not in proc.stdout  # read, not measured again
     assert json.load(open(out / "eval" / "metrics_test.json"))["metrics"]["n"] == 12
-    bundle("inference", [INFERENCE, TINY], "--bundle_root", str(out), *auto, "--output_dir", str(tmp_path / "inf"))
+    bundle("inference", [INFERENCE], "--bundle_root", str(out), *auto, "--output_dir", str(tmp_path / "inf"))
     assert len(list(csv.DictReader(open(tmp_path / "inf" / "predictions.csv")))) == 12
 
 
@@ -377,7 +439,7 @@ def test_explain_eval_report_compares_softcam_with_a_black_box(trained, tmp_path
     assert "fc.weight" in state and not any(k.startswith("head.") for k in state)
     comparison = os.path.join(REPO_ROOT, "configs", "demo_comparison.yaml")
     light = ("--explain#options", "{'occlusion': {'mask_size': 16, 'overlap': 0.5}}", "--explain#sanity_cases", "2")
-    proc = bundle("explain_eval", [TRAIN, EXPLAIN, comparison, TINY], "--bundle_root", str(tmp_path / "sparse"), *data, *light)
+    proc = bundle("explain_eval", [TRAIN, EVALUATE, EXPLAIN, comparison], "--bundle_root", str(tmp_path / "sparse"), *data, *light)
     out = tmp_path / "report"
     for name in ("report.json", "report.csv", "cases.csv", "faithfulness.png", "sanity.png", "sanity.csv", "gallery.png",
                  "index.html", "table.md"):  # fmt: skip

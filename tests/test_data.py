@@ -204,6 +204,19 @@ def test_png_8_16_bit_grey_rgb_through_load_input(tmp_path, name, shape, dtype):
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)  # 16-bit colour keeps its precision
 
 
+def test_every_listed_extension_has_a_reader(tmp_path):
+    """IMAGE_EXTENSIONS (what list_images takes) is the readers' own list: each has a reader, in any case."""
+    from monai.data import NibabelReader
+
+    from monai_softcam.data import IMAGE_EXTENSIONS, default_readers
+
+    readers = default_readers(2) + [NibabelReader()]
+    assert {".bmp", ".nhdr", ".dcm", ".dicom", ".nii.gz"} <= set(IMAGE_EXTENSIONS)
+    for ext in IMAGE_EXTENSIONS:
+        for name in (f"x{ext}", f"x{ext.upper()}"):
+            assert any(r.verify_suffix(str(tmp_path / name)) for r in readers), name
+
+
 def test_jpeg_and_nrrd_geometry(tmp_path):
     import SimpleITK as sitk
 

@@ -15,8 +15,8 @@ from monai_softcam.explain import (
     make_explainer,
     spearman,
 )
-from monai_softcam.metrics.explanation import pointing_game
-from monai_softcam.networks import BlackBox, SoftCAM
+from monai_softcam.metrics.explanation import deletion_curve, pointing_game
+from monai_softcam.networks import BlackBox, SoftCAM, probabilities
 
 
 class RegionModel(nn.Module):
@@ -100,6 +100,27 @@ def test_softcam_explainer_selects_each_samples_class_and_upsamples():
     assert torch.allclose(up.flatten(1).mean(1), logits[:, 1], atol=1e-4)
     with pytest.raises(ValueError, match="needs a model that returns evidence maps"):
         SoftCAMExplainer(BlackBox("resnet10", in_channels=1, num_classes=2))(x, 1)
+
+
+def test_one_probability_rule_softmax_or_sigmoid_for_one_output():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(probabilities(logits), logits.softmax(dim=1))
+    torch.testing.assert_close(probabilities(torch.tensor([[0.0], [2.0]])), torch.sigmoid(torch.tensor([[0.0], [2.0]])))
+    with pytest.raises(ValueError, match=r"expects logits \[B, C\], got shape \(3,\)"):
+        probabilities(torch.zeros(3))
+    # occlusion and the deletion curve read the model's confidence through it: a one-output model
+    # is read as the sigmoid, not as a softmax over a single column (which is always 1)
+    class OneOutput(nn.Module):
+        def forward(self, x):
+            return 8 * x[:, :, :8].mean(dim=(1, 2, 3))[:, None] - 2
+
+    x = torch.zeros(1, 1, 16, 16)
+    x[:, :, :8] = 1.0
+    occlusion = make_explainer("occlusion", OneOutput(), mask_size=8, mode=0.0)(x, 0)
+    assert occlusion[0, :8].mean() > 0.05 and occlusion[0, :8].mean() > occlusion[0, 8:].mean()  # a softmax: all 0
+    curve = deletion_curve(OneOutput(), x, x[:, 0], torch.tensor([0]), patch_size=8, steps=2)
+    p = float(torch.sigmoid(torch.tensor(6.0)))
+    assert curve[0, 0] == 1.0 and curve[0, 1] == pytest.approx(float(torch.sigmoid(torch.tensor(2.0))) / p, abs=1e-5)
 
 
 def test_explainers_leave_the_models_mode_alone():

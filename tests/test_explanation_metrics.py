@@ -7,7 +7,9 @@ import torch
 from ignite.engine import Engine
 
 from monai_softcam.metrics.explanation import (
+    HIGHER_IS_BETTER,
     ExplanationMetrics,
+    _empty_to_nan,
     activation_consistency,
     activation_precision,
     activation_sensitivity,
@@ -15,12 +17,13 @@ from monai_softcam.metrics.explanation import (
     curve_auc,
     deletion_curve,
     energy_pointing_game,
+    explanation_values,
     gini,
     pointing_game,
     summarize,
     topk_localisation_precision,
 )
-from monai_softcam.networks import SoftCAM
+from monai_softcam.networks import SoftCAM, upsample_map
 
 LOCALISATION = [activation_precision, activation_sensitivity, energy_pointing_game, pointing_game]
 
@@ -101,6 +104,80 @@ def test_empty_masks_are_excluded_and_counted_bad_input_is_named():
     assert activation_precision(torch.zeros(1, 16, 16), mask[:1]).item() == 0.0
 
 
+def test_empty_to_nan_blanks_whole_rows_of_one_or_k_values():
+    masks = torch.zeros(3, 4, 4, dtype=torch.bool)
+    masks[0, 1, 1] = masks[2, 3, 3] = True
+    one = _empty_to_nan(torch.tensor([0.5, 0.25, 1.0]), masks)
+    assert one[0] == 0.5 and math.isnan(one[1]) and one[2] == 1.0
+    values = torch.arange(6.0).reshape(3, 2)
+    k = _empty_to_nan(values, masks)
+    assert torch.equal(k[[0, 2]], values[[0, 2]]) and torch.isnan(k[1]).all()
+    assert not torch.isnan(values).any()  # the input is left as it was
+
+
+def _same(a, b):
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", [(20, 24), (12, 14, 10)])
+def test_explanation_values_is_every_metric_under_one_name(shape):
+    torch.manual_seed(0)
+    dims = len(shape)
+    maps = torch.randn(3, *shape)
+    masks = torch.cat([_box(shape, [2] * dims, [8] * dims), _box(shape, [6] * dims, [10] * dims),
+                       torch.zeros(1, *shape, dtype=torch.bool)])  # fmt: skip
+    positive = torch.tensor([True, False, True])
+    values = explanation_values(maps, masks[:, None], positive, topk=3, patch_size=5, stride=2, pointing_tolerance=1)
+    expected = {
+        "consistency": activation_consistency(maps, positive),
+        "gini": gini(maps),
+        "activation_precision": activation_precision(maps, masks),
+        "activation_sensitivity": activation_sensitivity(maps, masks),
+        "energy_pointing_game": energy_pointing_game(maps, masks),
+        "pointing_game": pointing_game(maps, masks, 1),
+        "topk_precision": topk_localisation_precision(maps, masks, 3, 5, 2)[:, -1],
+    }
+    assert list(values) == list(expected) and set(values) <= set(HIGHER_IS_BETTER)
+    for name, v in values.items():
+        assert v.shape == (3,) and v.dtype == torch.float32, name
+        _same(v, expected[name])
+    assert all(math.isnan(values[n][2]) for n in expected if n not in ("consistency", "gini"))  # empty mask
+    assert list(explanation_values(maps, None, positive)) == ["consistency", "gini"]
+    # maps on a coarser grid: consistency and Gini as given, localisation on the masks' grid
+    coarse = torch.randn(3, *[s // 4 for s in shape])
+    values = explanation_values(coarse, masks, positive, topk=3, patch_size=5, stride=2)
+    up = upsample_map(coarse, shape)
+    _same(values["gini"], gini(coarse))
+    _same(values["consistency"], activation_consistency(coarse, positive))
+    _same(values["activation_precision"], activation_precision(up, masks))
+    _same(values["topk_precision"], topk_localisation_precision(up, masks, 3, 5, 2)[:, -1])
+    # a patch larger than the maps is reduced to their smallest side
+    big = explanation_values(maps, masks, positive, topk=1, patch_size=1000, stride=2)["topk_precision"]
+    _same(big, topk_localisation_precision(maps, masks, 1, min(shape), 2)[:, -1])
+    with pytest.raises(ValueError, match=r"maps of shape \(3, 5\) cannot be brought to the grid of the masks"):
+        explanation_values(torch.randn(3, 5), masks, positive)
+
+
+def test_ignite_metric_reports_the_means_of_explanation_values():
+    torch.manual_seed(1)
+    maps = torch.randn(4, 2, 6, 6)
+    masks = torch.zeros(4, 1, 24, 24)
+    masks[:2, :, 4:12, 4:12] = 1
+    labels = torch.tensor([1, 0, 1, 0])
+    metric = ExplanationMetrics(output_transform=lambda out: out, explained_class=1, topk=2, patch_size=5, stride=3,
+                                pointing_tolerance=2)  # fmt: skip
+    metric.reset()
+    metric.update((maps[:3], masks[:3], labels[:3], None))
+    metric.update((list(maps[3:]), list(masks[3:]), labels[3:], None))
+    results = metric.compute()
+    expected = explanation_values(maps[:, 1], masks, labels == 1, topk=2, patch_size=5, stride=2 + 1, pointing_tolerance=2)
+    assert list(metric.values) == list(expected)
+    for name, v in expected.items():
+        _same(metric.values[name], v)
+        assert results[name] == summarize(v)["mean"] or math.isnan(results[name])
+    assert results["explanation_excluded"] == 2
+
+
 def test_gini_consistency_completeness():
     assert gini(torch.ones(1, 4, 4)).item() == pytest.approx(0.0, abs=1e-6)
     one_hot = torch.zeros(1, 4, 4)
@@ -177,7 +254,7 @@ def test_ignite_metric_over_batches():
     state = engine.run(batches, max_epochs=1)
     m = state.metrics
     assert 0.85 < m["activation_precision"] < 1.0  # the bilinear upsampling spills a little past the quarter
-    assert m["pointing_game"] == 1.0 and m["top1_precision"] == 1.0
+    assert m["pointing_game"] == 1.0 and m["topk_precision"] == 1.0
     assert m["consistency"] == 1.0 and m["explanation_excluded"] == 1
     assert m["completeness_error"] < 1e-6
 

@@ -1,7 +1,11 @@
 import math
+import os
+import socket
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from ignite.engine import Engine
 
 from monai_softcam.metrics import (
@@ -16,7 +20,9 @@ from monai_softcam.metrics import (
     roc_auc,
     sensitivity,
     specificity,
+    two_columns,
 )
+from monai_softcam.metrics.explanation import ExplanationMetrics
 
 
 def _binary():
@@ -101,3 +107,59 @@ def test_single_sigmoid_output_and_wrong_width():
     metric.reset()
     with pytest.raises(ValueError, match="expects 3 class probabilities, got 2"):
         metric.update((torch.zeros(2, 2), torch.tensor([0, 1])))
+
+
+def test_two_columns_reads_one_sigmoid_output_as_two_classes():
+    p = torch.tensor([[0.9], [0.25]])
+    torch.testing.assert_close(two_columns(p), torch.tensor([[0.1, 0.9], [0.75, 0.25]]))
+    probs = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
+    assert two_columns(probs) is probs
+
+
+def _sharded_data():
+    """8 cases for the classification metric and 4 maps for the explanation metric, with masks."""
+    probs, labels = _binary()
+    torch.manual_seed(0)
+    maps = torch.randn(4, 2, 4, 4)
+    masks = torch.zeros(4, 1, 16, 16)
+    masks[:2, :, 2:8, 2:8] = 1
+    return probs, labels, maps, masks, torch.tensor([1, 0, 1, 1])
+
+
+def _metrics_of(shards):
+    """ClassificationMetrics and ExplanationMetrics over ``shards`` (a slice of the classification
+    cases, a slice of the maps) of the data."""
+    probs, labels, maps, masks, map_labels = _sharded_data()
+    cls = ClassificationMetrics(2)
+    cls.reset()
+    cls.update((probs[shards[0]], labels[shards[0]]))
+    expl = ExplanationMetrics(output_transform=lambda o: o, explained_class=1, topk=1, patch_size=4, stride=2)
+    expl.reset()
+    s = shards[1]
+    expl.update((maps[s], masks[s], map_labels[s], maps[s].flatten(2).mean(2)))
+    return {"classification": cls.compute(), "n": cls.report["n"], "explanation": expl.compute(), "values": expl.values}
+
+
+def _gather_worker(rank, world_size, port, folder):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        # uneven shards: 5 and 3 classification cases, 3 maps and 1 map
+        shards = [(slice(0, 5), slice(0, 3)), (slice(5, 8), slice(3, 4))][rank]
+        torch.save(_metrics_of(shards), os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_metrics_gather_uneven_shards_over_gloo_processes(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_gather_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    whole = _metrics_of((slice(0, 8), slice(0, 4)))  # one process: no torch.distributed
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert got["n"] == 8 and got["classification"] == whole["classification"]
+        assert got["explanation"].keys() == whole["explanation"].keys()
+        for name, v in whole["values"].items():
+            assert v.shape == (4,), name
+            torch.testing.assert_close(got["values"][name], v, rtol=0, atol=0, equal_nan=True)

@@ -63,6 +63,12 @@ def zoo_bundle(tmp_path_factory):
     for name in ("LICENSE", "large_files.yml"):
         shutil.copy(os.path.join(BUNDLE, name), root / name)
     os.makedirs(root / "models")
+    # the trained task beside the model, as training writes it (here: train.yaml's demo task)
+    from monai.bundle import ConfigParser
+
+    train = ConfigParser()
+    train.read_config(os.path.join(BUNDLE, "configs", "train.yaml"))
+    train.get_parsed_content("task").save(str(root / "models" / "task.json"))
     torch.manual_seed(0)
     net = _parser(root).get_parsed_content("network_def")
     for m in net.modules():
@@ -106,7 +112,7 @@ def test_metadata_verifies_offline_against_the_zoo_schema(schema, tmp_path):
     assert meta["schema"].endswith("/meta_schema_20240725.json")
     outputs = meta["network_data_format"]["outputs"]
     assert set(outputs) == {"pred", "evidence_maps"}  # logits (as the Zoo's tools expect them) and the maps
-    classes = yaml.safe_load(open(os.path.join(BUNDLE, "configs", "inference.yaml")))["class_names"]
+    classes = yaml.safe_load(open(os.path.join(BUNDLE, "configs", "train.yaml")))["class_names"]  # the demo task it describes
     assert outputs["pred"]["num_channels"] == outputs["evidence_maps"]["num_channels"] == len(classes)
     # the check can fail: a metadata file without a required key, or with a wrongly typed one, is refused
     for broken in ({k: v for k, v in meta.items() if k != "network_data_format"}, {**meta, "version": 2}):
@@ -162,21 +168,22 @@ def test_network_inputs_and_outputs_match_metadata(zoo_bundle):
 def test_export_round_trip_torchscript_and_onnx(zoo_bundle):
     pytest.importorskip("onnxruntime", reason="the ONNX extra: pip install 'monai_softcam[onnx]'")
     from monai_softcam.export import run_onnx
-    from monai_softcam.handlers import load_weights
+    from monai_softcam.checkpoint import load_weights
 
     configs, models = zoo_bundle / "configs", zoo_bundle / "models"
     # the documented commands (docs/README.md), with this bundle's paths
     _, onnx_out = _run(
         ["ckpt_export", "--net_id", "network_def", "--filepath", str(models / "model.ts"),
          "--ckpt_file", str(models / "model.pt"), "--meta_file", str(configs / "metadata.json"),
-         "--config_file", str(configs / "inference.yaml")],
+         "--config_file", repr([str(configs / "inference.yaml"), str(models / "task.json")])],
         ["run", "export_onnx", "--config_file", repr([str(configs / "inference.yaml"), str(configs / "export.yaml")])],
     )  # fmt: skip
     assert f"wrote {models / 'model.onnx'} outputs ['logits', 'evidence_maps']" in onnx_out
 
-    extra = {"metadata.json": "", "inference.json": ""}
+    extra = {"metadata.json": "", "inference.json": "", "task.json": ""}
     ts = torch.jit.load(str(models / "model.ts"), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == json.load(open(configs / "metadata.json"))["version"]
+    assert json.loads(extra["task.json"])["image_size"] == json.load(open(models / "task.json"))["image_size"]  # the task travels
     assert json.loads(extra["inference.json"])["network_def"]["return_maps"] is True
 
     parser = _parser(zoo_bundle)

@@ -148,3 +148,24 @@ def test_build_backbone_reports_channels():
     assert build_backbone("resnet50").out_channels == 2048
     assert build_backbone("vgg16", spatial_dims=3, in_channels=2).out_channels == 4096
     assert build_backbone("densenet121").out_channels == 1024
+
+
+def test_register_a_users_own_backbone():
+    from monai_softcam.networks import Backbone, get_backbone_spec, register_backbone
+    from monai_softcam.networks import backbones
+
+    def tiny(spatial_dims, in_channels, width=4):
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        return Backbone(conv(in_channels, width, 3, stride=4, padding=1), width, min_input_size=4)
+
+    register_backbone("Tiny_Test", tiny, "a 1-layer test trunk")
+    try:
+        assert get_backbone_spec("tiny_test").description == "a 1-layer test trunk"
+        with pytest.raises(ValueError, match="backbone 'tiny_test' is already registered"):
+            register_backbone("tiny_test", tiny)
+        net = SoftCAM("tiny_test", spatial_dims=3, in_channels=2, num_classes=3, backbone_kwargs={"width": 5}, return_maps=True)
+        assert (net.backbone.name, net.backbone.spatial_dims, net.backbone.in_channels) == ("tiny_test", 3, 2)
+        out = net(torch.zeros(1, 2, 8, 8, 8))
+        assert out[LOGITS].shape == (1, 3) and out[EVIDENCE_MAPS].shape == (1, 3, 2, 2, 2)
+    finally:
+        backbones._REGISTRY.pop("tiny_test", None)  # other tests build every registered backbone

@@ -154,11 +154,13 @@ def test_preset_reads_the_real_split_csvs(preset_data):
 
 
 def test_preset_test_csv_is_valid_inference_input(preset_data):
-    """inference.yaml + the same preset reads the preset's test CSV (names, root, template) and
-    preprocesses as training did."""
+    """inference.yaml + the same preset (for its data section) reads the preset's test CSV (names,
+    root, template) and preprocesses as training did, with the task training saved for the preset."""
     variant, tmp_path, dataset_dir, picked = preset_data
-    configs = [INFERENCE] + [os.path.join(PRESETS, name) for name in VARIANTS[variant]]
-    parser = parse(configs, dataset_dir, tmp_path)
+    presets = [os.path.join(PRESETS, name) for name in VARIANTS[variant]]
+    trained = parse([TRAIN, *presets], dataset_dir, tmp_path)  # the task as training saves it
+    trained.get_parsed_content("task").save(str(tmp_path / "bundle" / "models" / "task.json"))
+    parser = parse([INFERENCE, *presets], dataset_dir, tmp_path)
     datalist = parser.get_parsed_content("datalist")
     assert len(datalist) == len(picked["test"]) and all(os.path.isfile(i["image"]) for i in datalist)
     size = tuple(parser.get_parsed_content("image_size"))

@@ -70,8 +70,8 @@ def test_wrong_architecture_lists_offending_keys(reference, tmp_path):
     with pytest.raises(PretrainedWeightsError) as err:
         SoftCAM("resnet50", num_classes=2, pretrained=path)
     msg = str(err.value)
-    assert "resnet18.pth" in msg and "does not fit backbone resnet50" in msg
-    assert "shape mismatch" in msg and "layer1.0.conv1.weight: file (64, 64, 3, 3) vs model (64, 64, 1, 1)" in msg
+    assert "resnet18.pth does not fit the network Backbone(backbone=resnet50, spatial_dims=2, in_channels=3)" in msg
+    assert "shape mismatch" in msg and "layer1.0.conv1.weight: checkpoint (64, 64, 3, 3) vs network (64, 64, 1, 1)" in msg
     assert "missing keys" in msg and "features.layer1.0.conv3.weight" in msg
 
 

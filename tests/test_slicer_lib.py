@@ -223,7 +223,8 @@ def test_a_torchscript_export_runs_like_its_bundle(tmp_path):
     configs = os.path.join(folder, "configs")
     command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", ts,
                "--ckpt_file", os.path.join(folder, "models", "model.pt"), "--meta_file", os.path.join(configs, "metadata.json"),
-               "--config_file", os.path.join(configs, "inference.yaml"), "--bundle_root", folder]  # fmt: skip
+               "--config_file", repr([os.path.join(configs, "inference.yaml"), os.path.join(folder, "models", "task.json")]),
+               "--bundle_root", folder]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info, exported = BundleInfo.read(folder), BundleInfo.read(ts)
@@ -237,6 +238,14 @@ def test_a_torchscript_export_runs_like_its_bundle(tmp_path):
         np.testing.assert_allclose(result.maps[name], expected.maps[name], atol=1e-5)
 
     import torch
+
+    without_task = str(tmp_path / "without_task.ts")
+    command[command.index(ts)] = without_task
+    command[command.index("--config_file") + 1] = os.path.join(configs, "inference.yaml")
+    proc = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with pytest.raises(BundleError, match="without the trained task"):
+        BundleInfo.read(without_task)
 
     bare = str(tmp_path / "bare.ts")
     torch.jit.save(torch.jit.script(torch.nn.Identity()), bare)

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 
 import numpy as np
 import pytest
@@ -9,8 +10,9 @@ import torch
 from ignite.engine import Engine
 
 from monai_softcam.bundle import _split_cli, bundle_root, check_cli_overrides, check_overrides, prepare_dataset
-from monai_softcam.data import DataListError, list_images, read_csv_datalist
-from monai_softcam.handlers import BestModelSaver, TrainingCheckpoint, load_weights
+from monai_softcam.data import DataListError, image_stem, list_images, read_csv_datalist
+from monai_softcam.checkpoint import CheckpointError, load_weights
+from monai_softcam.handlers import BestModelSaver, TrainingCheckpoint
 from monai_softcam.networks import SoftCAM
 from monai_softcam.optim import ClippedCosineLR
 from monai_softcam.transforms import AdaptChannelsd, preprocessing
@@ -18,6 +20,7 @@ from monai_softcam.utils import atomic_open
 from monai_softcam.visualize import evidence_gallery, overlay
 
 from conftest import REPO_ROOT
+from data_helpers import write_dicom, write_dicom_series
 
 
 def test_clipped_cosine_schedule():
@@ -61,6 +64,49 @@ def test_list_images_folder_csv_file(tmp_path):
         list_images(str(tmp_path / "empty"))
     with pytest.raises(DataListError, match="inference input not found"):
         list_images(str(tmp_path / "missing"))
+
+
+def test_list_images_takes_every_reader_format_and_dicom_files_without_extension(tmp_path):
+    import SimpleITK as sitk
+
+    from monai_softcam.transforms import load_input
+
+    grey = sitk.GetImageFromArray(np.arange(12, dtype=np.uint8).reshape(3, 4))
+    sitk.WriteImage(grey, str(tmp_path / "a.bmp"))
+    sitk.WriteImage(sitk.Cast(grey, sitk.sitkFloat32), str(tmp_path / "b.nhdr"))  # header + b.raw
+    write_dicom(str(tmp_path / "1.2.826.0.1.7"), np.zeros((3, 4), np.uint16))  # a PACS export: no extension
+    (tmp_path / "c").write_bytes(b"\0" * 200)  # no image name, no DICOM preamble
+    assert sorted(os.listdir(tmp_path)) == ["1.2.826.0.1.7", "a.bmp", "b.nhdr", "b.raw", "c"]
+    items = list_images(str(tmp_path))
+    assert [os.path.basename(i["image"]) for i in items] == ["1.2.826.0.1.7", "a.bmp", "b.nhdr"]
+    for item in items:  # every listed file has a reader
+        assert load_input([4, 4])(item)["image"].shape[1:] == (4, 4)
+
+    volume = np.random.default_rng(0).integers(0, 1000, (3, 4, 5))
+    for k, path in enumerate(write_dicom_series(str(tmp_path / "ct"), volume)):
+        os.rename(path, str(tmp_path / "ct" / f"1.2.826.0.1.{k}"))
+    assert list_images(str(tmp_path / "ct")) == [{"image": str(tmp_path / "ct")}]  # one series: one volume
+
+
+def test_list_images_names_the_inference_input_csv(tmp_path):
+    with pytest.raises(DataListError, match=f"^inference input CSV not found: {re.escape(str(tmp_path / 'test.csv'))}$"):
+        list_images(str(tmp_path / "test.csv"))
+    path = _csv(tmp_path / "test.csv", [["gone.png", "1", ""]])
+    where = re.escape(path)
+    with pytest.raises(DataListError, match=rf"1 problem\(s\) in the inference input CSV {where}:\n  {where} row 2: file not found"):
+        list_images(path)
+    with pytest.raises(DataListError, match="the inference input CSV is empty"):
+        list_images(_csv(tmp_path / "empty.csv", []))
+
+
+def test_image_stem_is_the_one_rule_for_stems_and_case_names(tmp_path):
+    from monai_softcam.transforms import SaveEvidenceMapsd
+
+    assert image_stem("a.nii.gz") == "a" and image_stem("img/b.PNG") == "img/b" and image_stem("c.nhdr") == "c"
+    assert image_stem("d.webp") == "d" and image_stem("1.2.840.113619.5") == "1.2.840.113619.5"  # a DICOM UID
+    assert image_stem("IM0001") == "IM0001"
+    saver = SaveEvidenceMapsd("maps", str(tmp_path), ["a", "b"])
+    assert [saver._unique_name(p) for p in ("/x/scan.nii.gz", "/y/scan.nii.gz", "/x/1.2.3")] == ["scan", "scan_2", "1.2.3"]
 
 
 def test_adapt_channels():
@@ -111,6 +157,9 @@ def test_best_model_saver_and_training_checkpoint_round_trip(tmp_path):
         engine.state.metrics = {"accuracy": value}
         saver(engine)
     assert (saver.best, saver.best_epoch) == (0.7, 4)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)  # a plain state dict of CPU contiguous tensors
+    assert type(best) is dict and list(best) == list(net.state_dict())
+    assert all(v.device.type == "cpu" and v.is_contiguous() for v in best.values())
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     ckpt = TrainingCheckpoint(str(tmp_path / "state.pt"), {"model": net, "optimizer": opt, "best": saver})
     trainer = Engine(lambda e, b: None)
@@ -123,7 +172,10 @@ def test_best_model_saver_and_training_checkpoint_round_trip(tmp_path):
     resumed._load(other)
     assert (other.state.epoch, other.state.iteration) == (3, 30)
     assert (fresh_saver.best, fresh_saver.best_epoch) == (0.7, 4)
-    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "state.pt"]  # no temporary files left
+    torch.save({"model": net.state_dict()}, tmp_path / "state.pt")  # written by another configuration
+    with pytest.raises(CheckpointError, match=r"state.pt lacks \['optimizer', 'best', 'trainer'\]"):
+        resumed._load(other)
 
 
 def test_atomic_open_keeps_old_file_on_failure(tmp_path):

@@ -2,7 +2,6 @@
 
 from .check import check_data, load_check_settings
 from .datalist import (
-    IMAGE_EXTENSIONS,
     CSVDataSpec,
     DataListError,
     Problem,
@@ -12,7 +11,15 @@ from .datalist import (
 )
 from .datasets import CACHE_MODES, intensity_stats, make_dataset, resolve_intensity_stats
 from .demo import DemoDataConfig, DemoSample, ensure_demo_dataset, generate_demo_dataset, render_sample
-from .readers import DicomReader, DicomSeriesReader, SimpleITKReader, default_readers, is_dicom_file
+from .readers import (
+    IMAGE_EXTENSIONS,
+    DicomReader,
+    DicomSeriesReader,
+    SimpleITKReader,
+    default_readers,
+    image_stem,
+    is_dicom_file,
+)
 from .sampling import SAMPLING_MODES, BalancedSampler, make_sampler
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "default_readers",
     "ensure_demo_dataset",
     "generate_demo_dataset",
+    "image_stem",
     "intensity_stats",
     "is_dicom_file",
     "list_images",

@@ -14,15 +14,19 @@ import os
 from collections import Counter
 from typing import Any, Callable, Sequence
 
+from monai.bundle import ConfigParser
+from monai.transforms import LoadImage
+from tqdm import tqdm
+
+from ..utils import atomic_open
 from .datalist import SPLITS, CSVDataSpec, DataListError, Problem
+from .readers import default_readers, reader_for
 
 __all__ = ["check_data", "load_check_settings"]
 
 
 def load_check_settings(configs: Sequence[str], dataset_dir: str) -> tuple[CSVDataSpec, list[str], int]:
     """(data spec, class names, spatial dims) from merged config files, with ``dataset_dir`` set."""
-    from monai.bundle import ConfigParser
-
     for path in configs:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file not found: {path}")
@@ -78,10 +82,6 @@ def check_data(
     out: Callable[[str], None] = print,
 ) -> int:
     """Check the splits described by ``configs`` under ``dataset_dir``; print a report; return the number of problems."""
-    from monai.transforms import LoadImage
-
-    from .readers import default_readers, reader_for
-
     spec, class_names, spatial_dims = load_check_settings(configs, dataset_dir)
     num_classes = len(class_names) or None
     loader = LoadImage(reader=default_readers(spatial_dims), image_only=True, ensure_channel_first=True)
@@ -101,8 +101,6 @@ def check_data(
         if read_images:
             iterator: Any = items
             if progress:
-                from tqdm import tqdm
-
                 iterator = tqdm(items, desc=f"reading {split} images", unit="img")
             for item in iterator:
                 problems += _image_problems(item, f"{spec.csv_path(split, dataset_dir)} row {item['row']}", reader)
@@ -123,8 +121,6 @@ def check_data(
             out(f"  ... and {len(problems) - 50} more")
         all_problems += [(split, p) for p in problems]
     if report:
-        from ..utils import atomic_open
-
         with atomic_open(report, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["split", "where", "image", "problem"])

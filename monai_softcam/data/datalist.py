@@ -18,14 +18,17 @@ import csv
 import hashlib
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
+
+from tqdm import tqdm
+
+from ..utils import atomic_open
+from .readers import IMAGE_EXTENSIONS, dicom_series, image_stem, is_dicom_file, probe_image
 
 __all__ = [
     "CSVDataSpec",
     "DataListError",
-    "IMAGE_EXTENSIONS",
     "Problem",
     "list_images",
     "read_csv_datalist",
@@ -34,7 +37,6 @@ __all__ = [
 
 logger = logging.getLogger("monai_softcam")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
 
 
@@ -158,6 +160,13 @@ class CSVDataSpec:
         csv_path = self.csv_path(split, dataset_dir)
         if not os.path.isfile(csv_path):
             raise DataListError(f"CSV file not found for the {split} split: {csv_path}")
+        return self._scan_csv(csv_path, split, dataset_dir, num_classes, check_images)
+
+    def _scan_csv(
+        self, csv_path: str, split: str, dataset_dir: str, num_classes: int | None, check_images: bool, what: str = ""
+    ) -> tuple[list[dict[str, Any]], list[Problem]]:
+        """:meth:`scan` of an existing CSV; ``what`` names it in messages (default: "the <split> split")."""
+        what = what or f"the {split} split"
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = list(reader.fieldnames or [])
@@ -181,7 +190,7 @@ class CSVDataSpec:
             key = cell(self.group_column) if self.group_column else value
             if self.holdout is not None and self._holdout_split(key) != split:
                 continue
-            image, message = _resolve(self.image_template.format(value=value, stem=_stem(value)), root)
+            image, message = _resolve(self.image_template.format(value=value, stem=image_stem(value)), root)
             if message:
                 problems.append(Problem(f"{where} column {self.image_column!r}", message))
                 continue
@@ -225,10 +234,6 @@ class CSVDataSpec:
                 bad_images.add(image)
         files = [(item, k) for item in items.values() for k in ("image", "mask") if k in item]
         if check_images and files:
-            from tqdm import tqdm
-
-            from .readers import probe_image
-
             files = tqdm(files, desc=f"checking {split} images", unit="file", disable=None if len(files) > 2000 else True)
         for item, k in files:
             message = "" if os.path.exists(item[k]) else "file not found"
@@ -239,7 +244,7 @@ class CSVDataSpec:
                 bad_images.add(item["image"])
         good = [item for item in items.values() if item["image"] not in bad_images]
         if not items and not problems:
-            problems.append(Problem(csv_path, f"the {split} split is empty (no data rows)"))
+            problems.append(Problem(csv_path, f"{what} is empty (no data rows)"))
         return good, problems
 
     def _holdout_split(self, key: str) -> str:
@@ -271,10 +276,8 @@ class CSVDataSpec:
         if not problems:
             return items
         if not skip_bad or not items:
-            shown = "\n  ".join(str(p) for p in problems[:20])
-            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
             hint = "" if skip_bad else " (fix them, or set skip_bad to leave those images out)"
-            raise DataListError(f"{len(problems)} problem(s) in the {split} split{hint}:\n  {shown}{more}")
+            raise _problems_error(problems, f"the {split} split{hint}")
         report = write_skipped_report(problems, report_dir or os.path.dirname(self.csv_path(split, dataset_dir)), split)
         logger.warning(
             "skip_bad: %d problem(s) in the %s split; %d image(s) kept; every skipped row is listed in %s",
@@ -283,29 +286,21 @@ class CSVDataSpec:
         return items
 
 
+def _problems_error(problems: Sequence[Problem], what: str) -> DataListError:
+    """One error listing the problems of ``what`` (the first 20 and the count)."""
+    shown = "\n  ".join(str(p) for p in problems[:20])
+    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    return DataListError(f"{len(problems)} problem(s) in {what}:\n  {shown}{more}")
+
+
 def write_skipped_report(problems: Sequence[Problem], folder: str, split: str) -> str:
     """Write ``skipped_<split>.csv`` (where, image, problem) atomically; return its path."""
-    from ..utils import atomic_open
-
     path = os.path.join(folder, f"skipped_{split}.csv")
     with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["where", "image", "problem"])
         writer.writerows([p.where, p.image, p.message] for p in problems)
     return path
-
-
-def class_counts(items: Sequence[dict[str, Any]]) -> Counter:
-    """Number of images per label."""
-    return Counter(int(i["label"]) for i in items if "label" in i)
-
-
-def _stem(value: str) -> str:
-    base = value
-    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
-        if base.lower().endswith(ext):
-            return base[: -len(ext)]
-    return os.path.splitext(base)[0]
 
 
 def _parse_label(value: str, classes: Sequence[int] | None) -> tuple[int | None, str]:
@@ -357,31 +352,48 @@ def list_images(source: str, data_root: str | None = None, spec: CSVDataSpec | N
     """Data list for inference from a folder (its image files, sorted, not recursive; a folder
     holding one DICOM series of several slices is that one volume), a CSV or one image file.
 
+    A folder's image files are those named with one of
+    :data:`~monai_softcam.data.readers.IMAGE_EXTENSIONS` and DICOM files of any name (recognised by
+    their content, as PACS exports often have no extension); other files are left out.
+
     A CSV is read with ``spec``'s image column, image root and file-name template (labels, masks
     and boxes are not needed and not read; rows sharing ``spec.group_column`` are one image), so a
     preset's test CSV works as inference input unchanged. Its paths resolve under
     ``data_root/spec.image_root`` (``data_root`` defaults to the CSV's folder).
     """
     if os.path.isdir(source):
-        names = sorted(n for n in os.listdir(source) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
-        if all(n.lower().endswith((".dcm", ".dicom")) for n in names):  # one DICOM series: one volume
-            from .readers import dicom_series
-
+        folder = os.path.abspath(source)
+        names, dicoms = [], 0
+        for name in sorted(os.listdir(folder)):
+            if name.startswith("."):
+                continue
+            path = os.path.join(folder, name)
+            if is_dicom_file(path):
+                names.append(name)
+                dicoms += 1
+            elif name.lower().endswith(IMAGE_EXTENSIONS):
+                names.append(name)
+        if dicoms == len(names):  # only DICOM files (or none): one series of several slices is one volume
             try:
-                if len(dicom_series(source)) > 1 or not names:
-                    return [{"image": os.path.abspath(source)}]
+                if len(dicom_series(folder)) > 1 or not names:
+                    return [{"image": folder}]
             except ValueError:
                 pass
         if not names:
-            raise DataListError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) or DICOM series in folder {source}")
-        return [{"image": os.path.join(os.path.abspath(source), n)} for n in names]
+            kinds = ", ".join(IMAGE_EXTENSIONS)
+            raise DataListError(f"no image files ({kinds}), DICOM files or DICOM series in folder {source}")
+        return [{"image": os.path.join(folder, n)} for n in names]
     if source.lower().endswith(".csv"):
+        csv_path = os.path.abspath(source)
+        if not os.path.isfile(csv_path):
+            raise DataListError(f"inference input CSV not found: {csv_path}")
         spec = spec if spec is not None else CSVDataSpec()
-        unlabelled = replace(
-            spec, train_csv=os.path.abspath(source), label_column=None, mask_column=None, box_columns=None, holdout=None
-        )
-        root = data_root if data_root is not None else os.path.dirname(os.path.abspath(source))
-        return [{"image": item["image"]} for item in unlabelled.datalist("train", root)]
+        unlabelled = replace(spec, train_csv=csv_path, label_column=None, mask_column=None, box_columns=None, holdout=None)
+        root = data_root if data_root is not None else os.path.dirname(csv_path)
+        items, problems = unlabelled._scan_csv(csv_path, "train", root, None, False, what="the inference input CSV")
+        if problems:
+            raise _problems_error(problems, f"the inference input CSV {csv_path}")
+        return [{"image": item["image"]} for item in items]
     if os.path.isfile(source):
         return [{"image": os.path.abspath(source)}]
     raise DataListError(f"inference input not found: {source} (give a folder of images, a CSV or an image file)")

@@ -9,6 +9,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
+from tqdm import tqdm
+
+from ..utils import atomic_open, is_main_process
 
 __all__ = ["CACHE_MODES", "intensity_stats", "make_dataset", "resolve_intensity_stats"]
 
@@ -53,8 +56,6 @@ def intensity_stats(
     count = 0
     iterator: Any = data
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(data, desc="intensity statistics", unit="img")
     for item in iterator:
         image = torch.as_tensor(load(dict(item))[image_key]).double()
@@ -90,8 +91,6 @@ def resolve_intensity_stats(
         return saved["mean"], saved["std"]
     computed_mean, computed_std = intensity_stats(data, load)
     print(f"intensity statistics of the training split ({len(data)} images): mean {computed_mean}, std {computed_std}")
-    from ..utils import atomic_open, is_main_process
-
     if is_main_process():
         with atomic_open(stats_file, "w") as f:
             json.dump({"mean": computed_mean, "std": computed_std, "images": len(data)}, f, indent=2)

@@ -37,7 +37,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 __all__ = ["DemoDataConfig", "DemoSample", "ensure_demo_dataset", "generate_demo_dataset", "render_sample"]
 
@@ -201,13 +204,9 @@ def _fingerprint(config: DemoDataConfig) -> str:
 
 def _write_image(path: str, array: np.ndarray, spatial_dims: int, is_mask: bool) -> None:
     if spatial_dims == 2:
-        from PIL import Image
-
         data = (array.astype(np.uint8) * 255) if is_mask else np.round(array * 255).astype(np.uint8)
         Image.fromarray(data, mode="L").save(path)
     else:
-        import nibabel as nib
-
         data = array.astype(np.uint8) if is_mask else array.astype(np.float32)
         nib.save(nib.Nifti1Image(data, np.eye(4)), path)
 
@@ -309,9 +308,5 @@ class _NoBar:
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
         return _NoBar()
     return tqdm(total=total, desc=desc, unit="img")

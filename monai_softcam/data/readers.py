@@ -15,6 +15,10 @@ use RAS too, while DICOM and ITK store LPS, so the affine is converted.
   are darker) are inverted to look like ``MONOCHROME2``. RGB/YBR colour is returned as RGB.
   Multi-frame files are refused when ``spatial_dims`` is 2.
 NIfTI stays with MONAI's ``NibabelReader``.
+
+:data:`IMAGE_EXTENSIONS` lists every file name ending these readers (and MONAI's NIfTI reader) take;
+it is the one list of image formats of the package (:func:`~monai_softcam.data.list_images` and
+:func:`image_stem` use it). DICOM files are also recognised by their content, whatever their name.
 """
 
 from __future__ import annotations
@@ -23,24 +27,31 @@ import os
 import re
 from typing import Any, Sequence
 
+import nibabel
 import numpy as np
+import pydicom
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "DicomReader",
     "DicomSeriesReader",
     "SimpleITKReader",
     "default_readers",
     "dicom_series",
+    "image_stem",
     "is_dicom_file",
     "probe_image",
     "reader_for",
 ]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-SIMPLEITK_SUFFIXES = PHOTO_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd")
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # SimpleITKReader, mapped to [0, 1]
+SIMPLEITK_SUFFIXES = PHOTO_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd")  # SimpleITKReader
+DICOM_SUFFIXES = (".dcm", ".dicom")  # DicomReader (and any file with the DICOM preamble)
+NIFTI_SUFFIXES = (".nii", ".nii.gz")  # MONAI's NibabelReader
+IMAGE_EXTENSIONS = SIMPLEITK_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
 
 
 def _single(path: Sequence[Any] | Any) -> str:
@@ -50,11 +61,25 @@ def _single(path: Sequence[Any] | Any) -> str:
     return os.fspath(paths[0])
 
 
+def image_stem(name: str) -> str:
+    """``name`` without its image extension: the longest of :data:`IMAGE_EXTENSIONS` it ends with
+    (``a.nii.gz`` -> ``a``), else its last suffix (``a.webp`` -> ``a``), except a numeric one, which is
+    part of the name (DICOM files named by their UID: ``1.2.840.5`` stays ``1.2.840.5``). Folders are
+    kept: ``img/a.png`` -> ``img/a``.
+    """
+    lower = name.lower()
+    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
+        if lower.endswith(ext):
+            return name[: -len(ext)]
+    base, ext = os.path.splitext(name)
+    return name if ext[1:].isdigit() else base
+
+
 def is_dicom_file(path: str) -> bool:
     """True for files named ``.dcm``/``.dicom`` or carrying the DICOM preamble (``DICM`` at byte 128)."""
-    if path.lower().endswith((".dcm", ".dicom")):
+    if path.lower().endswith(DICOM_SUFFIXES):
         return True
-    if not os.path.isfile(path) or path.lower().endswith(SIMPLEITK_SUFFIXES + (".nii", ".nii.gz", ".gz")):
+    if not os.path.isfile(path) or path.lower().endswith(IMAGE_EXTENSIONS + (".gz",)):
         return False
     try:
         with open(path, "rb") as f:
@@ -85,7 +110,7 @@ class SimpleITKReader(ImageReader):
         return bool(names) and all(os.fspath(n).lower().endswith(SIMPLEITK_SUFFIXES) for n in names)
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
-        import SimpleITK as sitk
+        import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
 
         path = _single(data)
         if not self.verify_suffix(path):  # MONAI tries every given reader: leave other formats to theirs
@@ -96,7 +121,7 @@ class SimpleITKReader(ImageReader):
             raise ValueError(f"{path}: not a readable image ({str(err).strip().splitlines()[-1]})") from err
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
-        import SimpleITK as sitk
+        import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
 
         path, image = img
         array = sitk.GetArrayViewFromImage(image)  # (z,) y, x [, c]
@@ -116,7 +141,7 @@ class SimpleITKReader(ImageReader):
 def dicom_series(folder: str) -> list[str]:
     """The files of the one DICOM series in ``folder``, sorted by position; a ValueError naming the
     folder if it holds no series or several."""
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
 
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
     if not ids:
@@ -142,7 +167,7 @@ class DicomSeriesReader(SimpleITKReader):
         return len(names) == 1 and os.path.isdir(os.fspath(names[0]))
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
-        import SimpleITK as sitk
+        import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
 
         path = _single(data)
         if not os.path.isdir(path):  # MONAI tries every given reader: leave files to the others
@@ -174,8 +199,6 @@ class DicomReader(ImageReader):
         return len(names) == 1 and is_dicom_file(os.fspath(names[0]))
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
-        import pydicom
-
         path = _single(data)
         if not is_dicom_file(path):  # MONAI tries every given reader: leave other formats to theirs
             raise ValueError(f"{path}: not a DICOM file")
@@ -271,17 +294,13 @@ def probe_image(path: str) -> str:
         if os.path.isdir(path):
             dicom_series(path)
         elif is_dicom_file(path):
-            import pydicom
-
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             if "Rows" not in ds or "Columns" not in ds:
                 return "a DICOM file without an image (no Rows/Columns)"
-        elif lower.endswith((".nii", ".nii.gz")):
-            import nibabel
-
+        elif lower.endswith(NIFTI_SUFFIXES):
             nibabel.load(path)
         elif lower.endswith(SIMPLEITK_SUFFIXES):
-            import SimpleITK as sitk
+            import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
 
             reader = sitk.ImageFileReader()
             reader.SetFileName(path)

@@ -13,21 +13,25 @@ from .classification import (
     roc_auc,
     sensitivity,
     specificity,
+    two_columns,
 )
-from .explanation import ExplanationMetrics
+from .explanation import HIGHER_IS_BETTER, ExplanationMetrics, explanation_values
 
 __all__ = [
     "ClassificationMetrics",
     "ExplanationMetrics",
+    "HIGHER_IS_BETTER",
     "accuracy",
     "average_precision",
     "binary_average_precision",
     "binary_roc_auc",
     "classification_report",
     "confusion_matrix",
+    "explanation_values",
     "precision",
     "quadratic_kappa",
     "roc_auc",
     "sensitivity",
     "specificity",
+    "two_columns",
 ]

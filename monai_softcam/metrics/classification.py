@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 from ignite.engine import Engine
 from ignite.metrics import Metric
+from monai.utils import evenly_divisible_all_gather
 
 __all__ = [
     "ClassificationMetrics",
@@ -28,6 +29,7 @@ __all__ = [
     "roc_auc",
     "sensitivity",
     "specificity",
+    "two_columns",
 ]
 
 
@@ -168,6 +170,12 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor) -> dict[str
     return report
 
 
+def two_columns(probs: torch.Tensor) -> torch.Tensor:
+    """``[N, C]`` class probabilities with a single sigmoid output ``[N, 1]`` read as ``[1 - p, p]``
+    (other shapes are returned as they are), so that every metric here sees ``C >= 2`` columns."""
+    return torch.cat([1 - probs, probs], dim=1) if probs.shape[1] == 1 else probs
+
+
 def _stack(items: Any) -> torch.Tensor:
     if isinstance(items, torch.Tensor):
         return items.detach()
@@ -215,8 +223,7 @@ class ClassificationMetrics(Metric):
         labels = _stack(labels).long().cpu().reshape(-1)
         if probs.dim() == 1:
             probs = probs[:, None]
-        if probs.shape[1] == 1:
-            probs = torch.cat([1 - probs, probs], dim=1)
+        probs = two_columns(probs)
         if probs.shape[1] != max(self.num_classes, 2):
             raise ValueError(f"ClassificationMetrics expects {self.num_classes} class probabilities, got {probs.shape[1]}")
         self._probs.append(probs)
@@ -225,7 +232,8 @@ class ClassificationMetrics(Metric):
     def compute(self) -> dict[str, Any]:
         probs = torch.cat(self._probs) if self._probs else torch.zeros(0, max(self.num_classes, 2))
         labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long)
-        probs, labels = _gather(probs), _gather(labels)
+        # all ranks' samples, in rank order (uneven shards are padded for the exchange and cut back)
+        probs, labels = evenly_divisible_all_gather(probs), evenly_divisible_all_gather(labels)
         self.report = classification_report(probs, labels)
         return {f"{self.prefix}{k}": v for k, v in self.report.items() if k not in ("n", "confusion_matrix")}
 
@@ -234,22 +242,3 @@ class ClassificationMetrics(Metric):
         if name not in results:
             raise ValueError(f"attach ClassificationMetrics under one of its metric names {sorted(results)}, got {name!r}")
         engine.state.metrics.update(results)
-
-
-def _gather(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor of per-rank length over all ranks (identity without torch.distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    local = tensor.to(device)
-    size = torch.tensor([local.shape[0]], device=device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=device)
-    padded[: local.shape[0]] = local
-    parts = [torch.zeros_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)]).cpu()

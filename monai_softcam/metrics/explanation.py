@@ -9,6 +9,11 @@ Conventions shared by every function (2D and 3D alike):
 * ``masks``: the annotation, same shape as ``maps`` (bool, or numbers where > 0.5 is inside).
 * The result is one value per sample, ``[B]`` (``[B, k]`` for top-k precision), float32.
 
+:func:`explanation_values` computes the whole set for one batch, one ``[B]`` tensor per metric
+name (the names of :data:`HIGHER_IS_BETTER`); :class:`ExplanationMetrics` (the bundle's
+evaluation) and the explanation report both use it, so a metric has one name and one value
+wherever it is reported.
+
 Bad input has fixed rules:
 
 * a map holding NaN or inf raises a ``ValueError`` naming the samples;
@@ -28,12 +33,14 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Engine
 from ignite.metrics import Metric
+from monai.utils import evenly_divisible_all_gather
 
-from ..networks.outputs import split_output, upsample_map
-from .classification import _gather, _stack
+from ..networks.outputs import probabilities, split_output, upsample_map
+from .classification import _stack
 
 __all__ = [
     "ExplanationMetrics",
+    "HIGHER_IS_BETTER",
     "activation_consistency",
     "activation_precision",
     "activation_sensitivity",
@@ -43,11 +50,26 @@ __all__ = [
     "curve_auc",
     "energy_pointing_game",
     "explanation_output",
+    "explanation_values",
     "gini",
     "pointing_game",
     "summarize",
     "topk_localisation_precision",
 ]
+
+#: every reported explanation metric and its direction (True: higher is better)
+HIGHER_IS_BETTER = {
+    "activation_precision": True,
+    "activation_sensitivity": True,
+    "pointing_game": True,
+    "energy_pointing_game": True,
+    "topk_precision": True,
+    "consistency": True,
+    "gini": True,
+    "completeness_error": False,
+    "deletion_auc": False,
+    "insertion_auc": True,
+}
 
 
 def _check_maps(maps: Any, masks: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -78,7 +100,9 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def _empty_to_nan(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    return torch.where(_flat(masks).any(dim=1), values, torch.full_like(values, float("nan")))
+    """``values`` (``[B]`` or ``[B, k]``) with the rows of the samples whose mask is empty set to NaN."""
+    empty = ~_flat(masks).any(dim=1)
+    return values.masked_fill(empty.reshape(-1, *[1] * (values.dim() - 1)), float("nan"))
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -180,13 +204,7 @@ def topk_localisation_precision(maps: Any, masks: Any, k: int = 30, patch_size: 
         overlap = ((starts[None] - starts[best][:, None]).abs() < patch_size).all(dim=-1)
         scores.masked_fill_(overlap, float("-inf"))
         out.append(good / found.clamp(min=1))
-    return _nan_rows(torch.stack(out, dim=1), masks)
-
-
-def _nan_rows(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    empty = ~_flat(masks).any(dim=1)
-    values[empty] = float("nan")
-    return values
+    return _empty_to_nan(torch.stack(out, dim=1), masks)
 
 
 def activation_consistency(maps: Any, positive: Any) -> torch.Tensor:
@@ -231,6 +249,51 @@ def completeness_error(logits: Any, maps: Any) -> torch.Tensor:
     if maps.shape[:2] != logits.shape:
         raise ValueError(f"maps [B, C, ...] {tuple(maps.shape)} do not match logits [B, C] {tuple(logits.shape)}")
     return (logits - maps.flatten(2).mean(dim=2)).abs().amax(dim=1)
+
+
+def explanation_values(
+    maps: Any,
+    masks: Any,
+    positive: Any,
+    *,
+    topk: int = 5,
+    patch_size: int = 33,
+    stride: int = 8,
+    pointing_tolerance: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Every map-only explanation metric of one batch: one ``[B]`` float32 tensor per name.
+
+    Args:
+        maps: ``[B, *s]``, the map of the explained class of each sample, on the grid it was
+            computed on (a post-hoc map on the image grid; SoftCAM's map on the network's grid).
+        masks: the annotation, ``[B, *S]`` or ``[B, 1, *S]`` (bool, or > 0.5 inside), or None.
+        positive: ``[B]`` flags, True for the samples of the explained class (for consistency).
+        topk, patch_size, stride: of :func:`topk_localisation_precision`, reported at ``k = topk``;
+            the patch is reduced to the maps' smallest side where it would not fit.
+        pointing_tolerance: of :func:`pointing_game`.
+
+    Returns ``consistency`` and ``gini``, measured on ``maps`` as given; with masks also
+    ``activation_precision``, ``activation_sensitivity``, ``energy_pointing_game``,
+    ``pointing_game`` and ``topk_precision``, measured on the masks' grid (maps on another grid
+    are brought there by :func:`~monai_softcam.networks.upsample_map`), NaN where a mask is empty.
+    """
+    maps = torch.as_tensor(maps).float()
+    values = {"consistency": activation_consistency(maps, positive), "gini": gini(maps)}
+    if masks is None:
+        return values
+    masks = torch.as_tensor(masks, device=maps.device)
+    grid = tuple(masks.shape[-(maps.dim() - 1) :])
+    if tuple(maps.shape[1:]) != grid:
+        if maps.dim() not in (3, 4) or masks.dim() not in (maps.dim(), maps.dim() + 1) or masks.shape[0] != maps.shape[0]:
+            raise ValueError(f"maps of shape {tuple(maps.shape)} cannot be brought to the grid of the masks {tuple(masks.shape)}")
+        maps = upsample_map(maps, grid)  # the samples ride in the channel axis
+    values["activation_precision"] = activation_precision(maps, masks)
+    values["activation_sensitivity"] = activation_sensitivity(maps, masks)
+    values["energy_pointing_game"] = energy_pointing_game(maps, masks)
+    values["pointing_game"] = pointing_game(maps, masks, pointing_tolerance)
+    size = min(int(patch_size), *maps.shape[1:])
+    values["topk_precision"] = topk_localisation_precision(maps, masks, topk, size, stride)[:, -1]
+    return values
 
 
 def _tile_order(maps: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,13 +342,8 @@ def deletion_curve(
     steps = min(int(steps), order.shape[1])
 
     def probability(batch: torch.Tensor) -> torch.Tensor:
-        out = []
         with torch.no_grad():
-            for chunk in batch.split(batch_size):
-                logits = split_output(model(chunk))[0].float()
-                probs = torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
-                out.append(probs)
-        return torch.cat(out)
+            return torch.cat([probabilities(split_output(model(chunk))[0].float()) for chunk in batch.split(batch_size)])
 
     base = probability(images)
     rows = torch.arange(len(target), device=images.device)
@@ -354,7 +412,8 @@ def explanation_output(output: Any, batch: Any) -> tuple[Any, Any, Any, Any]:
 
 class ExplanationMetrics(Metric):
     """Ignite metric over an evaluation: localisation, consistency, sparseness and completeness of
-    SoftCAM's evidence maps, each reported as its mean under its own name.
+    SoftCAM's evidence maps, each reported as its mean under its own name (those of
+    :func:`explanation_values`, and ``completeness_error`` when the logits are given).
 
     Args:
         output_transform: maps ``(engine.state.output, engine.state.batch)`` to ``(evidence_maps,
@@ -365,12 +424,13 @@ class ExplanationMetrics(Metric):
         explained_class: the class whose map is assessed (e.g. 1, the lesion class); None: each
             sample's own label. Consistency: that class's samples are the positive ones.
         topk, patch_size, stride, pointing_tolerance: of :func:`topk_localisation_precision` (reported
-            at ``k = topk``) and :func:`pointing_game`.
+            as ``topk_precision``, at ``k = topk``) and :func:`pointing_game`.
         prefix: prepended to every name.
 
-    Localisation metrics use only samples with a non-empty mask; ``explanation_excluded`` counts
-    the others. A model without evidence maps (a black box) reports nothing. Per-sample values of
-    the last run are kept in ``self.values``.
+    Consistency and Gini are measured on the maps at the network's resolution, the localisation
+    metrics on the maps upsampled to the masks' grid. Localisation metrics use only samples with
+    a non-empty mask; ``explanation_excluded`` counts the others. A model without evidence maps (a
+    black box) reports nothing. Per-sample values of the last run are kept in ``self.values``.
     """
 
     def __init__(
@@ -397,10 +457,6 @@ class ExplanationMetrics(Metric):
     def iteration_completed(self, engine: Engine) -> None:
         self.update(self._output_transform(engine.state.output, engine.state.batch))
 
-    def _add(self, name: str, value: torch.Tensor) -> None:
-        """Keep one value per sample (the last column of [B, k] values: top-k precision at k)."""
-        self._values.setdefault(name, []).append(value.detach().float().cpu().reshape(value.shape[0], -1)[:, -1])
-
     def update(self, output: Sequence[Any]) -> None:
         maps, masks, labels, logits = output
         if maps is None:
@@ -409,22 +465,18 @@ class ExplanationMetrics(Metric):
         labels = _stack(labels).long().reshape(-1).to(maps.device)
         classes = labels if self.explained_class is None else torch.full_like(labels, int(self.explained_class))
         chosen = maps[torch.arange(maps.shape[0], device=maps.device), classes]  # [B, *s]
-        self._add("consistency", activation_consistency(chosen, labels == classes))
-        self._add("gini", gini(chosen))
+        values = explanation_values(
+            chosen, None if masks is None else _stack(masks).to(maps.device), labels == classes, topk=self.topk,
+            patch_size=self.patch_size, stride=self.stride, pointing_tolerance=self.pointing_tolerance,
+        )  # fmt: skip
         if logits is not None:
-            self._add("completeness_error", completeness_error(_stack(logits).to(maps.device), maps))
-        if masks is not None:
-            masks = _stack(masks).to(maps.device)
-            up = upsample_map(chosen, tuple(masks.shape[-(chosen.dim() - 1) :]))  # samples as channels
-            self._add("activation_precision", activation_precision(up, masks))
-            self._add("activation_sensitivity", activation_sensitivity(up, masks))
-            self._add("pointing_game", pointing_game(up, masks, self.pointing_tolerance))
-            self._add("energy_pointing_game", energy_pointing_game(up, masks))
-            size = min(self.patch_size, *up.shape[1:])
-            self._add(f"top{self.topk}_precision", topk_localisation_precision(up, masks, self.topk, size, self.stride))
+            values["completeness_error"] = completeness_error(_stack(logits).to(maps.device), maps)
+        for name, value in values.items():
+            self._values.setdefault(name, []).append(value.detach().float().cpu())
 
     def compute(self) -> dict[str, float]:
-        self.values = {name: _gather(torch.cat(parts)) for name, parts in self._values.items()}
+        # all ranks' samples, in rank order (uneven shards are padded for the exchange and cut back)
+        self.values = {name: evenly_divisible_all_gather(torch.cat(parts)) for name, parts in self._values.items()}
         results = {f"{self.prefix}{name}": summarize(v)["mean"] for name, v in self.values.items()}
         if "activation_precision" in self.values:
             results[f"{self.prefix}explanation_excluded"] = summarize(self.values["activation_precision"])["n_excluded"]

@@ -10,7 +10,7 @@ from .backbones import (
     register_backbone,
 )
 from .pretrained import PretrainedWeightsError, load_pretrained_backbone, read_state_dict
-from .outputs import EVIDENCE_MAPS, LOGITS, split_output, upsample_map
+from .outputs import EVIDENCE_MAPS, LOGITS, probabilities, split_output, upsample_map
 from .softcam import BlackBox, EvidenceHead, SoftCAM
 from .vgg import VGG_CONFIGS, VGGFeatures, vgg_fc_block
 
@@ -30,6 +30,7 @@ __all__ = [
     "check_spatial_dims",
     "get_backbone_spec",
     "load_pretrained_backbone",
+    "probabilities",
     "read_state_dict",
     "register_backbone",
     "split_output",

@@ -52,8 +52,6 @@ class Backbone(nn.Module):
         out_channels: number of channels after ``neck`` (what a classification head sees).
         neck: optional per-location layers between trunk and head (VGG's FC6/FC7 as 1x1 convs).
         name: registry name, kept for error messages and checkpoints.
-        family: architecture family (``resnet``, ``vgg``, ``densenet``, ``seresnet``, ``efficientnet``),
-            used to map pretrained weights.
         spatial_dims: 2 or 3.
         in_channels: number of input channels.
         min_input_size: smallest spatial size the trunk accepts, one number for every axis or one
@@ -68,7 +66,6 @@ class Backbone(nn.Module):
         out_channels: int,
         neck: nn.Module | None = None,
         name: str = "",
-        family: str = "",
         spatial_dims: int = 2,
         in_channels: int = 3,
         min_input_size: int | Sequence[int] = 1,
@@ -78,7 +75,6 @@ class Backbone(nn.Module):
         self.neck = neck if neck is not None else nn.Identity()
         self.out_channels = int(out_channels)
         self.name = name
-        self.family = family
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.min_input_size = min_input_size
@@ -100,13 +96,11 @@ class BackboneSpec:
 
     Attributes:
         name: registry key, e.g. ``"resnet50"``.
-        family: architecture family (selects the pretrained-weight mapping).
         builder: ``builder(spatial_dims, in_channels, **kwargs) -> Backbone``.
         description: one line for listings.
     """
 
     name: str
-    family: str
     builder: Callable[..., Backbone]
     description: str = ""
 
@@ -114,12 +108,12 @@ class BackboneSpec:
 _REGISTRY: dict[str, BackboneSpec] = {}
 
 
-def register_backbone(name: str, family: str, builder: Callable[..., Backbone], description: str = "") -> None:
+def register_backbone(name: str, builder: Callable[..., Backbone], description: str = "") -> None:
     """Add a backbone to the registry (e.g. a user's own trunk). Names are case-insensitive."""
     key = name.lower()
     if key in _REGISTRY:
         raise ValueError(f"backbone {name!r} is already registered")
-    _REGISTRY[key] = BackboneSpec(key, family, builder, description)
+    _REGISTRY[key] = BackboneSpec(key, builder, description)
 
 
 def available_backbones() -> list[str]:
@@ -161,7 +155,7 @@ def build_backbone(name: str, spatial_dims: int = 2, in_channels: int = 3, **kwa
     spatial_dims = check_spatial_dims(spatial_dims)
     in_channels = _check_in_channels(in_channels)
     backbone = spec.builder(spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
-    backbone.name, backbone.family = spec.name, spec.family
+    backbone.name = spec.name
     backbone.spatial_dims, backbone.in_channels = spatial_dims, in_channels
     return backbone
 
@@ -276,21 +270,19 @@ _RESNETS = {
     "resnet152": (ResNetBottleneck, [3, 8, 36, 3]),
 }
 for _name, (_block, _layers) in _RESNETS.items():
-    register_backbone(_name, "resnet", _resnet_builder(_block, _layers), f"MONAI ResNet ({_name}), stride 32")
+    register_backbone(_name, _resnet_builder(_block, _layers), f"MONAI ResNet ({_name}), stride 32")
 
 _DENSENETS = {"densenet121": (6, 12, 24, 16), "densenet169": (6, 12, 32, 32), "densenet201": (6, 12, 48, 32)}
 for _name, _cfg in _DENSENETS.items():
-    register_backbone(_name, "densenet", _densenet_builder(_cfg), f"MONAI DenseNet ({_name}), stride 32")
+    register_backbone(_name, _densenet_builder(_cfg), f"MONAI DenseNet ({_name}), stride 32")
 
-register_backbone("seresnet50", "seresnet", _seresnet50_builder, "MONAI SE-ResNet-50, stride 32")
+register_backbone("seresnet50", _seresnet50_builder, "MONAI SE-ResNet-50, stride 32")
 
 for _i in range(5):
     _name = f"efficientnet-b{_i}"
-    register_backbone(_name, "efficientnet", _efficientnet_builder(_name), f"MONAI EfficientNet-B{_i}, stride 32")
+    register_backbone(_name, _efficientnet_builder(_name), f"MONAI EfficientNet-B{_i}, stride 32")
 
 for _cfg_name in ("vgg11", "vgg13", "vgg16", "vgg19"):
     for _bn in (False, True):
         _name = _cfg_name + ("_bn" if _bn else "")
-        register_backbone(
-            _name, "vgg", _vgg_builder(_cfg_name, _bn), f"VGG ({_name}) with 1x1 FC6/FC7, stride 32"
-        )
+        register_backbone(_name, _vgg_builder(_cfg_name, _bn), f"VGG ({_name}) with 1x1 FC6/FC7, stride 32")

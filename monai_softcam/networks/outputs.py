@@ -2,7 +2,8 @@
 
 A SoftCAM model with ``return_maps=True`` returns ``{LOGITS: [B, C], EVIDENCE_MAPS: [B, C, *grid]}``;
 a black box returns logits. :func:`split_output` reads either; :func:`upsample_map` brings maps
-from the network's grid to an image grid (the one interpolation every consumer uses).
+from the network's grid to an image grid (the one interpolation every consumer uses);
+:func:`probabilities` turns logits into class probabilities (the one rule every consumer uses).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EVIDENCE_MAPS", "LOGITS", "split_output", "upsample_map"]
+__all__ = ["EVIDENCE_MAPS", "LOGITS", "probabilities", "split_output", "upsample_map"]
 
 #: keys of the dictionary a SoftCAM model returns when ``return_maps=True``
 LOGITS = "logits"
 EVIDENCE_MAPS = "evidence_maps"
+
 
 def split_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(logits, evidence_maps or None)`` from a model output: a dict, a ``(logits, maps)`` tuple or logits."""
@@ -35,3 +37,11 @@ def upsample_map(evidence: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Interpolate ``[C, *grid]`` maps to ``[C, *size]`` (bi/trilinear, cell centres aligned as in the network)."""
     mode = "bilinear" if evidence.dim() == 3 else "trilinear"
     return F.interpolate(evidence[None].float(), size=tuple(int(s) for s in size), mode=mode, align_corners=False)[0]
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``[B, C]`` from logits ``[B, C]``: the softmax over the classes, or the
+    sigmoid for a single output (``[B, 1]``, the probability of the positive class)."""
+    if logits.dim() != 2:
+        raise ValueError(f"probabilities expects logits [B, C], got shape {tuple(logits.shape)}")
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)

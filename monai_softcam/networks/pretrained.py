@@ -1,10 +1,10 @@
 """Initialise a backbone from a LOCAL weight file (nothing is ever downloaded).
 
-Accepted files (loaded with ``torch.load(weights_only=True)``):
+Accepted files (read by :func:`monai_softcam.checkpoint.read_state_dict`, ``weights_only=True``):
 
 * a torchvision ImageNet ``state_dict`` of ResNet, VGG or DenseNet (as saved by
-  ``torch.save(model.state_dict())``), also wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``
-  and with a DDP ``module.`` prefix;
+  ``torch.save(model.state_dict())``), also wrapped as ``{"state_dict": ...}``, ``{"model": ...}`` or
+  ``{"network": ...}`` and with a DDP ``module.`` prefix;
 * a MONAI network's ``state_dict`` of the same architecture (ResNet, DenseNet, SE-ResNet, EfficientNet);
 * a checkpoint of this package's own models (``backbone.*`` keys).
 
@@ -22,7 +22,8 @@ Two adaptations are made, and reported:
   ``c0 / c``, so an image replicated to all channels gives the original response (``c = 1``: the
   channel sum).
 
-Any other key or shape mismatch raises :class:`PretrainedWeightsError`, listing the keys.
+Any other key or shape mismatch raises :class:`PretrainedWeightsError`, listing the keys in the
+report of :class:`monai_softcam.checkpoint.StateMismatch`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
 
 import torch
 import torch.nn as nn
+
+from .. import checkpoint
+from ..checkpoint import CheckpointError, StateMismatch
 
 __all__ = ["PretrainedWeightsError", "load_pretrained_backbone", "read_state_dict"]
 
@@ -47,26 +50,18 @@ _TV_DENSE_LAYER = re.compile(r"^(features\.denseblock\d+\.denselayer\d+\.)(?!lay
 _OLD_DENSE_NAME = re.compile(r"\.(norm|relu|conv)\.(\d)\.")
 
 
-class PretrainedWeightsError(ValueError):
-    """A weight file does not fit the backbone; the message lists the offending keys."""
+class PretrainedWeightsError(CheckpointError):
+    """A weight file cannot be read or does not fit the backbone; the message names the file and
+    lists the offending keys."""
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from a local file with ``weights_only=True``, unwrapping common containers."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weight file not found: {path}")
+    """The state dict of a local weight file (see :func:`monai_softcam.checkpoint.read_state_dict`);
+    a file that is unreadable or holds no state dict raises :class:`PretrainedWeightsError`."""
     try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, truncated zips, non-tensor payloads
-        raise PretrainedWeightsError(f"{path} is not a readable PyTorch weight file: {err}") from err
-    for wrapper in ("state_dict", "model", "network"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PretrainedWeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in obj.items()}
+        return checkpoint.read_state_dict(path, "weight file")
+    except CheckpointError as err:
+        raise PretrainedWeightsError(str(err)) from err
 
 
 def _backbone_key(key: str, target: dict[str, torch.Tensor]) -> str | None:
@@ -100,11 +95,6 @@ def _first_conv_key(backbone: nn.Module) -> str | None:
     return None
 
 
-def _fmt(keys: list[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def load_pretrained_backbone(backbone: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
     """Load a local weight file into ``backbone`` (a :class:`~monai_softcam.networks.Backbone`).
 
@@ -119,8 +109,7 @@ def load_pretrained_backbone(backbone: nn.Module, path: str | os.PathLike) -> di
     target = backbone.state_dict()
     first_conv = _first_conv_key(backbone)
     report: dict[str, list[str]] = {"loaded": [], "ignored": [], "inflated": [], "adapted": []}
-    unexpected: list[str] = []
-    mismatched: list[str] = []
+    mismatch = StateMismatch()
     new_state: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         name = _backbone_key(key, target)
@@ -128,7 +117,7 @@ def load_pretrained_backbone(backbone: nn.Module, path: str | os.PathLike) -> di
             report["ignored"].append(key)
             continue
         if name not in target:
-            unexpected.append(key)
+            mismatch.unexpected.append(key)
             continue
         want = target[name].shape
         if value.is_floating_point() and value.dim() + 1 == len(want) and value.dim() >= 3:
@@ -139,20 +128,13 @@ def load_pretrained_backbone(backbone: nn.Module, path: str | os.PathLike) -> di
             value = _adapt_in_channels(value, want[1])
             report["adapted"].append(name)
         if value.shape != want:
-            mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(want)}")
+            mismatch.shapes.append((key, tuple(value.shape), tuple(want)))
             continue
         new_state[name] = value.to(target[name].dtype)
         report["loaded"].append(name)
-    missing = [k for k in target if k not in new_state and not k.startswith("neck.")]
-    if unexpected or missing or mismatched:
-        parts = [f"weight file {os.fspath(path)} does not fit backbone {getattr(backbone, 'name', '?')}"]
-        if mismatched:
-            parts.append(f"shape mismatch ({len(mismatched)}): {_fmt(mismatched)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_fmt(missing)}")
-        raise PretrainedWeightsError("; ".join(parts))
+    mismatch.missing = [k for k in target if k not in new_state and not k.startswith("neck.")]
+    if mismatch:
+        raise PretrainedWeightsError(mismatch.message(path, backbone))
     backbone.load_state_dict(new_state, strict=False)
     logger.info(
         "loaded %d tensors from %s (%d classifier keys ignored, %d inflated to 3D, %d channel-adapted)",

@@ -7,11 +7,13 @@ results back into nodes. Importing this file imports no torch/MONAI and installs
 
 import importlib
 import logging
+import tempfile
 import pathlib
 import shutil
 import sys
 from typing import Annotated, Optional
 
+import numpy as np
 import qt
 import slicer
 import vtk
@@ -35,6 +37,7 @@ from SoftCAMLib import (
     overlay_display,
     package_source,
 )
+from SoftCAMLib.testing import write_test_bundle
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -324,7 +327,7 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         names = list(names)
         if "torch" in names:
             try:
-                import PyTorchUtils
+                import PyTorchUtils  # optional: Slicer's PyTorch extension, when installed
 
                 PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
             except ImportError:
@@ -479,11 +482,6 @@ class SoftCAMTest(ScriptedLoadableModuleTest):
         self.test_SoftCAM_maps_on_an_oblique_slice()
 
     def test_SoftCAM_maps_on_an_oblique_slice(self) -> None:
-        import tempfile
-
-        import numpy as np
-        from SoftCAMLib.testing import write_test_bundle
-
         self.delayDisplay("Making a test bundle (untrained SoftCAM) and an oblique 2D image")
         bundleDir = write_test_bundle(tempfile.mkdtemp(prefix="softcam_bundle_"))
         logic = SoftCAMLogic()

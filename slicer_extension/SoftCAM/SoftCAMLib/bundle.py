@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from typing import Sequence
 
 __all__ = ["BundleError", "BundleInfo", "unpack_torchscript"]
 
 INFERENCE_CONFIGS = ("inference.yaml", "inference.json")
+TASK_FILE = "task.json"  # monai_softcam.task.TASK_FILE (not imported: this module loads without torch)
 TORCHSCRIPT_KEY = "torchscript_export"
 
 
@@ -71,7 +73,7 @@ class BundleInfo:
         except (OSError, ValueError) as err:
             raise BundleError(f"{meta_file}: not readable JSON ({err})") from err
 
-        from monai.bundle import ConfigParser
+        from monai.bundle import ConfigParser  # optional: installed on first use (REQUIREMENTS)
 
         parser = ConfigParser()
         files = inference[:1] + extra
@@ -87,15 +89,19 @@ class BundleInfo:
             except Exception as err:
                 raise BundleError(f"{files[-1] if len(files) > 1 else files[0]}: cannot read key '{key}' ({err})") from err
 
+        # the trained task (<ckpt_dir>/task.json), checked against the presets given here
+        from monai_softcam.task import TaskError, explicit_values, load_task  # optional: installed on first use (REQUIREMENTS)
+
+        try:
+            task = load_task(str(get("ckpt_dir")), explicit_values(extra))
+        except (TaskError, OSError) as err:
+            raise BundleError(f"{path}: {err}") from err
         class_names = [str(c) for c in get("class_names")]
         image_size = [int(s) for s in get("image_size")]
         spatial_dims = int(get("spatial_dims"))
         if len(image_size) != spatial_dims:
             raise BundleError(f"{files[0]}: image_size {image_size} does not have spatial_dims={spatial_dims} entries")
-        try:  # 'auto' statistics are read from the file training wrote beside the model
-            mean, std = parser.get_parsed_content("intensity_stats")
-        except Exception:
-            mean, std = parser.get("intensity_mean"), parser.get("intensity_std")
+        mean, std = task.intensity_mean, task.intensity_std
         info = cls(
             path=path,
             config_files=files,
@@ -113,7 +119,7 @@ class BundleInfo:
         info.torchscript = str(parser.get(TORCHSCRIPT_KEY, "")) or None
         if info.torchscript is None and not os.path.isfile(info.checkpoint):
             raise BundleError(f"{path}: the checkpoint {info.checkpoint} does not exist (train the bundle first)")
-        import monai
+        import monai  # optional: installed on first use (REQUIREMENTS)
 
         if info.monai_version not in ("?", monai.__version__):
             info.warnings.append(
@@ -127,9 +133,9 @@ class BundleInfo:
         network (backbone, class count, channels). A TorchScript export holds its own weights."""
         if self.torchscript:
             return
-        from monai.bundle import ConfigParser
+        from monai.bundle import ConfigParser  # optional: installed on first use (REQUIREMENTS)
 
-        from monai_softcam.handlers import load_weights
+        from monai_softcam.checkpoint import load_weights  # optional: monai_softcam, installed by Slicer on first use
 
         parser = ConfigParser()
         parser.read_config(f=self.config_files)
@@ -155,12 +161,11 @@ class BundleInfo:
 
 def unpack_torchscript(path: str, folder: str | None = None) -> tuple[str, list[str]]:
     """A bundle folder made from a TorchScript export of ``python -m monai.bundle ckpt_export``:
-    the configs it embeds (``metadata.json``, ``inference.json`` and any preset given after it) in
-    ``configs/``, plus ``configs/torchscript.json``, which makes the network the export itself
-    (loaded with ``torch.jit.load``; no checkpoint is read). Returns the folder and the config
+    the configs it embeds (``metadata.json``, ``inference.json``, the trained task ``task.json``
+    and any preset given after it) in ``configs/``, plus ``configs/torchscript.json``, which makes
+    the network the export itself (loaded with ``torch.jit.load``; no checkpoint is read) and reads
+    the task from the export. Returns the folder and the config
     files to merge after ``inference.json`` (the presets, then ``torchscript.json``)."""
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             extra = {n.split("/extra/", 1)[1]: archive.read(n) for n in archive.namelist() if "/extra/" in n}
@@ -172,24 +177,24 @@ def unpack_torchscript(path: str, folder: str | None = None) -> tuple[str, list[
             f"{path}: a TorchScript export without {' and '.join(missing)}: export it with "
             "python -m monai.bundle ckpt_export ... --meta_file configs/metadata.json --config_file configs/inference.yaml"
         )
+    if TASK_FILE not in extra:
+        raise BundleError(
+            f"{path}: a TorchScript export without the trained task ({TASK_FILE}): export it with "
+            "python -m monai.bundle ckpt_export ... --config_file \"['configs/inference.yaml','models/task.json']\""
+        )
     folder = folder or tempfile.mkdtemp(prefix="softcam_ts_")
     os.makedirs(os.path.join(folder, "configs"), exist_ok=True)
     for name, content in extra.items():
         with open(os.path.join(folder, "configs", name), "wb") as f:
             f.write(content)
-    with open(os.path.join(folder, "configs", "inference.json")) as f:
-        inference = json.load(f)
-    if "auto" in (inference.get("intensity_mean"), inference.get("intensity_std")):
-        raise BundleError(
-            f"{path}: its intensity statistics are 'auto' (measured when training, kept beside the checkpoint, not "
-            "in the export): give the values with the export's configs, or use the bundle folder"
-        )
     override = {
         TORCHSCRIPT_KEY: os.path.abspath(path),
         "network": f"$torch.jit.load({os.path.abspath(path)!r}, map_location=@device)",
         "checkpoint": None,
+        # the task embedded in the export, not a task file beside a checkpoint
+        "ckpt_dir": os.path.join(folder, "configs"),
     }
     with open(os.path.join(folder, "configs", "torchscript.json"), "w") as f:
         json.dump(override, f, indent=2)
-    presets = [n for n in extra if n.endswith(".json") and n not in ("metadata.json", "inference.json")]
+    presets = [n for n in extra if n.endswith(".json") and n not in ("metadata.json", "inference.json", TASK_FILE)]
     return folder, [os.path.join(folder, "configs", n) for n in presets + ["torchscript.json"]]

@@ -144,11 +144,11 @@ class InferenceJob:
         return self
 
     def _run_inprocess(self, overrides: dict[str, str]) -> None:
-        import monai.bundle
+        import monai.bundle  # optional: installed on first use (REQUIREMENTS)
 
         parsed = dict(overrides)
         if "device" in parsed:
-            import torch
+            import torch  # optional: installed on first use (REQUIREMENTS)
 
             parsed["device"] = torch.device(self.device)
         monai.bundle.run("inference", config_file=self.bundle.config_files, **parsed)

@@ -25,20 +25,25 @@ def repository_bundle() -> str:
 
 
 def write_test_bundle(folder: str, extra_configs: Sequence[str] = (), seed: int = 0) -> str:
-    """Copy the repository's bundle configs into ``folder`` and save a seeded, untrained network
-    (built from ``configs/inference.yaml`` + ``extra_configs``) as ``models/model.pt``."""
-    import torch
-    from monai.bundle import ConfigParser
+    """Copy the repository's bundle configs into ``folder`` and save, as training would, the task
+    (``models/task.json``: the repository's ``train.yaml`` task with ``extra_configs`` merged after
+    it) and a seeded, untrained network of it (built from ``configs/inference.yaml`` +
+    ``extra_configs``) as ``models/model.pt``."""
+    import torch  # optional: installed on first use (REQUIREMENTS)
+    from monai.bundle import ConfigParser  # optional: installed on first use (REQUIREMENTS)
 
     source = repository_bundle()
     os.makedirs(os.path.join(folder, "configs"), exist_ok=True)
     for name in ("metadata.json", "inference.yaml", "logging.conf"):
         shutil.copy(os.path.join(source, "configs", name), os.path.join(folder, "configs", name))
+    trained = ConfigParser()
+    trained.read_config(f=[os.path.join(source, "configs", "train.yaml"), *extra_configs])
+    trained["bundle_root"] = folder
+    trained.get_parsed_content("task").save(os.path.join(folder, "models", "task.json"))
     parser = ConfigParser()
     parser.read_config(f=[os.path.join(folder, "configs", "inference.yaml"), *extra_configs])
     parser["bundle_root"] = folder
     torch.manual_seed(seed)
     network = parser.get_parsed_content("network_def")
-    os.makedirs(os.path.join(folder, "models"), exist_ok=True)
     torch.save(network.state_dict(), os.path.join(folder, "models", "model.pt"))
     return folder

@@ -114,9 +114,9 @@ class Volume:
             raise VolumeError(f"volume '{self.name}' is a single slice but the bundle classifies 3D volumes")
         if self.components and spatial_dims == 3:
             raise VolumeError(f"volume '{self.name}': colour (vector) volumes are not supported for 3D bundles")
-        import torch
+        import torch  # optional: installed on first use (REQUIREMENTS)
 
-        from monai_softcam.transforms import AdaptChannelsd
+        from monai_softcam.transforms import AdaptChannelsd  # optional: installed on first use (REQUIREMENTS)
 
         try:  # the bundle's own channel rule (grey -> 3 channels, RGBA -> RGB, ...)
             AdaptChannelsd(keys="image", channels=in_channels)({"image": torch.zeros(self.channels, 1)})
@@ -133,7 +133,7 @@ class Volume:
 
 
 def _sitk_image(volume: Volume, spatial_dims: int):
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # optional: installed on first use (REQUIREMENTS)
 
     array = volume.array[0] if spatial_dims == 2 else volume.array  # (J, I) / (K, J, I) [+ C]: ITK's numpy order
     image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=volume.components)
@@ -155,7 +155,7 @@ def write_exchange_file(volume: Volume, folder: str, spatial_dims: int) -> str:
     as Slicer holds them, e.g. CT in Hounsfield units)."""
     if volume.source_file and os.path.isfile(volume.source_file):
         return volume.source_file
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # optional: installed on first use (REQUIREMENTS)
 
     png = spatial_dims == 2 and volume.array.dtype.type in _PNG_TYPES and volume.channels in (1, 3, 4)
     path = os.path.join(folder, f"{safe_name(volume.name)}.{'png' if png else 'nrrd'}")
@@ -166,7 +166,7 @@ def write_exchange_file(volume: Volume, folder: str, spatial_dims: int) -> str:
 def read_map(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     """An evidence map file of the bundle (NIfTI, on the input's voxel grid) as a (K, J, I) float32
     array for ``volume``, with the affine stored in the file."""
-    import nibabel as nib
+    import nibabel as nib  # optional: installed on first use (REQUIREMENTS)
 
     image = nib.load(path)
     data = np.asarray(image.dataobj, dtype=np.float32)
@@ -185,13 +185,13 @@ def write_volume(path: str, array_kji: np.ndarray, ijk_to_ras: np.ndarray) -> st
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     if path.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
+        import nibabel as nib  # optional: installed on first use (REQUIREMENTS)
 
         nib.save(nib.Nifti1Image(np.transpose(array_kji, (2, 1, 0)).astype(np.float32), ijk_to_ras), path)
         return path
     if not path.endswith(".nrrd"):
         raise ValueError(f"{path}: choose a .nrrd, .nii or .nii.gz file name")
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # optional: installed on first use (REQUIREMENTS)
 
     sitk.WriteImage(_sitk_image(Volume(array_kji.astype(np.float32), ijk_to_ras), 3), path, useCompression=True)
     return path

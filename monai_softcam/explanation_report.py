@@ -20,6 +20,13 @@ Written to ``output_dir``:
 Rules: localisation metrics use only images with a non-empty mask (the others are counted in
 ``n_excluded``); deletion and insertion use only the images that **every** compared model
 classifies correctly (as the paper), so that all methods are compared on the same images.
+
+The per-image values are those of :func:`monai_softcam.metrics.explanation.explanation_values`
+(the same function, names and settings as the bundle's evaluation), plus ``deletion_auc`` and
+``insertion_auc``. :func:`explanation_report` runs three steps, each usable on its own:
+:func:`collect` (one pass over the data: probabilities, per-image values, curves, gallery cases,
+the sanity check), :func:`aggregate` (the report dict: classification metrics, means with
+confidence intervals, mean curves) and :func:`write` (the files).
 """
 
 from __future__ import annotations
@@ -30,44 +37,27 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from .checkpoint import load_weights
 from .explain import cascading_randomization, make_explainer
-from .networks.outputs import split_output, upsample_map
-from .metrics.classification import classification_report
-from .metrics.explanation import (
-    activation_consistency,
-    activation_precision,
-    activation_sensitivity,
-    curve_auc,
-    deletion_curve,
-    energy_pointing_game,
-    gini,
-    pointing_game,
-    summarize,
-    topk_localisation_precision,
-)
+from .metrics.classification import classification_report, two_columns
+from .metrics.explanation import HIGHER_IS_BETTER, curve_auc, deletion_curve, explanation_values, summarize
+from .networks.outputs import probabilities, split_output, upsample_map
 from .utils import atomic_open
+from .visualize import GalleryCase, render_gallery
 
-__all__ = ["HIGHER_IS_BETTER", "explanation_report", "markdown_table"]
+__all__ = ["Aggregated", "Collected", "HIGHER_IS_BETTER", "aggregate", "collect", "explanation_report", "markdown_table", "write"]
 
 logger = logging.getLogger("monai_softcam")
 
-# direction of every reported explanation metric
-HIGHER_IS_BETTER = {
-    "activation_precision": True,
-    "activation_sensitivity": True,
-    "pointing_game": True,
-    "energy_pointing_game": True,
-    "topk_precision": True,
-    "consistency": True,
-    "gini": True,
-    "deletion_auc": False,
-    "insertion_auc": True,
-}
+Pair = tuple[str, str]  # (model name, method name)
+CURVES = ("deletion", "insertion")
 
 
 def _methods_for(model: dict[str, Any]) -> list[str]:
@@ -78,8 +68,6 @@ def _methods_for(model: dict[str, Any]) -> list[str]:
 
 
 def _prepare_models(models: Sequence[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
-    from .handlers import load_weights
-
     prepared, names = [], set()
     for entry in models:
         missing = [k for k in ("name", "network") if k not in entry]
@@ -96,6 +84,44 @@ def _prepare_models(models: Sequence[dict[str, Any]], device: torch.device) -> l
         explainers = {m: make_explainer(m, network, **options.get(m, {})) for m in _methods_for(entry)}
         prepared.append({"name": entry["name"], "network": network, "explainers": explainers, "options": options})
     return prepared
+
+
+@dataclass
+class Collected:
+    """What :func:`collect` gathers in one pass over the data (every tensor in data order).
+
+    Attributes:
+        pairs: the ``(model, method)`` pairs, in the order of the models and their methods.
+        labels: ``[N]`` true classes.
+        explained_class: the setting the maps were computed with (None: each image's label).
+        settings: the metric settings (``topk``, ``topk_patch``, ...).
+        probs: per model, ``[N, max(C, 2)]`` class probabilities (one output read as ``[1 - p, p]``).
+        values: per pair, the per-image values of :func:`~monai_softcam.metrics.explanation.explanation_values`.
+        curves: per pair, ``"deletion"`` and ``"insertion"`` curves ``[N, points]``.
+        gallery: the cases of the gallery (image, label, mask, SoftCAM's maps of every class, each pair's map).
+        sanity: the rows of the cascading randomisation check, per model and method.
+    """
+
+    pairs: list[Pair]
+    labels: torch.Tensor
+    explained_class: int | None
+    settings: dict[str, Any]
+    probs: dict[str, torch.Tensor]
+    values: dict[Pair, dict[str, torch.Tensor]]
+    curves: dict[Pair, dict[str, torch.Tensor]]
+    gallery: list[dict[str, Any]] = field(default_factory=list)
+    sanity: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Aggregated:
+    """What :func:`aggregate` makes of a :class:`Collected`: the report dict (``report.json``),
+    the per-image values of every pair with ``deletion_auc`` and ``insertion_auc`` (``cases.csv``)
+    and the mean curves (``faithfulness.png``)."""
+
+    report: dict[str, Any]
+    per_case: dict[Pair, dict[str, torch.Tensor]]
+    mean_curves: dict[Pair, dict[str, list[float]]]
 
 
 def explanation_report(
@@ -127,7 +153,8 @@ def explanation_report(
             preprocessed as for the network (masks on the image's grid).
         explained_class: the class whose maps are assessed (e.g. 1: the lesion class); None: each
             image's own label. Consistency counts that class's images as the positive ones.
-        topk, topk_patch, topk_stride: top-k localisation precision (reported at ``k = topk``).
+        topk, topk_patch, topk_stride: top-k localisation precision (reported as ``topk_precision``,
+            at ``k = topk``).
         pointing_tolerance: pixels around the annotation that still count as a hit in the pointing
             game (Zhang et al. use 15 px at 224 px).
         deletion_patch, deletion_steps, deletion_baseline: of :func:`~monai_softcam.metrics.explanation.deletion_curve`.
@@ -136,22 +163,51 @@ def explanation_report(
     Returns the report dict (also in ``report.json``).
     """
     start = time.time()
-    device = torch.device(device)
+    settings = {"topk": topk, "topk_patch": topk_patch, "topk_stride": topk_stride,
+                "pointing_tolerance": pointing_tolerance, "deletion_patch": deletion_patch,
+                "deletion_steps": deletion_steps, "deletion_baseline": deletion_baseline}  # fmt: skip
     os.makedirs(output_dir, exist_ok=True)
+    collected = collect(models, dataloader, settings, explained_class=explained_class, gallery_cases=gallery_cases,
+                        sanity_cases=sanity_cases, device=device, seed=seed, progress=progress)  # fmt: skip
+    aggregated = aggregate(collected, class_names, seed=seed)
+    aggregated.report["seconds"] = round(time.time() - start, 1)
+    write(output_dir, aggregated, collected, class_names)
+    report = aggregated.report
+    logger.info("explanation report of %d images written to %s in %.1f s", report["images"], output_dir, report["seconds"])
+    print(_summary_text(report, output_dir))
+    return report
+
+
+def collect(
+    models: Sequence[dict[str, Any]],
+    dataloader: Any,
+    settings: dict[str, Any],
+    explained_class: int | None = None,
+    gallery_cases: int = 6,
+    sanity_cases: int = 4,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+) -> Collected:
+    """Step 1: run every model and method over ``dataloader`` (arguments as :func:`explanation_report`;
+    ``settings``: its ``topk``, ``topk_patch``, ``topk_stride``, ``pointing_tolerance``,
+    ``deletion_patch``, ``deletion_steps`` and ``deletion_baseline``), then the sanity check on the
+    first ``sanity_cases`` images."""
+    missing = [k for k in ("topk", "topk_patch", "topk_stride", "pointing_tolerance", "deletion_patch",
+                           "deletion_steps", "deletion_baseline") if k not in settings]  # fmt: skip
+    if missing:
+        raise ValueError(f"the report's settings lack {missing}")
+    device = torch.device(device)
     prepared = _prepare_models(models, device)
     pairs = [(m["name"], method) for m in prepared for method in m["explainers"]]
-    values: dict[tuple[str, str], dict[str, list[torch.Tensor]]] = {pair: {} for pair in pairs}
-    curves: dict[tuple[str, str], dict[str, list[torch.Tensor]]] = {pair: {"deletion": [], "insertion": []} for pair in pairs}
+    values: dict[Pair, dict[str, list[torch.Tensor]]] = {pair: {} for pair in pairs}
+    curves: dict[Pair, dict[str, list[torch.Tensor]]] = {pair: {kind: [] for kind in CURVES} for pair in pairs}
     probs: dict[str, list[torch.Tensor]] = {m["name"]: [] for m in prepared}
     labels_all: list[torch.Tensor] = []
     gallery: list[dict[str, Any]] = []
     sanity_images: list[torch.Tensor] = []
     sanity_classes: list[torch.Tensor] = []
-    iterator: Any = dataloader
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(dataloader, desc="explanation report", unit="batch")
+    iterator = tqdm(dataloader, desc="explanation report", unit="batch") if progress else dataloader
     for batch in iterator:
         images = _plain_tensor(batch["image"]).to(device).float()
         labels = torch.as_tensor(batch["label"]).reshape(-1).long().to(device)
@@ -159,142 +215,101 @@ def explanation_report(
         masks = None if masks is None else (_plain_tensor(masks).to(device)[:, 0] > 0.5)
         classes = labels if explained_class is None else torch.full_like(labels, int(explained_class))
         labels_all.append(labels.cpu())
-        batch_maps: dict[tuple[str, str], torch.Tensor] = {}
+        batch_maps: dict[Pair, torch.Tensor] = {}
         softcam_all: torch.Tensor | None = None
         for model in prepared:
             with torch.no_grad():
                 logits, all_maps = split_output(model["network"](images))
-            p = torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
-            probs[model["name"]].append(p.cpu())
+            probs[model["name"]].append(two_columns(probabilities(logits)).cpu())
             if all_maps is not None and softcam_all is None:
                 softcam_all = all_maps.detach().cpu()
             for method, explainer in model["explainers"].items():
                 maps = explainer(images, classes).detach()
                 pair = (model["name"], method)
                 batch_maps[pair] = maps.cpu()
-                store = values[pair]
-                store.setdefault("consistency", []).append(activation_consistency(maps, labels == classes).cpu())
-                store.setdefault("gini", []).append(gini(maps).cpu())
-                if masks is not None:
-                    for name, fn in (("activation_precision", activation_precision), ("activation_sensitivity", activation_sensitivity),
-                                     ("energy_pointing_game", energy_pointing_game)):  # fmt: skip
-                        store.setdefault(name, []).append(fn(maps, masks).cpu())
-                    store.setdefault("pointing_game", []).append(pointing_game(maps, masks, pointing_tolerance).cpu())
-                    size = min(topk_patch, *maps.shape[1:])
-                    store.setdefault("topk_precision", []).append(
-                        topk_localisation_precision(maps, masks, topk, size, topk_stride)[:, -1].cpu()
-                    )
-                for kind in ("deletion", "insertion"):
-                    curve = deletion_curve(model["network"], images, maps, classes, deletion_patch, deletion_steps,
-                                           deletion_baseline, insertion=kind == "insertion")  # fmt: skip
+                per_image = explanation_values(
+                    maps, masks, labels == classes, topk=settings["topk"], patch_size=settings["topk_patch"],
+                    stride=settings["topk_stride"], pointing_tolerance=settings["pointing_tolerance"],
+                )  # fmt: skip
+                for name, v in per_image.items():
+                    values[pair].setdefault(name, []).append(v.cpu())
+                for kind in CURVES:
+                    curve = deletion_curve(model["network"], images, maps, classes, settings["deletion_patch"],
+                                           settings["deletion_steps"], settings["deletion_baseline"],
+                                           insertion=kind == "insertion")  # fmt: skip
                     curves[pair][kind].append(curve)
         if len(sanity_images) < sanity_cases:
             sanity_images.append(images[: sanity_cases - len(sanity_images)].cpu())
             sanity_classes.append(classes[: sanity_images[-1].shape[0]].cpu())
-        _collect_gallery(gallery, gallery_cases, images, labels, masks, softcam_all, batch_maps, probs, prepared)
-
-    labels_cat = torch.cat(labels_all) if labels_all else torch.zeros(0, dtype=torch.long)
-    if labels_cat.numel() == 0:
+        _collect_gallery(gallery, gallery_cases, images, labels, masks, softcam_all, batch_maps)
+    if not labels_all or sum(t.numel() for t in labels_all) == 0:
         raise ValueError("the data loader gave no images")
-    probs_cat = {name: torch.cat(parts) for name, parts in probs.items()}
-    correct_all = torch.ones_like(labels_cat, dtype=torch.bool)
-    for p in probs_cat.values():
-        correct_all &= _predicted(p) == labels_cat
+    sanity = []
+    if sanity_images:
+        sanity = _sanity_check(prepared, torch.cat(sanity_images).to(device), torch.cat(sanity_classes).to(device), seed)
+    return Collected(
+        pairs=pairs,
+        labels=torch.cat(labels_all),
+        explained_class=explained_class,
+        settings=dict(settings),
+        probs={name: torch.cat(parts) for name, parts in probs.items()},
+        values={pair: {name: torch.cat(parts) for name, parts in v.items()} for pair, v in values.items()},
+        curves={pair: {kind: torch.cat(parts) for kind, parts in c.items()} for pair, c in curves.items()},
+        gallery=gallery,
+        sanity=sanity,
+    )
+
+
+def _sanity_check(prepared: list[dict[str, Any]], images: torch.Tensor, classes: torch.Tensor, seed: int) -> list[dict[str, Any]]:
+    rows = []
+    for model in prepared:
+        for method in model["explainers"]:
+            kwargs = model["options"].get(method, {})
+            make = lambda net, method=method, kwargs=kwargs: make_explainer(method, net, **kwargs)  # noqa: E731
+            for row in cascading_randomization(model["network"], make, images, classes, seed=seed):
+                rows.append({"model": model["name"], "method": method, **row})
+    return rows
+
+
+def aggregate(collected: Collected, class_names: Sequence[str], seed: int = 0) -> Aggregated:
+    """Step 2: classification metrics per model; per pair, each explanation metric's mean, bootstrap
+    CI (seeded) and counts, deletion and insertion only on the images every model classifies correctly."""
+    labels = collected.labels
+    correct_all = torch.ones_like(labels, dtype=torch.bool)
+    for p in collected.probs.values():
+        correct_all &= p.argmax(dim=1) == labels
+    explained = collected.explained_class
     report: dict[str, Any] = {
-        "images": int(labels_cat.numel()),
+        "images": int(labels.numel()),
         "faithfulness_images": int(correct_all.sum()),
-        "explained_class": explained_class if explained_class is None else class_names[int(explained_class)],
-        "settings": {"topk": topk, "topk_patch": topk_patch, "topk_stride": topk_stride,
-                     "pointing_tolerance": pointing_tolerance, "deletion_patch": deletion_patch,
-                     "deletion_steps": deletion_steps, "deletion_baseline": deletion_baseline},  # fmt: skip
-        "classification": {name: _plain(classification_report(_two_columns(p), labels_cat)) for name, p in probs_cat.items()},
+        "explained_class": explained if explained is None else class_names[int(explained)],
+        "settings": dict(collected.settings),
+        "classification": {name: _plain(classification_report(p, labels)) for name, p in collected.probs.items()},
         "explanation": {},
     }
-    per_case: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    mean_curves: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for pair in pairs:
-        metrics = {name: torch.cat(parts) for name, parts in values[pair].items()}
-        for kind in ("deletion", "insertion"):
-            c = torch.cat(curves[pair][kind])
+    per_case: dict[Pair, dict[str, torch.Tensor]] = {}
+    mean_curves: dict[Pair, dict[str, list[float]]] = {}
+    for pair in collected.pairs:
+        metrics = dict(collected.values[pair])
+        mean_curves[pair] = {}
+        for kind in CURVES:
+            c = collected.curves[pair][kind]
             auc = curve_auc(c)
             metrics[f"{kind}_auc"] = torch.where(correct_all, auc, torch.full_like(auc, float("nan")))
-            mean_curves[pair] = mean_curves.get(pair, {})
             mean_curves[pair][kind] = c[correct_all].mean(0).tolist() if correct_all.any() else []
         per_case[pair] = metrics
         report["explanation"].setdefault(pair[0], {})[pair[1]] = {
             name: {**summarize(v, seed=seed), "higher_is_better": HIGHER_IS_BETTER[name]} for name, v in metrics.items()
         }
     report["curves"] = {f"{m}/{k}": v for (m, k), v in mean_curves.items()}
-    sanity = []
-    if sanity_images:
-        images = torch.cat(sanity_images).to(device)
-        classes = torch.cat(sanity_classes).to(device)
-        for model in prepared:
-            for method in model["explainers"]:
-                kwargs = model["options"].get(method, {})
-                make = lambda net, method=method, kwargs=kwargs: make_explainer(method, net, **kwargs)  # noqa: E731
-                for row in cascading_randomization(model["network"], make, images, classes, seed=seed):
-                    sanity.append({"model": model["name"], "method": method, **row})
-    report["sanity"] = sanity
-    report["seconds"] = round(time.time() - start, 1)
-    _write_outputs(output_dir, report, per_case, labels_cat, probs_cat, mean_curves, sanity, gallery, class_names, pairs)
-    logger.info("explanation report of %d images written to %s in %.1f s", report["images"], output_dir, report["seconds"])
-    print(_summary_text(report, output_dir))
-    return report
+    report["sanity"] = collected.sanity
+    return Aggregated(report, per_case, mean_curves)
 
 
-def _plain_tensor(x: Any) -> torch.Tensor:
-    """A torch.Tensor without MONAI's metadata (faster, and what the explainers expect)."""
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-
-
-def _predicted(p: torch.Tensor) -> torch.Tensor:
-    return (p[:, 0] > 0.5).long() if p.shape[1] == 1 else p.argmax(dim=1)
-
-
-def _two_columns(p: torch.Tensor) -> torch.Tensor:
-    return torch.cat([1 - p, p], dim=1) if p.shape[1] == 1 else p
-
-
-def _plain(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in report.items()}
-
-
-def _collect_gallery(gallery, limit, images, labels, masks, softcam_all, batch_maps, probs, prepared) -> None:
-    """Keep the first ``limit`` cases, preferring annotated ones (half of the places at most for the others)."""
-    for i in range(images.shape[0]):
-        if len(gallery) >= limit:
-            return
-        annotated = masks is not None and bool(masks[i].any())
-        if not annotated and sum(1 for g in gallery if not g["annotated"]) >= limit // 2:
-            continue
-        gallery.append({
-            "image": images[i].cpu(),
-            "label": int(labels[i]),
-            "mask": None if masks is None else masks[i].cpu(),
-            "annotated": annotated,
-            "softcam": None if softcam_all is None else softcam_all[i],
-            "maps": {pair: maps[i] for pair, maps in batch_maps.items()},
-            "probs": {m["name"]: probs[m["name"]][-1][i] for m in prepared},
-        })  # fmt: skip
-
-
-def _summary_text(report: dict[str, Any], output_dir: str) -> str:
-    lines = [f"explanation report ({report['images']} images; faithfulness on the {report['faithfulness_images']} "
-             f"that every model classifies correctly):"]  # fmt: skip
-    for model, cls in report["classification"].items():
-        lines.append(f"  {model}: accuracy {cls['accuracy']:.4f}, auc {cls['auc']:.4f}")
-    names = ["activation_precision", "pointing_game", "topk_precision", "deletion_auc", "insertion_auc"]
-    lines.append("  " + f"{'model / method':<32}" + "".join(f"{n:>24}" for n in names))
-    for model, methods in report["explanation"].items():
-        for method, metrics in methods.items():
-            cells = [f"{metrics[n]['mean']:.3f}" if n in metrics else "-" for n in names]
-            lines.append("  " + f"{model + ' / ' + method:<32}" + "".join(f"{c:>24}" for c in cells))
-    lines.append(f"  report: {os.path.join(output_dir, 'index.html')} ({report['seconds']} s)")
-    return "\n".join(lines)
-
-
-def _write_outputs(output_dir, report, per_case, labels, probs, mean_curves, sanity, gallery, class_names, pairs) -> None:
+def write(output_dir: str, aggregated: Aggregated, collected: Collected, class_names: Sequence[str]) -> None:
+    """Step 3: write every file of the report (see the module's description) into ``output_dir``."""
+    os.makedirs(output_dir, exist_ok=True)
+    report, per_case = aggregated.report, aggregated.per_case
     with atomic_open(os.path.join(output_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2, default=float)
     with atomic_open(os.path.join(output_dir, "report.csv"), "w", newline="") as f:
@@ -313,21 +328,80 @@ def _write_outputs(output_dir, report, per_case, labels, probs, mean_curves, san
         writer = csv.writer(f)
         names = sorted({n for metrics in per_case.values() for n in metrics})
         writer.writerow(["case", "label", "model", "method", "predicted", *names])
+        labels = collected.labels
         for (model, method), metrics in per_case.items():
-            predicted = _predicted(probs[model])
+            predicted = collected.probs[model].argmax(dim=1)
             for i in range(labels.numel()):
                 row = [float(metrics[n][i]) if n in metrics else "" for n in names]
                 writer.writerow([i, int(labels[i]), model, method, int(predicted[i]), *row])
     with atomic_open(os.path.join(output_dir, "sanity.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["model", "method", "layer", "spearman_mean", "spearman_std"])
         writer.writeheader()
-        writer.writerows(sanity)
-    _plot_curves(os.path.join(output_dir, "faithfulness.png"), mean_curves, report["settings"])
-    _plot_sanity(os.path.join(output_dir, "sanity.png"), sanity)
-    _gallery_picture(os.path.join(output_dir, "gallery.png"), gallery, class_names, pairs)
+        writer.writerows(collected.sanity)
+    _plot_curves(os.path.join(output_dir, "faithfulness.png"), aggregated.mean_curves, report["settings"])
+    _plot_sanity(os.path.join(output_dir, "sanity.png"), collected.sanity)
+    sheet = render_gallery(_gallery_cases(collected.gallery, class_names), tile=140, caption_chars=26)
+    with atomic_open(os.path.join(output_dir, "gallery.png"), "wb") as f:
+        sheet.save(f, format="PNG")
     with atomic_open(os.path.join(output_dir, "table.md"), "w") as f:
         f.write(markdown_table(report))
     _write_html(os.path.join(output_dir, "index.html"), report)
+
+
+def _plain_tensor(x: Any) -> torch.Tensor:
+    """A torch.Tensor without MONAI's metadata (faster, and what the explainers expect)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def _plain(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in report.items()}
+
+
+def _collect_gallery(gallery, limit, images, labels, masks, softcam_all, batch_maps) -> None:
+    """Keep the first ``limit`` cases, preferring annotated ones (half of the places at most for the others)."""
+    for i in range(images.shape[0]):
+        if len(gallery) >= limit:
+            return
+        annotated = masks is not None and bool(masks[i].any())
+        if not annotated and sum(1 for g in gallery if not g["annotated"]) >= limit // 2:
+            continue
+        gallery.append({
+            "image": images[i].cpu(),
+            "label": int(labels[i]),
+            "mask": None if masks is None else masks[i].cpu(),
+            "annotated": annotated,
+            "softcam": None if softcam_all is None else softcam_all[i],
+            "maps": {pair: maps[i] for pair, maps in batch_maps.items()},
+        })  # fmt: skip
+
+
+def _gallery_cases(gallery: list[dict[str, Any]], class_names: Sequence[str]) -> list[GalleryCase]:
+    """One gallery row per case: the image, SoftCAM's maps of every class (one colour scale; the
+    first SoftCAM model's), then each post-hoc method's map (each on its own scale)."""
+    cases = []
+    for case in gallery:
+        groups = []
+        if case["softcam"] is not None:
+            up = upsample_map(case["softcam"].float(), case["image"].shape[1:])
+            groups.append([(f"SoftCAM: {name}", up[c]) for c, name in enumerate(class_names)])
+        groups += [[(f"{model}: {method}", m)] for (model, method), m in case["maps"].items() if method != "softcam"]
+        cases.append(GalleryCase(case["image"], f"label: {class_names[case['label']]}", groups, case["mask"]))
+    return cases
+
+
+def _summary_text(report: dict[str, Any], output_dir: str) -> str:
+    lines = [f"explanation report ({report['images']} images; faithfulness on the {report['faithfulness_images']} "
+             f"that every model classifies correctly):"]  # fmt: skip
+    for model, cls in report["classification"].items():
+        lines.append(f"  {model}: accuracy {cls['accuracy']:.4f}, auc {cls['auc']:.4f}")
+    names = ["activation_precision", "pointing_game", "topk_precision", "deletion_auc", "insertion_auc"]
+    lines.append("  " + f"{'model / method':<32}" + "".join(f"{n:>24}" for n in names))
+    for model, methods in report["explanation"].items():
+        for method, metrics in methods.items():
+            cells = [f"{metrics[n]['mean']:.3f}" if n in metrics else "-" for n in names]
+            lines.append("  " + f"{model + ' / ' + method:<32}" + "".join(f"{c:>24}" for c in cells))
+    lines.append(f"  report: {os.path.join(output_dir, 'index.html')} ({report['seconds']} s)")
+    return "\n".join(lines)
 
 
 TABLE_METRICS = ("activation_precision", "pointing_game", "topk_precision", "deletion_auc", "insertion_auc")
@@ -348,10 +422,10 @@ def markdown_table(report: dict[str, Any], metrics: Sequence[str] = TABLE_METRIC
 
 
 def _figure():
-    import matplotlib
+    import matplotlib  # heavy: only for the report's figures
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only for the report's figures
 
     return plt
 
@@ -405,54 +479,6 @@ def _plot_sanity(path: str, sanity) -> None:
     ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
-
-
-def _gallery_picture(path: str, gallery, class_names, pairs) -> None:
-    from PIL import Image, ImageDraw
-
-    from .visualize import display_slice, overlay
-
-    rows, caption_h, tile = [], 14, 140
-    for case in gallery:
-        image = case["image"]
-        mask = case["mask"]
-        tiles, captions = [], []
-        maps_by_name = {}
-        if case["softcam"] is not None:
-            up = upsample_map(case["softcam"].float(), image.shape[1:])
-            for c, name in enumerate(class_names):
-                maps_by_name[f"SoftCAM: {name}"] = up[c]
-        for (model, method), m in case["maps"].items():
-            if method != "softcam":
-                maps_by_name[f"{model}: {method}"] = m
-        z = None
-        if image.dim() == 4:  # 3D: the slice of strongest evidence of the first map
-            z = display_slice(next(iter(maps_by_name.values()))[None]) if maps_by_name else image.shape[-1] // 2
-        def pick(x):  # noqa: E306
-            return x if z is None else x[..., z]
-        mask_np = None if mask is None else pick(mask).numpy()
-        tiles.append(overlay(pick(image), torch.zeros(pick(image).shape[1:]), mask=mask_np))
-        captions.append(f"label: {class_names[case['label']]}")
-        softcam_limit = max((float(v.abs().max()) for k, v in maps_by_name.items() if k.startswith("SoftCAM")), default=0.0)
-        for name, m in maps_by_name.items():
-            limit = softcam_limit if name.startswith("SoftCAM") else float(m.abs().max())
-            tiles.append(overlay(pick(image), pick(m), limit=limit or None, mask=mask_np))
-            captions.append(name)
-        pics = [Image.fromarray(np.ascontiguousarray(np.swapaxes(t, 0, 1))).resize((tile, tile), Image.BILINEAR) for t in tiles]
-        row = Image.new("RGB", (tile * len(pics), tile + caption_h), "white")
-        draw = ImageDraw.Draw(row)
-        for k, (pic, text) in enumerate(zip(pics, captions)):
-            row.paste(pic, (k * tile, caption_h))
-            draw.text((k * tile + 2, 1), text[:26], fill="black")
-        rows.append(row)
-    width = max((r.width for r in rows), default=tile)
-    sheet = Image.new("RGB", (width, sum(r.height + 4 for r in rows) or tile), "white")
-    y = 0
-    for row in rows:
-        sheet.paste(row, (0, y))
-        y += row.height + 4
-    with atomic_open(path, "wb") as f:
-        sheet.save(f, format="PNG")
 
 
 def _write_html(path: str, report: dict[str, Any]) -> None:

@@ -1,0 +1,274 @@
+"""The trained task: what a model classifies and how its input is prepared, saved beside the model.
+
+Training writes ``<ckpt_dir>/task.json``; evaluation, the explanation report, inference, export and
+the Slicer module read it, so a model trained with any preset runs without that preset::
+
+    python -m monai.bundle run inference --config_file bundle/configs/inference.yaml --ckpt_dir X --input_path Y
+
+The task is: the class names, spatial dims, input channels, image size, resize rule, intensity
+statistics (as used in training, ``auto`` resolved to the measured values), the architecture
+(SoftCAM or BlackBox), the backbone and its keyword arguments, and, for the record, the config
+files and command-line overrides it was trained with. It is also a valid MONAI config file whose
+top-level keys are those of the bundle configs: give it as a config file to ``python -m
+monai.bundle ckpt_export`` and it is embedded in the TorchScript export.
+
+Reading a task checks it against what the user asked for explicitly: a command-line override or a
+preset file named on the command line (not the bundle's own configs) that sets a task key to
+another value is an error naming both values. Values written as expressions (``$...``) in a preset
+are not compared. ``python -m monai.bundle`` command lines are read from ``sys.argv``; other callers
+pass their presets and overrides to :func:`explicit_values` and :meth:`Task.check`.
+
+The task file is data: nothing in it is executed. The architecture must be one of
+:data:`ARCHITECTURES`, and every value is checked for its type when read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Mapping, Sequence
+
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+
+from .bundle import bundle_cli, config_id
+from .networks import BlackBox, SoftCAM
+from .transforms import load_input, normalize_input
+from .utils import atomic_open, is_main_process
+
+__all__ = ["ARCHITECTURES", "TASK_FILE", "TASK_KEYS", "Task", "TaskError", "build_network", "explicit_values", "load_task",
+           "save_task"]
+
+TASK_FILE = "task.json"
+#: architecture name -> network class; nothing else can be named in a task file
+ARCHITECTURES = {"SoftCAM": SoftCAM, "BlackBox": BlackBox}
+#: the config keys a task holds, in the order the file lists them
+TASK_KEYS = ("class_names", "spatial_dims", "in_channels", "image_size", "resize", "intensity_mean", "intensity_std",
+             "architecture", "backbone", "backbone_kwargs")  # fmt: skip
+
+
+class TaskError(ValueError):
+    """A task file that cannot be read, or an explicit setting that contradicts it; the message names both."""
+
+
+def _floats(value: Any, key: str) -> list[float] | str:
+    if value == "auto":
+        return "auto"
+    values = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError) as err:
+        raise TaskError(f"{key} must be a number, a list of numbers or 'auto', got {value!r}") from err
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a model classifies and how its input is prepared (see the module docstring).
+
+    ``intensity_mean``/``intensity_std`` may be ``"auto"`` only before training resolves them
+    (:meth:`with_intensity`); a saved task always holds numbers.
+    """
+
+    class_names: list[str]
+    spatial_dims: int
+    in_channels: int
+    image_size: list[int]
+    resize: str = "stretch"
+    intensity_mean: list[float] | str = field(default_factory=lambda: [0.0])
+    intensity_std: list[float] | str = field(default_factory=lambda: [1.0])
+    architecture: str = "SoftCAM"
+    backbone: str = "resnet18"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    trained_with: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        if not isinstance(self.class_names, (list, tuple)) or not self.class_names:
+            raise TaskError(f"class_names must be a non-empty list, got {self.class_names!r}")
+        set_("class_names", [str(c) for c in self.class_names])
+        if self.spatial_dims not in (2, 3):
+            raise TaskError(f"spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
+        set_("spatial_dims", int(self.spatial_dims))
+        set_("in_channels", int(self.in_channels))
+        try:
+            set_("image_size", [int(s) for s in self.image_size])
+        except (TypeError, ValueError) as err:
+            raise TaskError(f"image_size must be a list of integers, got {self.image_size!r}") from err
+        if len(self.image_size) != self.spatial_dims:
+            raise TaskError(f"image_size {self.image_size} needs spatial_dims={self.spatial_dims} entries")
+        if self.resize not in ("stretch", "crop"):
+            raise TaskError(f"resize must be 'stretch' or 'crop', got {self.resize!r}")
+        set_("intensity_mean", _floats(self.intensity_mean, "intensity_mean"))
+        set_("intensity_std", _floats(self.intensity_std, "intensity_std"))
+        if self.architecture not in ARCHITECTURES:
+            raise TaskError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {self.architecture!r}")
+        if not isinstance(self.backbone, str):
+            raise TaskError(f"backbone must be a registered backbone's name, got {self.backbone!r}")
+        if not isinstance(self.backbone_kwargs, Mapping):
+            raise TaskError(f"backbone_kwargs must be a mapping, got {self.backbone_kwargs!r}")
+        set_("backbone_kwargs", dict(self.backbone_kwargs))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # ------------------------------------------------------------------ the recipes
+    def with_intensity(self, mean: Any, std: Any) -> "Task":
+        """The same task with measured intensity statistics (training's ``auto``)."""
+        return replace(self, intensity_mean=mean, intensity_std=std)
+
+    def load_input(self, resize: str | None = None) -> Compose:
+        """Read and bring to the network's grid (:func:`~monai_softcam.transforms.load_input`);
+        ``resize="none"`` keeps the input's own size (sliding window)."""
+        return load_input(self.image_size, resize or self.resize)
+
+    def normalize(self) -> Compose:
+        """Channels for the network, then ``(x - mean) / std`` (:func:`~monai_softcam.transforms.normalize_input`)."""
+        if "auto" in (self.intensity_mean, self.intensity_std):
+            raise TaskError("intensity_mean/std are still 'auto': measure them first (Task.with_intensity)")
+        return normalize_input(self.intensity_mean, self.intensity_std, self.in_channels, self.spatial_dims)
+
+    def preprocessing(self, resize: str | None = None) -> Compose:
+        """The whole deterministic preparation of every split and of inference: load, then normalise
+        (training puts its augmentations between :meth:`load_input` and :meth:`normalize`)."""
+        return Compose([self.load_input(resize), self.normalize()])
+
+    def network(self, return_maps: bool = True, pretrained: str | None = None) -> Any:
+        """A fresh network of this task (see :func:`build_network`)."""
+        return build_network(self, return_maps=return_maps, pretrained=pretrained)
+
+    # ------------------------------------------------------------------ file
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str, trained_with: Mapping[str, Any] | None = None) -> "Task":
+        """Write the task to ``path`` (JSON, atomically, main process only); returns the saved task."""
+        task = self if trained_with is None else replace(self, trained_with=dict(trained_with))
+        if "auto" in (task.intensity_mean, task.intensity_std):
+            raise TaskError("a task is saved with measured intensity statistics, not 'auto'")
+        if is_main_process():
+            with atomic_open(path, "w") as f:
+                json.dump(task.to_dict(), f, indent=2)
+                f.write("\n")
+        return task
+
+    @classmethod
+    def read(cls, path: str) -> "Task":
+        """Read a task file; a TaskError names the file and what is wrong."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                content = json.load(f)
+        except OSError as err:
+            raise TaskError(f"cannot read the task file {path}: {err}") from err
+        except ValueError as err:
+            raise TaskError(f"{path} is not a JSON task file: {err}") from err
+        if not isinstance(content, dict):
+            raise TaskError(f"{path} is not a task file (a JSON object with the keys {', '.join(TASK_KEYS)})")
+        known = {f.name for f in fields(cls)}
+        missing = [k for k in TASK_KEYS if k not in content]
+        if missing:
+            raise TaskError(f"{path} lacks the task key(s) {missing}")
+        try:
+            return cls(**{k: v for k, v in content.items() if k in known})
+        except TaskError as err:
+            raise TaskError(f"{path}: {err}") from err
+
+    # ------------------------------------------------------------------ explicit settings
+    def check(self, explicit: Mapping[str, tuple[Any, str]], source: str) -> None:
+        """Raise a TaskError for every explicit ``{key: (value, where)}`` that contradicts this task
+        (``source`` names the task file). ``auto`` intensity statistics agree with any values."""
+        problems = []
+        for key, (value, where) in explicit.items():
+            saved = getattr(self, key)
+            if key.startswith("intensity_") and value == "auto":
+                continue
+            try:
+                wanted = getattr(replace(self, **{key: value}), key)  # the same normalisation as the saved value
+            except (TaskError, TypeError, ValueError):
+                wanted = value
+            if wanted != saved:
+                problems.append(f"{where} sets {key} to {value!r}, but the trained model's {key} is {saved!r}")
+        if problems:
+            raise TaskError(
+                f"{'; '.join(problems)} ({source}). Drop the setting to use the trained model's task, "
+                "or point --ckpt_dir at a model trained with it"
+            )
+
+
+def build_network(task: Task, return_maps: bool = True, pretrained: str | None = None) -> Any:
+    """The network of ``task``: its architecture over its backbone, with one output per class.
+
+    The bundle configs' ``network_def`` is this call, so training, inference and export build the
+    same network from the same task."""
+    return ARCHITECTURES[task.architecture](
+        backbone=task.backbone,
+        spatial_dims=task.spatial_dims,
+        in_channels=task.in_channels,
+        num_classes=task.num_classes,
+        pretrained=pretrained,
+        return_maps=return_maps,
+        backbone_kwargs=task.backbone_kwargs,
+    )
+
+
+def _is_expression(value: Any) -> bool:
+    return isinstance(value, str) and value[:1] in ("$", "@", "%")
+
+
+def explicit_values(
+    presets: Sequence[str] = (), overrides: Mapping[str, Any] | None = None
+) -> dict[str, tuple[Any, str]]:
+    """``{task key: (value, where)}`` set by the preset files and overrides a user named, later
+    ones winning (as MONAI merges them). Expression values are left out."""
+    found: dict[str, tuple[Any, str]] = {}
+    for path in presets:
+        content = ConfigParser.load_config_file(path)
+        for key in TASK_KEYS:
+            if isinstance(content, dict) and key in content and not _is_expression(content[key]):
+                found[key] = (content[key], path)
+    for key, value in (overrides or {}).items():
+        key = config_id(key)
+        if key in TASK_KEYS and not _is_expression(value):
+            found[key] = (value, f"--{key} on the command line")
+    return found
+
+
+def _from_command_line() -> tuple[dict[str, tuple[Any, str]], dict[str, Any]]:
+    """(explicit task values, record of the run) of the current ``python -m monai.bundle`` command line."""
+    cli = bundle_cli(sys.argv)
+    if cli is None:
+        return {}, {}
+    files, overrides, own = cli
+    presets = [f for f in files if os.path.abspath(f) not in own]
+    record = {"config_files": [os.path.abspath(f) for f in files], "overrides": dict(overrides)}
+    return explicit_values(presets, overrides), record
+
+
+def load_task(ckpt_dir: str, explicit: Mapping[str, tuple[Any, str]] | None = None) -> Task:
+    """The task of the model in ``ckpt_dir`` (``<ckpt_dir>/task.json``), checked against the
+    explicit settings (by default those of the ``python -m monai.bundle`` command line).
+
+    Without a task file, the explicit settings must name every task key (a model trained before
+    tasks were saved, with its preset); otherwise a TaskError says to train first.
+    """
+    path = os.path.join(ckpt_dir, TASK_FILE)
+    explicit = dict(_from_command_line()[0] if explicit is None else explicit)
+    if not os.path.isfile(path):
+        missing = [k for k in TASK_KEYS if k not in explicit]
+        if missing:
+            raise TaskError(
+                f"no trained model in {ckpt_dir}: {TASK_FILE} not found. Train first (python -m monai.bundle run "
+                "training --config_file bundle/configs/train.yaml, plus your preset), or point --ckpt_dir at the "
+                "folder of a trained model; to run on your own images, also give --input_path"
+            )
+        return Task(**{k: v for k, (v, _) in explicit.items()})
+    task = Task.read(path)
+    task.check(explicit, path)
+    return task
+
+
+def save_task(task: Task, ckpt_dir: str) -> Task:
+    """Write ``task`` (with the command line it was trained with) to ``<ckpt_dir>/task.json``."""
+    return task.save(os.path.join(ckpt_dir, TASK_FILE), trained_with=_from_command_line()[1])
