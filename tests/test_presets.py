@@ -314,3 +314,27 @@ def test_preset_without_dataset_dir_names_the_key(tmp_path):
     with pytest.raises(Exception) as err:
         parser.get_parsed_content("dataset_dir")
     assert "set dataset_dir: the folder with the RSNA split CSVs" in str(err.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    "preset,augmentation",
+    [("fundus.yaml", ["RandZoomd", "RandFlipd", "RandFlipd", "RandColorJitterd", "RandRotated", "RandAffined"]),
+     ("oct.yaml", ["RandZoomd", "RandFlipd", "RandFlipd", "RandColorJitterd", "RandRotated", "RandAffined"]),
+     ("rsna.yaml", ["RandFlipd", "RandFlipd", "RandRotated", "RandColorJitterd"])],
+)  # fmt: skip
+def test_presets_reference_the_papers_optimiser_schedule_and_augmentation(preset, augmentation, tmp_path):
+    """The paper's protocol is spelled once (train.yaml's optimizers and augmentations) and the
+    presets pick it by reference: SGD with Nesterov momentum 0.9, weight decay 5e-4, the clipped
+    cosine to 1e-4 over 50 epochs, and each dataset's augmentation."""
+    parser = parse([TRAIN, os.path.join(PRESETS, preset)], str(tmp_path), tmp_path)
+    parser["network_def"] = "$torch.nn.Linear(2, 2)"  # the optimiser needs parameters, not the preset's ResNet/VGG
+    optimizer = parser.get_parsed_content("optimizer")
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (1e-3, 0.9, True, 5e-4)
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    assert (scheduler.t_max, scheduler.eta_min) == (50, 1e-4)
+    assert [type(t).__name__ for t in parser.get_parsed_content("augmentation")] == augmentation
+    demo = parse([TRAIN], str(tmp_path), tmp_path)  # the demo keeps Adam and its own flips
+    demo["network_def"] = "$torch.nn.Linear(2, 2)"
+    assert isinstance(demo.get_parsed_content("optimizer"), torch.optim.Adam)
