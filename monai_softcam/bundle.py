@@ -13,6 +13,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from .data.demo import DemoDataConfig, ensure_demo_dataset
+from .utils import ConfigError, MissingInputError
 
 __all__ = [
     "barrier",
@@ -117,7 +118,7 @@ def place_network(network: torch.nn.Module, device: torch.device | str, channels
 
 
 def check_overrides(config_files: Sequence[str], overrides: dict[str, Any]) -> None:
-    """Raise a ValueError for override ids that name no key of the merged configs (a typo would
+    """Raise a ConfigError (a ValueError) for override ids that name no key of the merged configs (a typo would
     otherwise be added silently and ignored), suggesting the closest existing keys."""
     parser = ConfigParser()
     parser.read_config(f=list(config_files))
@@ -134,7 +135,7 @@ def check_overrides(config_files: Sequence[str], overrides: dict[str, Any]) -> N
         for key in unknown:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
             hints.append(f"--{key}" + (f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""))
-        raise ValueError(
+        raise ConfigError(
             f"unknown config key(s) in the command line: {'; '.join(hints)}. "
             f"Config files: {', '.join(config_files)}"
         )
@@ -203,11 +204,11 @@ def prepare_dataset(dataset_dir: str, demo_dir: str, demo_config: Any = None) ->
 
 def required(key: str, what: str) -> None:
     """Stand-in value of a setting a preset cannot guess: raises, naming the key, unless overridden."""
-    raise ValueError(f"set {key}: {what} (e.g. --{key} /path/to/it on the command line)")
+    raise ConfigError(f"set {key}: {what} (e.g. --{key} /path/to/it on the command line)")
 
 
 def require_dir(path: str, what: str = "dataset_dir") -> str:
-    """Return ``path`` if it is an existing folder, else raise a FileNotFoundError naming the key."""
+    """Return ``path`` if it is an existing folder, else raise a MissingInputError (a FileNotFoundError) naming the key."""
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{what} does not exist or is not a folder: {path} (set it with --{what} /path)")
+        raise MissingInputError(f"{what} does not exist or is not a folder: {path} (set it with --{what} /path)")
     return path

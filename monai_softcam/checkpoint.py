@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import torch
 from ignite.handlers import DiskSaver
 
+from .utils import InputError, MissingInputError
+
 __all__ = [
     "CheckpointError",
     "StateMismatch",
@@ -45,7 +47,7 @@ DDP_PREFIX = "module."
 REPORT_LIMIT = 10
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file cannot be read, holds no state dict, or does not fit the network."""
 
 
@@ -57,12 +59,12 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         what: what the file is, for the error messages (``"weight file"``, ``"model checkpoint"``).
 
     Raises:
-        FileNotFoundError: there is no such file.
+        MissingInputError: there is no such file (a FileNotFoundError).
         CheckpointError: the file is not a PyTorch file that ``weights_only`` loading accepts.
     """
     path = os.fspath(path) if path else ""
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path or '(no path given)'}")
+        raise MissingInputError(f"{what} not found: {path or '(no path given)'}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated zips, objects weights_only refuses

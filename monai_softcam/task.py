@@ -36,7 +36,7 @@ from monai.transforms import Compose
 from .bundle import bundle_cli, config_id
 from .networks import BlackBox, SoftCAM
 from .transforms import load_input, normalize_input
-from .utils import atomic_open, is_main_process
+from .utils import ConfigError, atomic_open, is_main_process
 
 __all__ = ["ARCHITECTURES", "TASK_FILE", "TASK_KEYS", "Task", "TaskError", "build_network", "explicit_values", "load_task",
            "save_task"]
@@ -49,7 +49,7 @@ TASK_KEYS = ("class_names", "spatial_dims", "in_channels", "image_size", "resize
              "architecture", "backbone", "backbone_kwargs")  # fmt: skip
 
 
-class TaskError(ValueError):
+class TaskError(ConfigError):
     """A task file that cannot be read, or an explicit setting that contradicts it; the message names both."""
 
 

@@ -22,9 +22,9 @@ from monai.transforms import (
     Transform,
 )
 
-from .data.readers import default_readers, image_stem, reader_for
+from .data.readers import default_readers, image_stem, quiet_reader_setup, reader_for
 from .networks.outputs import upsample_map
-from .utils import atomic_open
+from .utils import ConfigError, InputError, atomic_open
 from .visualize import evidence_gallery
 
 __all__ = [
@@ -52,7 +52,11 @@ def _source(data: Mapping[Hashable, Any], key: Hashable) -> str:
 class ReadImaged(LoadImaged):
     """``LoadImaged`` (``image_only``) that picks each file's reader by its name (:func:`reader_for`)
     and whose failures name the file: a missing, corrupt or unsupported image raises
-    ``ValueError("cannot read image file <path>: ...")``."""
+    ``InputError("cannot read image file <path>: ...")`` (a ValueError)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with quiet_reader_setup():
+            super().__init__(*args, **kwargs)
 
     def __call__(self, data, reader=None):  # type: ignore[override]
         d = dict(data)
@@ -61,7 +65,7 @@ class ReadImaged(LoadImaged):
             try:
                 d[key] = self._loader(path, reader or reader_for(self._loader, path))
             except Exception as err:
-                raise ValueError(f"cannot read image file {path}: {err}") from err
+                raise InputError(f"cannot read image file {path}: {err}") from err
         return d
 
 
@@ -72,7 +76,7 @@ class AdaptChannelsd(MapTransform):
     * an RGBA image: the alpha channel is dropped;
     * ``channels`` 1 and an RGB image: converted to grey (channel mean) only if ``allow_rgb_to_grey``.
 
-    Anything else raises a ValueError naming the file and both channel counts.
+    Anything else raises an InputError (a ValueError) naming the file and both channel counts.
     """
 
     def __init__(self, keys: KeysCollection, channels: int, allow_rgb_to_grey: bool = False) -> None:
@@ -94,7 +98,7 @@ class AdaptChannelsd(MapTransform):
             elif have == 3 and self.channels == 1 and self.allow_rgb_to_grey:
                 img = img.mean(dim=0, keepdim=True)
             else:
-                raise ValueError(
+                raise InputError(
                     f"{_source(data, key)}: image has {have} channel(s) but the network expects {self.channels}"
                 )
             d[key] = img
@@ -107,7 +111,7 @@ class BoxesToMaskd(MapTransform):
 
     Placed right after loading, before any resizing, so that the mask then follows the image
     through every spatial transform. Every item gets a mask (empty without boxes), and the boxes
-    key is removed. A box reaching outside the image raises a ValueError naming the file.
+    key is removed. A box reaching outside the image raises an InputError (a ValueError) naming the file.
     """
 
     def __init__(self, keys: KeysCollection = "boxes", image_key: str = "image", mask_key: str = "mask") -> None:
@@ -124,7 +128,7 @@ class BoxesToMaskd(MapTransform):
             if self.mask_key in d:
                 mask = torch.as_tensor(d[self.mask_key]) > 0
                 if tuple(mask.shape[1:]) != spatial:
-                    raise ValueError(
+                    raise InputError(
                         f"{_source(d, self.mask_key)}: mask of size {tuple(mask.shape[1:])} does not match "
                         f"the image {_source(d, self.image_key)} of size {spatial}"
                     )
@@ -134,7 +138,7 @@ class BoxesToMaskd(MapTransform):
             for box in boxes:
                 x, y, w, h = (float(v) for v in box)
                 if x + w > spatial[0] + 0.5 or y + h > spatial[1] + 0.5:
-                    raise ValueError(
+                    raise InputError(
                         f"{_source(d, self.image_key)}: box [x={x:g}, y={y:g}, width={w:g}, height={h:g}] "
                         f"lies outside the image of {spatial[0]} x {spatial[1]} pixels"
                     )
@@ -167,7 +171,7 @@ def load_input(
     """
     size = [int(s) for s in image_size]
     if resize not in ("stretch", "crop", "none"):
-        raise ValueError(f"resize must be 'stretch', 'crop' or 'none', got {resize!r}")
+        raise ConfigError(f"resize must be 'stretch', 'crop' or 'none', got {resize!r}")
     keys = [image_key, mask_key]
     modes = ["bilinear" if len(size) == 2 else "trilinear", "nearest"]
     steps: list[Transform] = [
@@ -202,7 +206,7 @@ class FitToSized(MapTransform, InvertibleTransform):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if fit not in ("stretch", "crop"):
-            raise ValueError(f"resize must be 'stretch' or 'crop', got {fit!r}")
+            raise ConfigError(f"resize must be 'stretch' or 'crop', got {fit!r}")
         self.spatial_size = [int(s) for s in spatial_size]
         self.fit = fit
         self.mode = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)

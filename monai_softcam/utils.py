@@ -1,15 +1,77 @@
-"""Small shared helpers: atomic file writes and rank checks."""
+"""Small shared helpers: atomic file writes, rank checks, and the user errors."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from typing import IO, Any, Iterator
 
 import torch.distributed as dist
 
-__all__ = ["atomic_open", "is_main_process"]
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "MissingInputError",
+    "UserError",
+    "atomic_open",
+    "find_user_error",
+    "install_error_hook",
+    "is_main_process",
+]
+
+
+class UserError(Exception):
+    """A mistake in what the user gave (a file, a CSV row, a config key, a checkpoint): the message
+    names the culprit, says what is wrong and what to do. Uncaught, it is printed once more as the
+    last lines of the output, below the wrappers MONAI puts around it (:func:`install_error_hook`)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config key or value that cannot work (unknown key, contradicting setting, missing value)."""
+
+
+class InputError(UserError, ValueError):
+    """A data file, CSV row or checkpoint that cannot be used as it is."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A file or folder the user named (or that a setting implies) does not exist."""
+
+
+def find_user_error(error: BaseException | None) -> UserError | None:
+    """The :class:`UserError` in ``error``'s chain (``raise ... from``, or raised while handling),
+    e.g. under MONAI's ``RuntimeError: Failed to evaluate ConfigExpression``; None if there is none."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def install_error_hook() -> None:
+    """Make an uncaught exception that carries a :class:`UserError` end with that error's message.
+
+    The traceback is printed as before (Python's hook, or whichever was installed), then
+    ``error: <message>`` as the last lines, so that a mistake in a bundle run is not buried under
+    the config-expression and transform wrappers. Other exceptions are left as they are.
+    Installed once, when ``monai_softcam`` is imported."""
+    if getattr(sys.excepthook, "monai_softcam", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
+        previous(kind, error, traceback)
+        user_error = find_user_error(error)
+        if user_error is not None and user_error is not error:
+            sys.stderr.write(f"\nerror: {user_error}\n")
+            sys.stderr.flush()
+
+    hook.monai_softcam = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 @contextlib.contextmanager

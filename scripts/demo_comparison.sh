@@ -2,7 +2,7 @@
 # The demo comparison of the README: trains SoftCAM (sparse, dense) and the black box with the same
 # backbone and budget on the built-in demo data, then writes the explanation report comparing
 # SoftCAM's maps with Grad-CAM, Grad-CAM++ and occlusion on the black box.
-#   bash scripts/demo_comparison.sh [OUTPUT_DIR]     (default: comparison/; about 30 min on 2 CPU cores)
+#   bash scripts/demo_comparison.sh [OUTPUT_DIR]     (default: comparison/; about 16 min on 2 CPU cores)
 set -euo pipefail
 # shellcheck source=scripts/setup_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"

@@ -40,6 +40,11 @@ def bundle(run_id, configs, *overrides, check=True, timeout=600):
     return proc
 
 
+def last_line(text):
+    """The last non-empty line of a command's output: what the user reads first."""
+    return [line for line in text.splitlines() if line.strip()][-1]
+
+
 def train(root, *overrides, check=True):
     return bundle("training", [TRAIN, TINY], "--bundle_root", str(root), *overrides, check=check)
 
@@ -244,6 +249,7 @@ def test_checkpoint_of_another_network_is_refused_by_name(trained, tmp_path):
         assert proc.returncode != 0
         assert f"checkpoint {other} does not fit the network SoftCAM(backbone=resnet18" in proc.stderr
         assert expected in proc.stderr
+        assert last_line(proc.stderr).startswith(f"error: checkpoint {other} does not fit")  # the culprit last
 
 
 def test_override_or_preset_contradicting_the_trained_task_is_refused_by_name(trained):
@@ -251,7 +257,7 @@ def test_override_or_preset_contradicting_the_trained_task_is_refused_by_name(tr
     proc = bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root), "--class_names", "['a','b','c']", check=False)
     assert proc.returncode != 0
     assert ("--class_names on the command line sets class_names to ['a', 'b', 'c'], but the trained model's class_names "
-            "is ['no_lesion', 'lesion']") in proc.stderr  # fmt: skip
+            "is ['no_lesion', 'lesion']") in last_line(proc.stderr)  # fmt: skip
     oct_preset = os.path.join(REPO_ROOT, "configs", "oct.yaml")
     proc = bundle("inference", [INFERENCE, oct_preset], "--bundle_root", str(root), "--dataset_dir", str(root / "data" / "demo"),
                   "--input_path", str(root / "data" / "demo" / "images"), check=False)  # fmt: skip
@@ -263,20 +269,51 @@ def test_override_or_preset_contradicting_the_trained_task_is_refused_by_name(tr
            "--output_dir", str(root / "eval" / "again"))  # fmt: skip
 
 
+def test_exports_and_the_slicer_module_read_the_trained_task(trained, tmp_path):
+    """A model trained with the tiny preset (32 px, not the configs' 96 px): the ONNX export, the
+    TorchScript export (task embedded) and SoftCAMLib read its task; no preset is repeated."""
+    pytest.importorskip("onnxruntime", reason="the ONNX extra: pip install 'monai_softcam[onnx]'")
+    root, _ = trained
+    folder = tmp_path / "bundle"  # a bundle folder (configs/ + models/) as the Slicer module opens it
+    shutil.copytree(CONFIGS, folder / "configs")
+    shutil.copytree(root / "models", folder / "models")
+    configs, models = folder / "configs", folder / "models"
+    proc = bundle("export_onnx", [str(configs / "inference.yaml"), str(configs / "export.yaml")])
+    assert f"wrote {models / 'model.onnx'}" in proc.stdout
+    from monai_softcam.export import run_onnx
+
+    assert run_onnx(models / "model.onnx", torch.zeros(2, 1, 32, 32))["evidence_maps"].shape == (2, 2, 4, 4)
+    ts = models / "model.ts"
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", str(ts),
+           "--ckpt_file", str(models / "model.pt"), "--meta_file", str(configs / "metadata.json"),
+           "--config_file", repr([str(configs / "inference.yaml"), str(models / "task.json")])]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sys.path.insert(0, os.path.join(REPO_ROOT, "slicer_extension", "SoftCAM"))
+    from SoftCAMLib import BundleError, BundleInfo
+
+    for source in (folder, ts):
+        info = BundleInfo.read(str(source))
+        assert (info.image_size, info.class_names, info.spatial_dims) == ([32, 32], ["no_lesion", "lesion"], 2), source
+    with pytest.raises(BundleError, match="sets image_size to \\[496, 496\\], but the trained model's image_size is \\[32, 32\\]"):
+        BundleInfo.read(str(folder), [os.path.join(REPO_ROOT, "configs", "oct.yaml")])
+
+
 def test_inference_before_training_says_to_train_first(tmp_path):
     proc = bundle("inference", [INFERENCE], "--bundle_root", str(tmp_path / "fresh"), check=False)
     assert proc.returncode != 0
-    assert f"no trained model in {tmp_path / 'fresh' / 'models'}: task.json not found. Train first" in proc.stderr
+    assert last_line(proc.stderr).startswith(f"error: no trained model in {tmp_path / 'fresh' / 'models'}: task.json not found. Train first")
     assert "--input_path" in proc.stderr
 
 
 def test_missing_dataset_dir_and_unknown_key(tmp_path):
     proc = train(tmp_path / "b", "--dataset_dir", str(tmp_path / "nope"), check=False)
     assert proc.returncode != 0
-    assert f"dataset_dir does not exist or is not a folder: {tmp_path / 'nope'}" in proc.stderr
+    assert last_line(proc.stderr) == (
+        f"error: dataset_dir does not exist or is not a folder: {tmp_path / 'nope'} (set it with --dataset_dir /path)")
     proc = train(tmp_path / "b", "--epoch", "3", check=False)
     assert proc.returncode != 0
-    assert "unknown config key(s) in the command line: --epoch (did you mean --epochs" in proc.stderr
+    assert "unknown config key(s) in the command line: --epoch (did you mean --epochs" in last_line(proc.stderr)
     assert not os.path.exists(tmp_path / "b" / "models")
 
 
@@ -288,17 +325,27 @@ def test_unreadable_image_is_named_and_leaves_no_report(trained, tmp_path):
     bad.write_bytes(b"this is not a png")
     proc = train(copy, check=False)
     assert proc.returncode != 0
-    assert "unreadable image (" in proc.stderr and str(bad) in proc.stderr
+    assert "unreadable image (" in proc.stderr and str(bad) in last_line(proc.stderr)
     assert not os.path.exists(copy / "eval" / "metrics_val.json")
-    # inference over a folder with that file: no predictions CSV that would look complete
+    # inference over a folder with that file and good ones: stops before writing anything, naming it
     folder = tmp_path / "inputs"
     folder.mkdir()
     shutil.copy(bad, folder / "bad.png")
+    for name in ("demo_00001.png", "demo_00002.png"):
+        shutil.copy(copy / "data" / "demo" / "images" / name, folder / name)
     out = tmp_path / "out"
     proc = bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", str(folder),
                   "--output_dir", str(out), check=False)  # fmt: skip
-    assert proc.returncode != 0 and "cannot read image file" in proc.stderr
-    assert not os.path.exists(out / "predictions.csv")
+    assert proc.returncode != 0 and "1 problem(s) in the inference input" in proc.stderr
+    assert last_line(proc.stderr).strip().startswith(f"inference input {folder / 'bad.png'}: unreadable image (")
+    assert not os.path.exists(out)  # no map, no predictions: nothing that would look complete
+    # with skip_bad: the good inputs are run, the bad one is listed
+    proc = bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", str(folder),
+                  "--output_dir", str(out), "--skip_bad", "true")  # fmt: skip
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert sorted(os.path.basename(r["image"]) for r in rows) == ["demo_00001.png", "demo_00002.png"]
+    skipped = list(csv.DictReader(open(out / "skipped_inference.csv")))
+    assert [os.path.basename(r["image"]) for r in skipped] == ["bad.png"] and "unreadable image" in skipped[0]["problem"]
 
 
 def test_inference_config_matches_training_config():

@@ -226,3 +226,33 @@ def test_overlay_colours_signed_evidence():
     assert (rgb[3, 0] == 0).all()  # zero evidence leaves the (black) image as it is
     picture = evidence_gallery([image, image], [evidence[None].repeat(2, 1, 1)] * 2, ["a", "b"], cases_per_row=2, tile=32)
     assert picture.size[0] == 2 * 3 * 32 + 6
+
+
+def test_a_user_error_under_wrappers_is_printed_last(capsys, monkeypatch):
+    """MONAI wraps a failing config expression in RuntimeError('Failed to evaluate ...'): the hook
+    prints the traceback as before, then the user's error as the last line; other errors are left alone."""
+    import sys
+
+    from monai_softcam.utils import ConfigError, find_user_error, install_error_hook
+
+    printed = []
+    monkeypatch.setattr(sys, "excepthook", lambda kind, err, tb: printed.append(kind))
+    install_error_hook()
+    install_error_hook()  # once only
+    try:
+        try:
+            raise ConfigError("unknown config key(s) in the command line: --epoch (did you mean --epochs?)")
+        except ConfigError as err:
+            raise RuntimeError("Failed to evaluate ConfigExpression: '$check_cli_overrides()'") from err
+    except RuntimeError as wrapped:
+        assert isinstance(find_user_error(wrapped), ConfigError)
+        sys.excepthook(type(wrapped), wrapped, wrapped.__traceback__)
+    assert printed == [RuntimeError]  # the previous hook still prints the traceback
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines[-1] == "error: unknown config key(s) in the command line: --epoch (did you mean --epochs?)"
+    try:
+        raise RuntimeError("a bug, not a user error")
+    except RuntimeError as plain:
+        assert find_user_error(plain) is None
+        sys.excepthook(type(plain), plain, plain.__traceback__)
+    assert capsys.readouterr().err == ""

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..utils import atomic_open
 from .datalist import SPLITS, CSVDataSpec, DataListError, Problem
-from .readers import default_readers, reader_for
+from .readers import default_readers, quiet_reader_setup, reader_for
 
 __all__ = ["check_data", "load_check_settings"]
 
@@ -84,7 +84,8 @@ def check_data(
     """Check the splits described by ``configs`` under ``dataset_dir``; print a report; return the number of problems."""
     spec, class_names, spatial_dims = load_check_settings(configs, dataset_dir)
     num_classes = len(class_names) or None
-    loader = LoadImage(reader=default_readers(spatial_dims), image_only=True, ensure_channel_first=True)
+    with quiet_reader_setup():
+        loader = LoadImage(reader=default_readers(spatial_dims), image_only=True, ensure_channel_first=True)
 
     def reader(path: str) -> Any:  # each file read by the reader its name calls for, no other tried
         return loader(path, reader_for(loader, path))

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from ..utils import atomic_open
+from ..utils import InputError, atomic_open
 from .readers import IMAGE_EXTENSIONS, dicom_series, image_stem, is_dicom_file, probe_image
 
 __all__ = [
@@ -40,7 +40,7 @@ logger = logging.getLogger("monai_softcam")
 SPLITS = ("train", "val", "test")
 
 
-class DataListError(ValueError):
+class DataListError(InputError):
     """A CSV or folder cannot be turned into a data list; the message names the file, row and column."""
 
 
@@ -348,7 +348,14 @@ def read_csv_datalist(
     return spec.datalist("train", root, num_classes=num_classes)
 
 
-def list_images(source: str, data_root: str | None = None, spec: CSVDataSpec | None = None) -> list[dict[str, Any]]:
+def list_images(
+    source: str,
+    data_root: str | None = None,
+    spec: CSVDataSpec | None = None,
+    check_images: bool = False,
+    skip_bad: bool = False,
+    report_dir: str | None = None,
+) -> list[dict[str, Any]]:
     """Data list for inference from a folder (its image files, sorted, not recursive; a folder
     holding one DICOM series of several slices is that one volume), a CSV or one image file.
 
@@ -360,7 +367,34 @@ def list_images(source: str, data_root: str | None = None, spec: CSVDataSpec | N
     and boxes are not needed and not read; rows sharing ``spec.group_column`` are one image), so a
     preset's test CSV works as inference input unchanged. Its paths resolve under
     ``data_root/spec.image_root`` (``data_root`` defaults to the CSV's folder).
+
+    With ``check_images``, every input must exist and its header must read (as training checks its
+    splits), before anything is run or written: any problem raises :class:`DataListError` listing
+    them all; with ``skip_bad`` the bad inputs are left out instead and listed in
+    ``<report_dir>/skipped_inference.csv``.
     """
+    items = _inference_inputs(source, data_root, spec)
+    if not check_images:
+        return items
+    problems = []
+    for item in tqdm(items, desc="checking inputs", unit="file", disable=None if len(items) > 2000 else True):
+        message = "" if os.path.exists(item["image"]) else "file not found"
+        message = message or probe_image(item["image"])
+        if message:
+            problems.append(Problem(f"inference input {item['image']}", message, item["image"]))
+    if not problems:
+        return items
+    good = [item for item in items if item["image"] not in {p.image for p in problems}]
+    if not skip_bad or not good:
+        hint = "" if skip_bad else " (fix or remove them, or set skip_bad to leave them out)"
+        raise _problems_error(problems, f"the inference input {source}{hint}")
+    report = write_skipped_report(problems, report_dir or os.path.dirname(os.path.abspath(source)), "inference")
+    logger.warning("skip_bad: %d of %d input(s) left out; each is listed in %s", len(problems), len(items), report)
+    return good
+
+
+def _inference_inputs(source: str, data_root: str | None, spec: CSVDataSpec | None) -> list[dict[str, Any]]:
+    """The inputs of :func:`list_images`, unchecked."""
     if os.path.isdir(source):
         folder = os.path.abspath(source)
         names, dicoms = [], 0

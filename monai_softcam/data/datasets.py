@@ -11,7 +11,7 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from tqdm import tqdm
 
-from ..utils import atomic_open, is_main_process
+from ..utils import MissingInputError, atomic_open, is_main_process
 
 __all__ = ["CACHE_MODES", "intensity_stats", "make_dataset", "resolve_intensity_stats"]
 
@@ -83,7 +83,7 @@ def resolve_intensity_stats(
         return mean, std
     if data is None or load is None:
         if not os.path.isfile(stats_file):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"intensity_mean/std are 'auto' but {stats_file} does not exist: train first, or give the values"
             )
         with open(stats_file) as f:

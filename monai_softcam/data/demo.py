@@ -42,6 +42,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..utils import InputError
+
 __all__ = ["DemoDataConfig", "DemoSample", "ensure_demo_dataset", "generate_demo_dataset", "render_sample"]
 
 SPLITS = ("train", "val", "test")
@@ -291,7 +293,7 @@ def ensure_demo_dataset(out_dir: str, config: DemoDataConfig | None = None, prog
     except (OSError, ValueError):
         found = None
     if found != _fingerprint(config):
-        raise ValueError(
+        raise InputError(
             f"{out_dir} exists but does not hold the demo data for these parameters "
             f"(its {os.path.basename(manifest)} is missing or differs); remove it or choose another folder"
         )

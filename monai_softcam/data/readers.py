@@ -23,9 +23,12 @@ it is the one list of image formats of the package (:func:`~monai_softcam.data.l
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
-from typing import Any, Sequence
+import warnings
+from typing import Any, Iterator, Sequence
 
 import nibabel
 import numpy as np
@@ -43,6 +46,7 @@ __all__ = [
     "image_stem",
     "is_dicom_file",
     "probe_image",
+    "quiet_reader_setup",
     "reader_for",
 ]
 
@@ -269,6 +273,22 @@ class DicomReader(ImageReader):
 def default_readers(spatial_dims: int = 2) -> list[ImageReader]:
     """The readers the preprocessing puts before MONAI's defaults (NIfTI and anything else)."""
     return [DicomSeriesReader(spatial_dims=spatial_dims), DicomReader(spatial_dims=spatial_dims), SimpleITKReader()]
+
+
+@contextlib.contextmanager
+def quiet_reader_setup() -> Iterator[None]:
+    """Silence the two messages MONAI prints when it builds its nvImageCodec DICOM reader on a machine
+    without nvImageCodec (a GPU decoder this package does not use; every ``LoadImage`` builds all of
+    MONAI's readers). Nothing else is silenced."""
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
+            yield
+    finally:
+        plugin_log.setLevel(level)
 
 
 def reader_for(loader: Any, path: Any) -> Any:
