@@ -32,6 +32,12 @@ setup(
         "numpy>=1.24",
         "nibabel>=5.0",
         "pydicom>=2.4",
+        # pydicom's decoder plugins for compressed DICOM (JPEG baseline/extended/lossless and JPEG-LS:
+        # libjpeg, GPLv3; JPEG 2000: openjpeg; RLE: rle, faster than pydicom's own), all binary wheels
+        "pylibjpeg>=2.0",
+        "pylibjpeg-libjpeg>=2.1",
+        "pylibjpeg-openjpeg>=2.2",
+        "pylibjpeg-rle>=2.0",
         "SimpleITK>=2.2",
         "pyyaml>=6.0",
         "fire>=0.5",
@@ -43,6 +49,7 @@ setup(
     ],
     # captum: Integrated Gradients as an extra post-hoc baseline (the tests use it too)
     # onnx: ONNX export (torch.export-based exporter: onnx + onnxscript) and its check (onnxruntime)
-    extras_require={"captum": CAPTUM, "onnx": ONNX, "test": ["pytest>=7.0", *CAPTUM, *ONNX]},
+    # test: pyjpegls encodes the JPEG-LS files of the DICOM transfer-syntax tests
+    extras_require={"captum": CAPTUM, "onnx": ONNX, "test": ["pytest>=7.0", "pyjpegls>=1.3", *CAPTUM, *ONNX]},
     entry_points={"console_scripts": ["monai-softcam=monai_softcam.__main__:main"]},
 )

@@ -21,6 +21,7 @@ def write_dicom(
     intercept: float | None = None,
     spacing: tuple[float, float] = (0.14, 0.14),
     signed: bool = False,
+    modality: str = "CR",
 ) -> str:
     """A single-frame DICOM file; ``pixels`` is (rows, cols) or (rows, cols, 3) as stored."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -34,7 +35,7 @@ def write_dicom(
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
+    ds.Modality = modality
     ds.PatientID = os.path.splitext(os.path.basename(path))[0]
     ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
     ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
