@@ -31,7 +31,7 @@ setup(
         "pytorch-ignite>=0.4.11",
         "numpy>=1.24",
         "nibabel>=5.0",
-        "pydicom>=2.4",
+        "pydicom>=3.0",  # pydicom.pixels: decoder plugins, LUTs
         # pydicom's decoder plugins for compressed DICOM (JPEG baseline/extended/lossless and JPEG-LS:
         # libjpeg, GPLv3; JPEG 2000: openjpeg; RLE: rle, faster than pydicom's own), all binary wheels
         "pylibjpeg>=2.0",

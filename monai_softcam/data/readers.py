@@ -48,6 +48,8 @@ from typing import Any, Iterator, Sequence
 import nibabel
 import numpy as np
 import pydicom
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
 
@@ -368,8 +370,6 @@ def dicom_intensities(ds: Any, pixels: np.ndarray, window: bool = False) -> np.n
     3. ``MONOCHROME1`` (larger values darker) is inverted to look like ``MONOCHROME2``. Colour
        (RGB; YBR converted by pydicom; PALETTE COLOR through its palette) is mapped by its bits.
     """
-    from pydicom.pixels import apply_color_lut, apply_modality_lut  # pydicom's LUT functions
-
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     bits = int(getattr(ds, "BitsStored", 8 * pixels.dtype.itemsize) or 8 * pixels.dtype.itemsize)
     signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
@@ -502,11 +502,7 @@ def _transfer_syntax(ds: Any) -> tuple[str, str]:
 
 def _decoder_missing(uid: str) -> bool | None:
     """True when pydicom has a decoder for ``uid`` but none of its plugins is installed, False when
-    one is, None when pydicom has no decoder for it at all (or is too old to tell)."""
-    try:
-        from pydicom.pixels import get_decoder  # pydicom >= 3
-    except ImportError:
-        return False if uid in DICOM_DECODERS else None
+    one is, None when pydicom has no decoder for it at all."""
     try:
         return not get_decoder(pydicom.uid.UID(uid)).is_available
     except (NotImplementedError, ValueError):
@@ -544,8 +540,6 @@ def _decode_fixed_sequential_jpeg(ds: Any) -> np.ndarray | None:
     """The pixels of a JPEG baseline/extended ``ds`` whose scan headers needed
     :func:`_sequential_scans_fixed`, decoded again; None if that does not apply or does not help."""
     import copy
-
-    from pydicom.encaps import encapsulate, generate_frames
 
     try:
         frames = list(generate_frames(ds.PixelData, number_of_frames=int(getattr(ds, "NumberOfFrames", 1) or 1)))
