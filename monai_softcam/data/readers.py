@@ -710,10 +710,11 @@ class DicomReader(ImageReader):
         return affine
 
 
-def default_readers(spatial_dims: int = 2, frame: int | None = None) -> list[ImageReader]:
+def default_readers(spatial_dims: int = 2, frame: int | None = None, window: bool = False) -> list[ImageReader]:
     """The readers the preprocessing puts before MONAI's defaults (NIfTI and anything else);
-    ``frame``: the frame 2D configs take from multi-frame DICOM files (:class:`DicomReader`)."""
-    dicom = DicomReader(spatial_dims=spatial_dims, frame=frame)
+    ``frame``: the frame 2D configs take from multi-frame DICOM files, ``window``: DICOM files map
+    to [0, 1] through their VOI LUT/window (:class:`DicomReader`)."""
+    dicom = DicomReader(spatial_dims=spatial_dims, frame=frame, window=window)
     return [DicomSeriesReader(spatial_dims=spatial_dims), dicom, SimpleITKReader()]
 
 
