@@ -35,7 +35,7 @@ from monai.transforms import Compose
 
 from .bundle import bundle_cli, config_id
 from .networks import BlackBox, SoftCAM
-from .transforms import load_input, normalize_input
+from .transforms import load_input, normalize_input, preprocessing
 from .utils import ConfigError, atomic_open, is_main_process
 
 __all__ = ["ARCHITECTURES", "TASK_FILE", "TASK_KEYS", "Task", "TaskError", "build_network", "explicit_values", "load_task",
@@ -124,16 +124,21 @@ class Task:
         ``resize="none"`` keeps the input's own size (sliding window)."""
         return load_input(self.image_size, resize or self.resize)
 
-    def normalize(self) -> Compose:
-        """Channels for the network, then ``(x - mean) / std`` (:func:`~monai_softcam.transforms.normalize_input`)."""
+    def _intensity(self) -> tuple[list[float], list[float]]:
         if "auto" in (self.intensity_mean, self.intensity_std):
             raise TaskError("intensity_mean/std are still 'auto': measure them first (Task.with_intensity)")
-        return normalize_input(self.intensity_mean, self.intensity_std, self.in_channels, self.spatial_dims)
+        return self.intensity_mean, self.intensity_std  # type: ignore[return-value]
+
+    def normalize(self) -> Compose:
+        """Channels for the network, then ``(x - mean) / std`` (:func:`~monai_softcam.transforms.normalize_input`)."""
+        return normalize_input(*self._intensity(), self.in_channels, self.spatial_dims)
 
     def preprocessing(self, resize: str | None = None) -> Compose:
-        """The whole deterministic preparation of every split and of inference: load, then normalise
-        (training puts its augmentations between :meth:`load_input` and :meth:`normalize`)."""
-        return Compose([self.load_input(resize), self.normalize()])
+        """The whole deterministic preparation of every split and of inference
+        (:func:`~monai_softcam.transforms.preprocessing`: load, then normalise; training puts its
+        augmentations between :meth:`load_input` and :meth:`normalize`)."""
+        mean, std = self._intensity()
+        return preprocessing(self.image_size, self.in_channels, mean, std, resize or self.resize)
 
     def network(self, return_maps: bool = True, pretrained: str | None = None) -> Any:
         """A fresh network of this task (see :func:`build_network`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TESTS_DIR
 from data_helpers import write_dicom_series
-from test_bundle import CONFIGS, EVALUATE, INFERENCE, TRAIN, bundle
+from test_bundle import CONFIGS, EVALUATE, INFERENCE, TRAIN, bundle, torchscript_export
 
 from monai_softcam.data import DicomSeriesReader, list_images
 from monai_softcam.inferers import EvidenceSlidingWindowInferer
@@ -83,17 +84,8 @@ def test_3d_preset_trains_evaluates_and_infers_with_the_volumes_geometry(tmp_pat
     models = os.path.join(root, "models")
     bundle("export_onnx", [INFERENCE, os.path.join(CONFIGS, "export.yaml")], "--bundle_root", root)
     assert os.path.isfile(os.path.join(models, "model.onnx"))
-    import subprocess
-    import sys
-
-    from test_bundle import _env
-
     ts = os.path.join(models, "model.ts")
-    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", ts,
-               "--ckpt_file", os.path.join(models, "model.pt"), "--meta_file", os.path.join(CONFIGS, "metadata.json"),
-               "--config_file", repr([INFERENCE, os.path.join(models, "task.json")]), "--bundle_root", root]  # fmt: skip
-    proc = subprocess.run(command, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchscript_export(ts, models, INFERENCE, os.path.join(CONFIGS, "metadata.json"), "--bundle_root", root)
     sys.path.insert(0, os.path.join(REPO_ROOT, "slicer_extension", "SoftCAM"))
     from SoftCAMLib import BundleInfo
 

@@ -40,6 +40,16 @@ def bundle(run_id, configs, *overrides, check=True, timeout=600):
     return proc
 
 
+def torchscript_export(ts, models, inference, meta_file, *overrides):
+    """The documented TorchScript export (MONAI's ``ckpt_export``) of ``models/model.pt``, with the
+    trained task ``models/task.json`` embedded; fails the test with the output if it fails."""
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", str(ts),
+           "--ckpt_file", os.path.join(models, "model.pt"), "--meta_file", str(meta_file),
+           "--config_file", repr([str(inference), os.path.join(models, "task.json")]), *overrides]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def last_line(text):
     """The last non-empty line of a command's output: what the user reads first."""
     return [line for line in text.splitlines() if line.strip()][-1]
@@ -284,11 +294,7 @@ def test_exports_and_the_slicer_module_read_the_trained_task(trained, tmp_path):
 
     assert run_onnx(models / "model.onnx", torch.zeros(2, 1, 32, 32))["evidence_maps"].shape == (2, 2, 4, 4)
     ts = models / "model.ts"
-    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", str(ts),
-           "--ckpt_file", str(models / "model.pt"), "--meta_file", str(configs / "metadata.json"),
-           "--config_file", repr([str(configs / "inference.yaml"), str(models / "task.json")])]  # fmt: skip
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchscript_export(ts, str(models), configs / "inference.yaml", configs / "metadata.json")
     sys.path.insert(0, os.path.join(REPO_ROOT, "slicer_extension", "SoftCAM"))
     from SoftCAMLib import BundleError, BundleInfo
 

@@ -236,9 +236,7 @@ class CSVDataSpec:
         if check_images and files:
             files = tqdm(files, desc=f"checking {split} images", unit="file", disable=None if len(files) > 2000 else True)
         for item, k in files:
-            message = "" if os.path.exists(item[k]) else "file not found"
-            if not message and check_images:
-                message = probe_image(item[k])
+            message = _file_problem(item[k], check_images)
             if message:
                 problems.append(Problem(f"{csv_path} row {item['row']}", f"{message}: {item[k]}", item["image"]))
                 bad_images.add(item["image"])
@@ -273,17 +271,34 @@ class CSVDataSpec:
         items, problems = self.scan(split, dataset_dir, num_classes, check_images)
         if not annotations:
             items = [{k: v for k, v in item.items() if k not in ("mask", "boxes")} for item in items]
-        if not problems:
-            return items
-        if not skip_bad or not items:
-            hint = "" if skip_bad else " (fix them, or set skip_bad to leave those images out)"
-            raise _problems_error(problems, f"the {split} split{hint}")
-        report = write_skipped_report(problems, report_dir or os.path.dirname(self.csv_path(split, dataset_dir)), split)
-        logger.warning(
-            "skip_bad: %d problem(s) in the %s split; %d image(s) kept; every skipped row is listed in %s",
-            len(problems), split, len(items), report,
-        )  # fmt: skip
+        folder = report_dir or os.path.dirname(self.csv_path(split, dataset_dir))
+        return _keep_good(items, problems, skip_bad, f"the {split} split", folder, split)
+
+
+def _file_problem(path: str, read_header: bool) -> str:
+    """"" when ``path`` exists (and, with ``read_header``, its header reads), else what is wrong."""
+    if not os.path.exists(path):
+        return "file not found"
+    return probe_image(path) if read_header else ""
+
+
+def _keep_good(
+    items: list[dict[str, Any]], problems: Sequence[Problem], skip_bad: bool, what: str, folder: str, name: str
+) -> list[dict[str, Any]]:
+    """``items`` (the good ones) when there is no problem, or with ``skip_bad`` (every problem then
+    written to ``<folder>/skipped_<name>.csv`` and announced in the log); else a DataListError
+    listing the problems of ``what``."""
+    if not problems:
         return items
+    if not skip_bad or not items:
+        hint = "" if skip_bad else " (fix them, or set skip_bad to leave those images out)"
+        raise _problems_error(problems, f"{what}{hint}")
+    report = write_skipped_report(problems, folder, name)
+    logger.warning(
+        "skip_bad: %d problem(s) in %s; %d image(s) kept; every skipped row is listed in %s",
+        len(problems), what, len(items), report,
+    )  # fmt: skip
+    return items
 
 
 def _problems_error(problems: Sequence[Problem], what: str) -> DataListError:
@@ -378,19 +393,12 @@ def list_images(
         return items
     problems = []
     for item in tqdm(items, desc="checking inputs", unit="file", disable=None if len(items) > 2000 else True):
-        message = "" if os.path.exists(item["image"]) else "file not found"
-        message = message or probe_image(item["image"])
+        message = _file_problem(item["image"], read_header=True)
         if message:
             problems.append(Problem(f"inference input {item['image']}", message, item["image"]))
-    if not problems:
-        return items
     good = [item for item in items if item["image"] not in {p.image for p in problems}]
-    if not skip_bad or not good:
-        hint = "" if skip_bad else " (fix or remove them, or set skip_bad to leave them out)"
-        raise _problems_error(problems, f"the inference input {source}{hint}")
-    report = write_skipped_report(problems, report_dir or os.path.dirname(os.path.abspath(source)), "inference")
-    logger.warning("skip_bad: %d of %d input(s) left out; each is listed in %s", len(problems), len(items), report)
-    return good
+    folder = report_dir or os.path.dirname(os.path.abspath(source))
+    return _keep_good(good, problems, skip_bad, f"the inference input {source}", folder, "inference")
 
 
 def _inference_inputs(source: str, data_root: str | None, spec: CSVDataSpec | None) -> list[dict[str, Any]]:
