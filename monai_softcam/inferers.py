@@ -14,6 +14,16 @@ stitched map is the direct map upsampled to the input (tested). Where windows ov
 stitched logit is in general *not* the mean of the windows' own logits (overlapped voxels count
 once, border voxels are seen with less context): it is the mean of what is shown.
 
+Resolution: by default (``maps="grid"``) the stitched map comes at the network's own resolution
+over the whole input, ``n * grid / roi`` cells (rounded half up) along an axis of ``n`` voxels (12 cells per
+384 px for ResNet). Each window's cells are held flat over their voxels, the windows are blended,
+and each output cell is the mean of the stitched voxels it covers (area pooling). Where the input
+fits one window this is the direct map exactly. The map is small enough to save as it is,
+stretched over the input as :func:`~monai_softcam.transforms.map_grid_affine` places it.
+``maps="input"`` returns the stitched map on the input's voxels (windows upsampled bi/trilinearly).
+The logits are the mean of the stitched voxel map in both cases; the grid map's mean equals them
+when the input is a multiple of the cell size, and is close otherwise.
+
 Memory: the input, the stitched maps (classes x input voxels, plus MONAI's weight map, on
 ``device``), and ``sw_batch_size`` windows at a time on ``sw_device``: the network's activations
 grow with the window batch only; what grows with the input is the input itself and the stitched
@@ -25,6 +35,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.inferers import Inferer, sliding_window_inference
 
 from .networks.outputs import upsample_map
@@ -33,7 +44,7 @@ __all__ = ["EvidenceSlidingWindowInferer"]
 
 
 class EvidenceSlidingWindowInferer(Inferer):
-    """Sliding-window SoftCAM inference returning ``{"logits": [B, C], "evidence_maps": [B, C, *input]}``.
+    """Sliding-window SoftCAM inference returning ``{"logits": [B, C], "evidence_maps": [B, C, *grid]}``.
 
     Args:
         roi_size: the window (the network's training input size), one entry per spatial axis.
@@ -43,6 +54,8 @@ class EvidenceSlidingWindowInferer(Inferer):
         sw_device: where windows run (default: the input's device).
         device: where the stitched map is kept (default: the input's device; ``"cpu"`` saves GPU memory).
         progress: show a progress bar over the windows.
+        maps: ``"grid"`` (the network's resolution stretched over the input) or ``"input"``
+            (one value per input voxel); see the module docstring.
     """
 
     def __init__(
@@ -54,8 +67,12 @@ class EvidenceSlidingWindowInferer(Inferer):
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
+        maps: str = "grid",
     ) -> None:
         super().__init__()
+        if maps not in ("grid", "input"):
+            raise ValueError(f"maps must be 'grid' or 'input', got {maps!r}")
+        self.maps = maps
         self.roi_size = [int(s) for s in roi_size]
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
@@ -72,11 +89,16 @@ class EvidenceSlidingWindowInferer(Inferer):
                 f"input of shape {tuple(inputs.shape)} does not match a {len(self.roi_size)}D window {self.roi_size}"
             )
 
+        grid: list[int] = []  # the network's map grid for one window
+
         def window_maps(window: torch.Tensor) -> torch.Tensor:
             out = network(window, *args, **kwargs)
             if not isinstance(out, dict) or "evidence_maps" not in out:
                 raise TypeError("sliding-window evidence needs a network returning evidence maps (SoftCAM, return_maps=True)")
             maps = out["evidence_maps"]
+            grid[:] = [int(s) for s in maps.shape[2:]]
+            if self.maps == "grid":  # each cell held over its voxels: pooling them back gives the cell
+                return F.interpolate(maps.float(), size=window.shape[2:], mode="nearest-exact").to(maps.dtype)
             return torch.stack([upsample_map(m, window.shape[2:]) for m in maps]).to(maps.dtype)
 
         maps = sliding_window_inference(
@@ -90,4 +112,8 @@ class EvidenceSlidingWindowInferer(Inferer):
             device=self.device,
             progress=self.progress,
         )
-        return {"logits": maps.flatten(2).mean(-1), "evidence_maps": maps}
+        logits = maps.flatten(2).mean(-1)
+        if self.maps == "grid":
+            size = [max(1, int(n * g / r + 0.5)) for n, g, r in zip(inputs.shape[2:], grid, self.roi_size)]
+            maps = F.interpolate(maps, size=size, mode="area")
+        return {"logits": logits, "evidence_maps": maps}

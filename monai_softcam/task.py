@@ -7,7 +7,8 @@ the Slicer module read it, so a model trained with any preset runs without that 
 
 The task is: the class names, spatial dims, input channels, image size, resize rule, intensity
 statistics (as used in training, ``auto`` resolved to the measured values), the architecture
-(SoftCAM or BlackBox), the backbone and its keyword arguments, and, for the record, the config
+(SoftCAM or BlackBox), the backbone and its keyword arguments, whether DICOM files are mapped to
+[0, 1] by their own VOI LUT/window (``dicom_window``), and, for the record, the config
 files and command-line overrides it was trained with. It is also a valid MONAI config file whose
 top-level keys are those of the bundle configs: give it as a config file to ``python -m
 monai.bundle ckpt_export`` and it is embedded in the TorchScript export.
@@ -46,7 +47,9 @@ TASK_FILE = "task.json"
 ARCHITECTURES = {"SoftCAM": SoftCAM, "BlackBox": BlackBox}
 #: the config keys a task holds, in the order the file lists them
 TASK_KEYS = ("class_names", "spatial_dims", "in_channels", "image_size", "resize", "intensity_mean", "intensity_std",
-             "architecture", "backbone", "backbone_kwargs")  # fmt: skip
+             "architecture", "backbone", "backbone_kwargs", "dicom_window")  # fmt: skip
+#: task keys added after the first task files were written: a file without them has these values
+OPTIONAL_TASK_KEYS = {"dicom_window": False}
 
 
 class TaskError(ConfigError):
@@ -81,6 +84,7 @@ class Task:
     architecture: str = "SoftCAM"
     backbone: str = "resnet18"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    dicom_window: bool = False
     trained_with: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -109,6 +113,8 @@ class Task:
         if not isinstance(self.backbone_kwargs, Mapping):
             raise TaskError(f"backbone_kwargs must be a mapping, got {self.backbone_kwargs!r}")
         set_("backbone_kwargs", dict(self.backbone_kwargs))
+        if not isinstance(self.dicom_window, bool):
+            raise TaskError(f"dicom_window must be true or false, got {self.dicom_window!r}")
 
     @property
     def num_classes(self) -> int:
@@ -119,10 +125,11 @@ class Task:
         """The same task with measured intensity statistics (training's ``auto``)."""
         return replace(self, intensity_mean=mean, intensity_std=std)
 
-    def load_input(self, resize: str | None = None) -> Compose:
+    def load_input(self, resize: str | None = None, frame: int | None = None) -> Compose:
         """Read and bring to the network's grid (:func:`~monai_softcam.transforms.load_input`);
-        ``resize="none"`` keeps the input's own size (sliding window)."""
-        return load_input(self.image_size, resize or self.resize)
+        ``resize="none"`` keeps the input's own size (sliding window); ``frame``: the frame a 2D
+        task takes from multi-frame DICOM files (an input option, not part of the task)."""
+        return load_input(self.image_size, resize or self.resize, frame=frame, window=self.dicom_window)
 
     def _intensity(self) -> tuple[list[float], list[float]]:
         if "auto" in (self.intensity_mean, self.intensity_std):
@@ -133,12 +140,13 @@ class Task:
         """Channels for the network, then ``(x - mean) / std`` (:func:`~monai_softcam.transforms.normalize_input`)."""
         return normalize_input(*self._intensity(), self.in_channels, self.spatial_dims)
 
-    def preprocessing(self, resize: str | None = None) -> Compose:
+    def preprocessing(self, resize: str | None = None, frame: int | None = None) -> Compose:
         """The whole deterministic preparation of every split and of inference
         (:func:`~monai_softcam.transforms.preprocessing`: load, then normalise; training puts its
         augmentations between :meth:`load_input` and :meth:`normalize`)."""
         mean, std = self._intensity()
-        return preprocessing(self.image_size, self.in_channels, mean, std, resize or self.resize)
+        return preprocessing(self.image_size, self.in_channels, mean, std, resize or self.resize, frame=frame,
+                             window=self.dicom_window)  # fmt: skip
 
     def network(self, return_maps: bool = True, pretrained: str | None = None) -> Any:
         """A fresh network of this task (see :func:`build_network`)."""
@@ -172,7 +180,7 @@ class Task:
         if not isinstance(content, dict):
             raise TaskError(f"{path} is not a task file (a JSON object with the keys {', '.join(TASK_KEYS)})")
         known = {f.name for f in fields(cls)}
-        missing = [k for k in TASK_KEYS if k not in content]
+        missing = [k for k in TASK_KEYS if k not in content and k not in OPTIONAL_TASK_KEYS]
         if missing:
             raise TaskError(f"{path} lacks the task key(s) {missing}")
         try:
@@ -261,7 +269,7 @@ def load_task(ckpt_dir: str, explicit: Mapping[str, tuple[Any, str]] | None = No
     path = os.path.join(ckpt_dir, TASK_FILE)
     explicit = dict(_from_command_line()[0] if explicit is None else explicit)
     if not os.path.isfile(path):
-        missing = [k for k in TASK_KEYS if k not in explicit]
+        missing = [k for k in TASK_KEYS if k not in explicit and k not in OPTIONAL_TASK_KEYS]
         if missing:
             raise TaskError(
                 f"no trained model in {ckpt_dir}: {TASK_FILE} not found. Train first (python -m monai.bundle run "

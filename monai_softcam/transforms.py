@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 from typing import Any, Hashable, Mapping, Sequence
 
@@ -23,7 +24,6 @@ from monai.transforms import (
 )
 
 from .data.readers import default_readers, image_stem, quiet_reader_setup, reader_for
-from .networks.outputs import upsample_map
 from .utils import ConfigError, InputError, atomic_open
 from .visualize import evidence_gallery
 
@@ -34,11 +34,18 @@ __all__ = [
     "ReadImaged",
     "SaveEvidenceMapsd",
     "FitToSized",
-    "UpsampleEvidenced",
+    "EvidenceGridd",
+    "MAP_GRID_EXTENSION",
+    "ResampleEvidenced",
     "load_input",
+    "map_grid_affine",
     "normalize_input",
     "preprocessing",
+    "resample_maps",
 ]
+
+#: key of the JSON comment (NIfTI header extension) that places a saved map on its input's voxels
+MAP_GRID_EXTENSION = "softcam_map_grid"
 
 
 def _source(data: Mapping[Hashable, Any], key: Hashable) -> str:
@@ -154,6 +161,8 @@ def load_input(
     image_key: str = "image",
     mask_key: str = "mask",
     boxes_key: str = "boxes",
+    frame: int | None = None,
+    window: bool = False,
 ) -> Compose:
     """Load an image (and its mask or boxes) and bring it to the network's grid; no normalisation.
 
@@ -168,6 +177,8 @@ def load_input(
 
     ``image_size`` has one entry per spatial axis (so it also fixes 2D vs 3D). Every spatial step
     is invertible, so evidence maps can be brought back to the input's own grid with ``Invertd``.
+    ``frame`` and ``window`` are the DICOM reader's options (:func:`~monai_softcam.data.default_readers`):
+    the frame 2D configs take from multi-frame files, and mapping to [0, 1] by the file's VOI LUT/window.
     """
     size = [int(s) for s in image_size]
     if resize not in ("stretch", "crop", "none"):
@@ -176,7 +187,11 @@ def load_input(
     modes = ["bilinear" if len(size) == 2 else "trilinear", "nearest"]
     steps: list[Transform] = [
         ReadImaged(
-            keys=keys, reader=default_readers(len(size)), image_only=True, ensure_channel_first=True, allow_missing_keys=True
+            keys=keys,
+            reader=default_readers(len(size), frame, window),
+            image_only=True,
+            ensure_channel_first=True,
+            allow_missing_keys=True,
         ),
         BoxesToMaskd(keys=boxes_key, image_key=image_key, mask_key=mask_key),
     ]
@@ -303,12 +318,14 @@ def preprocessing(
     std: Sequence[float] | float = 1.0,
     resize: str = "stretch",
     allow_rgb_to_grey: bool = False,
+    frame: int | None = None,
+    window: bool = False,
 ) -> Compose:
     """The whole deterministic preparation (evaluation, inference): :func:`load_input` then
     :func:`normalize_input`. Training puts its augmentations between the two."""
     return Compose(
         [
-            load_input(image_size, resize),
+            load_input(image_size, resize, frame=frame, window=window),
             normalize_input(mean, std, in_channels, len(image_size), allow_rgb_to_grey=allow_rgb_to_grey),
         ]
     )
@@ -391,45 +408,124 @@ def _rotate_hue(rgb: torch.Tensor, turns: float) -> torch.Tensor:
     return (matrix.to(rgb.device) @ flat).reshape(rgb.shape)
 
 
-class UpsampleEvidenced(MapTransform):
-    """Upsample evidence maps ``[C, *grid]`` to the grid of ``ref_key`` (the preprocessed image).
+def map_grid_affine(image_affine: Any, image_shape: Sequence[int], map_shape: Sequence[int]) -> torch.Tensor:
+    """The affine of a map grid stretched over an image grid, as
+    :func:`~monai_softcam.networks.outputs.upsample_map` stretches it.
 
-    The result is a MetaTensor carrying the reference's metadata and transform history, so that
-    ``Invertd(keys, orig_keys=ref_key)`` can then bring it back to the input's own grid and geometry.
-    Values are interpolated, never rescaled: the maps stay signed and in logit units.
+    Map cell ``j`` of ``m`` along an axis of ``n`` voxels has its centre at voxel coordinate
+    ``(j + 0.5) * n / m - 0.5`` (the cells tile the image exactly, also when ``n`` is not a multiple
+    of ``m``), so the map's index-to-world matrix is ``image_affine @ S`` with ``S`` that per-axis
+    scale and shift. ``image_affine`` is the image's ``(d+1) x (d+1)`` or 4x4 index-to-world matrix.
     """
+    affine = torch.as_tensor(np.asarray(image_affine, dtype=np.float64))
+    if len(image_shape) != len(map_shape):
+        raise ValueError(f"image grid {tuple(image_shape)} and map grid {tuple(map_shape)} differ in dimensions")
+    scale = torch.eye(affine.shape[0], dtype=torch.float64)
+    for axis, (n, m) in enumerate(zip(image_shape, map_shape)):
+        scale[axis, axis] = n / m
+        scale[axis, -1] = 0.5 * n / m - 0.5
+    return affine @ scale
+
+
+def resample_maps(
+    maps: torch.Tensor, map_affine: Any, ref_affine: Any, ref_shape: Sequence[int]
+) -> torch.Tensor:
+    """Maps ``[C, *grid]`` with index-to-world ``map_affine`` sampled on the voxels of a reference
+    grid (``ref_affine``, ``ref_shape``): bi/trilinear, the map's values held flat over the outer
+    half of its border cells (as :func:`~monai_softcam.networks.outputs.upsample_map`), zero where
+    the map does not reach (e.g. a border the resize cropped away). Where the reference is the
+    image the map was stretched over, the result equals ``upsample_map`` up to float rounding."""
+    maps = torch.as_tensor(maps).float()
+    dims = maps.dim() - 1
+    ref_to_map = np.linalg.inv(np.asarray(map_affine, dtype=np.float64)) @ np.asarray(ref_affine, dtype=np.float64)
+    shape = [int(n) for n in ref_shape]
+    axes = [torch.arange(n, dtype=torch.float64).reshape([-1 if a == i else 1 for a in range(dims)])
+            for i, n in enumerate(shape)]  # fmt: skip
+    # each reference voxel's map index, per map axis (built by broadcasting: no voxel list)
+    index = [sum(float(ref_to_map[i, j]) * axes[j] for j in range(dims)) + float(ref_to_map[i, -1]) for i in range(dims)]
+    index = [torch.broadcast_to(x, shape) for x in index]
+    inside = torch.ones(shape, dtype=torch.bool)
+    normalised = []
+    for q, cells in zip(index, maps.shape[1:]):
+        inside &= (q >= -0.5 - 1e-6) & (q <= cells - 0.5 + 1e-6)
+        normalised.append(((2.0 * q + 1.0) / cells - 1.0).float())  # align_corners=False coordinates
+    grid = torch.stack(normalised[::-1], dim=-1)[None]  # grid_sample: last axis first
+    sampled = F.grid_sample(maps[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    return sampled * inside.to(sampled.dtype)
+
+
+class _WithReference(MapTransform):
+    """A map transform that reads a reference image (``ref_key``) beside its keys."""
 
     def __init__(self, keys: KeysCollection, ref_key: str = "image") -> None:
         super().__init__(keys)
         self.ref_key = ref_key
 
+
+class EvidenceGridd(_WithReference):
+    """Place evidence maps ``[C, *grid]`` on the physical grid of ``ref_key`` (the preprocessed image).
+
+    The maps keep their own resolution (12 x 12 for a 384-px ResNet input): the result is a
+    MetaTensor with the reference's metadata and the affine of :func:`map_grid_affine`, i.e. each
+    cell where :func:`~monai_softcam.networks.outputs.upsample_map` puts it on the network's input.
+    The reference's affine already undoes the resize or crop (:class:`FitToSized` composes it), so
+    the map lands on the input in world coordinates, and a viewer interpolates it in place. Values
+    are never rescaled: the maps stay signed, in logit units, and their mean is the logit.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        ref = d[self.ref_key]
+        ref_affine = ref.affine if isinstance(ref, MetaTensor) else torch.eye(4, dtype=torch.float64)
+        for key in self.key_iterator(d):
+            maps = torch.as_tensor(d[key]).float()
+            meta = dict(ref.meta) if isinstance(ref, MetaTensor) else {}
+            gridded = MetaTensor(maps, meta=meta)
+            affine = map_grid_affine(ref_affine, ref.shape[1:], maps.shape[1:])
+            gridded.affine = affine.to(torch.as_tensor(ref_affine).dtype)
+            d[key] = gridded
+        return d
+
+
+class ResampleEvidenced(_WithReference):
+    """Evidence maps placed by :class:`EvidenceGridd`, sampled on the voxels of ``ref_key`` (the
+    input image brought back to its own grid by ``Invertd``): the full-resolution maps, for tools
+    that need one value per input voxel (:func:`resample_maps`)."""
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         ref = d[self.ref_key]
         for key in self.key_iterator(d):
-            maps = torch.as_tensor(d[key]).float()
-            up = upsample_map(maps, ref.shape[1:])
-            if isinstance(ref, MetaTensor):
-                up = MetaTensor(up, meta=dict(ref.meta), applied_operations=list(ref.applied_operations))
-            d[key] = up
+            maps = d[key]
+            full = resample_maps(maps, maps.affine, ref.affine, ref.shape[1:])
+            d[key] = MetaTensor(full, meta=dict(ref.meta), applied_operations=list(ref.applied_operations))
         return d
 
 
 class SaveEvidenceMapsd(MapTransform):
-    """Write each case's evidence maps, one NIfTI file per class, with the geometry of its input.
+    """Write each case's evidence maps, one NIfTI file per class, placed on its input in world space.
 
-    For input ``<dir>/<name>.<ext>`` it writes ``<output_dir>/<name>/<name>_evidence_<class>.nii.gz``
-    (raw signed values, float32, the affine of the map's metadata, i.e. the input's after
-    ``Invertd``) and, for 2D inputs, ``<name>_overlay.png``: the input beside the evidence map of
-    every class drawn on it, with the class probabilities (``pred`` key). Files are written whole
-    or not at all.
+    For input ``<dir>/<name>.<ext>`` it writes ``<output_dir>/<name>/<name>_evidence_<class>.nii.gz``:
+    raw signed values (float32, logit units) on the maps' own grid with their affine (compact maps
+    from :class:`EvidenceGridd`: a few hundred bytes each; or full-resolution ones from
+    :class:`ResampleEvidenced`). Each file also carries, in a JSON comment extension of its header
+    (key :data:`MAP_GRID_EXTENSION`), the input's voxel grid (``input_shape``) and the matrix from
+    map index to input voxel index (``map_to_input_index``), so that a tool holding the input by
+    its voxels (the Slicer module) puts the map on it exactly, whatever geometry the input file had.
+
+    For 2D inputs it also writes (unless ``overlays=False``) ``<name>_overlay.png``: the input
+    beside every class's map on it, with the class probabilities (``pred`` key), at most
+    ``overlay_size`` pixels a side per tile (None: the input's own size). Files are written whole or not at all.
 
     Args:
-        keys: the evidence-map key (a ``[C, *spatial]`` MetaTensor on the input's grid).
+        keys: the evidence-map key (a ``[C, *grid]`` MetaTensor with its affine).
         output_dir: folder receiving one sub-folder per case.
         class_names: one name per class (used in file names).
-        image_key: the input image on the same grid (for the PNG overlay).
+        image_key: the input image on its own grid (after ``Invertd``): the overlay's picture and
+            the grid of the header extension.
         pred_key: class probabilities (shown in the overlay's captions).
+        overlay_size: the longer side of each overlay tile in pixels; None keeps the input's size.
+        overlays: False writes no overlay PNG (the maps only).
     """
 
     def __init__(
@@ -439,12 +535,16 @@ class SaveEvidenceMapsd(MapTransform):
         class_names: Sequence[str],
         image_key: str = "image",
         pred_key: str = "pred",
+        overlay_size: int | None = 512,
+        overlays: bool = True,
     ) -> None:
         super().__init__(keys)
         self.output_dir = output_dir
+        self.overlays = bool(overlays)
         self.class_names = [str(c) for c in class_names]
         self.image_key = image_key
         self.pred_key = pred_key
+        self.overlay_size = overlay_size
         self._names: dict[str, str] = {}  # source path -> case name, unique within this run
 
     def _unique_name(self, source: str) -> str:
@@ -457,6 +557,35 @@ class SaveEvidenceMapsd(MapTransform):
             self._names[source] = name
         return self._names[source]
 
+    @staticmethod
+    def _grid_extension(affine: np.ndarray, image: Any) -> Any:
+        """The header extension placing the map on ``image``'s voxels (None without an image)."""
+        if not isinstance(image, MetaTensor):
+            return None
+        to_input = np.linalg.inv(np.asarray(image.affine, dtype=np.float64)) @ affine
+        content = {MAP_GRID_EXTENSION: {
+            "input_shape": [int(s) for s in image.shape[1:]],
+            "map_to_input_index": np.round(to_input, 10).tolist(),
+        }}  # fmt: skip
+        return nib.nifti1.Nifti1Extension("comment", json.dumps(content).encode())
+
+    def _overlay_grid(self, image: Any, maps: Any, affine: np.ndarray) -> tuple[list, list]:
+        """``([picture], [maps on it])`` for the overlay: the image shrunk (anti-aliased) so that
+        its longer side is ``overlay_size``, and the maps sampled on that picture's pixels through
+        both affines, so that a 2000-px input costs what a 512-px picture costs."""
+        shape = [int(s) for s in image.shape[1:]]
+        picture = torch.as_tensor(image).float()
+        picture_affine = image.affine if isinstance(image, MetaTensor) else None
+        if self.overlay_size is not None and max(shape) > self.overlay_size:
+            small = [max(1, round(n * self.overlay_size / max(shape))) for n in shape]
+            picture = F.interpolate(picture[None], size=small, mode="bilinear", antialias=True, align_corners=False)[0]
+            if picture_affine is not None:
+                picture_affine = map_grid_affine(picture_affine, shape, small)
+        same_grid = tuple(maps.shape[1:]) == tuple(picture.shape[1:]) == tuple(image.shape[1:])
+        if picture_affine is None or same_grid:
+            return [picture], [maps]  # maps already on the picture's pixels (or no geometry: stretched)
+        return [picture], [resample_maps(maps, affine, picture_affine, picture.shape[1:])]
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
@@ -465,17 +594,22 @@ class SaveEvidenceMapsd(MapTransform):
                 raise ValueError(f"{len(self.class_names)} class names for {maps.shape[0]} evidence maps")
             name = self._unique_name(_source(d, key))
             folder = os.path.join(self.output_dir, name)
-            affine = np.asarray(maps.affine) if isinstance(maps, MetaTensor) else np.eye(4)
+            affine = np.asarray(maps.affine, dtype=np.float64) if isinstance(maps, MetaTensor) else np.eye(4)
+            image = d.get(self.image_key)
+            extension = self._grid_extension(affine, image)
             arr = maps.detach().cpu().float().numpy()
             for c, cls in enumerate(self.class_names):
                 img = nib.Nifti1Image(arr[c], affine)
                 img.header.set_xyzt_units("mm")
+                if extension is not None:
+                    img.header.extensions.append(extension)
                 with atomic_open(os.path.join(folder, f"{name}_evidence_{cls}.nii.gz"), "wb") as f:
                     f.write(gzip.compress(img.to_bytes(), compresslevel=6))
-            if arr.ndim == 3 and self.image_key in d:
+            if self.overlays and arr.ndim == 3 and image is not None:
                 probs = [d[self.pred_key]] if self.pred_key in d else None
-                picture = evidence_gallery([d[self.image_key]], [maps], self.class_names, probs=probs, tile=None)
+                pictures, on_pictures = self._overlay_grid(image, maps, affine)
+                picture = evidence_gallery(pictures, on_pictures, self.class_names, probs=probs, tile=None)
                 with atomic_open(os.path.join(folder, f"{name}_overlay.png"), "wb") as f:
-                    picture.save(f, format="PNG")
+                    picture.save(f, format="PNG", compress_level=1)  # 4x faster than level 6, as small on X-rays
             d[f"{key}_dir"] = folder
         return d

@@ -129,7 +129,7 @@ def render_gallery(
 
     Args:
         cases: the cases, see :class:`GalleryCase`.
-        tile: side of each square tile in pixels; None keeps the image's own size.
+        tile: the longer side of each tile in pixels (the aspect ratio is kept); None keeps the image's own size.
         cases_per_row: cases placed side by side in each row of the sheet.
         caption_chars: captions longer than this are cut (None: never).
     """
@@ -141,8 +141,10 @@ def render_gallery(
         tiles, captions = _case_tiles(case)
         # MONAI arrays are (x, y): transpose so that x runs along the picture's width
         pics = [Image.fromarray(np.ascontiguousarray(np.swapaxes(arr, 0, 1))) for arr in tiles]
-        if tile is not None:
-            pics = [p.resize((tile, tile), Image.BILINEAR) for p in pics]
+        if tile is not None:  # the longer side to ``tile``, keeping the aspect ratio
+            w, h = pics[0].size
+            size = (max(1, round(w * tile / max(w, h))), max(1, round(h * tile / max(w, h))))
+            pics = [p.resize(size, Image.BILINEAR) for p in pics]
         width, height = pics[0].size
         strip = Image.new("RGB", (width * len(pics), height + caption_h), "white")
         draw = ImageDraw.Draw(strip)
@@ -188,7 +190,7 @@ def evidence_gallery(
         labels: optional true classes (shown in the first caption).
         probs: optional class probabilities ``[num_classes]``.
         masks: optional ground-truth masks ``[1, *spatial]``.
-        tile: side of each square tile in pixels; None keeps the image's own size.
+        tile: the longer side of each tile in pixels (aspect ratio kept); None keeps the image's own size.
         cases_per_row: cases placed side by side in each row of the sheet.
 
     The colour scale is shared by all classes of a case (the case's largest ``|evidence|``), so the

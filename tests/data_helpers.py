@@ -139,3 +139,17 @@ def write_dicom_series(folder: str, volume_kji: np.ndarray, spacing=(0.8, 0.7, 2
         paths.append(path)
     locale.setlocale(locale.LC_ALL, saved_locale)
     return paths
+
+
+def resample_with_itk(moving_path: str, reference_path: str) -> np.ndarray:
+    """The image of ``moving_path`` (e.g. a compact evidence map) linearly resampled onto the voxel
+    grid of ``reference_path`` by SimpleITK, which reads both files' geometry itself (an
+    independent check of world-space placement), as a (x, y[, z]) array."""
+    import SimpleITK as sitk
+
+    reference = sitk.ReadImage(reference_path)
+    moving = sitk.ReadImage(moving_path)
+    if reference.GetDimension() == 3 and moving.GetDimension() == 2 and reference.GetSize()[2] == 1:
+        reference = reference[:, :, 0]  # a 2D image in a 3D container (DICOM): its plane
+    out = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out).T

@@ -110,3 +110,14 @@ def test_explanation_cost_refuses_a_gpu_that_is_not_there():
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", "explanation_cost.py"), "--device", "cuda"],
                           capture_output=True, encoding="utf-8", errors="replace", timeout=300)  # fmt: skip
     assert proc.returncode == 2 and "--device cuda: torch sees no GPU here" in proc.stderr
+
+
+def test_inference_throughput_benchmark_runs(tmp_path):
+    out = tmp_path / "throughput.md"
+    _run("inference_throughput.py", "--quick", "--images", "2", "--out", str(out))
+    rows = [line for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("| 2 ")]
+    assert [r.split("|")[2].strip() for r in rows] == [
+        "bare read + forward", "inference (default: compact maps + overlay)", "inference, no overlay (--overlays false)",
+        "inference, full-resolution maps"] * 2  # fmt: skip
+    assert all("KB" in r.split("|")[5] for r in rows[1:4] + rows[5:])  # map bytes written are measured
+    assert [r.split("|")[6].strip() == "-" for r in rows[1:4]] == [False, True, False]  # overlays or none

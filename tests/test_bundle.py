@@ -14,8 +14,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 
 from conftest import REPO_ROOT
+from data_helpers import resample_with_itk
 
 CONFIGS = os.path.join(REPO_ROOT, "bundle", "configs")
 TRAIN = os.path.join(CONFIGS, "train.yaml")
@@ -150,18 +152,30 @@ def _write_inputs(folder):
     return affine
 
 
+def _grid_extension(img):
+    (ext,) = [e for e in img.header.extensions if b"softcam_map_grid" in e.get_content()]
+    return json.loads(ext.get_content())["softcam_map_grid"]
+
+
 def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_path):
+    """Maps are saved at the network's resolution (4 x 4 for the 32-px tiny model), each cell placed
+    on the input in world space: their mean is the logit, they are the network's raw maps, and
+    resampled onto the input's grid (SimpleITK) they are the --full_resolution_maps files, which
+    match today's upsample-then-undo-the-resize maps within interpolation error."""
     from monai.bundle import ConfigParser
 
-    from monai_softcam.networks import EVIDENCE_MAPS, LOGITS
+    from monai_softcam.networks import EVIDENCE_MAPS, LOGITS, upsample_map
 
     root, _ = trained
     folder = str(tmp_path / "inputs")
     nifti_affine = _write_inputs(folder)
-    out = tmp_path / "out"
+    out, full = tmp_path / "out", tmp_path / "full"
     bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", folder, "--output_dir", str(out))
+    bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", folder, "--output_dir", str(full),
+           "--full_resolution_maps", "true")  # fmt: skip
     rows = {os.path.basename(r["image"]): r for r in csv.DictReader(open(out / "predictions.csv"))}
-    assert set(rows) == {"a.png", "b.nii.gz"}
+    full_rows = {os.path.basename(r["image"]): r for r in csv.DictReader(open(full / "predictions.csv"))}
+    assert set(rows) == set(full_rows) == {"a.png", "b.nii.gz"}
 
     parser = ConfigParser()
     parser.read_config([INFERENCE])
@@ -172,27 +186,43 @@ def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_pa
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     net.eval()
     png_affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # ITK reads a PNG in LPS with unit spacing; maps are RAS
-    for name, expected_shape, expected_affine in (("a", (56, 40), png_affine), ("b", (48, 36), nifti_affine)):
-        row = rows[next(k for k in rows if k.startswith(name + "."))]
+    for name, shape, input_affine in (("a", (56, 40), png_affine), ("b", (48, 36), nifti_affine)):
+        image = next(k for k in rows if k.startswith(name + "."))
+        row, full_row = rows[image], full_rows[image]
         logits = np.array([float(row["logit_no_lesion"]), float(row["logit_lesion"])])
         probs = np.array([float(row["prob_no_lesion"]), float(row["prob_lesion"])])
         np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(), atol=1e-5)
-        saved = []
-        for cls in ("no_lesion", "lesion"):
-            img = nib.load(os.path.join(row["evidence_maps"], f"{name}_evidence_{cls}.nii.gz"))
-            assert img.shape == expected_shape  # the input's own grid
-            np.testing.assert_allclose(img.affine, expected_affine, atol=1e-6)  # and geometry
-            saved.append(img.get_fdata())
-        # the raw maps of the network (before upsampling) average exactly to the logits
         with torch.no_grad():
-            x = preprocessing({"image": os.path.join(folder, row["image"])})["image"][None]
-            output = net(x.as_tensor())
-        raw_means = output[EVIDENCE_MAPS][0].flatten(1).mean(1).numpy()
-        np.testing.assert_allclose(raw_means, output[LOGITS][0].numpy(), atol=1e-5)
-        np.testing.assert_allclose(raw_means, logits, atol=1e-4)
-        # the upsampled maps on the input grid keep the same signed values (interpolation only)
-        for c in range(2):
-            assert abs(saved[c].mean() - logits[c]) < 0.1 * (np.abs(saved[c]).max() + 1e-6)
+            x = preprocessing({"image": os.path.join(folder, image)})["image"]
+            output = net(x[None].as_tensor())
+        raw = output[EVIDENCE_MAPS][0]
+        np.testing.assert_allclose(raw.flatten(1).mean(1).numpy(), output[LOGITS][0].numpy(), atol=1e-5)
+        # the old way: upsample onto the network's input, then undo the resize (Invertd)
+        upsampled = MetaTensor(upsample_map(raw, x.shape[1:]), meta=dict(x.meta), applied_operations=x.applied_operations)
+        old = preprocessing.inverse({"image": upsampled})["image"].numpy()
+        for c, cls in enumerate(("no_lesion", "lesion")):
+            compact_path = os.path.join(row["evidence_maps"], f"{name}_evidence_{cls}.nii.gz")
+            full_path = os.path.join(full_row["evidence_maps"], f"{name}_evidence_{cls}.nii.gz")
+            compact, full_img = nib.load(compact_path), nib.load(full_path)
+            assert compact.shape == (4, 4) and full_img.shape == shape  # the network's grid; the input's
+            assert os.path.getsize(compact_path) < 1500  # bytes
+            np.testing.assert_allclose(compact.get_fdata(), raw[c].numpy(), atol=1e-6)  # the raw map, values untouched
+            assert compact.get_fdata().mean() == pytest.approx(logits[c], abs=1e-4)  # completeness, exactly
+            # each cell's centre sits where the upsampling put it: cell j over n voxels -> (j + 0.5) n / 4 - 0.5
+            scale = np.diag([shape[0] / 4, shape[1] / 4, 1.0, 1.0])
+            scale[:2, 3] = [shape[0] / 8 - 0.5, shape[1] / 8 - 0.5]
+            np.testing.assert_allclose(compact.affine, input_affine @ scale, atol=1e-6)
+            np.testing.assert_allclose(full_img.affine, input_affine, atol=1e-6)
+            grid = _grid_extension(compact)
+            assert grid["input_shape"] == list(shape)
+            np.testing.assert_allclose(grid["map_to_input_index"], scale, atol=1e-9)
+            # an independent resampler puts the compact map on the input's grid: the full-resolution file
+            on_input = resample_with_itk(compact_path, full_path)
+            np.testing.assert_allclose(full_img.get_fdata(), on_input, atol=1e-5)
+            # and within interpolation error of the old two-step maps (one bilinear step instead of two)
+            spread = np.abs(old[c]).max() + 1e-6
+            assert np.abs(full_img.get_fdata() - old[c]).max() < 0.15 * spread
+            assert np.abs(full_img.get_fdata() - old[c]).mean() < 0.03 * spread
         assert os.path.isfile(os.path.join(row["evidence_maps"], f"{name}_overlay.png"))
 
 
@@ -375,10 +405,11 @@ def test_inference_config_matches_training_config():
         assert infer_cfg["data"].get(key) == train_cfg["data"].get(key), key
     train_net = {k: v for k, v in train_cfg["network_def"].items() if k != "pretrained"}
     assert infer_cfg["network_def"] == train_net
-    assert train_cfg["prepare_input"] == "$@trained_task.preprocessing()"
+    assert train_cfg["prepare_input"] == "$@trained_task.preprocessing(frame=@dicom_frame)"
     # the training resize, unless the sliding window explains inputs at their own size
-    assert infer_cfg["preprocessing"] == "$@trained_task.preprocessing(resize='none' if @sliding_window else None)"
+    assert infer_cfg["preprocessing"] == "$@trained_task.preprocessing(resize='none' if @sliding_window else None, frame=@dicom_frame)"
     assert infer_cfg["sliding_window"] is False and infer_cfg["channels_last"] == train_cfg["channels_last"]
+    assert infer_cfg["dicom_frame"] == train_cfg["dicom_frame"]  # the same frame of multi-frame files
 
 
 def test_multi_gpu_config_runs_every_step_of_train_yaml():

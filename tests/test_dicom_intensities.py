@@ -60,13 +60,18 @@ def test_rescale_gives_hounsfield_units_for_ct_and_the_unit_range_otherwise(tmp_
     np.testing.assert_allclose(_read(inverted), out, atol=1e-6)  # MONOCHROME1 still looks like MONOCHROME2
 
 
-def test_window_and_voi_lut_when_asked(tmp_path):
+def _windowed_ct(tmp_path):
+    """(stored values, path, Hounsfield units as (x, y)) of a 12-bit CT with a window 40/400."""
     stored = np.arange(0, 4000, 10, dtype=np.uint16).reshape(20, 20)
     path = write_dicom(str(tmp_path / "w.dcm"), stored, bits_stored=12, slope=1.0, intercept=-1024, modality="CT")
     ds = pydicom.dcmread(path)
     ds.WindowCenter, ds.WindowWidth = 40, 400
     ds.save_as(path)
-    hu = stored.T.astype(np.float64) - 1024
+    return stored, path, stored.T.astype(np.float64) - 1024
+
+
+def test_window_and_voi_lut_when_asked(tmp_path):
+    stored, path, hu = _windowed_ct(tmp_path)
     expected = np.clip((hu - 39.5) / 399 + 0.5, 0, 1)  # PS3.3 C.11.2.1.2, linear
     np.testing.assert_allclose(_read(path, window=True), expected, atol=1e-6)
     np.testing.assert_allclose(_read(path), hu, rtol=1e-6)  # without the option: Hounsfield units
@@ -106,3 +111,40 @@ def test_16_bit_png_with_12_bit_data_keeps_its_contrast(tmp_path):
 ])  # fmt: skip
 def test_effective_range(values, bits, signed, expected):
     assert effective_range(np.asarray(values), bits, signed) == expected
+
+
+def test_the_window_option_is_a_task_key_and_the_frame_an_input_option(tmp_path):
+    """``dicom_window`` travels with the trained task (training and inference map alike; task files
+    written before it existed read as false); ``dicom_frame`` reaches the reader; check-data reads
+    both from the configs as training does."""
+    import json
+
+    from monai_softcam.data import load_check_settings
+    from monai_softcam.task import Task
+
+    stored, path, hu = _windowed_ct(tmp_path)
+    plain = Task(["a", "b"], 2, 1, [20, 20])
+    windowed = Task(["a", "b"], 2, 1, [20, 20], dicom_window=True)
+    np.testing.assert_allclose(plain.load_input()({"image": path})["image"][0], hu, rtol=1e-5)
+    np.testing.assert_allclose(windowed.load_input()({"image": path})["image"][0],
+                               np.clip((hu - 39.5) / 399 + 0.5, 0, 1), atol=1e-5)  # fmt: skip
+    saved = windowed.save(str(tmp_path / "task.json"))
+    assert Task.read(str(tmp_path / "task.json")) == saved
+    old = {k: v for k, v in saved.to_dict().items() if k != "dicom_window"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert Task.read(str(tmp_path / "old.json")).dicom_window is False
+    with pytest.raises(ValueError, match="dicom_window must be true or false"):
+        Task(["a", "b"], 2, 1, [20, 20], dicom_window="yes")
+
+    multi = write_dicom(str(tmp_path / "multi.dcm"), stored, bits_stored=12)
+    ds = pydicom.dcmread(multi)
+    ds.NumberOfFrames, ds.PixelData = 2, np.stack([stored, stored[::-1]]).tobytes()
+    ds.save_as(multi)
+    picked = plain.load_input(frame=1)({"image": multi})["image"][0]
+    np.testing.assert_allclose(picked, stored[::-1].T / 4095, atol=1e-6)
+
+    (tmp_path / "data").mkdir()
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("data: {_target_: monai_softcam.data.CSVDataSpec}\ndicom_frame: 1\ndicom_window: true\n")
+    *_, options = load_check_settings([str(preset)], str(tmp_path / "data"))
+    assert options == {"frame": 1, "window": True}

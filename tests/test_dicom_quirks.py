@@ -231,7 +231,7 @@ def test_classic_multi_frame_grey_2d_needs_a_frame_3d_is_a_volume(tmp_path):
                   ImagePositionPatient=[10.0, -20.0, 5.0], SliceThickness=2.5)  # fmt: skip
     path = _save(ds, tmp_path / "classic.dcm")
     with pytest.raises(InputError, match=r"classic.dcm: multi-frame DICOM \(4 frames\) cannot be used as a 2D image; "
-                                         r"choose one with the reader option frame=<0..3>"):  # fmt: skip
+                                         r"choose one with --dicom_frame <0..3>"):  # fmt: skip
         _read(path)
     two_d, meta = _read(path, frame=2)
     _same_picture(two_d, frames[2].T)
@@ -306,7 +306,7 @@ def test_colour_cine_is_a_video_in_2d_unless_a_frame_is_chosen(tmp_path):
     for k in range(3):
         cine[k, ..., k] = 255  # frame k: pure red, green, blue
     path = _save(_dataset(cine, modality="US"), tmp_path / "cine.dcm")
-    message = r"cine.dcm: multi-frame colour DICOM \(3 frames\).*a video, not one image.*frame="
+    message = r"cine.dcm: multi-frame colour DICOM \(3 frames\).*a video, not one image.*--dicom_frame <0..2>"
     with pytest.raises(InputError, match=message):
         _read(path)
     rgb, meta = _read(path, frame=1)

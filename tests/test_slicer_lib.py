@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, TESTS_DIR
-from data_helpers import write_dicom, write_png
+from data_helpers import resample_with_itk, write_dicom, write_png
 from test_bundle import INFERENCE, bundle
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "slicer_extension", "SoftCAM"))
@@ -95,6 +95,14 @@ def test_2d_oblique_slice_maps_land_on_the_object_and_both_modes_agree(tmp_path,
     assert lesion.mean() == pytest.approx(sub.logits["lesion"], abs=0.05 * abs(sub.logits["lesion"]))
 
 
+def _stretch(shape, grid):
+    """Map index -> input voxel index of a map grid stretched over an input grid (cell centres)."""
+    matrix = np.eye(4)
+    for axis, (n, g) in enumerate(zip(shape, grid)):
+        matrix[axis, axis], matrix[axis, 3] = n / g, 0.5 * n / g - 0.5
+    return matrix
+
+
 def test_3d_volume_lps_and_ras_geometry_match_the_bundle_on_the_same_file(tmp_path, subprocess_env):
     """A 3D NIfTI volume (oblique, anisotropic) run by the bundle's CLI, and the same volume as
     Slicer holds it, given once with its RAS matrix (nibabel) and once with the LPS geometry
@@ -113,7 +121,9 @@ def test_3d_volume_lps_and_ras_geometry_match_the_bundle_on_the_same_file(tmp_pa
     bundle("inference", [INFERENCE, KNOWN_3D], "--bundle_root", info.path, "--input_path", path, "--output_dir", str(out))
     with open(out / "predictions.csv") as f:
         cli = next(csv.DictReader(f))
-    cli_map = np.asarray(nib.load(os.path.join(cli["evidence_maps"], "ct_evidence_lesion.nii.gz")).dataobj)
+    compact = os.path.join(cli["evidence_maps"], "ct_evidence_lesion.nii.gz")
+    assert nib.load(compact).shape == (8, 8, 8)  # the known network's map grid (stride 4 at 32^3)
+    cli_map = resample_with_itk(compact, path)  # placed on the volume's grid in world space, by ITK
 
     ras = run_inference(info, Volume(np.transpose(array_ijk, (2, 1, 0)), ijk_to_ras, name="ct"))
     itk = sitk.ReadImage(path)  # LPS geometry, (K, J, I) array: what a DICOM series gives
@@ -125,7 +135,8 @@ def test_3d_volume_lps_and_ras_geometry_match_the_bundle_on_the_same_file(tmp_pa
     for result in (ras, lps):
         for name in info.class_names:
             assert result.probabilities[name] == pytest.approx(float(cli[f"prob_{name}"]), abs=1e-5)
-            np.testing.assert_allclose(result.map_affines[name], ijk_to_ras, atol=1e-4)  # the bundle saw our geometry
+            # the bundle saw our geometry: its map grid is stretched over the volume's voxels
+            np.testing.assert_allclose(result.map_affines[name], ijk_to_ras @ _stretch((40, 30, 24), (8, 8, 8)), atol=1e-4)
         np.testing.assert_allclose(result.maps["lesion"], np.transpose(cli_map, (2, 1, 0)), atol=1e-5)
 
     kji = np.argwhere(_hot(lps.maps["lesion"]))
@@ -166,7 +177,8 @@ def test_files_loaded_in_slicer_give_the_bundles_results(tmp_path, subprocess_en
         for c in info.class_names:
             assert result.probabilities[c] == pytest.approx(float(cli[name][f"prob_{c}"]), abs=1e-6), name
         stem = os.path.splitext(name)[0]
-        cli_map = np.asarray(nib.load(os.path.join(cli[name]["evidence_maps"], f"{stem}_evidence_lesion.nii.gz")).dataobj)
+        compact = os.path.join(cli[name]["evidence_maps"], f"{stem}_evidence_lesion.nii.gz")
+        cli_map = resample_with_itk(compact, str(data / name))  # on the file's own grid, by ITK's geometry
         np.testing.assert_allclose(result.maps["lesion"][0], cli_map.T, atol=1e-5)
     # the bright block is where the map is hot, in the image's (row, column) layout
     block = np.zeros((70, 90), bool)

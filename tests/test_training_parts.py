@@ -86,6 +86,9 @@ def test_list_images_takes_every_reader_format_and_dicom_files_without_extension
     for k, path in enumerate(write_dicom_series(str(tmp_path / "ct"), volume)):
         os.rename(path, str(tmp_path / "ct" / f"1.2.826.0.1.{k}"))
     assert list_images(str(tmp_path / "ct")) == [{"image": str(tmp_path / "ct")}]  # one series: one volume
+    # ... for a 3D task; a 2D task takes each file as an image (a CR study: PA and lateral, one series)
+    slices = [{"image": str(tmp_path / "ct" / f"1.2.826.0.1.{k}")} for k in range(3)]
+    assert list_images(str(tmp_path / "ct"), spatial_dims=2) == slices
 
 
 def test_list_images_names_the_inference_input_csv(tmp_path):

@@ -25,8 +25,12 @@ from .readers import default_readers, quiet_reader_setup, reader_for
 __all__ = ["check_data", "load_check_settings"]
 
 
-def load_check_settings(configs: Sequence[str], dataset_dir: str) -> tuple[CSVDataSpec, list[str], int]:
-    """(data spec, class names, spatial dims) from merged config files, with ``dataset_dir`` set."""
+def load_check_settings(
+    configs: Sequence[str], dataset_dir: str
+) -> tuple[CSVDataSpec, list[str], int, dict[str, Any]]:
+    """(data spec, class names, spatial dims, DICOM reader options) from merged config files, with
+    ``dataset_dir`` set; the reader options are the configs' ``dicom_frame`` and ``dicom_window``,
+    so that check-data reads every file as training will."""
     for path in configs:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file not found: {path}")
@@ -40,7 +44,11 @@ def load_check_settings(configs: Sequence[str], dataset_dir: str) -> tuple[CSVDa
         raise ValueError(f"'data' must be a monai_softcam.data.CSVDataSpec, got {type(spec).__name__}")
     names = parser.get_parsed_content("class_names") if "class_names" in parser else []
     dims = parser.get_parsed_content("spatial_dims") if "spatial_dims" in parser else 2
-    return spec, [str(n) for n in names], int(dims)
+    options = {
+        "frame": parser.get_parsed_content("dicom_frame") if "dicom_frame" in parser else None,
+        "window": bool(parser.get_parsed_content("dicom_window")) if "dicom_window" in parser else False,
+    }
+    return spec, [str(n) for n in names], int(dims), options
 
 
 def _image_problems(item: dict[str, Any], where: str, loader: Callable) -> list[Problem]:
@@ -82,10 +90,10 @@ def check_data(
     out: Callable[[str], None] = print,
 ) -> int:
     """Check the splits described by ``configs`` under ``dataset_dir``; print a report; return the number of problems."""
-    spec, class_names, spatial_dims = load_check_settings(configs, dataset_dir)
+    spec, class_names, spatial_dims, reader_options = load_check_settings(configs, dataset_dir)
     num_classes = len(class_names) or None
     with quiet_reader_setup():
-        loader = LoadImage(reader=default_readers(spatial_dims), image_only=True, ensure_channel_first=True)
+        loader = LoadImage(reader=default_readers(spatial_dims, **reader_options), image_only=True, ensure_channel_first=True)
 
     def reader(path: str) -> Any:  # each file read by the reader its name calls for, no other tried
         return loader(path, reader_for(loader, path))

@@ -370,9 +370,12 @@ def list_images(
     check_images: bool = False,
     skip_bad: bool = False,
     report_dir: str | None = None,
+    spatial_dims: int = 3,
 ) -> list[dict[str, Any]]:
-    """Data list for inference from a folder (its image files, sorted, not recursive; a folder
-    holding one DICOM series of several slices is that one volume), a CSV or one image file.
+    """Data list for inference from a folder (its image files, sorted, not recursive; for a 3D
+    task, a folder holding one DICOM series of several slices is that one volume; for a 2D task
+    (``spatial_dims=2``) every DICOM file is an image of its own, as a CR/DX export holds them), a
+    CSV or one image file.
 
     A folder's image files are those named with one of
     :data:`~monai_softcam.data.readers.IMAGE_EXTENSIONS` and DICOM files of any name (recognised by
@@ -388,7 +391,7 @@ def list_images(
     them all; with ``skip_bad`` the bad inputs are left out instead and listed in
     ``<report_dir>/skipped_inference.csv``.
     """
-    items = _inference_inputs(source, data_root, spec)
+    items = _inference_inputs(source, data_root, spec, spatial_dims)
     if not check_images:
         return items
     problems = []
@@ -401,7 +404,9 @@ def list_images(
     return _keep_good(good, problems, skip_bad, f"the inference input {source}", folder, "inference")
 
 
-def _inference_inputs(source: str, data_root: str | None, spec: CSVDataSpec | None) -> list[dict[str, Any]]:
+def _inference_inputs(
+    source: str, data_root: str | None, spec: CSVDataSpec | None, spatial_dims: int = 3
+) -> list[dict[str, Any]]:
     """The inputs of :func:`list_images`, unchecked."""
     if os.path.isdir(source):
         folder = os.path.abspath(source)
@@ -415,7 +420,7 @@ def _inference_inputs(source: str, data_root: str | None, spec: CSVDataSpec | No
                 dicoms += 1
             elif name.lower().endswith(IMAGE_EXTENSIONS):
                 names.append(name)
-        if dicoms == len(names):  # only DICOM files (or none): one series of several slices is one volume
+        if dicoms == len(names) and spatial_dims == 3:  # only DICOM files (or none): one series of several slices is one volume
             try:
                 if len(dicom_series(folder)) > 1 or not names:
                     return [{"image": folder}]

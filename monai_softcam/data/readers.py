@@ -649,7 +649,7 @@ class DicomReader(ImageReader):
         InputError for a multi-frame file in 2D without ``frame``, or a frame it does not have."""
         if frames <= 1 or self.spatial_dims != 2:
             return None
-        choose = f"choose one with the reader option frame=<0..{frames - 1}> (DicomReader/default_readers)"
+        choose = f"choose one with --dicom_frame <0..{frames - 1}> (the reader option frame)"
         if self.frame is None:
             if int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1:
                 raise InputError(

@@ -2,10 +2,11 @@
 ``slicer.util.arrayFromVolume`` returns; a trailing axis for the components of a colour volume)
 and the 4x4 IJK-to-RAS matrix of the volume node.
 
-The bundle reads images in MONAI's (I, J, K) = (x, y, z) voxel order and the evidence maps come
-back on the same voxel grid, so a map is put on the source volume by voxel index and inherits its
-IJK-to-RAS matrix unchanged: the map voxel (i, j, k) is exactly the input voxel the model read
-there, whatever the volume's orientation, spacing or obliquity. Geometry from DICOM/ITK is LPS;
+The bundle reads images in MONAI's (I, J, K) = (x, y, z) voxel order and saves each evidence map
+at the network's resolution, with the matrix from map cells to the input's voxels in the file
+(:func:`read_map`), so a map is put on the source volume by voxel index and inherits its
+IJK-to-RAS matrix unchanged: the map at voxel (i, j, k) is the evidence where the model read that
+input voxel, whatever the volume's orientation, spacing or obliquity. Geometry from DICOM/ITK is LPS;
 :meth:`Volume.from_lps` converts it to Slicer's RAS.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "LPS_TO_RAS",
+    "MAP_GRID_EXTENSION",
     "Volume",
     "VolumeError",
     "geometry_matrix",
@@ -163,9 +165,49 @@ def write_exchange_file(volume: Volume, folder: str, spatial_dims: int) -> str:
     return path
 
 
+#: key of the JSON comment in a map file's NIfTI header that places it on its input's voxels
+#: (monai_softcam.transforms.MAP_GRID_EXTENSION; not imported: this module loads without torch)
+MAP_GRID_EXTENSION = "softcam_map_grid"
+
+
+def _map_grid(image, path: str) -> dict | None:
+    """The map-grid record of a map file's header (None for a map saved on its input's own grid)."""
+    import json
+
+    for extension in image.header.extensions:
+        try:
+            content = json.loads(extension.get_content())
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(content, dict) and MAP_GRID_EXTENSION in content:
+            return content[MAP_GRID_EXTENSION]
+    return None
+
+
+def _interpolate_axis(data: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
+    """``data`` sampled linearly at fractional ``positions`` along ``axis``: held flat over the outer
+    half of the border cells, zero beyond them (where the map does not reach)."""
+    cells = data.shape[axis]
+    inside = (positions >= -0.5 - 1e-6) & (positions <= cells - 0.5 + 1e-6)
+    clamped = np.clip(positions, 0.0, cells - 1.0)
+    low = np.clip(np.floor(clamped).astype(int), 0, max(cells - 2, 0))
+    high = np.minimum(low + 1, cells - 1)
+    shape = [1] * data.ndim
+    shape[axis] = len(positions)
+    frac = (clamped - low).reshape(shape)
+    mixed = np.take(data, low, axis=axis) * (1.0 - frac) + np.take(data, high, axis=axis) * frac
+    return mixed * inside.reshape(shape)
+
+
 def read_map(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """An evidence map file of the bundle (NIfTI, on the input's voxel grid) as a (K, J, I) float32
-    array for ``volume``, with the affine stored in the file."""
+    """An evidence map file of the bundle as a (K, J, I) float32 array on ``volume``'s voxels, with
+    the affine stored in the file.
+
+    The bundle saves maps at the network's resolution; the file's header says which input grid the
+    map was stretched over and how map cells sit on its voxels (:data:`MAP_GRID_EXTENSION`). The map
+    is put on the volume by voxel index through that matrix (bi/trilinear, as the bundle's own
+    upsampling), whatever geometry the file the bundle read had. A map saved on the input's own grid
+    (``--full_resolution_maps true``, or an older bundle) is taken voxel for voxel."""
     import nibabel as nib  # optional: installed on first use (REQUIREMENTS)
 
     image = nib.load(path)
@@ -174,10 +216,23 @@ def read_map(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     expected = (i, j) if volume.spatial_dims == 2 else (i, j, k)
     if data.ndim == 3 and volume.spatial_dims == 2 and data.shape[2] == 1:
         data = data[..., 0]
+    grid = _map_grid(image, path)
+    if grid is not None and tuple(data.shape) != expected:
+        if tuple(grid["input_shape"]) != expected:
+            raise VolumeError(f"{path}: map made for an input of (I, J[, K]) {tuple(grid['input_shape'])}, "
+                              f"not volume '{volume.name}' of (I, J, K) {volume.ijk_shape}")  # fmt: skip
+        to_input = np.asarray(grid["map_to_input_index"], dtype=float)[: data.ndim, :]
+        scale, shift = to_input[:, : data.ndim], to_input[:, -1]
+        if np.abs(scale - np.diag(np.diag(scale))).max() > 1e-9 or np.any(np.diag(scale) <= 0):
+            raise VolumeError(f"{path}: the map's cells are not aligned with the volume's voxels")
+        for axis, n in enumerate(expected):  # input voxel p <- map index (p - shift) / scale, axis by axis
+            data = _interpolate_axis(data, axis, (np.arange(n) - shift[axis]) / scale[axis, axis])
     if data.shape != expected:
-        raise VolumeError(f"{path}: map of shape {data.shape} does not fit volume '{volume.name}' of (I, J, K) {volume.ijk_shape}")
+        raise VolumeError(
+            f"{path}: map of shape {data.shape} does not fit volume '{volume.name}' of (I, J, K) {volume.ijk_shape}"
+        )
     kji = np.transpose(data if data.ndim == 3 else data[..., None], (2, 1, 0))
-    return np.ascontiguousarray(kji), np.asarray(image.affine, dtype=float)
+    return np.ascontiguousarray(kji, dtype=np.float32), np.asarray(image.affine, dtype=float)
 
 
 def write_volume(path: str, array_kji: np.ndarray, ijk_to_ras: np.ndarray) -> str:
