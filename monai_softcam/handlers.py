@@ -39,6 +39,7 @@ __all__ = [
     "LossTermsLogger",
     "MetricsReport",
     "PredictionsWriter",
+    "RegionsWriter",
     "TrainingCheckpoint",
 ]
 
@@ -223,7 +224,27 @@ class LossTermsLogger:
         self._sums, self._count = {}, 0
 
 
-class EvidenceGallery:
+class _CollectThenWrite:
+    """A handler that collects from every iteration (``_collect``) and writes once at the end
+    (``_write``), starting afresh when the run starts (or, ``per_epoch``, each epoch), with what it
+    collected in ``_items``."""
+
+    per_epoch = False
+
+    def attach(self, engine: Engine) -> None:
+        start, end = (Events.EPOCH_STARTED, Events.EPOCH_COMPLETED) if self.per_epoch else (Events.STARTED, Events.COMPLETED)
+        engine.add_event_handler(start, lambda e: self._items.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(end, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def _write(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+
+class EvidenceGallery(_CollectThenWrite):
     """Picture of the first ``max_cases`` cases of an evaluation: image (with the ground-truth outline
     when the batch has a ``mask``) and the evidence map of every class (attach to an evaluator).
 
@@ -236,6 +257,8 @@ class EvidenceGallery:
         cases_per_row: cases side by side in each row of the picture.
         tag: TensorBoard tag.
     """
+
+    per_epoch = True  # one gallery per validation epoch
 
     def __init__(
         self,
@@ -252,24 +275,19 @@ class EvidenceGallery:
         self.max_cases = int(max_cases)
         self.cases_per_row = int(cases_per_row)
         self.tag = tag
-        self._cases: list[dict[str, Any]] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._cases.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+        self._items: list[dict[str, Any]] = []  # the cases shown
 
     def _collect(self, engine: Engine) -> None:
         outputs = engine.state.output
-        if len(self._cases) >= self.max_cases or not isinstance(outputs, list):
+        if len(self._items) >= self.max_cases or not isinstance(outputs, list):
             return
         if outputs and "evidence_maps" not in outputs[0]:  # a black box: nothing to show
             return
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [{}] * len(outputs)
         for out, item in zip(outputs, batch):
-            if len(self._cases) >= self.max_cases:
+            if len(self._items) >= self.max_cases:
                 break
-            self._cases.append(
+            self._items.append(
                 {
                     "image": out["image"].detach().cpu(),
                     "maps": out["evidence_maps"].detach().cpu(),
@@ -280,16 +298,16 @@ class EvidenceGallery:
             )
 
     def _write(self, engine: Engine) -> None:
-        if not self._cases or not is_main_process():
+        if not self._items or not is_main_process():
             return
-        labels = [c["label"] for c in self._cases]
+        labels = [c["label"] for c in self._items]
         picture = evidence_gallery(
-            [c["image"] for c in self._cases],
-            [c["maps"] for c in self._cases],
+            [c["image"] for c in self._items],
+            [c["maps"] for c in self._items],
             self.class_names,
             labels=None if any(lbl is None for lbl in labels) else [int(torch.as_tensor(lbl).reshape(-1)[0]) for lbl in labels],
-            probs=None if any(c["pred"] is None for c in self._cases) else [c["pred"] for c in self._cases],
-            masks=[None if c["mask"] is None else c["mask"].detach().cpu() for c in self._cases],
+            probs=None if any(c["pred"] is None for c in self._items) else [c["pred"] for c in self._items],
+            masks=[None if c["mask"] is None else c["mask"].detach().cpu() for c in self._items],
             cases_per_row=self.cases_per_row,
         )
         if self.output_path:
@@ -385,7 +403,7 @@ class MetricsReport:
         self.printer("\n".join(lines))
 
 
-class PredictionsWriter:
+class PredictionsWriter(_CollectThenWrite):
     """Collect one row per case and write a CSV when the run completes (atomically).
 
     Columns: ``image`` (the input file), ``prob_<class>`` per class, ``predicted_class``, ``logit_<class>``
@@ -400,12 +418,7 @@ class PredictionsWriter:
     def __init__(self, path: str, class_names: Sequence[str]) -> None:
         self.path = path
         self.class_names = list(class_names)
-        self._rows: list[list[Any]] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda e: self._rows.clear())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
+        self._items: list[list[Any]] = []  # one row per case
 
     def _collect(self, engine: Engine) -> None:
         for out in engine.state.output:
@@ -417,7 +430,7 @@ class PredictionsWriter:
             row.append(self.class_names[int(probs.argmax())])
             row += [f"{v:.6f}" for v in logits.tolist()]
             row.append(out.get("evidence_maps_dir", ""))
-            self._rows.append(row)
+            self._items.append(row)
 
     def _write(self, engine: Engine) -> None:
         if not is_main_process():
@@ -426,5 +439,50 @@ class PredictionsWriter:
             writer = csv.writer(f)
             header = ["image"] + [f"prob_{c}" for c in self.class_names] + ["predicted_class"]
             writer.writerow(header + [f"logit_{c}" for c in self.class_names] + ["evidence_maps"])
-            writer.writerows(self._rows)
-        logger.info("wrote %d predictions to %s", len(self._rows), self.path)
+            writer.writerows(self._items)
+        logger.info("wrote %d predictions to %s", len(self._items), self.path)
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return value
+
+
+class RegionsWriter(_CollectThenWrite):
+    """Collect the region rows of every case (:class:`~monai_softcam.transforms.RegionEvidenced`,
+    under ``key``) and write them as one CSV when the run completes (atomically); nothing is written
+    when no case has rows.
+
+    Columns (:data:`COLUMNS`): ``image``, ``region``, ``label`` (empty for ``beyond_input``),
+    ``class``, ``evidence_sum``, ``share_of_logit`` (for each image and class these add up over the
+    regions to ``logit``), ``logit``, ``mean_density``, ``cells``, ``voxels``, ``size_mm`` (mm² or
+    mm³) and ``in_view``; see :func:`~monai_softcam.regions.region_evidence`.
+
+    Args:
+        path: the CSV file.
+        key: the key of the rows in each case's output.
+    """
+
+    COLUMNS = ("image", "region", "label", "class", "evidence_sum", "share_of_logit", "logit", "mean_density",
+               "cells", "voxels", "size_mm", "in_view")  # fmt: skip
+
+    def __init__(self, path: str, key: str = "regions") -> None:
+        self.path = path
+        self.key = key
+        self._items: list[dict[str, Any]] = []  # region rows of every case
+
+    def _collect(self, engine: Engine) -> None:
+        for out in engine.state.output:
+            self._items += list(out.get(self.key) or [])
+
+    def _write(self, engine: Engine) -> None:
+        if not self._items or not is_main_process():
+            return
+        with atomic_open(self.path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.COLUMNS)
+            writer.writerows([_cell(row.get(c)) for c in self.COLUMNS] for row in self._items)
+        logger.info("wrote %d region rows to %s", len(self._items), self.path)

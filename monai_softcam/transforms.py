@@ -16,6 +16,7 @@ from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     InvertibleTransform,
+    LoadImage,
     LoadImaged,
     MapTransform,
     NormalizeIntensityd,
@@ -23,8 +24,9 @@ from monai.transforms import (
     Transform,
 )
 
-from .data.readers import default_readers, image_stem, quiet_reader_setup, reader_for
-from .utils import ConfigError, InputError, atomic_open
+from .data.readers import IMAGE_EXTENSIONS, SimpleITKReader, default_readers, image_stem, quiet_reader_setup, reader_for
+from .regions import region_evidence, voxel_size
+from .utils import ConfigError, InputError, MissingInputError, atomic_open
 from .visualize import evidence_gallery
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "BoxesToMaskd",
     "RandColorJitterd",
     "ReadImaged",
+    "RegionEvidenced",
     "SaveEvidenceMapsd",
     "FitToSized",
     "EvidenceGridd",
@@ -39,6 +42,7 @@ __all__ = [
     "ResampleEvidenced",
     "load_input",
     "map_grid_affine",
+    "map_to_input_index",
     "normalize_input",
     "preprocessing",
     "resample_maps",
@@ -427,6 +431,12 @@ def map_grid_affine(image_affine: Any, image_shape: Sequence[int], map_shape: Se
     return affine @ scale
 
 
+def map_to_input_index(map_affine: Any, input_affine: Any) -> np.ndarray:
+    """The matrix from map index to input voxel index: ``inv(input_affine) @ map_affine`` (float64),
+    for a map placed by :class:`EvidenceGridd` and its input brought back to its own grid by ``Invertd``."""
+    return np.linalg.inv(np.asarray(input_affine, dtype=np.float64)) @ np.asarray(map_affine, dtype=np.float64)
+
+
 def resample_maps(
     maps: torch.Tensor, map_affine: Any, ref_affine: Any, ref_shape: Sequence[int]
 ) -> torch.Tensor:
@@ -562,7 +572,7 @@ class SaveEvidenceMapsd(MapTransform):
         """The header extension placing the map on ``image``'s voxels (None without an image)."""
         if not isinstance(image, MetaTensor):
             return None
-        to_input = np.linalg.inv(np.asarray(image.affine, dtype=np.float64)) @ affine
+        to_input = map_to_input_index(affine, image.affine)
         content = {MAP_GRID_EXTENSION: {
             "input_shape": [int(s) for s in image.shape[1:]],
             "map_to_input_index": np.round(to_input, 10).tolist(),
@@ -612,4 +622,162 @@ class SaveEvidenceMapsd(MapTransform):
                 with atomic_open(os.path.join(folder, f"{name}_overlay.png"), "wb") as f:
                     picture.save(f, format="PNG", compress_level=1)  # 4x faster than level 6, as small on X-rays
             d[f"{key}_dir"] = folder
+        return d
+
+
+class _LabelReader(SimpleITKReader):
+    """:class:`SimpleITKReader` keeping the stored values of every format (PNG labels stay 0, 1, 2, ...,
+    not intensities in [0, 1]); one value per voxel."""
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        import SimpleITK as sitk  # heavy: SimpleITK, loaded when a label map needs it
+
+        path, image = img
+        channels = image.GetNumberOfComponentsPerPixel()
+        if channels > 1:
+            raise ValueError(f"{path}: a label map has one value per voxel; this file has {channels} channels")
+        _, meta = super().get_data(img)
+        stored = sitk.GetArrayFromImage(image)  # (z,) y, x
+        return np.ascontiguousarray(np.transpose(stored, list(range(stored.ndim))[::-1])), meta
+
+
+class RegionEvidenced(MapTransform):
+    """Each region of a label map's exact share of every class's logit, from the compact evidence maps.
+
+    The label map lies on the input's voxel grid (as the bundle reads the input: same size and
+    voxel order; e.g. a NIfTI/NRRD with the image's geometry, or a PNG of the image's size), one
+    integer per voxel, 0 for voxels in no region (``"outside"``). Rows come from
+    :func:`~monai_softcam.regions.region_evidence` on the map grid (the cells weighted by the part
+    of them each region covers, so that the shares add up to each logit exactly) and are stored
+    under ``output_key`` as a list of dicts, each with the input's path under ``image``.
+
+    Placed after ``Invertd`` (``image_key`` on the input's own grid) and before any resampling of the
+    maps (``keys``: the maps placed by :class:`EvidenceGridd`, whose affine and the image's give the
+    map-to-voxel matrix, :func:`map_to_input_index`).
+
+    Args:
+        keys: the evidence-map key (``[C, *grid]`` MetaTensor).
+        regions: a label-map file (one input), or a folder holding one label map per input named
+            after the input's stem (``<stem>.nii.gz``, ``<stem>.nrrd``, ``<stem>.png``, ...; for a
+            DICOM series folder, the folder's name).
+        class_names: one name per class.
+        image_key: the input image on its own grid.
+        output_key: where the rows go.
+        label_names: label value -> region name (default: ``outside`` for 0, ``label_<L>`` for others).
+        inputs: the data list (``{"image": path}`` items): when given, every input's label map is
+            looked up here, before anything runs, so that a missing one stops the run at once.
+
+    Errors (:class:`~monai_softcam.utils.InputError`, naming the files): a label map that is
+    missing for an input, ambiguous, unreadable, not integer, or not on the input's grid.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        regions: str,
+        class_names: Sequence[str],
+        image_key: str = "image",
+        output_key: str = "regions",
+        label_names: Mapping[int, str] | None = None,
+        inputs: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(keys)
+        self.regions = os.fspath(regions)
+        if not os.path.exists(self.regions):
+            raise MissingInputError(f"regions: {self.regions} does not exist (a label-map file, or a folder of them)")
+        self.class_names = [str(c) for c in class_names]
+        self.image_key = image_key
+        self.output_key = output_key
+        self.label_names = {int(k): str(v) for k, v in (label_names or {}).items()}
+        self._folder_files: dict[str, list[str]] | None = None
+        self._sources: set[str] = set()
+        self._loaders: dict[int, LoadImage] = {}
+        if inputs is not None:
+            sources = [str(item["image"]) for item in inputs]
+            if os.path.isfile(self.regions) and len(set(sources)) > 1:
+                raise ConfigError(self._one_file_message(len(set(sources))))
+            for source in sources:
+                self.label_map_for(source)
+
+    def _one_file_message(self, count: int) -> str:
+        return (
+            f"regions is one label map ({self.regions}) but the input has {count} images: give a folder holding "
+            "one label map per input, named after each input (<stem>.nii.gz, <stem>.nrrd, <stem>.png, ...)"
+        )
+
+    def label_map_for(self, source: str) -> str:
+        """The label map of the input ``source`` (a file path, or a DICOM series folder)."""
+        if os.path.isfile(self.regions):
+            return self.regions
+        if self._folder_files is None:
+            found: dict[str, list[str]] = {}
+            for name in sorted(os.listdir(self.regions)):
+                path = os.path.join(self.regions, name)
+                if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path):
+                    found.setdefault(image_stem(name), []).append(path)
+            self._folder_files = found
+        stem = image_stem(os.path.basename(os.path.normpath(source)))
+        candidates = [p for p in self._folder_files.get(stem, []) if os.path.abspath(p) != os.path.abspath(source)]
+        if not candidates:
+            raise InputError(
+                f"no label map for input {source} in the regions folder {self.regions} "
+                f"(expected {stem}.nii.gz, {stem}.nrrd, {stem}.png or another image format named {stem})"
+            )
+        if len(candidates) > 1:
+            raise InputError(
+                f"several label maps for input {source} in the regions folder {self.regions}: "
+                f"{', '.join(os.path.basename(p) for p in candidates)}; keep one"
+            )
+        return candidates[0]
+
+    def _read(self, path: str, spatial_dims: int) -> np.ndarray:
+        if spatial_dims not in self._loaders:
+            with quiet_reader_setup():
+                self._loaders[spatial_dims] = LoadImage(
+                    reader=[*default_readers(spatial_dims), _LabelReader()], image_only=True, dtype=None
+                )
+        loader = self._loaders[spatial_dims]
+        try:
+            array = np.asarray(loader(path, reader_for(loader, path)))
+        except Exception as err:
+            raise InputError(f"cannot read label map {path}: {err}") from err
+        if array.ndim == spatial_dims + 1 and array.shape[-1] == 1:  # e.g. a 2D label map saved as x, y, 1
+            array = array[..., 0]
+        return array
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d[self.image_key]
+        source = _source(d, self.image_key)
+        if os.path.isfile(self.regions):
+            self._sources.add(source)
+            if len(self._sources) > 1:
+                raise ConfigError(self._one_file_message(len(self._sources)))
+        rows: list[dict[str, Any]] = []
+        for key in self.key_iterator(d):
+            maps = d[key]
+            if not isinstance(maps, MetaTensor):
+                raise ValueError(f"{key}: RegionEvidenced needs the maps placed by EvidenceGridd (a MetaTensor)")
+            if maps.shape[0] != len(self.class_names):
+                raise ValueError(f"{len(self.class_names)} class names for {maps.shape[0]} evidence maps")
+            spatial = tuple(int(n) for n in image.shape[1:])
+            path = self.label_map_for(source)
+            labels = self._read(path, len(spatial))
+            if tuple(labels.shape) != spatial:
+                raise InputError(
+                    f"label map {path} of shape {tuple(labels.shape)} is not on the grid of the input {source} "
+                    f"of shape {spatial}: a label map has one label per input voxel"
+                )
+            image_affine = image.affine if isinstance(image, MetaTensor) else torch.eye(4, dtype=torch.float64)
+            to_input = map_to_input_index(maps.affine, image_affine)
+            arr = torch.as_tensor(maps).detach().cpu().double().numpy()
+            try:
+                found = region_evidence(
+                    dict(zip(self.class_names, arr)), labels, to_input, self.label_names,
+                    voxel_volume=voxel_size(np.asarray(image_affine, dtype=np.float64), len(spatial)),
+                )  # fmt: skip
+            except ValueError as err:
+                raise InputError(f"label map {path} for input {source}: {err}") from err
+            rows += [{"image": source, **row} for row in found]
+        d[self.output_key] = rows
         return d

@@ -1,18 +1,82 @@
-"""A minimal stand-in for Slicer's Python modules (``slicer``, ``qt``, ``ctk``, ``vtk``), enough to
-import ``SoftCAM.py`` and drive its widget and logic without Slicer. MRML nodes and the scene are
-small fakes that keep what the module puts in them (arrays, matrices, display settings), so tests
-can check it; GUI widgets are MagicMocks. ``install()`` puts the fakes in ``sys.modules``."""
+"""Stand-ins for Slicer's Python modules (``slicer``, ``qt``, ``ctk``, ``vtk``) that enforce the
+contracts of the real ones, enough to import ``SoftCAM.py`` and drive its widget and logic without
+Slicer. ``install()`` puts them in ``sys.modules``.
+
+Each stand-in names, in a comment, the Slicer or CTK source it reproduces (Slicer ``main`` of
+2026-08, identical in the parts used here to v5.10/v5.12 unless a comment says otherwise; CTK as
+Slicer pins it). A fake that accepts what Slicer rejects is a defect: when in doubt, these refuse.
+
+What is modelled: MRML nodes and the scene (node references resolved through the scene, so a
+removed node's display node is None; scene close events and singleton reset), VTK observers (in
+VTK's calling order), the parameter node wrapper (serializers, validators, defaults written at
+construction, ``connectGui`` binding widgets by their ``SlicerParameterName`` property with each
+connector's real signal, in Qt's connection order), the widgets of the module's .ui file
+(ctkPathLineEdit with its validator, ctkSliderWidget, QComboBox, ...), ``slicer.util.pip_install``
+(a string goes through ``shlex.split``), ``setSliceViewerLayers`` (no layout manager headless) and
+``slicer.app.layoutManager()`` (None, as under ``--no-main-window``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pathlib
+import re
+import shlex
 import sys
 import types
+import typing
+import xml.etree.ElementTree as ET
 from unittest import mock
 
 import numpy as np
 
-MODULE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "slicer_extension", "SoftCAM")
+#: the folder holding SoftCAM.py: the source tree's, or (SOFTCAM_MODULE_DIR) an installed layout's
+MODULE_DIR = os.environ.get("SOFTCAM_MODULE_DIR") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "slicer_extension", "SoftCAM"
+)
+MODIFIED_EVENT = 33  # vtkCommand::ModifiedEvent
+
+
+# ---------------------------------------------------------------------------------------------- VTK
+class Observable:
+    """vtkObject's observers. VTK/Common/Core/vtkObject.cxx, vtkSubjectHelper::AddObserver: among
+    observers of equal priority a new one is inserted before the last element, so for A, B, C (added
+    in that order) InvokeEvent calls B, C, A; observers added during an InvokeEvent are not called in
+    that invocation."""
+
+    def _observers(self) -> list:
+        if "_obs" not in self.__dict__:
+            self.__dict__["_obs"], self.__dict__["_obs_tag"] = [], 0
+        return self.__dict__["_obs"]
+
+    def AddObserver(self, event, callback, priority: float = 0.0) -> int:
+        observers = self._observers()
+        self.__dict__["_obs_tag"] += 1
+        tag = self.__dict__["_obs_tag"]
+        entry = (tag, event, callback, float(priority))
+        # find the insertion point as vtkSubjectHelper does (a list ordered by calling order)
+        pos = 0
+        while pos < len(observers) and observers[pos][3] >= priority and pos < len(observers) - 1:
+            pos += 1
+        if observers and observers[pos][3] > priority:
+            observers.insert(pos + 1, entry)
+        elif observers:
+            observers.insert(pos, entry)
+        else:
+            observers.append(entry)
+        return tag
+
+    def RemoveObserver(self, tag: int) -> None:
+        observers = self._observers()
+        observers[:] = [o for o in observers if o[0] != tag]
+
+    def InvokeEvent(self, event, data=None) -> None:
+        observers = self._observers()
+        limit = self.__dict__["_obs_tag"]
+        for tag, ev, callback, _ in list(observers):
+            if ev == event and tag <= limit and any(o[0] == tag for o in observers):
+                callback(self, event) if data is None else callback(self, event, data)
 
 
 class Matrix4x4:  # vtkMatrix4x4
@@ -29,6 +93,17 @@ class Matrix4x4:  # vtkMatrix4x4
         self.m = other.m.copy()
 
 
+class Variant:  # vtkVariant
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def ToString(self) -> str:
+        return str(self.value)
+
+    def ToDouble(self) -> float:
+        return float(self.value)
+
+
 class DataArray:  # vtkStringArray / vtkDoubleArray
     def __init__(self) -> None:
         self.name, self.values = "", []
@@ -36,25 +111,176 @@ class DataArray:  # vtkStringArray / vtkDoubleArray
     def SetName(self, name: str) -> None:
         self.name = name
 
+    def GetName(self) -> str:
+        return self.name
+
     def InsertNextValue(self, value) -> None:
         self.values.append(value)
 
+    def GetValue(self, index: int):
+        return self.values[index]
 
-class Table:
+    def GetNumberOfValues(self) -> int:
+        return len(self.values)
+
+    def GetNumberOfTuples(self) -> int:
+        return len(self.values)
+
+
+class Table:  # vtkTable: the rows are the columns' tuples
     def __init__(self) -> None:
         self.columns: list[DataArray] = []
 
     def AddColumn(self, column: DataArray) -> None:
         self.columns.append(column)
 
+    def Initialize(self) -> None:
+        self.columns = []
 
-class DisplayNode:
-    def __init__(self) -> None:
-        self.color = None
-        self.window_level = None
-        self.threshold = None
-        self.apply_threshold = False
-        self.auto_window_level = True
+    def GetNumberOfRows(self) -> int:
+        return max((c.GetNumberOfTuples() for c in self.columns), default=0)
+
+    def GetValue(self, row: int, column: int) -> Variant:
+        return Variant(self.columns[column].values[row])
+
+
+# --------------------------------------------------------------------------------------------- MRML
+class Node(Observable):
+    """An MRML node. References to other nodes are kept as IDs and resolved through the node's
+    scene (Libs/MRML/Core/vtkMRMLNode.cxx, vtkMRMLNode::GetNthNodeReference): a node that is not in a
+    scene (after vtkMRMLScene::RemoveNode or a scene close) resolves every reference to None, though
+    it keeps the IDs (vtkMRMLNode::SetScene(nullptr) -> InvalidateNodeReferences)."""
+
+    count = 0
+
+    def __init__(self, name: str = "") -> None:
+        Node.count += 1
+        self.name, self.id = name, f"{type(self).__name__}{Node.count}"
+        self.scene: Scene | None = None
+        self.singleton_tag = None
+        self.matrix = np.eye(4)
+        self.array = None
+        self.attributes: dict[str, str] = {}
+        self.display_id = None
+        self.table = Table()
+        self.transform_id = None
+        self.storage = None
+        self.modified_since_read = False
+        self.params: dict[str, str] = {}
+        self.references: dict[str, str | None] = {}
+        self._modifying = 0
+        self._pending = False
+
+    def GetID(self) -> str:
+        return self.id
+
+    def GetName(self) -> str:
+        return self.name
+
+    def GetClassName(self) -> str:
+        return type(self).__name__
+
+    def GetScene(self):
+        return self.scene
+
+    def Modified(self) -> None:
+        if self._modifying:
+            self._pending = True
+        else:
+            self.InvokeEvent(MODIFIED_EVENT)
+
+    def StartModify(self) -> int:
+        self._modifying += 1
+        return self._modifying - 1
+
+    def EndModify(self, previous: int) -> None:
+        self._modifying = previous
+        if not previous and self._pending:
+            self._pending = False
+            self.InvokeEvent(MODIFIED_EVENT)
+
+    def _resolve(self, node_id):
+        return None if self.scene is None or node_id is None else self.scene.GetNodeByID(node_id)
+
+    # volume
+    def GetIJKToRASMatrix(self, matrix: Matrix4x4) -> None:
+        matrix.m = self.matrix.copy()
+
+    def SetIJKToRASMatrix(self, matrix: Matrix4x4) -> None:
+        self.matrix = matrix.m.copy()
+
+    def SetSpacing(self, *spacing) -> None:  # vtkMRMLVolumeNode: directions kept, columns scaled
+        directions = self.matrix[:3, :3] / np.linalg.norm(self.matrix[:3, :3], axis=0)
+        self.matrix[:3, :3] = directions * np.asarray(spacing, float)[None, :]
+
+    def SetOrigin(self, *origin) -> None:
+        self.matrix[:3, 3] = origin
+
+    def SetIJKToRASDirections(self, directions) -> None:
+        spacing = np.linalg.norm(self.matrix[:3, :3], axis=0)
+        self.matrix[:3, :3] = np.asarray(directions, float) * spacing[None, :]
+
+    def GetTransformNodeID(self):
+        return self.transform_id
+
+    def SetAndObserveTransformNodeID(self, node_id) -> None:
+        self.transform_id = node_id
+
+    def SetAttribute(self, key: str, value: str) -> None:
+        self.attributes[key] = value
+
+    def GetAttribute(self, key: str):
+        return self.attributes.get(key)
+
+    def CreateDefaultDisplayNodes(self) -> None:
+        if self.scene is None:  # vtkMRMLDisplayableNode::CreateDefaultDisplayNodes needs a scene
+            raise RuntimeError("CreateDefaultDisplayNodes failed: scene is invalid")
+        self.display_id = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode").GetID()
+
+    def GetDisplayNode(self):
+        return self._resolve(self.display_id)
+
+    def GetDisplayNodeID(self):
+        return self.display_id
+
+    def GetStorageNode(self):
+        return self.storage
+
+    def GetModifiedSinceRead(self) -> bool:
+        return self.modified_since_read
+
+    def GetTable(self) -> Table:
+        return self.table
+
+    def SetHideFromEditors(self, hide: bool) -> None:
+        self.hidden = bool(hide)
+
+    # scripted module (parameter) node: vtkMRMLScriptedModuleNode
+    def SetParameter(self, name: str, value: str) -> None:  # Modified only when the value changes
+        if self.params.get(name) != value:
+            self.params[name] = value
+            self.Modified()
+
+    def GetParameter(self, name: str) -> str:
+        return self.params.get(name, "")
+
+    def HasParameter(self, name: str) -> bool:
+        return name in self.params
+
+    def SetNodeReferenceID(self, role: str, node_id) -> None:
+        if self.references.get(role) != node_id:
+            self.references[role] = node_id
+            self.Modified()
+
+    def GetNodeReference(self, role: str):
+        return self._resolve(self.references.get(role))
+
+
+class DisplayNode(Node):  # vtkMRMLScalarVolumeDisplayNode: what the module sets on it
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self.color, self.window_level, self.threshold = None, None, None
+        self.apply_threshold, self.auto_window_level = False, True
 
     def SetAndObserveColorNodeID(self, node_id: str) -> None:
         self.color = node_id
@@ -75,83 +301,94 @@ class DisplayNode:
         self.apply_threshold = False
 
 
-class Node:
-    """A volume, table or parameter node."""
-
-    count = 0
-
-    def __init__(self, class_name: str, name: str = "") -> None:
-        Node.count += 1
-        self.class_name, self.name, self.id = class_name, name, f"{class_name}{Node.count}"
-        self.matrix = np.eye(4)
-        self.array = None
-        self.attributes: dict[str, str] = {}
-        self.display: DisplayNode | None = None
-        self.table = Table()
-        self.transform_id = None
-        self.storage = None
-        self.modified_since_read = False
-        self.params: dict = {}
-
-    def GetID(self) -> str:
-        return self.id
+class Segment:  # vtkSegment
+    def __init__(self, name: str, mask_kji: np.ndarray) -> None:
+        self.name, self.mask = name, np.asarray(mask_kji, bool)
 
     def GetName(self) -> str:
         return self.name
 
-    def GetClassName(self) -> str:
-        return self.class_name
 
-    def GetIJKToRASMatrix(self, matrix: Matrix4x4) -> None:
-        matrix.m = self.matrix.copy()
+class Segmentation(Observable):
+    """vtkSegmentation (Libs/vtkSegmentationCore/vtkSegmentation.h): segments in ID order; events
+    SourceRepresentationModified = 62100, SegmentAdded = 62102, SegmentRemoved = 62103,
+    SegmentModified = 62104 (the enum's order). Here a segment's mask is given on the reference
+    volume's voxel grid (Slicer resamples each segment's labelmap to the reference geometry)."""
 
-    def SetIJKToRASMatrix(self, matrix: Matrix4x4) -> None:
-        self.matrix = matrix.m.copy()
+    def __init__(self) -> None:
+        self.segments: dict[str, Segment] = {}
 
-    def GetTransformNodeID(self):
-        return self.transform_id
+    def GetSegmentIDs(self, ids: DataArray) -> None:
+        for segment_id in self.segments:
+            ids.InsertNextValue(segment_id)
 
-    def SetAndObserveTransformNodeID(self, node_id) -> None:
-        self.transform_id = node_id
+    def GetSegment(self, segment_id: str) -> Segment:
+        return self.segments[segment_id]
 
-    def SetAttribute(self, key: str, value: str) -> None:
-        self.attributes[key] = value
+    def AddSegment(self, name: str, mask_kji) -> str:
+        segment_id = f"Segment_{len(self.segments) + 1}"
+        self.segments[segment_id] = Segment(name, mask_kji)
+        self.InvokeEvent(62102)
+        return segment_id
 
-    def GetAttribute(self, key: str):
-        return self.attributes.get(key)
-
-    def CreateDefaultDisplayNodes(self) -> None:
-        self.display = DisplayNode()
-
-    def GetDisplayNode(self) -> DisplayNode | None:
-        return self.display
-
-    def GetStorageNode(self):
-        return self.storage
-
-    def GetModifiedSinceRead(self) -> bool:
-        return self.modified_since_read
-
-    def GetTable(self) -> Table:
-        return self.table
-
-    def Modified(self) -> None:
-        pass
+    def SetMask(self, segment_id: str, mask_kji) -> None:  # a Segment Editor stroke
+        self.segments[segment_id].mask = np.asarray(mask_kji, bool)
+        self.InvokeEvent(62100)
 
 
-class Scene:
-    StartCloseEvent, EndCloseEvent = 1, 2
+def _export_segments_to_labelmap(segmentation_node, ids, labelmap, reference) -> bool:
+    """Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.cxx,
+    ExportSegmentsToLabelmapNode -> vtkSegmentation::GenerateSharedLabelmap: on the reference
+    volume's geometry, segment i of ``ids`` gets label 0 + 1 + i, later segments over earlier ones."""
+    if segmentation_node.GetScene() is None or labelmap.GetScene() is None:
+        return False
+    labels = np.zeros(reference.array.shape[:3], np.int16)
+    for i in range(ids.GetNumberOfValues()):
+        mask = segmentation_node.segmentation.GetSegment(ids.GetValue(i)).mask
+        labels[mask] = 1 + i
+    labelmap.array, labelmap.matrix = labels, reference.matrix.copy()
+    return True
+
+
+NODE_CLASSES = {name: type(name, (Node,), {}) for name in
+                ("vtkMRMLScalarVolumeNode", "vtkMRMLTableNode", "vtkMRMLScriptedModuleNode", "vtkMRMLSliceCompositeNode")}  # fmt: skip
+NODE_CLASSES["vtkMRMLLabelMapVolumeNode"] = type("vtkMRMLLabelMapVolumeNode", (NODE_CLASSES["vtkMRMLScalarVolumeNode"],), {})
+NODE_CLASSES["vtkMRMLSegmentationNode"] = type(
+    "vtkMRMLSegmentationNode", (Node,),
+    {"GetSegmentation": lambda self: self.__dict__.setdefault("segmentation", Segmentation())},
+)  # fmt: skip
+NODE_CLASSES["vtkMRMLScalarVolumeDisplayNode"] = type("vtkMRMLScalarVolumeDisplayNode", (DisplayNode,), {})
+
+
+class Scene(Observable):
+    """vtkMRMLScene (Libs/MRML/Core/vtkMRMLScene.cxx). RemoveNode detaches the node
+    (SetScene(nullptr)); Clear() (what File > Close scene calls) emits StartCloseEvent, removes every
+    non-singleton node, resets the singletons (a singleton parameter node survives with its
+    parameters wiped: ResetNodes), then emits EndCloseEvent."""
+
+    StartCloseEvent, EndCloseEvent = 0x2103, 0x2203  # vtkMRMLScene.h: StateEvent|Start/EndEvent|CloseState
 
     def __init__(self) -> None:
         self.nodes: list[Node] = []
 
-    def AddNewNodeByClass(self, class_name: str, name: str = "") -> Node:
-        node = Node(class_name, name)
+    def AddNode(self, node: Node) -> Node:
+        node.scene = self
         self.nodes.append(node)
         return node
 
+    def AddNewNodeByClass(self, class_name: str, name: str = "") -> Node:
+        return self.AddNode(NODE_CLASSES[class_name](name))
+
     def RemoveNode(self, node: Node) -> None:
-        self.nodes.remove(node)
+        if node in self.nodes:
+            self.nodes.remove(node)
+            node.scene = None
+
+    def GetNodeByID(self, node_id):
+        return next((n for n in self.nodes if n.id == node_id), None)
+
+    def GetSingletonNode(self, tag: str, class_name: str):
+        return next((n for n in self.nodes if n.singleton_tag == tag and n.GetClassName() == class_name), None)
 
     def GenerateUniqueName(self, name: str) -> str:
         taken = {n.name for n in self.nodes}
@@ -161,42 +398,581 @@ class Scene:
         return unique
 
     def GetFirstNodeByClass(self, class_name: str):
-        return next((n for n in self.nodes if n.class_name == class_name), None)
+        return next((n for n in self.nodes if isinstance(n, NODE_CLASSES[class_name])), None)
 
-    def Clear(self) -> None:
-        self.nodes.clear()
+    def GetNodesByClass(self, class_name: str) -> list[Node]:
+        return [n for n in self.nodes if isinstance(n, NODE_CLASSES[class_name])]
+
+    def Clear(self, removeSingletons: int = 0) -> None:
+        self.InvokeEvent(self.StartCloseEvent)
+        for node in list(self.nodes):
+            if node.singleton_tag is None or removeSingletons:
+                self.RemoveNode(node)
+        for node in self.nodes:  # ResetNodes: a fresh copy's content, one ModifiedEvent
+            node.params.clear()
+            node.references.clear()
+            node.attributes.clear()
+            node.Modified()
+        self.InvokeEvent(self.EndCloseEvent)
 
 
-def _parameter_node_wrapper(cls):
-    """Like Slicer's ``@parameterNodeWrapper``: typed attributes stored on a parameter node."""
-    fields = {name: getattr(cls, name, None) for name in getattr(cls, "__annotations__", {})}
+# ----------------------------------------------------------------------------- parameterNodeWrapper
+# Base/Python/slicer/parameterNodeWrapper/validators.py: checked when a value is written, never on read.
+class Validator:
+    def validate(self, value) -> None:
+        raise NotImplementedError
+
+
+class NotNone(Validator):
+    def validate(self, value) -> None:
+        if value is None:
+            raise ValueError("Value must not be None")
+
+
+class IsInstance(Validator):
+    def __init__(self, classtype) -> None:
+        self.classtype = classtype
+
+    def validate(self, value) -> None:
+        if value is not None and not isinstance(value, self.classtype):
+            raise TypeError(f"Value must be of type '{self.classtype}', is type '{type(value)}' value '{value}'")
+
+
+class WithinRange(Validator):
+    def __init__(self, minimum, maximum) -> None:
+        self.minimum, self.maximum = minimum, maximum
+
+    def validate(self, value) -> None:
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"Value must be within range [{self.minimum}, {self.maximum}], is {value}")
+
+
+class Choice(Validator):
+    def __init__(self, choices) -> None:
+        self.choices = choices
+
+    def validate(self, value) -> None:
+        if value not in self.choices:
+            raise ValueError(f"Value is {value}, but must be in one of the following: {self.choices}")
+
+
+class _Parameter:
+    """One parameter: its serializer (serializers.py: Number/String/Bool/Path/Node serializers, each
+    a ValidatedSerializer whose default validators come first) and its default."""
+
+    def __init__(self, name: str, datatype, extras: list, default) -> None:
+        self.name, self.datatype = name, datatype
+        self.annotations = [v for v in extras if isinstance(v, Validator)]
+        if isinstance(datatype, type) and issubclass(datatype, Node):
+            self.validators = [IsInstance(datatype)] + self.annotations  # NodeSerializer: None allowed
+            self.default = None if default is _MISSING else default
+        else:
+            base = (int, float) if datatype is float else datatype
+            self.validators = [NotNone(), IsInstance(base)] + self.annotations
+            if default is not _MISSING:
+                self.default = default
+            else:  # serializer.default(): Path() == Path("."), 0, "", False
+                self.default = datatype()
+
+    def write(self, node: Node, value) -> None:
+        for validator in self.validators:
+            validator.validate(value)
+        if isinstance(self.datatype, type) and issubclass(self.datatype, Node):
+            node.SetParameter(self.name, "")
+            node.SetNodeReferenceID(self.name, value.GetID() if value is not None else None)
+        else:
+            node.SetParameter(self.name, str(value))
+
+    def read(self, node: Node):
+        if isinstance(self.datatype, type) and issubclass(self.datatype, Node):
+            return node.GetNodeReference(self.name)
+        text = node.GetParameter(self.name)
+        if self.datatype is bool:
+            return text == "True"
+        if self.datatype in (int, float):
+            return self.datatype(text)
+        return self.datatype(text)
+
+
+_MISSING = object()
+
+
+def parameterNodeWrapper(cls):
+    """Base/Python/slicer/parameterNodeWrapper/wrapper.py: typed parameters stored on a
+    vtkMRMLScriptedModuleNode; missing ones are written (validated) with their defaults at
+    construction; ``connectGui`` / ``disconnectGui`` as in _connectParametersToGui (v5.10+: returns a
+    tag; v5.12 also removes its ModifiedEvent observer on disconnect, modelled here)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    parameters = {}
+    for name, hint in hints.items():
+        extras = []
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, *extras = typing.get_args(hint)
+        parameters[name] = _Parameter(name, hint, extras, cls.__dict__.get(name, _MISSING))
 
     class Wrapped:
         def __init__(self, node: Node) -> None:
-            object.__setattr__(self, "_node", node)
-            for name, default in fields.items():
-                node.params.setdefault(name, default)
+            object.__setattr__(self, "parameterNode", node)
+            object.__setattr__(self, "_guis", {})
+            object.__setattr__(self, "_next_tag", 0)
+            object.__setattr__(self, "_updating", False)
+            for parameter in parameters.values():
+                if not (node.HasParameter(parameter.name) or parameter.name in node.references):
+                    parameter.write(node, parameter.default)
 
         def __getattr__(self, name):
-            if name in fields:
-                return self._node.params[name]
+            if name in parameters:
+                parameter, node = parameters[name], self.parameterNode
+                if not (node.HasParameter(name) or name in node.references):  # _Parameter.read: default first
+                    parameter.write(node, parameter.default)
+                return parameter.read(node)
             raise AttributeError(name)
 
         def __setattr__(self, name, value) -> None:
-            if name not in fields:
+            if name not in parameters:
                 raise AttributeError(f"{cls.__name__} has no parameter {name}")
-            self._node.params[name] = value
+            parameters[name].write(self.parameterNode, value)
 
-        def connectGui(self, ui) -> str:
-            return "gui-tag"
+        # passthroughs (wrapper.py checkedSetAttr)
+        def AddObserver(self, event, callback, priority: float = 0.0) -> int:
+            return self.parameterNode.AddObserver(event, callback, priority)
+
+        def RemoveObserver(self, tag: int) -> None:
+            self.parameterNode.RemoveObserver(tag)
+
+        def StartModify(self) -> int:
+            return self.parameterNode.StartModify()
+
+        def EndModify(self, previous: int) -> None:
+            self.parameterNode.EndModify(previous)
+
+        def connectGui(self, gui) -> int:
+            widgets = {w.property("SlicerParameterName"): w for w in vars(gui).values()
+                       if isinstance(w, Widget) and w.property("SlicerParameterName")}  # fmt: skip
+            for name in widgets:
+                if name not in parameters:
+                    raise ValueError(f"Cannot find a param with the given name: {name}\n  Found parameters {list(parameters)}")
+            connectors = {name: _connector(widget, parameters[name]) for name, widget in widgets.items()}
+            tag = self._next_tag
+            object.__setattr__(self, "_next_tag", tag + 1)
+            for name, connector in connectors.items():
+                connector.write(getattr(self, name))  # emits the widget's signals before it is connected
+
+                def changed(*args, name=name, connector=connector):
+                    previous = self.parameterNode.StartModify()  # slicer.util.NodeModify
+                    try:
+                        if not self._updating:
+                            setattr(self, name, connector.read())
+                    finally:
+                        self.parameterNode.EndModify(previous)
+
+                connector.connect(changed)
+            observer = self.parameterNode.AddObserver(MODIFIED_EVENT, lambda caller, event: self._update_gui())
+            self._guis[tag] = (connectors, observer)
+            return tag
+
+        def _update_gui(self) -> None:
+            if self._updating:
+                return
+            object.__setattr__(self, "_updating", True)
+            try:
+                for connectors, _ in self._guis.values():
+                    for name, connector in connectors.items():
+                        connector.write(getattr(self, name))
+            finally:
+                object.__setattr__(self, "_updating", False)
 
         def disconnectGui(self, tag) -> None:
-            pass
+            if tag in self._guis:
+                connectors, observer = self._guis.pop(tag)
+                for connector in connectors.values():
+                    connector.disconnect()
+                self.parameterNode.RemoveObserver(observer)
 
     Wrapped.__name__ = cls.__name__
     return Wrapped
 
 
+class _Connector:
+    """A GUI connector (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py): exact widget type,
+    the signal it listens to, and how it reads and writes the widget."""
+
+    def __init__(self, widget, signal: str, read, write) -> None:
+        self.widget, self.signal, self.read, self._write, self._slot = widget, signal, read, write, None
+
+    def write(self, value) -> None:
+        self._write(value)
+
+    def connect(self, slot) -> None:
+        self._slot = slot
+        getattr(self.widget, self.signal).connect(slot)
+
+    def disconnect(self) -> None:
+        if self._slot is not None:
+            getattr(self.widget, self.signal).disconnect(self._slot)
+            self._slot = None
+
+
+def _connector(widget, parameter: _Parameter) -> _Connector:
+    kind, datatype = type(widget).__name__, parameter.datatype
+    ranges = [v for v in parameter.annotations if isinstance(v, WithinRange)]
+    choices = [v for v in parameter.annotations if isinstance(v, Choice)]
+    if kind == "ctkPathLineEdit" and datatype in (pathlib.Path, pathlib.PosixPath, pathlib.PurePath):
+        # ctkPathLineEditToPathConnector: currentPathChanged; read Path(currentPath); write currentPath = str(value)
+        def write(value):
+            widget.currentPath = str(value)
+        return _Connector(widget, "currentPathChanged", lambda: datatype(widget.currentPath), write)
+    if kind == "ctkSliderWidget" and datatype in (float, int):
+        # QDoubleSpinBoxCtkSliderWidgetToFloatIntConnector: needs bounds; sets the range from WithinRange
+        if not ranges:
+            raise RuntimeError("Cannot have a connection to ctkSliderWidget where the float types is unbounded.")
+        widget.minimum, widget.maximum = ranges[0].minimum, ranges[0].maximum
+
+        def write(value):
+            widget.value = value
+        return _Connector(widget, "valueChanged", lambda: datatype(widget.value), write)
+    if kind in ("QCheckBox", "ctkCheckBox") and datatype is bool:
+        def write(value):
+            widget.checked = value
+        return _Connector(widget, "stateChanged", lambda: bool(widget.checked), write)
+    if kind in ("QComboBox", "ctkComboBox") and datatype in (int, float, str, bool):
+        # QComboBoxToStringableConnector: requires Choice; fills the box with the choices
+        if not choices:
+            raise RuntimeError("ComboBoxToStringableConnector requires the Choice annotation to be used.")
+        options = list(choices[0].choices)
+        widget.clear()
+        widget.addItems([str(c) for c in options])
+
+        def write(value):
+            if value not in options:
+                raise ValueError(f"Unable to find value {value} in choices {options}")
+            widget.currentIndex = options.index(value)
+        return _Connector(widget, "currentIndexChanged", lambda: options[widget.currentIndex], write)
+    if kind == "QLineEdit" and datatype is str:
+        def write(value):
+            if widget.text != value:
+                widget.text = value
+        return _Connector(widget, "textChanged", lambda: widget.text, write)
+    if kind == "qMRMLNodeComboBox" and isinstance(datatype, type) and issubclass(datatype, Node):
+        widget.nodeTypes = [datatype.__name__]
+        return _Connector(widget, "currentNodeChanged", widget.currentNode, widget.setCurrentNode)
+    raise RuntimeError(f"Unable to create GUI connector from datatype {datatype} to widget type {kind}")
+
+
+# ------------------------------------------------------------------------------------------ widgets
+class Signal:
+    """A Qt signal as PythonQt exposes it: slots are called in connection order (one Qt connection per
+    Python handler, PythonQtSignalReceiver::addSignalHandler); ``disconnect`` removes the first equal one."""
+
+    def __init__(self, owner) -> None:
+        self.owner, self.slots = owner, []
+
+    def connect(self, slot) -> None:
+        self.slots.append(slot)
+
+    def disconnect(self, slot) -> None:
+        self.slots.remove(slot)
+
+    def emit(self, *args) -> None:
+        if self.owner.signals_blocked:
+            return
+        for slot in list(self.slots):
+            slot(*args[: _accepted(slot, len(args))])
+
+
+def _accepted(slot, available: int) -> int:
+    """How many of a signal's arguments PythonQt passes: as many as the callable takes (PythonQt
+    calls a slot with fewer arguments when it accepts fewer: PythonQtSignalTarget::call)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(slot).parameters.values()
+    except (TypeError, ValueError):
+        return available
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return available
+    return min(available, sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters))
+
+
+class Widget:
+    """A QWidget: dynamic properties (the .ui file's ``stdset="0"`` ones), ``enabled``,
+    ``toolTip``, PythonQt's ``widget.connect("signal(args)", slot)``, ``blockSignals``."""
+
+    SIGNALS: tuple[str, ...] = ()
+
+    def __init__(self, name: str, properties: dict) -> None:
+        self.objectName, self._properties = name, dict(properties)
+        self.enabled, self.toolTip, self.text, self.signals_blocked = True, "", "", False
+        for signal in self.SIGNALS:
+            setattr(self, signal, Signal(self))
+
+    def property(self, name: str):
+        return self._properties.get(name)
+
+    def connect(self, signature: str, slot) -> None:
+        name = signature.split("(", 1)[0]
+        if name not in self.SIGNALS:
+            raise AttributeError(f"{type(self).__name__} has no signal {signature}")
+        getattr(self, name).connect(slot)
+
+    def blockSignals(self, block: bool) -> bool:
+        previous, self.signals_blocked = self.signals_blocked, bool(block)
+        return previous
+
+    def setMRMLScene(self, scene) -> None:
+        self.scene = scene
+
+
+def _name_filter_pattern(name_filters) -> str:
+    """CTK Libs/Core/ctkUtils.cpp (nameFilterToExtensions, extensionToRegExp,
+    nameFiltersToRegExpPattern): "Label (*.a *.b)" or "*.a"; each "*.<word>" becomes ".*\\.<word>?$"
+    (the last letter optional: CTK's quirk); others are dropped; none left: ".+"."""
+    patterns = []
+    for name_filter in name_filters:
+        match = re.match(r"^(.*)\(([^)]*)\)$", name_filter)
+        for part in (match.group(2) if match else name_filter).split():
+            ext = re.fullmatch(r"\*\.(\w+)", part)
+            if ext:
+                patterns.append(".*\\." + ext.group(1) + "?$")
+    return "(" + "|".join(patterns) + ")" if patterns else ".+"
+
+
+class ctkPathLineEdit(Widget):
+    """CTK Libs/Widgets/ctkPathLineEdit.cpp. The validator is built from ``nameFilters`` only
+    (ctkPathLineEditPrivate::updateFilter); ``currentPathChanged`` is emitted for every text change
+    whose text the validator accepts, never for other text (updateHasValidInput), so the parameter
+    connector never sees it; ``setCurrentPath`` sets the text even when invalid. ``browse()`` opens
+    a file dialog when ``filters`` has Files, else a directory dialog (ctkPathLineEdit::browse)."""
+
+    SIGNALS = ("currentPathChanged", "validInputChanged")
+    Dirs, Files, Readable = 0x001, 0x002, 0x010
+
+    def __init__(self, name: str, properties: dict) -> None:
+        super().__init__(name, properties)
+        self.filters = properties.get("filters", self.Dirs | self.Files | 0x004 | self.Readable | 0x040 | 0x1000)
+        self.nameFilters = list(properties.get("nameFilters", []))
+        self._text, self._valid = "", False
+
+    def _acceptable(self, text: str) -> bool:
+        return bool(text) and re.fullmatch(_name_filter_pattern(self.nameFilters), text) is not None
+
+    @property
+    def currentPath(self) -> str:
+        return self._text
+
+    @currentPath.setter
+    def currentPath(self, path: str) -> None:
+        if path == self._text:
+            return  # QLineEdit::setText with the same text emits no textChanged
+        self._text = path
+        valid = self._acceptable(path)
+        if valid:
+            self.currentPathChanged.emit(path)
+        if valid != self._valid:
+            self._valid = valid
+            self.validInputChanged.emit(valid)
+
+    def setCurrentPath(self, path: str) -> None:
+        self.currentPath = path
+
+    def browse(self) -> None:
+        dialog = sys.modules["qt"].QFileDialog
+        if self.filters & self.Files:
+            path = dialog.getOpenFileName(self, "Open a file", self._text, ";;".join(self.nameFilters))
+        else:
+            path = dialog.getExistingDirectory(self, "Select a directory...", self._text)
+        if path:
+            self.currentPath = path
+
+
+class ctkSliderWidget(Widget):
+    SIGNALS = ("valueChanged",)
+
+    def __init__(self, name: str, properties: dict) -> None:
+        super().__init__(name, properties)
+        self.minimum, self.maximum = float(properties.get("minimum", 0.0)), float(properties.get("maximum", 99.0))
+        self.singleStep = float(properties.get("singleStep", 1.0))
+        self._value = float(properties.get("value", 0.0))
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    @value.setter
+    def value(self, value: float) -> None:
+        value = min(max(float(value), self.minimum), self.maximum)  # clamped, as QDoubleSpinBox
+        if value != self._value:
+            self._value = value
+            self.valueChanged.emit(value)
+
+
+class QCheckBox(Widget):
+    SIGNALS = ("stateChanged", "toggled")
+
+    def __init__(self, name: str, properties: dict) -> None:
+        super().__init__(name, properties)
+        self._checked = bool(properties.get("checked", False))
+
+    @property
+    def checked(self) -> bool:
+        return self._checked
+
+    @checked.setter
+    def checked(self, value: bool) -> None:
+        if bool(value) != self._checked:
+            self._checked = bool(value)
+            self.stateChanged.emit(2 if value else 0)
+            self.toggled.emit(bool(value))
+
+
+class QComboBox(Widget):
+    SIGNALS = ("currentIndexChanged",)
+
+    def __init__(self, name: str, properties: dict) -> None:
+        super().__init__(name, properties)
+        self.items: list[str] = list(properties.get("items", []))
+        self._index = 0 if self.items else -1
+
+    def _set_index(self, index: int) -> None:
+        if index != self._index:
+            self._index = index
+            self.currentIndexChanged.emit(index)
+
+    @property
+    def currentIndex(self) -> int:
+        return self._index
+
+    @currentIndex.setter
+    def currentIndex(self, index: int) -> None:
+        if not -1 <= index < len(self.items):
+            index = -1
+        self._set_index(index)
+
+    def setCurrentIndex(self, index: int) -> None:
+        self.currentIndex = index
+
+    @property
+    def currentText(self) -> str:
+        return self.items[self._index] if self._index >= 0 else ""
+
+    def itemText(self, index: int) -> str:
+        return self.items[index] if 0 <= index < len(self.items) else ""
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def addItems(self, items) -> None:
+        self.items += [str(i) for i in items]
+        if self._index < 0 and self.items:
+            self._set_index(0)
+
+    def clear(self) -> None:
+        self.items = []
+        self._set_index(-1)
+
+
+class QLineEdit(Widget):
+    SIGNALS = ("textChanged",)
+
+    def __init__(self, name: str, properties: dict) -> None:
+        super().__init__(name, properties)
+        self._text = properties.get("text", "")
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        if value != getattr(self, "_text", None):
+            self._text = value
+            if hasattr(self, "textChanged"):
+                self.textChanged.emit(value)
+
+
+class qMRMLNodeComboBox(Widget):
+    SIGNALS = ("currentNodeChanged",)
+
+    def __init__(self, name: str, properties: dict) -> None:
+        super().__init__(name, properties)
+        self.nodeTypes = list(properties.get("nodeTypes", []))
+        self._node = None
+
+    def currentNode(self):
+        return self._node
+
+    def setCurrentNode(self, node) -> None:
+        if node is not self._node:
+            self._node = node
+            self.currentNodeChanged.emit(node)
+
+
+class QPushButton(Widget):
+    SIGNALS = ("clicked", "toggled")
+
+    def click(self) -> None:  # QAbstractButton::click: nothing when disabled
+        if self.enabled:
+            self.clicked.emit(False)
+
+
+class QProgressBar(Widget):
+    def setRange(self, low: int, high: int) -> None:
+        self.range = (low, high)
+
+    def setValue(self, value: int) -> None:
+        self.value = value
+
+
+class qMRMLTableView(Widget):
+    def setMRMLTableNode(self, node) -> None:
+        self.table_node = node
+
+
+WIDGETS = {cls.__name__: cls for cls in (ctkPathLineEdit, ctkSliderWidget, QCheckBox, QComboBox, QLineEdit,
+                                          qMRMLNodeComboBox, QPushButton, QProgressBar, qMRMLTableView)}  # fmt: skip
+
+
+def _ui_properties(element) -> dict:
+    """The properties of a .ui <widget> element (set, stringlist, string, double, bool) and combo items."""
+    props: dict = {}
+    for prop in element.findall("property"):
+        name, value = prop.get("name"), list(prop)[0]
+        if value.tag == "set":
+            flags = 0
+            for part in (value.text or "").split("|"):
+                flags |= {"ctkPathLineEdit::Dirs": 0x001, "ctkPathLineEdit::Files": 0x002,
+                          "ctkPathLineEdit::Readable": 0x010}.get(part.strip(), 0)  # fmt: skip
+            props[name] = flags
+        elif value.tag == "stringlist":
+            props[name] = [s.text or "" for s in value]
+        elif value.tag == "double":
+            props[name] = float(value.text)
+        elif value.tag == "bool":
+            props[name] = value.text == "true"
+        elif value.tag == "string":
+            props[name] = value.text or ""
+    items = [i.find("property/string").text for i in element.findall("item") if i.find("property/string") is not None]
+    if items:
+        props["items"] = items
+    return props
+
+
+class UI(types.SimpleNamespace):
+    """``slicer.util.childWidgetVariables``: one attribute per named widget of the .ui file, each a
+    stand-in of its class (Widget for classes not modelled)."""
+
+    def __init__(self, ui_file: str) -> None:
+        widgets = {}
+        for element in ET.parse(ui_file).iter("widget"):
+            name = element.get("name")
+            if name:
+                cls = WIDGETS.get(element.get("class"), Widget)
+                widgets[name] = cls(name, _ui_properties(element))
+        super().__init__(**widgets)
+
+
+# ------------------------------------------------------------------------------- slicer, qt, vtk, ctk
 class ScriptedLoadableModule:
     def __init__(self, parent) -> None:
         self.parent = parent
@@ -204,68 +980,145 @@ class ScriptedLoadableModule:
 
 class ScriptedLoadableModuleWidget:
     def __init__(self, parent=None) -> None:
-        self.parent = parent if parent is not None else mock.MagicMock()
+        self.parent = parent if parent is not None else types.SimpleNamespace(isEntered=True)
         self.layout = mock.MagicMock()
 
     def setup(self) -> None:
         pass
 
     def resourcePath(self, filename: str) -> str:
-        return os.path.join(MODULE_DIR, "Resources", filename)
+        return os.path.join(os.path.dirname(sys.modules["SoftCAM"].__file__), "Resources", filename)
 
 
 class ScriptedLoadableModuleLogic:
-    def __init__(self) -> None:
-        self._parameter_node = Node("vtkMRMLScriptedModuleNode", "SoftCAM")
+    """Base/Python/slicer/ScriptedLoadableModule.py: getParameterNode() returns the module's singleton
+    vtkMRMLScriptedModuleNode of the scene (created on first use), which survives a scene close."""
+
+    moduleName = "SoftCAM"
 
     def getParameterNode(self) -> Node:
-        return self._parameter_node
+        scene = sys.modules["slicer"].mrmlScene
+        node = scene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = NODE_CLASSES["vtkMRMLScriptedModuleNode"](self.moduleName)
+            node.singleton_tag = self.moduleName
+            scene.AddNode(node)
+        return node
 
 
 class ScriptedLoadableModuleTest:
     def delayDisplay(self, message: str, msec: int = 0) -> None:
         print(message)
 
+    def assertAlmostEqual(self, first, second, places=None, delta=None) -> None:
+        import unittest
+
+        unittest.TestCase().assertAlmostEqual(first, second, places=places, delta=delta)
+
+    def assertEqual(self, first, second) -> None:
+        assert first == second, (first, second)
+
 
 class VTKObservationMixin:
+    """Base/Python/slicer/util.py VTKObservationMixin: observations are (object, event, method) and
+    go through the object's AddObserver/RemoveObserver."""
+
     def __init__(self) -> None:
         self.observations: list = []
 
-    def addObserver(self, obj, event, callback) -> None:
-        self.observations.append((obj, event, callback))
+    def addObserver(self, obj, event, method, priority: float = 0.0) -> None:
+        if any(o[0] is obj and o[1] == event and o[2] == method for o in self.observations):
+            return  # "already observed"
+        self.observations.append((obj, event, method, obj.AddObserver(event, method, priority)))
 
-    def removeObservers(self) -> None:
-        self.observations.clear()
+    def removeObserver(self, obj, event, method) -> None:
+        for o in list(self.observations):
+            if o[0] is obj and o[1] == event and o[2] == method:
+                obj.RemoveObserver(o[3])
+                self.observations.remove(o)
+
+    def removeObservers(self, method=None) -> None:
+        for o in list(self.observations):
+            if method is None or o[2] == method:
+                o[0].RemoveObserver(o[3])
+                self.observations.remove(o)
 
 
-class UI(types.SimpleNamespace):
-    """``childWidgetVariables``: a MagicMock per widget named in the .ui file."""
+def _pip_install(calls: list):
+    def pip_install(requirements) -> None:
+        """Base/Python/slicer/util.py pip_install (<= v5.10; slicer.packaging._build_pip_args in 5.12):
+        a str is split with shlex.split (POSIX rules: backslashes are escapes, spaces separate), a list is
+        passed as is, anything else is a ValueError."""
+        if type(requirements) == str:  # noqa: E721 (Slicer compares the exact type)
+            args = ["install", *shlex.split(requirements)]
+        elif type(requirements) == list:  # noqa: E721
+            args = ["install", *requirements]
+        else:
+            raise ValueError("pip_install requirement input must be string or list")
+        calls.append(args)
 
-    def __init__(self, ui_file: str) -> None:
-        import xml.etree.ElementTree as ET
+    return pip_install
 
-        names = [w.get("name") for w in ET.parse(ui_file).iter("widget") if w.get("name")]
-        super().__init__(**{name: mock.MagicMock(name=name) for name in names})
+
+def _set_slice_viewer_layers(slicer):
+    def setSliceViewerLayers(background="keep-current", foreground="keep-current", label="keep-current",
+                             foregroundOpacity=None, labelOpacity=None, fit=False, rotateToVolumePlane=False):  # fmt: skip
+        """Base/Python/slicer/util.py setSliceViewerLayers: sets every vtkMRMLSliceCompositeNode (none
+        without views); rotateToVolumePlane dereferences slicer.app.layoutManager() unguarded
+        (AttributeError when it is None); fit is guarded."""
+        for composite in slicer.mrmlScene.GetNodesByClass("vtkMRMLSliceCompositeNode"):
+            if foregroundOpacity is not None:
+                composite.foreground_opacity = foregroundOpacity
+        if rotateToVolumePlane:
+            volume = next((v for v in (background, foreground, label) if v != "keep-current"), None)
+            if volume is not None:
+                manager = slicer.app.layoutManager()
+                for view in manager.sliceViewNames():
+                    manager.sliceWidget(view).mrmlSliceNode().RotateToVolumePlane(volume)
+        if fit:
+            manager = slicer.app.layoutManager()
+            if manager is not None:
+                manager.fitted = True
+
+    return mock.MagicMock(name="slicer.util.setSliceViewerLayers", side_effect=setSliceViewerLayers)
 
 
 def install() -> types.SimpleNamespace:
     """Put the fake modules in ``sys.modules`` (and the module folder on ``sys.path``); returns
-    them for assertions (``slicer.util.pip_install`` is a mock, etc.)."""
+    them for assertions (``pip_calls``: the argument lists pip was run with)."""
     slicer = types.ModuleType("slicer")
     slicer.mrmlScene = Scene()
     slicer.app = mock.MagicMock(name="slicer.app")
-    slicer.vtkMRMLScalarVolumeNode = type("vtkMRMLScalarVolumeNode", (Node,), {})
+    slicer.app.layoutManager = lambda: None  # qSlicerApplication::layoutManager(): None under --no-main-window
+    for name, cls in NODE_CLASSES.items():
+        setattr(slicer, name, cls)
     slicer.dicomDatabase = None
+    segmentations_logic = types.SimpleNamespace(ExportSegmentsToLabelmapNode=_export_segments_to_labelmap)
+    slicer.modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentations_logic))
 
     util = types.ModuleType("slicer.util")
     util.VTKObservationMixin = VTKObservationMixin
-    util.loadUI = lambda path: mock.MagicMock(name=f"loadUI({os.path.basename(path)})", ui_file=path)
-    util.childWidgetVariables = lambda widget: UI(widget.ui_file)
+    util.loadUI = lambda path: Widget("ui", {"ui_file": path})
+    util.childWidgetVariables = lambda widget: UI(widget.property("ui_file"))
     util.arrayFromVolume = lambda node: node.array
     util.updateVolumeFromArray = lambda node, array: setattr(node, "array", np.array(array))
-    for name in ("errorDisplay", "infoDisplay", "pip_install", "setSliceViewerLayers", "mainWindow"):
+    util.getNodesByClass = lambda class_name: slicer.mrmlScene.GetNodesByClass(class_name)
+    pip_calls: list = []
+    util.pip_install = mock.MagicMock(name="slicer.util.pip_install", side_effect=_pip_install(pip_calls))
+    util.setSliceViewerLayers = _set_slice_viewer_layers(slicer)
+    for name in ("errorDisplay", "infoDisplay", "mainWindow"):
         setattr(util, name, mock.MagicMock(name=f"slicer.util.{name}"))
     util.confirmOkCancelDisplay = mock.MagicMock(name="slicer.util.confirmOkCancelDisplay", return_value=True)
+
+    @contextlib.contextmanager
+    def NodeModify(node):
+        previous = node.StartModify()
+        try:
+            yield
+        finally:
+            node.EndModify(previous)
+
+    util.NodeModify = NodeModify
     slicer.util = util
 
     scripted = types.ModuleType("slicer.ScriptedLoadableModule")
@@ -274,29 +1127,33 @@ def install() -> types.SimpleNamespace:
     slicer.ScriptedLoadableModule = scripted
 
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-    wrapper.parameterNodeWrapper = _parameter_node_wrapper
-    wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
-    wrapper.Choice = lambda choices: ("Choice", tuple(choices))
+    wrapper.parameterNodeWrapper = parameterNodeWrapper
+    wrapper.WithinRange, wrapper.Choice, wrapper.NotNone = WithinRange, Choice, NotNone
     slicer.parameterNodeWrapper = wrapper
 
     qt = types.ModuleType("qt")
     qt.QTimer = lambda: mock.MagicMock(name="QTimer")
     qt.Qt = types.SimpleNamespace(WaitCursor=3)
     qt.QFileDialog = mock.MagicMock(name="QFileDialog")
+    qt.QFileDialog.getOpenFileName.return_value = ""
+    qt.QFileDialog.getExistingDirectory.return_value = ""
     ctk = types.ModuleType("ctk")
+    ctk.ctkPathLineEdit = ctkPathLineEdit
     vtk = types.ModuleType("vtk")
     vtk.vtkMatrix4x4 = Matrix4x4
     vtk.vtkStringArray = DataArray
     vtk.vtkDoubleArray = DataArray
+    vtk.vtkCommand = types.SimpleNamespace(ModifiedEvent=MODIFIED_EVENT)
 
     modules = {"slicer": slicer, "slicer.util": util, "slicer.ScriptedLoadableModule": scripted,
                "slicer.parameterNodeWrapper": wrapper, "qt": qt, "ctk": ctk, "vtk": vtk}  # fmt: skip
     sys.modules.update(modules)
     if MODULE_DIR not in sys.path:
         sys.path.insert(0, MODULE_DIR)
-    return types.SimpleNamespace(**modules)
+    return types.SimpleNamespace(pip_calls=pip_calls, **modules)
 
 
 def uninstall() -> None:
-    for name in ("slicer", "slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "qt", "ctk", "vtk", "SoftCAM"):
+    for name in ("slicer", "slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.packaging",
+                 "qt", "ctk", "vtk", "SoftCAM"):  # fmt: skip
         sys.modules.pop(name, None)

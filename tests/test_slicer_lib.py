@@ -306,7 +306,9 @@ def test_overlay_display_is_centred_at_zero_with_one_scale_for_all_classes():
     maps = {"a": np.array([[-2.0, 1.0]]), "b": np.array([[0.5, 4.0]])}
     shown = overlay_display(maps)
     assert shown.level == 0 and shown.window == 8.0 and shown.threshold is None
-    assert "ColdToHot" in shown.color_node_id
+    # Slicer's diverging table with a neutral middle (ColdToHotRainbow's middle is green): with window
+    # 2 x peak and level 0, zero falls on index 127 of DivergingBlueRed's 255, (247, 246, 246)
+    assert shown.color_node_id == "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
     assert overlay_display(maps, threshold=0.25).threshold == (1.0, 4.0)
     sequential = overlay_display(maps, signed=False)
     assert (sequential.window, sequential.level) == (6.0, 1.0) and "Inferno" in sequential.color_node_id
@@ -315,9 +317,21 @@ def test_overlay_display_is_centred_at_zero_with_one_scale_for_all_classes():
 
 
 def test_missing_requirements_are_found_without_importing(monkeypatch):
+    """Distributions are looked up in the metadata (nothing imported); the list is the
+    requirements file's strings (torch's floor first), plus monai_softcam if its source is missing."""
+    import importlib.metadata
     import importlib.util
 
     assert missing_requirements() == []
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("monai", "SimpleITK") else real(name, *a))
-    assert missing_requirements() == ["monai", "SimpleITK"]
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name in ("torch", "monai", "SimpleITK"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    assert missing_requirements() == ["torch>=2.3", "monai>=1.4", "SimpleITK>=2.2"]
+    real_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "monai_softcam" else real_spec(name, *a))
+    assert missing_requirements()[-1] == "monai_softcam"

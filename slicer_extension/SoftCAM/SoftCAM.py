@@ -17,7 +17,7 @@ import numpy as np
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -27,7 +27,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 from SoftCAMLib import (
-    REQUIREMENTS,
+    REQUIREMENTS_FILE,
+    TORCH_REQUIREMENT,
     BundleInfo,
     InferenceJob,
     InferenceResult,
@@ -35,11 +36,17 @@ from SoftCAMLib import (
     export_result,
     missing_requirements,
     overlay_display,
-    package_source,
+    region_table,
 )
 from SoftCAMLib.testing import write_test_bundle
 
 DEVICES = ("auto", "cpu", "cuda")
+#: vtkSegmentation events (Libs/vtkSegmentationCore/vtkSegmentation.h): SourceRepresentationModified,
+#: SegmentAdded, SegmentRemoved, SegmentModified; the region table follows them
+SEGMENT_EVENTS = (62100, 62102, 62103, 62104)
+REGION_COLUMNS = (("region", "region"), ("class", "class"), ("evidence_sum", "evidence sum"),
+                  ("share_of_logit", "share of the logit"), ("mean_density", "mean evidence density"),
+                  ("size_mm", "area (mm2) or volume (mm3)"), ("in_view", "fraction in the map"))  # fmt: skip
 
 
 class SoftCAM(ScriptedLoadableModule):
@@ -53,7 +60,11 @@ class SoftCAM(ScriptedLoadableModule):
             "Runs a trained SoftCAM bundle (monai_softcam) on the selected volume and shows, for each class, "
             "the model's signed evidence map as an overlay: red where the image argues for the class, blue "
             "against it. A SoftCAM logit is the mean of its map, so the map is the model's own reasoning, "
-            "not a post-hoc estimate."
+            "not a post-hoc estimate. Needs Slicer 5.10 or newer (Python 3.10+).\n\n"
+            "Security: loading a bundle runs the Python expressions in its configs ($...) and the classes "
+            "they name (_target_), as every MONAI bundle does, in Slicer's Python or the inference "
+            "subprocess; a TorchScript export (.ts) runs its embedded configs the same way, and its network "
+            "code is TorchScript. Open only bundles you trust."
         )
         self.parent.acknowledgementText = (
             "SoftCAM: Djoumessi K, Berens P. Making black box models self-explainable for medical image "
@@ -66,15 +77,37 @@ class SoftCAMParameterNode:
     """The module's choices, saved with the scene."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    bundlePath: pathlib.Path
+    bundlePath: pathlib.Path  # Path(".") (the serializer's default) until one is chosen
     presetConfigs: str = ""  # preset files merged after the bundle's inference config, ';'-separated
     runInSubprocess: bool = True
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    resultTable: vtkMRMLTableNode  # the latest result's probability table; its map nodes refer to it
+    regionsSegmentation: vtkMRMLSegmentationNode  # segments whose evidence the region table gives
+    regionsTable: vtkMRMLTableNode  # per segment and class: evidence sum, share of the logit, ...
+
+
+def bundlePathProblem(path) -> Optional[str]:
+    """Why ``path`` (a pathlib.Path from the parameter node) cannot be a bundle, or None if it can:
+    a folder with ``configs/metadata.json`` or a ``.ts`` file. ``Path(".")`` means none chosen."""
+    if path is None or str(path) in ("", "."):
+        return "choose a bundle folder or a TorchScript export (.ts) first"
+    path = pathlib.Path(path).expanduser()
+    if path.is_file() and path.suffix == ".ts":
+        return None
+    if path.is_dir():
+        if (path / "configs" / "metadata.json").is_file():
+            return None
+        return f"{path} is not a MONAI bundle (no configs/metadata.json)"
+    return f"{path} is neither a bundle folder nor a .ts file"
 
 
 class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The scripted-module template's widget: the GUI is bound to the parameter node
+    (``connectGui``), and the widget reacts to the node's ModifiedEvent, so that every handler reads
+    values the node already holds. Results live in MRML nodes (the table in ``resultTable``)."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -86,6 +119,9 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._bundle = None
         self._bundleKey = None
         self._timer = None
+        self._shownDisplay = None  # (table ID, opacity, threshold) last applied to the overlays
+        self._regionsKey = None  # (result table ID, segmentation ID) of the region table shown
+        self._observedSegmentation = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -99,18 +135,17 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.loadBundleButton.connect("clicked(bool)", self.onLoadBundle)
+        self.ui.torchScriptButton.connect("clicked(bool)", self.onChooseTorchScript)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.classComboBox.connect("currentIndexChanged(int)", self.onClassSelected)
-        self.ui.opacitySlider.connect("valueChanged(double)", self.onDisplayChanged)
-        self.ui.thresholdSlider.connect("valueChanged(double)", self.onDisplayChanged)
+        # opacity and threshold: bound to the parameter node by connectGui; applied on its ModifiedEvent
 
         self._timer = qt.QTimer()
         self._timer.setInterval(250)
         self._timer.connect("timeout()", self.onPoll)
         self.initializeParameterNode()
-        self._updateButtons()
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -126,8 +161,10 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._observeSegmentation(None)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -144,9 +181,71 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
+        self._shownDisplay = self._regionsKey = None
         if self._parameterNode:
+            # each GUI element carries a "SlicerParameterName" dynamic property in the .ui file
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        """The node changed (a widget, a script, a scene load): Apply's state and the overlays."""
+        self._checkCanApply()
+        params = self._parameterNode
+        if params is None or params.resultTable is None:
+            return
+        shown = (params.resultTable.GetID(), params.opacity, params.threshold)
+        if shown != self._shownDisplay:
+            self._shownDisplay = shown
+            self.logic.updateDisplay(params.resultTable, params.opacity, params.threshold)
+        segmentation = params.regionsSegmentation
+        key = (params.resultTable.GetID(), segmentation.GetID() if segmentation else None)
+        if key != self._regionsKey:
+            self._regionsKey = key
+            self._observeSegmentation(segmentation)
+            self.onSegmentsChanged()
+
+    def _observeSegmentation(self, segmentationNode) -> None:
+        if self._observedSegmentation is not None:
+            for event in SEGMENT_EVENTS:
+                self.removeObserver(self._observedSegmentation, event, self.onSegmentsChanged)
+        self._observedSegmentation = segmentationNode.GetSegmentation() if segmentationNode else None
+        if self._observedSegmentation is not None:
+            for event in SEGMENT_EVENTS:
+                self.addObserver(self._observedSegmentation, event, self.onSegmentsChanged)
+
+    def onSegmentsChanged(self, caller=None, event=None) -> None:
+        """The region table of the shown result and the chosen segmentation, made again."""
+        params = self._parameterNode
+        if params is None or params.resultTable is None or params.regionsSegmentation is None:
+            return
+        try:
+            table = self.logic.updateRegionTable(params.resultTable, params.regionsSegmentation, params.regionsTable)
+        except Exception as err:
+            self._error(f"Cannot compute the region evidence:\n{err}")
+            return
+        if table is not params.regionsTable:
+            params.regionsTable = table
+        self.ui.regionsTableView.setMRMLTableNode(table)
+
+    def _checkCanApply(self) -> None:
+        """Apply is enabled only for an input volume and a usable bundle path, and no run going."""
+        params = self._parameterNode
+        running = self._job is not None
+        problem = None
+        if params is None:
+            problem = "no parameter node"
+        elif params.inputVolume is None:
+            problem = "select an input volume"
+        else:
+            problem = bundlePathProblem(params.bundlePath)
+        self.ui.applyButton.enabled = problem is None and not running
+        self.ui.applyButton.toolTip = "Run the bundle on the input volume" if problem is None else problem
+        self.ui.cancelButton.enabled = running
+        table = params.resultTable if params is not None else None
+        self.ui.exportButton.enabled = table is not None and not running
 
     # ------------------------------------------------------------------ actions
     def _error(self, message: str) -> None:
@@ -154,18 +253,12 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = message.splitlines()[0]
         slicer.util.errorDisplay(message, windowTitle="SoftCAM")
 
-    def _updateButtons(self) -> None:
-        running = self._job is not None
-        self.ui.applyButton.enabled = not running
-        self.ui.cancelButton.enabled = running
-        self.ui.exportButton.enabled = self.logic.result is not None and not running
-
     def _ensureRequirements(self) -> bool:
         """Install missing packages on first use, after asking (never at import)."""
         missing = self.logic.missingRequirements()
         if not missing:
             return True
-        listing = ", ".join(REQUIREMENTS[m] if m != "monai_softcam" else package_source() for m in missing)
+        listing = ", ".join(missing)
         if not slicer.util.confirmOkCancelDisplay(
             f"SoftCAM needs these Python packages, not installed in Slicer yet:\n{listing}\n\nInstall them now?",
             windowTitle="SoftCAM",
@@ -184,8 +277,10 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _loadedBundle(self):
         """The chosen bundle, read again when its path or presets changed."""
-        path = str(self._parameterNode.bundlePath or "")
-        key = ("" if path == "." else path, self._parameterNode.presetConfigs)
+        problem = bundlePathProblem(self._parameterNode.bundlePath)
+        if problem is not None:
+            raise ValueError(problem)
+        key = (str(self._parameterNode.bundlePath), self._parameterNode.presetConfigs)
         if self._bundle is None or key != self._bundleKey:
             self._bundle = self.logic.loadBundle(*key)
             self._bundleKey = key
@@ -193,6 +288,13 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for warning in self._bundle.warnings:
                 logging.warning("SoftCAM: %s", warning)
         return self._bundle
+
+    def onChooseTorchScript(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), "TorchScript export of a SoftCAM bundle", "", "TorchScript export (*.ts)"
+        )
+        if path:  # through the widget: the GUI connector writes it to the parameter node
+            self.ui.bundlePathLineEdit.currentPath = path
 
     def onLoadBundle(self) -> None:
         if not self._ensureRequirements():
@@ -231,7 +333,7 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._job, self._jobSource = job, volumeNode
         self.ui.progressBar.setRange(0, 0)  # busy: the bundle reports no fraction for one image
-        self._updateButtons()
+        self._checkCanApply()
         if job.poll():
             self.onJobFinished()
         else:
@@ -256,17 +358,20 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = self._jobSource = None
         self.ui.progressBar.setRange(0, 1)
         self.ui.progressBar.setValue(1 if job.state == "done" else 0)
+        params = self._parameterNode
         try:
             result = job.result()
-            self.logic.showResult(result, source, self._parameterNode.opacity, self._parameterNode.threshold)
+            table = self.logic.showResult(result, source, params.opacity, params.threshold)
         except Exception as err:
             if job.state == "cancelled":
                 self.ui.statusLabel.text = "cancelled"
             else:
                 self._error(f"SoftCAM failed on '{source.GetName()}':\n{err}")
-            self._updateButtons()
+            self._checkCanApply()
             return
-        self.ui.probabilityTableView.setMRMLTableNode(self.logic.tableNode)
+        self._shownDisplay = (table.GetID(), params.opacity, params.threshold)  # showResult applied them
+        params.resultTable = table
+        self.ui.probabilityTableView.setMRMLTableNode(table)  # (the region table follows the node's change)
         self.ui.classComboBox.blockSignals(True)
         self.ui.classComboBox.clear()
         self.ui.classComboBox.addItems(result.class_names)
@@ -275,7 +380,7 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = (
             f"{result.predicted_class} ({result.probabilities[result.predicted_class]:.3f}) in {result.seconds:.1f} s"
         )
-        self._updateButtons()
+        self._checkCanApply()
 
     def onCancelButton(self) -> None:
         if self._job is not None:
@@ -283,20 +388,18 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onPoll()
 
     def onClassSelected(self, index: int) -> None:
-        if self.logic.result is not None and index >= 0:
-            self.logic.selectClass(self.logic.result.class_names[index], self._parameterNode.opacity)
-
-    def onDisplayChanged(self, value=None) -> None:
-        if self.logic.result is not None:
-            self.logic.updateDisplay(self._parameterNode.opacity, self._parameterNode.threshold)
+        table = self._parameterNode.resultTable if self._parameterNode else None
+        if table is not None and index >= 0:
+            self.logic.selectClass(table, self.ui.classComboBox.itemText(index), self._parameterNode.opacity)
 
     def onExportButton(self) -> None:
+        table = self._parameterNode.resultTable
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Export evidence maps to")
-        if not folder:
+        if not folder or table is None:
             return
         fileFormat = "nii.gz" if "NIfTI" in self.ui.exportFormatComboBox.currentText else "nrrd"
         try:
-            paths = self.logic.exportResult(folder, fileFormat)
+            paths = self.logic.exportResult(table, folder, fileFormat)
         except Exception as err:
             self._error(f"Export failed:\n{err}")
             return
@@ -304,14 +407,12 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class SoftCAMLogic(ScriptedLoadableModuleLogic):
-    """Everything the widget does, callable from Slicer's Python console or a script."""
+    """Everything the widget does, callable from Slicer's Python console or a script. It holds no
+    GUI state: a result is its MRML nodes (a table node and one map node per class, which refer to
+    the table and the source volume by ID), so it goes with the scene."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.result: Optional[InferenceResult] = None
-        self.sourceNode = None
-        self.mapNodes: dict = {}
-        self.tableNode = None
 
     def getParameterNode(self):
         return SoftCAMParameterNode(super().getParameterNode())
@@ -322,21 +423,35 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         return missing_requirements()
 
     @staticmethod
-    def installRequirements(names) -> None:
-        """torch through Slicer's PyTorch extension when it is installed, the rest with pip."""
-        names = list(names)
-        if "torch" in names:
+    def installRequirements(missing) -> None:
+        """torch through Slicer's PyTorch extension (with its version floor) when it is installed;
+        the rest with ``slicer.packaging.pip_ensure`` and the requirements file (Slicer 5.12+) or
+        ``slicer.util.pip_install`` with a list (a string would be split by shlex, which breaks
+        Windows paths and paths with spaces)."""
+        missing = list(missing)
+        if "monai_softcam" in missing:
+            raise RuntimeError(
+                "monai_softcam's source is not beside the module: reinstall the SoftCAM extension, or add "
+                "slicer_extension/SoftCAM of a monai_softcam source tree to the additional module paths"
+            )
+        if TORCH_REQUIREMENT in missing:
             try:
                 import PyTorchUtils  # optional: Slicer's PyTorch extension, when installed
-
-                PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
             except ImportError:
-                slicer.util.pip_install(REQUIREMENTS["torch"])
-        for name in names:
-            if name == "monai_softcam":
-                slicer.util.pip_install(package_source())
-            elif name != "torch":
-                slicer.util.pip_install(REQUIREMENTS[name])
+                slicer.util.pip_install([TORCH_REQUIREMENT])
+            else:
+                floor = TORCH_REQUIREMENT[len("torch"):]
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=floor) is None:
+                    raise RuntimeError("PyTorch was not installed")
+        others = [m for m in missing if m != TORCH_REQUIREMENT]
+        if others:
+            try:
+                packaging = importlib.import_module("slicer.packaging")  # Slicer 5.12 and later
+            except ImportError:
+                slicer.util.pip_install(others)
+            else:
+                packaging.pip_ensure(packaging.load_requirements(REQUIREMENTS_FILE), prompt_install=False,
+                                     requester="SoftCAM", skip_in_testing=False)  # fmt: skip
         importlib.invalidate_caches()
 
     @staticmethod
@@ -347,9 +462,15 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ bundle and volume
     @staticmethod
     def loadBundle(path: str, presetConfigs: str = "") -> BundleInfo:
-        if not path:
+        """The bundle at ``path``; preset files (``;``-separated) given relative are read from the
+        bundle's folder, never from Slicer's working directory."""
+        if not path or path == ".":
             raise ValueError("choose a bundle folder or a TorchScript export (.ts) first")
-        presets = [p.strip() for p in presetConfigs.split(";") if p.strip()]
+        base = path if pathlib.Path(path).is_dir() else str(pathlib.Path(path).parent)
+        presets = []
+        for preset in (p.strip() for p in presetConfigs.split(";")):
+            if preset:
+                presets.append(preset if pathlib.Path(preset).expanduser().is_absolute() else str(pathlib.Path(base) / preset))
         return BundleInfo.read(path, presets)
 
     @staticmethod
@@ -384,20 +505,26 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         return job.start()
 
     def process(self, bundle: BundleInfo, volumeNode, subprocess: bool = True, device: str = "auto", opacity=0.5, threshold=0.0):
-        """Run to the end (blocking) and show the result: for scripts and tests."""
+        """Run to the end (blocking) and show the result: for scripts and tests. Returns
+        ``(result, table node)``."""
         result = self.startInference(bundle, volumeNode, subprocess, device).wait()
-        self.showResult(result, volumeNode, opacity, threshold)
-        return result
+        return result, self.showResult(result, volumeNode, opacity, threshold)
 
     # ------------------------------------------------------------------ results as nodes
-    def showResult(self, result: InferenceResult, sourceNode, opacity: float = 0.5, threshold: float = 0.0) -> dict:
+    def showResult(self, result: InferenceResult, sourceNode, opacity: float = 0.5, threshold: float = 0.0):
         """One scalar volume per class on ``sourceNode``'s geometry and a probability table; made
-        all together or not at all."""
+        all together or not at all. Returns the table node, which stands for the result."""
         created = []
         try:
             matrix = vtk.vtkMatrix4x4()
             sourceNode.GetIJKToRASMatrix(matrix)
-            nodes = {}
+            table = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{sourceNode.GetName()} SoftCAM probabilities")
+            )
+            created.append(table)
+            table.SetAttribute("SoftCAM.source", sourceNode.GetID())
+            table.SetAttribute("SoftCAM.volumeName", result.volume_name)
+            self._fillTable(table, result)
             for name in result.class_names:
                 node = slicer.mrmlScene.AddNewNodeByClass(
                     "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{sourceNode.GetName()} evidence {name}")
@@ -408,21 +535,18 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
                 slicer.util.updateVolumeFromArray(node, result.maps[name])
                 node.SetAttribute("SoftCAM.class", name)
                 node.SetAttribute("SoftCAM.source", sourceNode.GetID())
+                node.SetAttribute("SoftCAM.table", table.GetID())
                 node.CreateDefaultDisplayNodes()
-                nodes[name] = node
-            table = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{sourceNode.GetName()} SoftCAM probabilities")
-            )
-            created.append(table)
-            self._fillTable(table, result)
+                created.append(node.GetDisplayNode())
+            created += self._addGridNodes(result, sourceNode, table)
         except Exception:
-            for node in created:
-                slicer.mrmlScene.RemoveNode(node)
+            for node in reversed(created):  # display nodes too: removing a volume may leave them
+                if node is not None:
+                    slicer.mrmlScene.RemoveNode(node)
             raise
-        self.result, self.sourceNode, self.mapNodes, self.tableNode = result, sourceNode, nodes, table
-        self.updateDisplay(opacity, threshold)
-        self.selectClass(result.predicted_class, opacity)
-        return nodes
+        self.updateDisplay(table, opacity, threshold)
+        self.selectClass(table, result.predicted_class, opacity, reorient=True)
+        return table
 
     @staticmethod
     def _fillTable(tableNode, result: InferenceResult) -> None:
@@ -439,13 +563,133 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
             table.AddColumn(column)
         tableNode.Modified()
 
-    def updateDisplay(self, opacity: float, threshold: float) -> None:
-        """Diverging colours centred at 0, one scale for all classes, optional threshold."""
-        if not self.mapNodes:
+    @staticmethod
+    def _addGridNodes(result: InferenceResult, sourceNode, table) -> list:
+        """The maps at the network's own resolution (what the bundle saved), one hidden volume per
+        class placed on the source in world space: IJK-to-RAS = the source's @ map-to-voxel matrix.
+        Region evidence is summed on them, where it is exact."""
+        if not result.grid_maps or result.map_to_input_index is None:
+            return []
+        source = vtk.vtkMatrix4x4()
+        sourceNode.GetIJKToRASMatrix(source)
+        placed = np.array([[source.GetElement(r, c) for c in range(4)] for r in range(4)]) @ result.map_to_input_index
+        matrix = vtk.vtkMatrix4x4()
+        for r in range(4):
+            for c in range(4):
+                matrix.SetElement(r, c, float(placed[r, c]))
+        nodes = []
+        for name in result.class_names:
+            grid = np.asarray(result.grid_maps[name], dtype=np.float32)
+            node = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{sourceNode.GetName()} evidence {name} (map grid)")
+            )
+            nodes.append(node)
+            node.SetIJKToRASMatrix(matrix)
+            node.SetAndObserveTransformNodeID(sourceNode.GetTransformNodeID())
+            slicer.util.updateVolumeFromArray(node, grid.T[None] if grid.ndim == 2 else np.transpose(grid, (2, 1, 0)))
+            node.SetAttribute("SoftCAM.class", name)
+            node.SetAttribute("SoftCAM.table", table.GetID())
+            node.SetAttribute("SoftCAM.grid", "1")
+            node.SetHideFromEditors(True)
+        return nodes
+
+    @staticmethod
+    def mapNodes(tableNode, grid: bool = False) -> dict:
+        """class name -> map node of the result ``tableNode`` stands for (nodes still in the scene;
+        none once the table has left the scene): on the source's voxels, or (``grid``) on the map grid."""
+        if tableNode is None or tableNode.GetScene() is None:
+            return {}
+        nodes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+        return {n.GetAttribute("SoftCAM.class"): n for n in nodes if n.GetAttribute("SoftCAM.table") == tableNode.GetID()
+                and (n.GetAttribute("SoftCAM.grid") == "1") == grid}  # fmt: skip
+
+    def resultFromNodes(self, tableNode) -> InferenceResult:
+        """The result ``tableNode`` stands for, read back from its nodes (for export)."""
+        maps = self.mapNodes(tableNode)
+        if not maps:
+            raise ValueError("nothing to export: run SoftCAM first (its nodes are no longer in the scene)")
+        table = tableNode.GetTable()
+        names = [table.GetValue(r, 0).ToString() for r in range(table.GetNumberOfRows())]
+        probabilities = {n: table.GetValue(r, 1).ToDouble() for r, n in enumerate(names)}
+        logits = {n: table.GetValue(r, 2).ToDouble() for r, n in enumerate(names)}
+        ijkToRas = self._matrix(next(iter(maps.values())))
+        grids = self.mapNodes(tableNode, grid=True)
+        gridMaps, toInput = {}, None
+        if sorted(grids) == sorted(names):
+            toInput = np.linalg.inv(ijkToRas) @ self._matrix(grids[names[0]])
+            for n in names:  # back to the bundle's (I, J[, K]) order
+                kji = slicer.util.arrayFromVolume(grids[n])
+                twoD = slicer.util.arrayFromVolume(maps[n]).shape[0] == 1  # a 2D image: a single slice
+                gridMaps[n] = kji[0].T if twoD else np.transpose(kji, (2, 1, 0))
+        return InferenceResult(
+            volume_name=tableNode.GetAttribute("SoftCAM.volumeName") or "volume",
+            class_names=names,
+            probabilities=probabilities,
+            logits=logits,
+            maps={n: slicer.util.arrayFromVolume(maps[n]) for n in names},
+            ijk_to_ras=ijkToRas,
+            grid_maps=gridMaps,
+            map_to_input_index=toInput,
+        )
+
+    @staticmethod
+    def _matrix(volumeNode) -> np.ndarray:
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+    def regionEvidence(self, tableNode, segmentationNode) -> list:
+        """Per segment and class (plus the outside): evidence sum, share of the logit, mean evidence
+        density, area or volume (:func:`SoftCAMLib.region_table`). The segments are exported to a
+        labelmap on the source volume's grid (vtkSlicerSegmentationsModuleLogic::
+        ExportSegmentsToLabelmapNode: segment i gets label i + 1; where segments overlap, the later
+        one wins, so the regions partition the image and the shares add up to each logit)."""
+        source = slicer.mrmlScene.GetNodeByID(tableNode.GetAttribute("SoftCAM.source") or "")
+        if source is None:
+            raise ValueError("the result's source volume is no longer in the scene")
+        ids = vtk.vtkStringArray()
+        segmentation = segmentationNode.GetSegmentation()
+        segmentation.GetSegmentIDs(ids)
+        names = {i + 1: segmentation.GetSegment(ids.GetValue(i)).GetName() for i in range(ids.GetNumberOfValues())}
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        try:
+            if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmap, source):
+                raise ValueError(f"cannot export the segments of '{segmentationNode.GetName()}' to a labelmap")
+            labels = slicer.util.arrayFromVolume(labelmap).copy()
+        finally:
+            slicer.mrmlScene.RemoveNode(labelmap)
+        return region_table(self.resultFromNodes(tableNode), labels, names)
+
+    def updateRegionTable(self, tableNode, segmentationNode, regionsTable=None):
+        """Fill ``regionsTable`` (a new table node if None or gone) with :meth:`regionEvidence`."""
+        rows = self.regionEvidence(tableNode, segmentationNode)
+        if regionsTable is None or regionsTable.GetScene() is None:
+            regionsTable = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{segmentationNode.GetName()} SoftCAM region evidence")
+            )
+        table = regionsTable.GetTable()
+        table.Initialize()
+        for key, title in REGION_COLUMNS:
+            column = vtk.vtkStringArray() if key in ("region", "class") else vtk.vtkDoubleArray()
+            column.SetName(title)
+            for row in rows:
+                value = row.get(key)
+                column.InsertNextValue(str(value) if key in ("region", "class") else float("nan") if value is None else float(value))
+            table.AddColumn(column)
+        regionsTable.Modified()
+        return regionsTable
+
+    def updateDisplay(self, tableNode, opacity: float, threshold: float) -> None:
+        """Diverging colours centred at 0, one scale for all classes, optional threshold (nothing
+        to do once the result has left the scene)."""
+        nodes = self.mapNodes(tableNode)
+        if not nodes:
             return
-        display = overlay_display(self.result.maps, threshold)
-        for node in self.mapNodes.values():
+        display = overlay_display({n: slicer.util.arrayFromVolume(node) for n, node in nodes.items()}, threshold)
+        for node in nodes.values():
             displayNode = node.GetDisplayNode()
+            if displayNode is None:
+                continue
             displayNode.SetAndObserveColorNodeID(display.color_node_id)
             displayNode.AutoWindowLevelOff()
             displayNode.SetWindowLevel(display.window, display.level)
@@ -456,19 +700,25 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
                 displayNode.ApplyThresholdOn()
         slicer.util.setSliceViewerLayers(foregroundOpacity=opacity)
 
-    def selectClass(self, className: str, opacity: float = 0.5) -> None:
+    def selectClass(self, tableNode, className: str, opacity: float = 0.5, reorient: bool = False) -> None:
+        """Show ``className``'s map over its source. ``reorient`` (a new result): also rotate the
+        slice views to the volume's plane (oblique images in their own plane) and fit them; never
+        without views (``--no-main-window``: ``slicer.app.layoutManager()`` is None)."""
+        nodes = self.mapNodes(tableNode)
+        if className not in nodes:
+            return
+        source = slicer.mrmlScene.GetNodeByID(tableNode.GetAttribute("SoftCAM.source"))
+        views = slicer.app.layoutManager() is not None
         slicer.util.setSliceViewerLayers(
-            background=self.sourceNode,
-            foreground=self.mapNodes[className],
+            background=source if source is not None else "keep-current",
+            foreground=nodes[className],
             foregroundOpacity=opacity,
-            fit=True,
-            rotateToVolumePlane=True,  # oblique images are shown in their own plane
+            fit=reorient and views,
+            rotateToVolumePlane=reorient and views,
         )
 
-    def exportResult(self, folder: str, fileFormat: str = "nrrd") -> list[str]:
-        if self.result is None:
-            raise ValueError("nothing to export: run SoftCAM first")
-        return export_result(self.result, folder, fileFormat)
+    def exportResult(self, tableNode, folder: str, fileFormat: str = "nrrd") -> list[str]:
+        return export_result(self.resultFromNodes(tableNode), folder, fileFormat)
 
 
 class SoftCAMTest(ScriptedLoadableModuleTest):
@@ -499,15 +749,17 @@ class SoftCAMTest(ScriptedLoadableModuleTest):
         )
 
         self.delayDisplay("Inference in a subprocess, then in-process")
-        first = logic.process(bundle, volumeNode, subprocess=True)
-        second = logic.process(bundle, volumeNode, subprocess=False)
+        first, _ = logic.process(bundle, volumeNode, subprocess=True)
+        second, table = logic.process(bundle, volumeNode, subprocess=False)
         for name in bundle.class_names:
             self.assertAlmostEqual(first.probabilities[name], second.probabilities[name], places=5)
         self.assertAlmostEqual(sum(first.probabilities.values()), 1.0, places=4)
 
         source, mapMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(source)
-        for name, node in logic.mapNodes.items():
+        mapNodes = logic.mapNodes(table)
+        self.assertEqual(sorted(mapNodes), sorted(bundle.class_names))
+        for name, node in mapNodes.items():
             node.GetIJKToRASMatrix(mapMatrix)
             for r in range(4):
                 for c in range(4):
@@ -517,4 +769,8 @@ class SoftCAMTest(ScriptedLoadableModuleTest):
             np.testing.assert_allclose(array, second.maps[name], atol=1e-6)
             # completeness: the class logit is the mean of its map (up to the resampling to the image)
             self.assertAlmostEqual(float(array.mean()), second.logits[name], delta=0.05 * (abs(second.logits[name]) + 1))
+        logic.updateDisplay(table, 0.7, 0.2)  # a slider change; then a scene close leaves nothing to update
+        slicer.mrmlScene.Clear()
+        logic.updateDisplay(table, 0.5, 0.0)
+        self.assertEqual(logic.mapNodes(table), {})
         self.delayDisplay("SoftCAM test passed")

@@ -7,13 +7,22 @@ geometry, display settings, export. Usable from plain Python:
     result = run_inference(bundle, Volume(array_kji, ijk_to_ras, name="case"))
     result.probabilities, result.maps["lesion"]  # (K, J, I) on the volume's grid
 
-Nothing here imports torch or MONAI at import time.
+Nothing here imports torch or MONAI at import time; importing it puts the folder holding
+monai_softcam on ``sys.path`` when it is not importable yet (:func:`ensure_package_path`).
 """
 
 from .bundle import BundleError, BundleInfo
-from .dependencies import REQUIREMENTS, missing_requirements, package_source
+from .dependencies import (
+    REQUIREMENTS_FILE,
+    TORCH_REQUIREMENT,
+    ensure_package_path,
+    missing_requirements,
+    package_root,
+    requirements,
+)
 from .display import DIVERGING_COLORS, SEQUENTIAL_COLORS, OverlayDisplay, overlay_display
 from .inference import InferenceError, InferenceJob, InferenceResult, export_result, run_inference
+from .regions import region_table
 from .volume import LPS_TO_RAS, Volume, VolumeError, geometry_matrix, read_map, write_exchange_file, write_volume
 
 __all__ = [
@@ -25,17 +34,23 @@ __all__ = [
     "InferenceResult",
     "LPS_TO_RAS",
     "OverlayDisplay",
-    "REQUIREMENTS",
+    "REQUIREMENTS_FILE",
     "SEQUENTIAL_COLORS",
+    "TORCH_REQUIREMENT",
     "Volume",
     "VolumeError",
+    "ensure_package_path",
     "export_result",
     "geometry_matrix",
     "missing_requirements",
     "overlay_display",
-    "package_source",
+    "package_root",
     "read_map",
+    "region_table",
+    "requirements",
     "run_inference",
     "write_exchange_file",
     "write_volume",
 ]
+
+ensure_package_path()

@@ -73,7 +73,7 @@ class BundleInfo:
         except (OSError, ValueError) as err:
             raise BundleError(f"{meta_file}: not readable JSON ({err})") from err
 
-        from monai.bundle import ConfigParser  # optional: installed on first use (REQUIREMENTS)
+        from monai.bundle import ConfigParser  # optional: installed on first use (Resources/requirements.txt)
 
         parser = ConfigParser()
         files = inference[:1] + extra
@@ -90,7 +90,7 @@ class BundleInfo:
                 raise BundleError(f"{files[-1] if len(files) > 1 else files[0]}: cannot read key '{key}' ({err})") from err
 
         # the trained task (<ckpt_dir>/task.json), checked against the presets given here
-        from monai_softcam.task import TaskError, explicit_values, load_task  # optional: installed on first use (REQUIREMENTS)
+        from monai_softcam.task import TaskError, explicit_values, load_task  # optional: installed on first use (Resources/requirements.txt)
 
         try:
             task = load_task(str(get("ckpt_dir")), explicit_values(extra))
@@ -119,7 +119,7 @@ class BundleInfo:
         info.torchscript = str(parser.get(TORCHSCRIPT_KEY, "")) or None
         if info.torchscript is None and not os.path.isfile(info.checkpoint):
             raise BundleError(f"{path}: the checkpoint {info.checkpoint} does not exist (train the bundle first)")
-        import monai  # optional: installed on first use (REQUIREMENTS)
+        import monai  # optional: installed on first use (Resources/requirements.txt)
 
         if info.monai_version not in ("?", monai.__version__):
             info.warnings.append(
@@ -133,7 +133,7 @@ class BundleInfo:
         network (backbone, class count, channels). A TorchScript export holds its own weights."""
         if self.torchscript:
             return
-        from monai.bundle import ConfigParser  # optional: installed on first use (REQUIREMENTS)
+        from monai.bundle import ConfigParser  # optional: installed on first use (Resources/requirements.txt)
 
         from monai_softcam.checkpoint import load_weights  # optional: monai_softcam, installed by Slicer on first use
 

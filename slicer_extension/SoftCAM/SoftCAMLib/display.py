@@ -2,7 +2,7 @@
 
 Evidence maps are signed (logit units): positive where the image argues for the class, negative
 where it argues against it. They are shown with a diverging colour map centred at 0 (blue < 0 <
-red, zero in the middle), with a window symmetric about 0 so that the colours of two classes, or of
+red, zero a neutral near-white), with a window symmetric about 0 so that the colours of two classes, or of
 two images, mean the same thing. A threshold above 0 keeps only the evidence *for* the class:
 voxels whose evidence is at least ``threshold`` x the largest absolute value (Slicer thresholds a
 single range of values).
@@ -16,8 +16,13 @@ import numpy as np
 
 __all__ = ["DIVERGING_COLORS", "SEQUENTIAL_COLORS", "OverlayDisplay", "overlay_display"]
 
-#: Slicer colour nodes: a diverging one (cold - neutral - hot) for signed maps, a sequential one otherwise
-DIVERGING_COLORS = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+#: Slicer colour nodes: a diverging one for signed maps, a sequential one otherwise. Slicer's only
+#: built-in diverging table with a neutral middle is DivergingBlueRed (Base/Logic/Resources/ColorFiles/
+#: DivergingBlueRed.txt: 255 entries, index 127 = (247, 246, 246)); with window 2 x peak and level 0,
+#: zero evidence falls on that middle. (ColdToHotRainbow's middle, index 128, is green (143, 255, 112):
+#: it tinted the whole image.) Node IDs: vtkMRMLColorLogic::GetFileColorNodeID ("vtkMRMLColorTableNode"
+#: + "File" + file name).
+DIVERGING_COLORS = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
 SEQUENTIAL_COLORS = "vtkMRMLColorTableNodeFileInferno.txt"
 
 

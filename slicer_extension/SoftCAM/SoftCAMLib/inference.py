@@ -30,9 +30,19 @@ from typing import Callable
 import numpy as np
 
 from .bundle import BundleInfo
-from .volume import Volume, VolumeError, read_map, safe_name, write_exchange_file, write_probabilities, write_volume
+from .dependencies import package_root
+from .volume import (
+    Volume,
+    VolumeError,
+    read_map,
+    read_map_grid,
+    safe_name,
+    write_exchange_file,
+    write_probabilities,
+    write_volume,
+)
 
-__all__ = ["InferenceError", "InferenceJob", "InferenceResult", "export_result", "run_inference"]
+__all__ = ["InferenceError", "InferenceJob", "InferenceResult", "child_process_options", "export_result", "run_inference"]
 
 MODES = ("subprocess", "inprocess")
 
@@ -53,6 +63,10 @@ class InferenceResult:
     ijk_to_ras: np.ndarray  # the source volume's, shared by every map
     map_affines: dict[str, np.ndarray] = field(default_factory=dict)  # as stored in the bundle's files
     seconds: float = 0.0
+    # class -> the map as the bundle saved it, on its own grid (e.g. 12 x 12 cells), in (I, J[, K]) index order
+    grid_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    # map index (I, J[, K]) -> the volume's voxel index (I, J[, K]), 4x4; None when not read from files
+    map_to_input_index: np.ndarray | None = None
 
     @property
     def predicted_class(self) -> str:
@@ -132,7 +146,8 @@ class InferenceJob:
                 command += [f"--{key}", value]
             self._say("running the model (subprocess)")
             with open(self.log_path, "w") as log:
-                self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self._work)
+                self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self._work,
+                                                 **child_process_options())  # fmt: skip
             return self
         self._say("running the model")
         try:
@@ -144,11 +159,11 @@ class InferenceJob:
         return self
 
     def _run_inprocess(self, overrides: dict[str, str]) -> None:
-        import monai.bundle  # optional: installed on first use (REQUIREMENTS)
+        import monai.bundle  # optional: installed on first use (Resources/requirements.txt)
 
         parsed = dict(overrides)
         if "device" in parsed:
-            import torch  # optional: installed on first use (REQUIREMENTS)
+            import torch  # optional: installed on first use (Resources/requirements.txt)
 
             parsed["device"] = torch.device(self.device)
         monai.bundle.run("inference", config_file=self.bundle.config_files, **parsed)
@@ -233,12 +248,14 @@ class InferenceJob:
         if len(rows) != 1:
             raise VolumeError(f"{table}: expected one row, found {len(rows)}")
         row = rows[0]
-        maps, affines = {}, {}
+        maps, affines, grid_maps = {}, {}, {}
+        to_input = None
         for name in names:
             found = glob.glob(os.path.join(row["evidence_maps"], f"*_evidence_{name}.nii.gz"))
             if len(found) != 1:
                 raise VolumeError(f"{row['evidence_maps']}: no single evidence map for class '{name}'")
             maps[name], affines[name] = read_map(found[0], self.volume)
+            grid_maps[name], to_input = read_map_grid(found[0], self.volume)
         return InferenceResult(
             volume_name=self.volume.name,
             class_names=list(names),
@@ -247,11 +264,32 @@ class InferenceJob:
             maps=maps,
             ijk_to_ras=self.volume.ijk_to_ras.copy(),
             map_affines=affines,
+            grid_maps=grid_maps,
+            map_to_input_index=to_input,
         )
 
     def _cleanup(self, keep_log: bool = False) -> None:
         if self._work and os.path.isdir(self._work) and not keep_log:
             shutil.rmtree(self._work, ignore_errors=True)
+
+
+def child_process_options() -> dict:
+    """``subprocess.Popen`` keyword arguments for the inference process: an environment whose
+    PYTHONPATH starts with the folder holding monai_softcam (an installed extension keeps it beside
+    the module, where Slicer's own Python finds it but a child Python would not) and, on Windows, a
+    hidden console window, as Slicer's slicer.util.launchConsoleProcess does (STARTUPINFO with
+    STARTF_USESHOWWINDOW and SW_HIDE)."""
+    env = dict(os.environ)
+    root = package_root()
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    options: dict = {"env": env}
+    if os.name == "nt":
+        info = subprocess.STARTUPINFO()
+        info.dwFlags = 1  # STARTF_USESHOWWINDOW
+        info.wShowWindow = 0  # SW_HIDE
+        options["startupinfo"] = info
+    return options
 
 
 def run_inference(bundle: BundleInfo, volume: Volume, mode: str = "inprocess", **kwargs) -> InferenceResult:

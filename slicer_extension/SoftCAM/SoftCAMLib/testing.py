@@ -1,6 +1,7 @@
 """Small bundles for tests (pytest here, ``SoftCAMTest`` inside Slicer): the repository's bundle
-configs with a freshly initialised (seeded, untrained) network saved as the checkpoint. Needs the
-monai_softcam source tree (``bundle/configs``) beside this extension."""
+configs with a freshly initialised (seeded, untrained) network saved as the checkpoint. The configs
+come from the source tree this module sits in (``bundle/configs``) or, in an installed extension,
+from the copy its CMake puts in ``Resources/bundle/configs``."""
 
 from __future__ import annotations
 
@@ -8,20 +9,19 @@ import os
 import shutil
 from typing import Sequence
 
-from .dependencies import package_source
+from .dependencies import module_dir, package_root
 
 __all__ = ["repository_bundle", "write_test_bundle"]
 
 
 def repository_bundle() -> str:
-    """``<repo>/bundle`` of the source tree this extension sits in."""
-    root = package_source()
-    bundle = os.path.join(root, "bundle")
-    if not os.path.isfile(os.path.join(bundle, "configs", "inference.yaml")):
-        raise FileNotFoundError(
-            "the monai_softcam source tree (bundle/configs/inference.yaml) is not beside this extension"
-        )
-    return bundle
+    """The bundle whose configs test bundles copy: ``<repo>/bundle`` of the source tree this module
+    sits in, or ``Resources/bundle`` of an installed extension."""
+    candidates = [os.path.join(package_root() or "", "bundle"), os.path.join(module_dir(), "Resources", "bundle")]
+    for bundle in candidates:
+        if os.path.isfile(os.path.join(bundle, "configs", "inference.yaml")):
+            return bundle
+    raise FileNotFoundError(f"no bundle configs (configs/inference.yaml) in {' or '.join(candidates)}")
 
 
 def write_test_bundle(folder: str, extra_configs: Sequence[str] = (), seed: int = 0) -> str:
@@ -29,8 +29,8 @@ def write_test_bundle(folder: str, extra_configs: Sequence[str] = (), seed: int 
     (``models/task.json``: the repository's ``train.yaml`` task with ``extra_configs`` merged after
     it) and a seeded, untrained network of it (built from ``configs/inference.yaml`` +
     ``extra_configs``) as ``models/model.pt``."""
-    import torch  # optional: installed on first use (REQUIREMENTS)
-    from monai.bundle import ConfigParser  # optional: installed on first use (REQUIREMENTS)
+    import torch  # optional: installed on first use (Resources/requirements.txt)
+    from monai.bundle import ConfigParser  # optional: installed on first use (Resources/requirements.txt)
 
     source = repository_bundle()
     os.makedirs(os.path.join(folder, "configs"), exist_ok=True)

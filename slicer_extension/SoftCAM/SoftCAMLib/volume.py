@@ -26,6 +26,7 @@ __all__ = [
     "VolumeError",
     "geometry_matrix",
     "read_map",
+    "read_map_grid",
     "safe_name",
     "write_exchange_file",
     "write_probabilities",
@@ -116,9 +117,9 @@ class Volume:
             raise VolumeError(f"volume '{self.name}' is a single slice but the bundle classifies 3D volumes")
         if self.components and spatial_dims == 3:
             raise VolumeError(f"volume '{self.name}': colour (vector) volumes are not supported for 3D bundles")
-        import torch  # optional: installed on first use (REQUIREMENTS)
+        import torch  # optional: installed on first use (Resources/requirements.txt)
 
-        from monai_softcam.transforms import AdaptChannelsd  # optional: installed on first use (REQUIREMENTS)
+        from monai_softcam.transforms import AdaptChannelsd  # optional: installed on first use (Resources/requirements.txt)
 
         try:  # the bundle's own channel rule (grey -> 3 channels, RGBA -> RGB, ...)
             AdaptChannelsd(keys="image", channels=in_channels)({"image": torch.zeros(self.channels, 1)})
@@ -135,7 +136,7 @@ class Volume:
 
 
 def _sitk_image(volume: Volume, spatial_dims: int):
-    import SimpleITK as sitk  # optional: installed on first use (REQUIREMENTS)
+    import SimpleITK as sitk  # optional: installed on first use (Resources/requirements.txt)
 
     array = volume.array[0] if spatial_dims == 2 else volume.array  # (J, I) / (K, J, I) [+ C]: ITK's numpy order
     image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=volume.components)
@@ -157,7 +158,7 @@ def write_exchange_file(volume: Volume, folder: str, spatial_dims: int) -> str:
     as Slicer holds them, e.g. CT in Hounsfield units)."""
     if volume.source_file and os.path.isfile(volume.source_file):
         return volume.source_file
-    import SimpleITK as sitk  # optional: installed on first use (REQUIREMENTS)
+    import SimpleITK as sitk  # optional: installed on first use (Resources/requirements.txt)
 
     png = spatial_dims == 2 and volume.array.dtype.type in _PNG_TYPES and volume.channels in (1, 3, 4)
     path = os.path.join(folder, f"{safe_name(volume.name)}.{'png' if png else 'nrrd'}")
@@ -199,6 +200,39 @@ def _interpolate_axis(data: np.ndarray, axis: int, positions: np.ndarray) -> np.
     return mixed * inside.reshape(shape)
 
 
+def _load_map(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(the stored map in (I, J[, K]) order, its map-to-voxel matrix or None without a map-grid record,
+    the file's affine) of a bundle's map file for ``volume``."""
+    import nibabel as nib  # optional: installed on first use (Resources/requirements.txt)
+
+    image = nib.load(path)
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    i, j, k = volume.ijk_shape
+    expected = (i, j) if volume.spatial_dims == 2 else (i, j, k)
+    if data.ndim == 3 and volume.spatial_dims == 2 and data.shape[2] == 1:
+        data = data[..., 0]
+    grid = _map_grid(image, path)
+    if grid is not None and tuple(grid["input_shape"]) != expected:
+        raise VolumeError(f"{path}: map made for an input of (I, J[, K]) {tuple(grid['input_shape'])}, "
+                          f"not volume '{volume.name}' of (I, J, K) {volume.ijk_shape}")  # fmt: skip
+    to_input = None if grid is None else np.asarray(grid["map_to_input_index"], dtype=float)
+    if to_input is None and data.shape != expected:
+        raise VolumeError(
+            f"{path}: map of shape {data.shape} does not fit volume '{volume.name}' of (I, J, K) {volume.ijk_shape}"
+        )
+    return data, to_input, np.asarray(image.affine, dtype=float)
+
+
+def read_map_grid(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """An evidence map file of the bundle as stored: the map on its own grid in the file's (I, J[, K])
+    index order (float32, e.g. 12 x 12 cells), and the matrix from map index to ``volume``'s voxel
+    index (I, J[, K]) from the file's header (:data:`MAP_GRID_EXTENSION`; the identity for a map
+    saved on the input's own grid without that record). Region sums on this grid are exact
+    (:func:`SoftCAMLib.regions.region_table`)."""
+    data, to_input, _ = _load_map(path, volume)
+    return data, np.eye(4) if to_input is None else to_input
+
+
 def read_map(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     """An evidence map file of the bundle as a (K, J, I) float32 array on ``volume``'s voxels, with
     the affine stored in the file.
@@ -208,20 +242,11 @@ def read_map(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     is put on the volume by voxel index through that matrix (bi/trilinear, as the bundle's own
     upsampling), whatever geometry the file the bundle read had. A map saved on the input's own grid
     (``--full_resolution_maps true``, or an older bundle) is taken voxel for voxel."""
-    import nibabel as nib  # optional: installed on first use (REQUIREMENTS)
-
-    image = nib.load(path)
-    data = np.asarray(image.dataobj, dtype=np.float32)
+    data, to_input, affine = _load_map(path, volume)
     i, j, k = volume.ijk_shape
     expected = (i, j) if volume.spatial_dims == 2 else (i, j, k)
-    if data.ndim == 3 and volume.spatial_dims == 2 and data.shape[2] == 1:
-        data = data[..., 0]
-    grid = _map_grid(image, path)
-    if grid is not None and tuple(data.shape) != expected:
-        if tuple(grid["input_shape"]) != expected:
-            raise VolumeError(f"{path}: map made for an input of (I, J[, K]) {tuple(grid['input_shape'])}, "
-                              f"not volume '{volume.name}' of (I, J, K) {volume.ijk_shape}")  # fmt: skip
-        to_input = np.asarray(grid["map_to_input_index"], dtype=float)[: data.ndim, :]
+    if to_input is not None and tuple(data.shape) != expected:
+        to_input = to_input[: data.ndim, :]
         scale, shift = to_input[:, : data.ndim], to_input[:, -1]
         if np.abs(scale - np.diag(np.diag(scale))).max() > 1e-9 or np.any(np.diag(scale) <= 0):
             raise VolumeError(f"{path}: the map's cells are not aligned with the volume's voxels")
@@ -232,7 +257,7 @@ def read_map(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: map of shape {data.shape} does not fit volume '{volume.name}' of (I, J, K) {volume.ijk_shape}"
         )
     kji = np.transpose(data if data.ndim == 3 else data[..., None], (2, 1, 0))
-    return np.ascontiguousarray(kji, dtype=np.float32), np.asarray(image.affine, dtype=float)
+    return np.ascontiguousarray(kji, dtype=np.float32), affine
 
 
 def write_volume(path: str, array_kji: np.ndarray, ijk_to_ras: np.ndarray) -> str:
@@ -240,13 +265,13 @@ def write_volume(path: str, array_kji: np.ndarray, ijk_to_ras: np.ndarray) -> st
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     if path.endswith((".nii", ".nii.gz")):
-        import nibabel as nib  # optional: installed on first use (REQUIREMENTS)
+        import nibabel as nib  # optional: installed on first use (Resources/requirements.txt)
 
         nib.save(nib.Nifti1Image(np.transpose(array_kji, (2, 1, 0)).astype(np.float32), ijk_to_ras), path)
         return path
     if not path.endswith(".nrrd"):
         raise ValueError(f"{path}: choose a .nrrd, .nii or .nii.gz file name")
-    import SimpleITK as sitk  # optional: installed on first use (REQUIREMENTS)
+    import SimpleITK as sitk  # optional: installed on first use (Resources/requirements.txt)
 
     sitk.WriteImage(_sitk_image(Volume(array_kji.astype(np.float32), ijk_to_ras), 3), path, useCompression=True)
     return path
