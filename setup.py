@@ -49,7 +49,9 @@ setup(
     ],
     # captum: Integrated Gradients as an extra post-hoc baseline (the tests use it too)
     # onnx: ONNX export (torch.export-based exporter: onnx + onnxscript) and its check (onnxruntime)
-    # test: pyjpegls encodes the JPEG-LS files of the DICOM transfer-syntax tests
-    extras_require={"captum": CAPTUM, "onnx": ONNX, "test": ["pytest>=7.0", "pyjpegls>=1.3", *CAPTUM, *ONNX]},
+    # test: pyjpegls encodes the JPEG-LS files of the DICOM transfer-syntax tests; pre-commit-hooks are the
+    # Model Zoo's pre-commit checks, run on the bundle
+    extras_require={"captum": CAPTUM, "onnx": ONNX,
+                    "test": ["pytest>=7.0", "pyjpegls>=1.3", "pre-commit-hooks>=4.6", *CAPTUM, *ONNX]},
     entry_points={"console_scripts": ["monai-softcam=monai_softcam.__main__:main"]},
 )

@@ -5,6 +5,7 @@ inference workflow's properties, the network's inputs and outputs, and the expor
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -197,3 +198,49 @@ def test_export_round_trip_torchscript_and_onnx(zoo_bundle):
         assert float((scripted[name] - eager[name]).abs().max()) <= ATOL, name
         assert float(np.abs(onnx[name] - eager[name].numpy()).max()) <= ATOL, name
     assert eager["evidence_maps"].std() > 0 and eager["evidence_maps"].shape[2:] == (12, 12)
+
+
+def test_the_zoos_pre_commit_hooks_accept_the_bundle(tmp_path, monkeypatch):
+    """The Model Zoo's .pre-commit-config.yaml hooks (pre-commit-hooks v4.6), with its arguments, on
+    every file of bundle/: JSON as `pretty-format-json --no-sort-keys --indent=4` writes it, YAML that
+    parses, no trailing whitespace, a newline at the end of every file, nothing over 1 MB."""
+    from pre_commit_hooks import check_added_large_files, check_yaml, end_of_file_fixer, pretty_format_json
+    from pre_commit_hooks import trailing_whitespace_fixer
+
+    files = [str(p) for p in sorted(pathlib.Path(BUNDLE).rglob("*")) if p.is_file() and "models" not in p.parts]
+    copies = []
+    for path in files:  # the fixers rewrite what they fix: run them on copies
+        copy = tmp_path / os.path.relpath(path, BUNDLE)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(pathlib.Path(path).read_bytes())
+        copies.append(str(copy))
+    json_files = [c for c in copies if c.endswith(".json")]
+    assert json_files and pretty_format_json.main(["--no-sort-keys", "--indent=4", *json_files]) == 0
+    assert check_yaml.main([c for c in copies if c.endswith((".yaml", ".yml"))]) == 0
+    assert trailing_whitespace_fixer.main(copies) == 0
+    assert end_of_file_fixer.main(copies) == 0
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # the large-file hook asks git for attributes
+    monkeypatch.chdir(tmp_path)
+    assert check_added_large_files.main(["--maxkb=1024", "--enforce-all", *copies]) == 0
+
+
+def test_metadata_versions_meet_the_packages_floors():
+    """The Zoo installs `name==version` for the metadata's versions (ci/get_bundle_requirements.py):
+    each is a package monai_softcam needs, at or above its setup.py floor. (That they have wheels for
+    Python 3.10-3.13 was checked with pip install --dry-run --python-version, see the README.)"""
+    import ast
+
+    from packaging.requirements import Requirement
+
+    tree = ast.parse(open(os.path.join(REPO_ROOT, "setup.py"), encoding="utf-8").read())
+    keyword = next(n for n in ast.walk(tree) if isinstance(n, ast.keyword) and n.arg == "install_requires")
+    floors = {Requirement(ast.literal_eval(e)).name.lower(): Requirement(ast.literal_eval(e)) for e in keyword.value.elts}
+    meta = json.load(open(os.path.join(BUNDLE, "configs", "metadata.json")))
+    pinned = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"],
+              **meta["required_packages_version"]}  # fmt: skip
+    assert "monai_softcam" not in pinned  # not on PyPI: the Zoo could not install it
+    for name, version in pinned.items():
+        requirement = floors.get(name.lower())
+        assert requirement is not None, f"{name} is pinned in metadata.json but is not a dependency in setup.py"
+        assert requirement.specifier.contains(version), f"{name}=={version} is below setup.py's {requirement}"
+    assert set(floors) - {n.lower() for n in pinned} == set()  # every dependency is pinned for the Zoo
