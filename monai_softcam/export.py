@@ -131,7 +131,8 @@ def export_onnx(
     Args:
         network: a :class:`~monai_softcam.networks.SoftCAM` (outputs ``logits`` and ``evidence_maps``) or a
             :class:`~monai_softcam.networks.BlackBox` (``logits``), with its weights loaded. It is exported in
-            eval mode on the CPU; its ``return_maps`` setting does not matter and is left as it was.
+            eval mode on the CPU; its ``return_maps`` and ``maps_only`` settings do not matter and are left as
+            they were (the ONNX model always has both named outputs).
         filepath: the ``.onnx`` file, written atomically once checked (folders are created).
         spatial_size: the input's spatial size, e.g. the bundle's ``image_size``; it must reach the
             network's minimum size (a ValueError otherwise).
@@ -169,9 +170,9 @@ def export_onnx(
         _onnxruntime()
 
     was_training, device = network.training, next(network.parameters()).device
-    return_maps = network.return_maps
+    return_maps, maps_only = network.return_maps, getattr(network, "maps_only", False)
     network.eval().cpu()
-    network.return_maps = True
+    network.return_maps, network.maps_only = True, False  # the dict: the named outputs
     try:
         wrapper = _NamedOutputs(network, names).eval()
         example = torch.randn(2, network.in_channels, *size)  # batch 2: torch.export specialises a batch of 1
@@ -211,7 +212,7 @@ def export_onnx(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     finally:
-        network.return_maps = return_maps
+        network.return_maps, network.maps_only = return_maps, maps_only
         network.train(was_training).to(device)
     logger.info("exported %s (outputs %s; max |ONNX - eager| %s)", filepath, names, max_diff or "not measured")
     return {"path": filepath, "input": INPUT_NAME, "outputs": names, "max_abs_diff": max_diff, "max_abs_value": max_value}

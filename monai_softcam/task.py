@@ -148,9 +148,9 @@ class Task:
         return preprocessing(self.image_size, self.in_channels, mean, std, resize or self.resize, frame=frame,
                              window=self.dicom_window)  # fmt: skip
 
-    def network(self, return_maps: bool = True, pretrained: str | None = None) -> Any:
+    def network(self, return_maps: bool = True, pretrained: str | None = None, maps_only: bool = False) -> Any:
         """A fresh network of this task (see :func:`build_network`)."""
-        return build_network(self, return_maps=return_maps, pretrained=pretrained)
+        return build_network(self, return_maps=return_maps, pretrained=pretrained, maps_only=maps_only)
 
     # ------------------------------------------------------------------ file
     def to_dict(self) -> dict[str, Any]:
@@ -210,11 +210,12 @@ class Task:
             )
 
 
-def build_network(task: Task, return_maps: bool = True, pretrained: str | None = None) -> Any:
+def build_network(task: Task, return_maps: bool = True, pretrained: str | None = None, maps_only: bool = False) -> Any:
     """The network of ``task``: its architecture over its backbone, with one output per class.
 
     The bundle configs' ``network_def`` is this call, so training, inference and export build the
-    same network from the same task."""
+    same network from the same task. ``maps_only`` (inference's ``network_def``): a SoftCAM network
+    returns its evidence maps as one tensor, whose spatial mean is the logits."""
     return ARCHITECTURES[task.architecture](
         backbone=task.backbone,
         spatial_dims=task.spatial_dims,
@@ -223,6 +224,7 @@ def build_network(task: Task, return_maps: bool = True, pretrained: str | None =
         pretrained=pretrained,
         return_maps=return_maps,
         backbone_kwargs=task.backbone_kwargs,
+        maps_only=maps_only,
     )
 
 

@@ -164,7 +164,7 @@ def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_pa
     match today's upsample-then-undo-the-resize maps within interpolation error."""
     from monai.bundle import ConfigParser
 
-    from monai_softcam.networks import EVIDENCE_MAPS, LOGITS, upsample_map
+    from monai_softcam.networks import upsample_map
 
     root, _ = trained
     folder = str(tmp_path / "inputs")
@@ -194,9 +194,7 @@ def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_pa
         np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(), atol=1e-5)
         with torch.no_grad():
             x = preprocessing({"image": os.path.join(folder, image)})["image"]
-            output = net(x[None].as_tensor())
-        raw = output[EVIDENCE_MAPS][0]
-        np.testing.assert_allclose(raw.flatten(1).mean(1).numpy(), output[LOGITS][0].numpy(), atol=1e-5)
+            raw = net(x[None].as_tensor())[0]  # network_def returns the evidence maps alone
         # the old way: upsample onto the network's input, then undo the resize (Invertd)
         upsampled = MetaTensor(upsample_map(raw, x.shape[1:]), meta=dict(x.meta), applied_operations=x.applied_operations)
         old = preprocessing.inverse({"image": upsampled})["image"].numpy()
@@ -404,7 +402,8 @@ def test_inference_config_matches_training_config():
     for key in ("image_column", "image_root", "image_template", "group_column"):
         assert infer_cfg["data"].get(key) == train_cfg["data"].get(key), key
     train_net = {k: v for k, v in train_cfg["network_def"].items() if k != "pretrained"}
-    assert infer_cfg["network_def"] == train_net
+    assert {k: v for k, v in infer_cfg["network_def"].items() if k != "maps_only"} == train_net
+    assert infer_cfg["network_def"]["maps_only"] is True  # one tensor, the maps: what the Model Zoo checks
     assert train_cfg["prepare_input"] == "$@trained_task.preprocessing(frame=@dicom_frame)"
     # the training resize, unless the sliding window explains inputs at their own size
     assert infer_cfg["preprocessing"] == "$@trained_task.preprocessing(resize='none' if @sliding_window else None, frame=@dicom_frame)"

@@ -112,9 +112,9 @@ def test_metadata_verifies_offline_against_the_zoo_schema(schema, tmp_path):
     meta = json.load(open(meta_file))
     assert meta["schema"].endswith("/meta_schema_20240725.json")
     outputs = meta["network_data_format"]["outputs"]
-    assert set(outputs) == {"pred", "evidence_maps"}  # logits (as the Zoo's tools expect them) and the maps
+    assert set(outputs) == {"pred"}  # one tensor: the evidence maps, whose spatial mean is the logits
     classes = yaml.safe_load(open(os.path.join(BUNDLE, "configs", "train.yaml")))["class_names"]  # the demo task it describes
-    assert outputs["pred"]["num_channels"] == outputs["evidence_maps"]["num_channels"] == len(classes)
+    assert outputs["pred"]["num_channels"] == len(classes) and outputs["pred"]["spatial_shape"] == [12, 12]
     # the check can fail: a metadata file without a required key, or with a wrongly typed one, is refused
     for broken in ({k: v for k, v in meta.items() if k != "network_data_format"}, {**meta, "version": 2}):
         path = tmp_path / "broken.json"
@@ -151,19 +151,21 @@ def test_network_inputs_and_outputs_match_metadata(zoo_bundle):
         "bundle_root": str(zoo_bundle),
         "device": "cpu",
     }
-    # MONAI's check reads outputs#pred and needs one tensor: the logits, i.e. return_maps False
-    verify_net_in_out(**files, **{"network_def#return_maps": False})
+    # the Zoo's check with its default arguments (ci/verify_bundle.py verify_data_shape): outputs#pred
+    # is the one tensor network_def returns, the evidence maps [B, 2, 12, 12]
+    verify_net_in_out(**files)
     with pytest.raises(ValueError, match="output channel number `2` doesn't match: `3`"):
-        verify_net_in_out(**files, **{"network_def#return_maps": False, "_meta_#network_data_format#outputs#pred#num_channels": 3})
-    # the evidence maps, as declared: channels and grid at the declared input size
+        verify_net_in_out(**files, **{"_meta_#network_data_format#outputs#pred#num_channels": 3})
+    # the maps' spatial mean is the logits the inference network (EvidenceOutputs) reports
     parser = _parser(zoo_bundle)
-    meta = parser.get("_meta_")["network_data_format"]
-    image, maps = meta["inputs"]["image"], meta["outputs"]["evidence_maps"]
-    net = parser.get_parsed_content("network_def").eval()
+    image = parser.get("_meta_")["network_data_format"]["inputs"]["image"]
+    net, wrapped = parser.get_parsed_content("network_def").eval(), parser.get_parsed_content("network").eval()
+    x = torch.rand(2, image["num_channels"], *image["spatial_shape"])
     with torch.no_grad():
-        out = net(torch.rand(1, image["num_channels"], *image["spatial_shape"]))
-    assert tuple(out["evidence_maps"].shape) == (1, maps["num_channels"], *maps["spatial_shape"])
-    assert out["evidence_maps"].dtype == getattr(torch, maps["dtype"])
+        maps, out = net(x), wrapped(x)
+    assert isinstance(maps, torch.Tensor) and maps.shape == (2, 2, 12, 12)
+    torch.testing.assert_close(out["evidence_maps"], maps)
+    torch.testing.assert_close(out["logits"], maps.flatten(2).mean(-1))
 
 
 def test_export_round_trip_torchscript_and_onnx(zoo_bundle):
@@ -185,19 +187,19 @@ def test_export_round_trip_torchscript_and_onnx(zoo_bundle):
     ts = torch.jit.load(str(models / "model.ts"), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == json.load(open(configs / "metadata.json"))["version"]
     assert json.loads(extra["task.json"])["image_size"] == json.load(open(models / "task.json"))["image_size"]  # the task travels
-    assert json.loads(extra["inference.json"])["network_def"]["return_maps"] is True
+    assert json.loads(extra["inference.json"])["network_def"]["maps_only"] is True
 
     parser = _parser(zoo_bundle)
     net = load_weights(parser.get_parsed_content("network_def"), str(models / "model.pt")).eval()
     x = torch.randn(3, 1, *parser.get_parsed_content("image_size"))
     with torch.no_grad():
-        eager, scripted = net(x), ts(x)
-    onnx = run_onnx(models / "model.onnx", x)
-    for name in ("logits", "evidence_maps"):
-        assert tuple(eager[name].shape) == tuple(scripted[name].shape) == onnx[name].shape
-        assert float((scripted[name] - eager[name]).abs().max()) <= ATOL, name
-        assert float(np.abs(onnx[name] - eager[name].numpy()).max()) <= ATOL, name
-    assert eager["evidence_maps"].std() > 0 and eager["evidence_maps"].shape[2:] == (12, 12)
+        eager, scripted = net(x), ts(x)  # one tensor each: the evidence maps
+    onnx = run_onnx(models / "model.onnx", x)  # two named outputs
+    assert isinstance(scripted, torch.Tensor) and scripted.shape == eager.shape == onnx["evidence_maps"].shape
+    assert float((scripted - eager).abs().max()) <= ATOL
+    assert float(np.abs(onnx["evidence_maps"] - eager.numpy()).max()) <= ATOL
+    assert float(np.abs(onnx["logits"] - eager.flatten(2).mean(-1).numpy()).max()) <= ATOL
+    assert eager.std() > 0 and eager.shape[2:] == (12, 12)
 
 
 def test_the_zoos_pre_commit_hooks_accept_the_bundle(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from .backbones import (
     register_backbone,
 )
 from .pretrained import PretrainedWeightsError, load_pretrained_backbone, read_state_dict
-from .outputs import EVIDENCE_MAPS, LOGITS, probabilities, split_output, upsample_map
+from .outputs import EVIDENCE_MAPS, LOGITS, EvidenceOutputs, probabilities, split_output, upsample_map
 from .softcam import BlackBox, EvidenceHead, SoftCAM
 from .vgg import VGG_CONFIGS, VGGFeatures, vgg_fc_block
 
@@ -35,5 +35,6 @@ __all__ = [
     "register_backbone",
     "split_output",
     "upsample_map",
+    "EvidenceOutputs",
     "vgg_fc_block",
 ]

@@ -1,7 +1,9 @@
 """What a SoftCAM network returns, and how its evidence maps reach the input grid.
 
-A SoftCAM model with ``return_maps=True`` returns ``{LOGITS: [B, C], EVIDENCE_MAPS: [B, C, *grid]}``;
-a black box returns logits. :func:`split_output` reads either; :func:`upsample_map` brings maps
+A SoftCAM model with ``return_maps=True`` returns ``{LOGITS: [B, C], EVIDENCE_MAPS: [B, C, *grid]}``,
+with ``maps_only=True`` the maps alone (one tensor whose spatial mean is the logits: the bundle's
+``network_def``, what the Model Zoo's checks and a TorchScript export see), which
+:class:`EvidenceOutputs` turns back into the dict; a black box returns logits. :func:`split_output` reads either; :func:`upsample_map` brings maps
 from the network's grid to an image grid (the one interpolation every consumer uses);
 :func:`probabilities` turns logits into class probabilities (the one rule every consumer uses).
 """
@@ -11,9 +13,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["EVIDENCE_MAPS", "LOGITS", "probabilities", "split_output", "upsample_map"]
+__all__ = ["EVIDENCE_MAPS", "LOGITS", "EvidenceOutputs", "probabilities", "split_output", "upsample_map"]
 
 #: keys of the dictionary a SoftCAM model returns when ``return_maps=True``
 LOGITS = "logits"
@@ -31,6 +34,26 @@ def split_output(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
             raise ValueError(f"model output tuple must be (logits, evidence_maps), got {len(output)} items")
         return output[0], output[1]
     return output, None
+
+
+class EvidenceOutputs(nn.Module):
+    """The dict form of a network's output, for the consumers (inference, sliding window): a
+    network that returns the evidence maps alone (``SoftCAM(maps_only=True)``, its TorchScript
+    export) gives ``{LOGITS: spatial mean of the maps, EVIDENCE_MAPS: the maps}``; logits ``[B, C]``
+    (a black box) give ``{LOGITS: logits}``; a dict passes through. It holds no weights of its own:
+    load them into the wrapped network."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        out = self.network(x, *args, **kwargs)
+        if isinstance(out, dict):
+            return out
+        if out.dim() == 2:
+            return {LOGITS: out}
+        return {LOGITS: out.flatten(2).mean(-1), EVIDENCE_MAPS: out}
 
 
 def upsample_map(evidence: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

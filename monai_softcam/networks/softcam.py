@@ -128,6 +128,10 @@ class SoftCAM(_Classifier):
         return_maps: when False (default) ``forward`` returns the logits ``[B, C]`` only, so the
             model is a plain classifier wherever MONAI expects one; when True it returns
             ``{"logits": [B, C], "evidence_maps": [B, C, *spatial]}`` from the same forward pass.
+        maps_only: ``forward`` returns the evidence maps ``[B, C, *spatial]`` alone, one tensor whose
+            spatial mean is the logits (what the Model Zoo's checks and a TorchScript export see;
+            :class:`~monai_softcam.networks.outputs.EvidenceOutputs` turns it back into the dict).
+            Overrides ``return_maps``.
         backbone_kwargs: architecture options for the backbone builder.
 
     The logits are exactly the spatial means of the evidence maps (completeness); the maps are
@@ -152,14 +156,18 @@ class SoftCAM(_Classifier):
         pretrained: str | None = None,
         return_maps: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
+        maps_only: bool = False,
     ) -> None:
         super().__init__(backbone, spatial_dims, in_channels, num_classes, pretrained, backbone_kwargs)
         self.head = EvidenceHead(self.spatial_dims, self.backbone.out_channels, self.num_classes)
         self.return_maps = return_maps
+        self.maps_only = maps_only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         self._check_input(x)
         logits, maps = self.head(self.backbone(x))
+        if self.maps_only:
+            return maps
         if self.return_maps:
             return {"logits": logits, "evidence_maps": maps}  # LOGITS, EVIDENCE_MAPS (TorchScript needs literals)
         return logits
@@ -189,6 +197,7 @@ class BlackBox(_Classifier):
         pretrained: str | None = None,
         return_maps: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
+        maps_only: bool = False,  # accepted for one signature with SoftCAM: a black box has no maps
     ) -> None:
         super().__init__(backbone, spatial_dims, in_channels, num_classes, pretrained, backbone_kwargs)
         self.pool = Pool[Pool.ADAPTIVEAVG, self.spatial_dims](1)

@@ -163,8 +163,9 @@ def unpack_torchscript(path: str, folder: str | None = None) -> tuple[str, list[
     """A bundle folder made from a TorchScript export of ``python -m monai.bundle ckpt_export``:
     the configs it embeds (``metadata.json``, ``inference.json``, the trained task ``task.json``
     and any preset given after it) in ``configs/``, plus ``configs/torchscript.json``, which makes
-    the network the export itself (loaded with ``torch.jit.load``; no checkpoint is read) and reads
-    the task from the export. Returns the folder and the config
+    ``network_def`` the export itself (loaded with ``torch.jit.load``; no checkpoint is read; the
+    configs' ``network`` wraps and places it as it does a checkpoint's network) and reads the task
+    from the export. Returns the folder and the config
     files to merge after ``inference.json`` (the presets, then ``torchscript.json``)."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -189,7 +190,8 @@ def unpack_torchscript(path: str, folder: str | None = None) -> tuple[str, list[
             f.write(content)
     override = {
         TORCHSCRIPT_KEY: os.path.abspath(path),
-        "network": f"$torch.jit.load({os.path.abspath(path)!r}, map_location=@device)",
+        # the export stands in for network_def: the configs' `network` wraps and places it as for a checkpoint
+        "network_def": f"$torch.jit.load({os.path.abspath(path)!r}, map_location='cpu')",
         "checkpoint": None,
         # the task embedded in the export, not a task file beside a checkpoint
         "ckpt_dir": os.path.join(folder, "configs"),
