@@ -88,6 +88,13 @@ class SoftCAMParameterNode:
     regionsTable: vtkMRMLTableNode  # per segment and class: evidence sum, share of the logit, ...
 
 
+def ijkToRas(volumeNode) -> np.ndarray:
+    """A volume node's IJK-to-RAS matrix as a 4x4 array."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
 def bundlePathProblem(path) -> Optional[str]:
     """Why ``path`` (a pathlib.Path from the parameter node) cannot be a bundle, or None if it can:
     a folder with ``configs/metadata.json`` or a ``.ts`` file. ``Path(".")`` means none chosen."""
@@ -487,12 +494,9 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         return None
 
     def volumeFromNode(self, volumeNode) -> Volume:
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        ijkToRas = [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]
         return Volume(
             slicer.util.arrayFromVolume(volumeNode).copy(),
-            ijkToRas,
+            ijkToRas(volumeNode),
             name=volumeNode.GetName(),
             source_file=self.sourceFile(volumeNode),
         )
@@ -570,9 +574,7 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         Region evidence is summed on them, where it is exact."""
         if not result.grid_maps or result.map_to_input_index is None:
             return []
-        source = vtk.vtkMatrix4x4()
-        sourceNode.GetIJKToRASMatrix(source)
-        placed = np.array([[source.GetElement(r, c) for c in range(4)] for r in range(4)]) @ result.map_to_input_index
+        placed = ijkToRas(sourceNode) @ result.map_to_input_index
         matrix = vtk.vtkMatrix4x4()
         for r in range(4):
             for c in range(4):
@@ -612,11 +614,11 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         names = [table.GetValue(r, 0).ToString() for r in range(table.GetNumberOfRows())]
         probabilities = {n: table.GetValue(r, 1).ToDouble() for r, n in enumerate(names)}
         logits = {n: table.GetValue(r, 2).ToDouble() for r, n in enumerate(names)}
-        ijkToRas = self._matrix(next(iter(maps.values())))
+        sourceMatrix = ijkToRas(next(iter(maps.values())))
         grids = self.mapNodes(tableNode, grid=True)
         gridMaps, toInput = {}, None
         if sorted(grids) == sorted(names):
-            toInput = np.linalg.inv(ijkToRas) @ self._matrix(grids[names[0]])
+            toInput = np.linalg.inv(sourceMatrix) @ ijkToRas(grids[names[0]])
             for n in names:  # back to the bundle's (I, J[, K]) order
                 kji = slicer.util.arrayFromVolume(grids[n])
                 twoD = slicer.util.arrayFromVolume(maps[n]).shape[0] == 1  # a 2D image: a single slice
@@ -627,16 +629,10 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
             probabilities=probabilities,
             logits=logits,
             maps={n: slicer.util.arrayFromVolume(maps[n]) for n in names},
-            ijk_to_ras=ijkToRas,
+            ijk_to_ras=sourceMatrix,
             grid_maps=gridMaps,
             map_to_input_index=toInput,
         )
-
-    @staticmethod
-    def _matrix(volumeNode) -> np.ndarray:
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
     def regionEvidence(self, tableNode, segmentationNode) -> list:
         """Per segment and class (plus the outside): evidence sum, share of the logit, mean evidence

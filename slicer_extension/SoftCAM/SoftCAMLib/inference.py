@@ -34,7 +34,7 @@ from .dependencies import package_root
 from .volume import (
     Volume,
     VolumeError,
-    read_map,
+    map_on_voxels,
     read_map_grid,
     safe_name,
     write_exchange_file,
@@ -254,8 +254,8 @@ class InferenceJob:
             found = glob.glob(os.path.join(row["evidence_maps"], f"*_evidence_{name}.nii.gz"))
             if len(found) != 1:
                 raise VolumeError(f"{row['evidence_maps']}: no single evidence map for class '{name}'")
-            maps[name], affines[name] = read_map(found[0], self.volume)
-            grid_maps[name], to_input = read_map_grid(found[0], self.volume)
+            grid_maps[name], to_input, affines[name] = read_map_grid(found[0], self.volume)  # each file read once
+            maps[name] = map_on_voxels(grid_maps[name], to_input, self.volume)
         return InferenceResult(
             volume_name=self.volume.name,
             class_names=list(names),

@@ -25,6 +25,7 @@ __all__ = [
     "Volume",
     "VolumeError",
     "geometry_matrix",
+    "map_on_voxels",
     "read_map",
     "read_map_grid",
     "safe_name",
@@ -185,52 +186,52 @@ def _map_grid(image, path: str) -> dict | None:
     return None
 
 
-def _interpolate_axis(data: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
-    """``data`` sampled linearly at fractional ``positions`` along ``axis``: held flat over the outer
-    half of the border cells, zero beyond them (where the map does not reach)."""
-    cells = data.shape[axis]
-    inside = (positions >= -0.5 - 1e-6) & (positions <= cells - 0.5 + 1e-6)
-    clamped = np.clip(positions, 0.0, cells - 1.0)
-    low = np.clip(np.floor(clamped).astype(int), 0, max(cells - 2, 0))
-    high = np.minimum(low + 1, cells - 1)
-    shape = [1] * data.ndim
-    shape[axis] = len(positions)
-    frac = (clamped - low).reshape(shape)
-    mixed = np.take(data, low, axis=axis) * (1.0 - frac) + np.take(data, high, axis=axis) * frac
-    return mixed * inside.reshape(shape)
+def _expected_shape(volume: Volume) -> tuple[int, ...]:
+    """``volume``'s voxel grid in the bundle's (I, J[, K]) order (a 2D image: (I, J))."""
+    i, j, k = volume.ijk_shape
+    return (i, j) if volume.spatial_dims == 2 else (i, j, k)
 
 
-def _load_map(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(the stored map in (I, J[, K]) order, its map-to-voxel matrix or None without a map-grid record,
-    the file's affine) of a bundle's map file for ``volume``."""
+def read_map_grid(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An evidence map file of the bundle as stored: the map on its own grid in the file's (I, J[, K])
+    index order (float32, e.g. 12 x 12 cells), the matrix from map index to ``volume``'s voxel index
+    (I, J[, K]) from the file's header (:data:`MAP_GRID_EXTENSION`; the identity for a map saved on
+    the input's own grid without that record), and the file's affine. Region sums on this grid are
+    exact (:func:`SoftCAMLib.regions.region_table`); :func:`map_on_voxels` puts it on the volume."""
     import nibabel as nib  # optional: installed on first use (Resources/requirements.txt)
 
     image = nib.load(path)
     data = np.asarray(image.dataobj, dtype=np.float32)
-    i, j, k = volume.ijk_shape
-    expected = (i, j) if volume.spatial_dims == 2 else (i, j, k)
+    expected = _expected_shape(volume)
     if data.ndim == 3 and volume.spatial_dims == 2 and data.shape[2] == 1:
         data = data[..., 0]
     grid = _map_grid(image, path)
     if grid is not None and tuple(grid["input_shape"]) != expected:
         raise VolumeError(f"{path}: map made for an input of (I, J[, K]) {tuple(grid['input_shape'])}, "
                           f"not volume '{volume.name}' of (I, J, K) {volume.ijk_shape}")  # fmt: skip
-    to_input = None if grid is None else np.asarray(grid["map_to_input_index"], dtype=float)
-    if to_input is None and data.shape != expected:
+    if grid is None and data.shape != expected:
         raise VolumeError(
             f"{path}: map of shape {data.shape} does not fit volume '{volume.name}' of (I, J, K) {volume.ijk_shape}"
         )
+    to_input = np.eye(4) if grid is None else np.asarray(grid["map_to_input_index"], dtype=float)
     return data, to_input, np.asarray(image.affine, dtype=float)
 
 
-def read_map_grid(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """An evidence map file of the bundle as stored: the map on its own grid in the file's (I, J[, K])
-    index order (float32, e.g. 12 x 12 cells), and the matrix from map index to ``volume``'s voxel
-    index (I, J[, K]) from the file's header (:data:`MAP_GRID_EXTENSION`; the identity for a map
-    saved on the input's own grid without that record). Region sums on this grid are exact
-    (:func:`SoftCAMLib.regions.region_table`)."""
-    data, to_input, _ = _load_map(path, volume)
-    return data, np.eye(4) if to_input is None else to_input
+def map_on_voxels(data: np.ndarray, to_input: np.ndarray, volume: Volume) -> np.ndarray:
+    """A map of :func:`read_map_grid` as a (K, J, I) float32 array on ``volume``'s voxels: sampled
+    through its map-to-voxel matrix with the bundle's own resampler
+    (:func:`monai_softcam.transforms.resample_maps`: bi/trilinear, as the bundle's upsampling), or
+    taken voxel for voxel when it is already on the volume's grid."""
+    expected = _expected_shape(volume)
+    if tuple(data.shape) != expected:
+        import torch  # optional: installed on first use (Resources/requirements.txt)
+
+        from monai_softcam.transforms import resample_maps  # optional: installed on first use (Resources/requirements.txt)
+
+        # map index -> voxel index is the map's "affine" in voxel-index space, where the volume's is the identity
+        data = resample_maps(torch.as_tensor(data)[None], to_input, np.eye(4), expected)[0].numpy()
+    kji = np.transpose(data if data.ndim == 3 else data[..., None], (2, 1, 0))
+    return np.ascontiguousarray(kji, dtype=np.float32)
 
 
 def read_map(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
@@ -239,25 +240,11 @@ def read_map(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
 
     The bundle saves maps at the network's resolution; the file's header says which input grid the
     map was stretched over and how map cells sit on its voxels (:data:`MAP_GRID_EXTENSION`). The map
-    is put on the volume by voxel index through that matrix (bi/trilinear, as the bundle's own
-    upsampling), whatever geometry the file the bundle read had. A map saved on the input's own grid
+    is put on the volume by voxel index through that matrix (:func:`map_on_voxels`), whatever
+    geometry the file the bundle read had. A map saved on the input's own grid
     (``--full_resolution_maps true``, or an older bundle) is taken voxel for voxel."""
-    data, to_input, affine = _load_map(path, volume)
-    i, j, k = volume.ijk_shape
-    expected = (i, j) if volume.spatial_dims == 2 else (i, j, k)
-    if to_input is not None and tuple(data.shape) != expected:
-        to_input = to_input[: data.ndim, :]
-        scale, shift = to_input[:, : data.ndim], to_input[:, -1]
-        if np.abs(scale - np.diag(np.diag(scale))).max() > 1e-9 or np.any(np.diag(scale) <= 0):
-            raise VolumeError(f"{path}: the map's cells are not aligned with the volume's voxels")
-        for axis, n in enumerate(expected):  # input voxel p <- map index (p - shift) / scale, axis by axis
-            data = _interpolate_axis(data, axis, (np.arange(n) - shift[axis]) / scale[axis, axis])
-    if data.shape != expected:
-        raise VolumeError(
-            f"{path}: map of shape {data.shape} does not fit volume '{volume.name}' of (I, J, K) {volume.ijk_shape}"
-        )
-    kji = np.transpose(data if data.ndim == 3 else data[..., None], (2, 1, 0))
-    return np.ascontiguousarray(kji, dtype=np.float32), affine
+    data, to_input, affine = read_map_grid(path, volume)
+    return map_on_voxels(data, to_input, volume), affine
 
 
 def write_volume(path: str, array_kji: np.ndarray, ijk_to_ras: np.ndarray) -> str:
