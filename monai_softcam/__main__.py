@@ -4,6 +4,7 @@ Commands:
     check-data  check a dataset's CSVs and files against a preset before training
     demo-data   write the built-in demo dataset (2D PNG or 3D NIfTI, with masks and split CSVs)
     backbones   list the registered backbones
+    package-bundle  write a trained model as a MONAI Model Zoo bundle (configs, metadata, URLs, scripts/)
 
 Training, evaluation and inference run through the MONAI bundle in ``bundle/``
 (``python -m monai.bundle run training --config_file bundle/configs/train.yaml``).
@@ -17,6 +18,7 @@ import sys
 from .data.check import check_data
 from .data.demo import DemoDataConfig, generate_demo_dataset
 from .networks.backbones import available_backbones, get_backbone_spec
+from .package import package_bundle, parse_urls
 
 
 def _demo_data(args: argparse.Namespace) -> int:
@@ -46,6 +48,17 @@ def _backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def _package_bundle(args: argparse.Namespace) -> int:
+    out = package_bundle(args.ckpt_dir, args.out, args.name, parse_urls(args.url), metrics=args.metrics or (),
+                         metadata=args.metadata, version=args.version, changelog=args.changelog, source=args.source,
+                         unit_test=args.unit_test)  # fmt: skip
+    print(f"wrote the Model Zoo bundle {args.name} to {out}")
+    print(f"  weights (not in the folder; large_files.yml lists their URLs and SHA-256): {', '.join(parse_urls(args.url))}")
+    if args.unit_test:
+        print(f"  the Zoo's unit test: {args.unit_test} (copy it to the Zoo's ci/unit_tests/)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monai_softcam", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo_data)
     sub.add_parser("backbones", help="list the registered backbones").set_defaults(func=_backbones)
+    pack = sub.add_parser("package-bundle", help="write a trained model as a MONAI Model Zoo bundle",
+                          description="Write a trained model as a self-contained MONAI Model Zoo bundle folder "
+                                      "(see monai_softcam/package.py); nothing is written if a check fails.")  # fmt: skip
+    pack.add_argument("--ckpt_dir", required=True, help="the trained model's folder (model.pt, task.json)")
+    pack.add_argument("--out", required=True, help="the bundle folder to write (new or empty)")
+    pack.add_argument("--name", required=True, help="the bundle's Zoo name: <task>_<modality>_softcam_classification")
+    pack.add_argument("--url", action="append", default=[], metavar="FILE=URL",
+                      help="where the Zoo downloads a weight file: model.pt (required), model.ts, model.onnx")  # fmt: skip
+    pack.add_argument("--metrics", action="append", metavar="FILE",
+                      help="an evaluation report metrics_<split>.json of this model (repeatable; default: "
+                           "metrics_test.json and metrics_val.json in the eval folder beside --ckpt_dir)")  # fmt: skip
+    pack.add_argument("--metadata", metavar="FILE", help="JSON with the metadata text of the data (data_source, "
+                      "description, ...); required for a model not trained on the built-in demo data")  # fmt: skip
+    pack.add_argument("--version", default="0.1.0", help="the bundle version (default 0.1.0)")
+    pack.add_argument("--changelog", help="the changelog line of this version")
+    pack.add_argument("--source", help="the bundle whose configs are packaged (default: the project's bundle/)")
+    pack.add_argument("--unit_test", metavar="FILE", help="also write the Zoo's unit test test_<name>.py here")
+    pack.set_defaults(func=_package_bundle)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -265,4 +265,3 @@ def cascading_randomization(
     finally:
         torch.random.set_rng_state(generator_state)
     return rows
-

@@ -163,7 +163,7 @@ class Task:
             raise TaskError("a task is saved with measured intensity statistics, not 'auto'")
         if is_main_process():
             with atomic_open(path, "w") as f:
-                json.dump(task.to_dict(), f, indent=2)
+                json.dump(task.to_dict(), f, indent=4)  # as the Model Zoo's pre-commit formats JSON
                 f.write("\n")
         return task
 

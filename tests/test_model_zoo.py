@@ -202,28 +202,51 @@ def test_export_round_trip_torchscript_and_onnx(zoo_bundle):
     assert eager.std() > 0 and eager.shape[2:] == (12, 12)
 
 
-def test_the_zoos_pre_commit_hooks_accept_the_bundle(tmp_path, monkeypatch):
-    """The Model Zoo's .pre-commit-config.yaml hooks (pre-commit-hooks v4.6), with its arguments, on
-    every file of bundle/: JSON as `pretty-format-json --no-sort-keys --indent=4` writes it, YAML that
-    parses, no trailing whitespace, a newline at the end of every file, nothing over 1 MB."""
-    from pre_commit_hooks import check_added_large_files, check_yaml, end_of_file_fixer, pretty_format_json
-    from pre_commit_hooks import trailing_whitespace_fixer
+def zoo_pre_commit(root, tmp_path, monkeypatch):
+    """Run the hooks of the Model Zoo's .pre-commit-config.yaml (pre-commit-hooks v4.6), with its
+    arguments, on a copy of every file under ``root`` (the fixers rewrite what they fix); return
+    {hook: exit status}. ``forbid-new-submodules`` needs a git diff, and a bundle holds no submodule."""
+    from pre_commit_hooks import check_added_large_files, check_case_conflict, check_docstring_first
+    from pre_commit_hooks import check_executables_have_shebangs, check_toml, check_yaml, detect_private_key
+    from pre_commit_hooks import end_of_file_fixer, mixed_line_ending, pretty_format_json, trailing_whitespace_fixer
 
-    files = [str(p) for p in sorted(pathlib.Path(BUNDLE).rglob("*")) if p.is_file() and "models" not in p.parts]
+    root = pathlib.Path(root)
     copies = []
-    for path in files:  # the fixers rewrite what they fix: run them on copies
-        copy = tmp_path / os.path.relpath(path, BUNDLE)
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        copy = tmp_path / path.relative_to(root)
         copy.parent.mkdir(parents=True, exist_ok=True)
-        copy.write_bytes(pathlib.Path(path).read_bytes())
+        copy.write_bytes(path.read_bytes())
+        os.chmod(copy, path.stat().st_mode)
         copies.append(str(copy))
-    json_files = [c for c in copies if c.endswith(".json")]
-    assert json_files and pretty_format_json.main(["--no-sort-keys", "--indent=4", *json_files]) == 0
-    assert check_yaml.main([c for c in copies if c.endswith((".yaml", ".yml"))]) == 0
-    assert trailing_whitespace_fixer.main(copies) == 0
-    assert end_of_file_fixer.main(copies) == 0
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # the large-file hook asks git for attributes
+    of = lambda *suffixes: [c for c in copies if c.endswith(suffixes)]  # noqa: E731 (the hooks' file types)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # the large-file and case hooks ask git
+    subprocess.run(["git", "-C", str(tmp_path), "add", "-A"], check=True)
     monkeypatch.chdir(tmp_path)
-    assert check_added_large_files.main(["--maxkb=1024", "--enforce-all", *copies]) == 0
+    return {
+        "end-of-file-fixer": end_of_file_fixer.main(copies),
+        "trailing-whitespace": trailing_whitespace_fixer.main([c for c in copies if not c.endswith((".ts", ".pt"))]),
+        "check-yaml": check_yaml.main(of(".yaml", ".yml")),
+        "check-docstring-first": check_docstring_first.main(of(".py")),
+        # pre-commit hands this hook the executable files only (its `types: [text, executable]`)
+        "check-executables-have-shebangs": check_executables_have_shebangs.main([c for c in copies if os.access(c, os.X_OK)]),
+        "check-toml": check_toml.main(of(".toml")),
+        "check-case-conflict": check_case_conflict.main(copies),
+        "check-added-large-files": check_added_large_files.main(["--maxkb=1024", "--enforce-all", *copies]),
+        "detect-private-key": detect_private_key.main(copies),
+        "pretty-format-json": pretty_format_json.main(["--no-sort-keys", "--indent=4", *of(".json")]),
+        "mixed-line-ending": mixed_line_ending.main(copies),
+    }
+
+
+def test_the_zoos_pre_commit_hooks_accept_the_bundle(tmp_path, monkeypatch):
+    """JSON as `pretty-format-json --no-sort-keys --indent=4` writes it, YAML that parses, no trailing
+    whitespace, a newline at the end of every file, nothing over 1 MB, ... on every file of bundle/."""
+    results = zoo_pre_commit(BUNDLE, tmp_path / "copy", monkeypatch)
+    assert results == {hook: 0 for hook in results}
+    # the check can fail: the JSON hook refuses a 2-space metadata.json
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metadata.json").write_text(json.dumps({"a": [1, 2]}, indent=2) + "\n")
+    assert zoo_pre_commit(tmp_path / "bad", tmp_path / "bad_copy", monkeypatch)["pretty-format-json"] == 1
 
 
 def test_metadata_versions_meet_the_packages_floors():
@@ -246,3 +269,243 @@ def test_metadata_versions_meet_the_packages_floors():
         assert requirement is not None, f"{name} is pinned in metadata.json but is not a dependency in setup.py"
         assert requirement.specifier.contains(version), f"{name}=={version} is below setup.py's {requirement}"
     assert set(floors) - {n.lower() for n in pinned} == set()  # every dependency is pinned for the Zoo
+
+
+# ---------------------------------------------------------------------------- package-bundle
+NAME = "lesion_synthetic_softcam_classification"
+TINY = os.path.join(REPO_ROOT, "tests", "configs", "tiny.yaml")
+
+
+def _cli(*args, cwd=REPO_ROOT):
+    return subprocess.run([sys.executable, "-m", "monai_softcam", *args], cwd=cwd, env=_env(), capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_demo(tmp_path_factory):
+    """A model trained (2 epochs, 32 px) and evaluated on the demo data, as the README's commands do it."""
+    root = tmp_path_factory.mktemp("trained")
+    train = os.path.join(BUNDLE, "configs", "train.yaml")
+    _run(["run", "training", "--config_file", repr([train, TINY]), "--bundle_root", str(root)])
+    _run(["run", "evaluate", "--config_file", repr([train, os.path.join(BUNDLE, "configs", "evaluate.yaml"), TINY]),
+          "--bundle_root", str(root)])  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="module")
+def packaged(trained_demo, tmp_path_factory):
+    zoo = tmp_path_factory.mktemp("model-zoo")  # the Zoo's layout: models/<name>, ci/unit_tests/test_<name>.py
+    (zoo / "ci" / "unit_tests").mkdir(parents=True)
+    models = trained_demo / "models"
+    done = _cli("package-bundle", "--ckpt_dir", str(models), "--out", str(zoo / "models" / NAME), "--name", NAME,
+                "--url", f"model.pt={(models / 'model.pt').as_uri()}",
+                "--unit_test", str(zoo / "ci" / "unit_tests" / f"test_{NAME}.py"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"wrote the Model Zoo bundle {NAME}" in done.stdout
+    return zoo, zoo / "models" / NAME
+
+
+def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema):
+    from monai.bundle import verify_metadata
+
+    from monai_softcam.task import TASK_KEYS, Task
+
+    _, root = packaged
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert {"LICENSE", "large_files.yml", "docs/README.md", "configs/metadata.json", "configs/inference.yaml",
+            "configs/train.yaml", "configs/evaluate.yaml", "configs/logging.conf", "models/task.json",
+            "scripts/__init__.py", "scripts/task.py", "scripts/networks/softcam.py"} <= set(files)  # fmt: skip
+    assert not any(f.endswith((".pt", ".ts", ".onnx", ".pyc")) for f in files)  # the weights are downloaded, not shipped
+    assert max((root / f).stat().st_size for f in files) < 1024 * 1024
+    # scripts/ is the package, file for file
+    package = pathlib.Path(REPO_ROOT) / "monai_softcam"
+    for source in package.rglob("*.py"):
+        assert (root / "scripts" / source.relative_to(package)).read_bytes() == source.read_bytes(), source
+    # large_files.yml: the URL given and the file's SHA-256
+    import hashlib
+
+    (entry,) = yaml.safe_load(open(root / "large_files.yml"))["large_files"]
+    model_pt = trained_demo / "models" / "model.pt"
+    assert entry == {"path": "models/model.pt", "url": model_pt.as_uri(), "hash_type": "sha256",
+                     "hash_val": hashlib.sha256(model_pt.read_bytes()).hexdigest()}  # fmt: skip
+    # the configs import the packaged copy and describe this model: train.yaml's task keys are the saved task's
+    for config in ("train.yaml", "inference.yaml"):  # (evaluate.yaml is merged after train.yaml, which imports)
+        text = (root / "configs" / config).read_text()
+        assert "$import scripts.task" in text and "$import monai_softcam" not in text
+    task = Task.read(str(trained_demo / "models" / "task.json"))
+    train = yaml.safe_load(open(root / "configs" / "train.yaml"))
+    assert {k: train[k] for k in TASK_KEYS} == {k: getattr(task, k) for k in TASK_KEYS}
+    assert train["image_size"] == [32, 32]  # the model's, not the bundle's 96
+    packaged_task = json.load(open(root / "models" / "task.json"))
+    assert packaged_task["trained_with"]["config_files"] == ["train.yaml", "tiny.yaml"]  # names, no paths of this machine
+    # metadata: valid for the Zoo, this model's shapes and its evaluation figures
+    meta_file = str(root / "configs" / "metadata.json")
+    verify_metadata(meta_file=meta_file, filepath=schema)
+    meta = json.load(open(meta_file))
+    report = json.load(open(trained_demo / "eval" / "metrics_test.json"))
+    assert meta["eval_metrics"]["test_accuracy"] == round(report["metrics"]["accuracy"], 4)
+    assert meta["eval_metrics"]["val_auc"] == round(json.load(open(trained_demo / "eval" / "metrics_val.json"))["metrics"]["auc"], 4)
+    assert meta["eval_metrics"]["test_activation_precision"] == round(report["explanation_metrics"]["activation_precision"]["mean"], 4)
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32]
+    assert meta["network_data_format"]["outputs"]["pred"]["spatial_shape"] == [4, 4]  # stride 8 at 32 px
+    assert meta["version"] == "0.1.0" and list(meta["changelog"]) == ["0.1.0"]
+    readme = (root / "docs" / "README.md").read_text()
+    for section in ("### **Authors**", "### **Tags**", "## **Model Description**", "## **System Configuration**",
+                    "**TensorRT:**", "## **Performance**", entry["hash_val"]):  # fmt: skip
+        assert section in readme
+    assert f"| accuracy | {report['metrics']['accuracy']:.4f} |" in readme
+
+
+def test_packaged_bundle_passes_the_zoos_pre_commit(packaged, tmp_path, monkeypatch):
+    _, root = packaged
+    results = zoo_pre_commit(root, tmp_path / "copy", monkeypatch)
+    assert results == {hook: 0 for hook in results}
+
+
+def _without_monai_softcam(args, cwd):
+    """``python -m monai.bundle <args>`` in ``cwd`` with the installed monai_softcam made unimportable."""
+    code = ("import runpy, sys; sys.modules['monai_softcam'] = None; sys.argv = ['monai.bundle', *sys.argv[1:]]; "
+            "runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)")  # fmt: skip
+    env = _env()
+    env["PYTHONPATH"] = ""
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=300)  # fmt: skip
+
+
+def test_packaged_bundle_runs_where_monai_softcam_is_not_installed(packaged, tmp_path):
+    """Download the weights as the Zoo does (large_files.yml, hash checked), then the Zoo's shape check
+    with its default arguments and inference, from the bundle folder, with the configs' imports served by scripts/."""
+    from PIL import Image
+
+    _, root = packaged
+    work = tmp_path / NAME
+    shutil.copytree(root, work)
+    blocked = _without_monai_softcam(["download_large_files", "--bundle_path", "."], work)
+    assert blocked.returncode == 0 and (work / "models" / "model.pt").is_file(), blocked.stderr[-3000:]
+    check = _without_monai_softcam(["verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+                                    "--config_file", "configs/inference.yaml", "--device", "cpu"], work)  # fmt: skip
+    assert check.returncode == 0, check.stderr[-3000:]
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)).save(images / "a.png")
+    infer = _without_monai_softcam(["run", "inference", "--config_file", "configs/inference.yaml", "--input_path",
+                                    str(images), "--output_dir", str(tmp_path / "out")], work)  # fmt: skip
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    assert (tmp_path / "out" / "predictions.csv").is_file()
+    assert (tmp_path / "out" / "maps" / "a" / "a_evidence_lesion.nii.gz").is_file()
+    # the guard is real: the bundle's own configs (which import monai_softcam) fail the same way
+    shutil.copytree(BUNDLE, tmp_path / "repo_bundle", ignore=shutil.ignore_patterns("models", "eval", "data"))
+    (tmp_path / "repo_bundle" / "models").mkdir()
+    shutil.copy(work / "models" / "model.pt", tmp_path / "repo_bundle" / "models")
+    shutil.copy(work / "models" / "task.json", tmp_path / "repo_bundle" / "models")
+    unpackaged = _without_monai_softcam(["run", "inference", "--config_file", "configs/inference.yaml", "--input_path",
+                                         str(images), "--output_dir", str(tmp_path / "out2")], tmp_path / "repo_bundle")  # fmt: skip
+    assert unpackaged.returncode != 0 and "monai_softcam" in unpackaged.stderr
+
+
+def test_the_zoos_unit_test_pattern_on_the_packaged_bundle(packaged):
+    """The generated ci/unit_tests/test_<name>.py: train, train + evaluate, inference through ConfigWorkflow
+    and check_workflow(check_properties=True), run from the Zoo's root as its runner does. The Zoo's
+    helper module ci/unit_tests/utils.py is stood in for by the same four steps (initialize,
+    check_properties, run, finalize), as in model-zoo ci/unit_tests/utils.py::check_workflow."""
+    zoo, _ = packaged
+    (zoo / "ci" / "unit_tests" / "utils.py").write_text(
+        "def check_workflow(workflow, check_properties=False):\n"
+        "    workflow.initialize()\n"
+        "    if check_properties is True:\n"
+        "        result = workflow.check_properties()\n"
+        "        if result is not None and len(result) > 0:\n"
+        "            raise ValueError(f'check properties for workflow failed: {result}')\n"
+        "    workflow.run()\n"
+        "    workflow.finalize()\n"
+    )
+    env = _env()
+    env["PYTHONPATH"] = ""  # scripts/ only: the test puts the bundle folder on the path itself
+    done = subprocess.run([sys.executable, "-c", "import sys, runpy; sys.modules['monai_softcam'] = None; sys.path.append('ci/unit_tests'); "
+                           f"runpy.run_path('ci/unit_tests/test_{NAME}.py', run_name='__main__')", "-v"],
+                          cwd=zoo, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    started = [line.split()[0] for line in done.stderr.splitlines() if line.startswith("test_") and " ... " in line]
+    assert started == ["test_train_config", "test_train_eval_config", "test_infer_config"]  # the Zoo's order
+    assert "Ran 3 tests" in done.stderr and done.stderr.rstrip().endswith("OK")
+
+
+def test_packaging_refuses_bad_input_and_writes_nothing(trained_demo, tmp_path):
+    models = trained_demo / "models"
+    url = ["--url", f"model.pt={(models / 'model.pt').as_uri()}"]
+    out = tmp_path / "out" / NAME
+
+    def refused(*args, match, target=out):
+        done = _cli("package-bundle", "--ckpt_dir", str(args[0]), "--out", str(target), "--name", NAME, *args[1:])
+        assert done.returncode == 2, done.stdout + done.stderr
+        last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+        assert last.startswith("error: ") and match in last, last
+        assert not target.exists() or sorted(os.listdir(target)) == ["keep.txt"]
+        assert not any(p.name.startswith(f".{NAME}.partial") for p in target.parent.glob(".*")) if target.parent.exists() else True
+
+    refused(models, match="no URL for models/model.pt")
+    refused(models, "--url", "model.pt=", match="--url model.pt= has an empty URL")
+    refused(models, "--url", "model.pt=ftp://host/model.pt", match="must start with https://")
+    refused(models, "--url", "model.ts=https://host/model.ts", *url, match=f"{models / 'model.ts'} does not exist")
+    # a checkpoint that does not fit the saved task: the task says three classes
+    other = tmp_path / "other"
+    shutil.copytree(models, other)
+    task = json.load(open(other / "task.json"))
+    task["class_names"] = ["a", "b", "c"]
+    json.dump(task, open(other / "task.json", "w"))
+    refused(other, "--url", f"model.pt={(other / 'model.pt').as_uri()}", match=f"checkpoint {other / 'model.pt'} does not fit the network")
+    # evaluation figures that cannot be read, or of another model
+    refused(models, *url, "--metrics", str(trained_demo / "eval" / "metrics_test.json").replace("eval", "nowhere"),
+            match="is not a readable metrics_<split>.json")  # fmt: skip
+    report = json.load(open(trained_demo / "eval" / "metrics_test.json"))
+    report["model"] = str(tmp_path / "elsewhere" / "model.pt")
+    json.dump(report, open(tmp_path / "metrics_test.json", "w"))
+    refused(models, *url, "--metrics", str(tmp_path / "metrics_test.json"), match=f"evaluates {report['model']}, not")
+    # a model of other data needs its own description (else the bundle would carry the demo's)
+    mine = tmp_path / "mine"
+    shutil.copytree(models, mine)
+    task = json.load(open(mine / "task.json"))
+    task["trained_with"]["overrides"]["dataset_dir"] = "/data/rsna"
+    json.dump(task, open(mine / "task.json", "w"))
+    json.dump({**report, "model": str(mine / "model.pt")}, open(tmp_path / "metrics_mine.json", "w"))
+    refused(mine, "--url", f"model.pt={(mine / 'model.pt').as_uri()}", "--metrics", str(tmp_path / "metrics_mine.json"),
+            match="describe it with --metadata FILE")  # fmt: skip
+    # a target folder that is not empty is left as it is
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("mine")
+    refused(models, *url, match="is not empty")
+    assert (out / "keep.txt").read_text() == "mine"
+    refused(models, *url, "--name", "SoftCAM-Demo", match="a Zoo bundle name is lower-case", target=tmp_path / "x")
+
+
+def test_the_slicer_module_runs_a_packaged_zoo_bundle(packaged, tmp_path, monkeypatch):
+    """A bundle from the Model Zoo imports its own scripts/: the Slicer module's library reads it and
+    runs it in process and in a child process, with the same results as the command line."""
+    import csv
+
+    sys.path.insert(0, os.path.join(REPO_ROOT, "slicer_extension", "SoftCAM"))
+    from SoftCAMLib import BundleInfo, Volume, run_inference
+
+    _, root = packaged
+    work = tmp_path / NAME
+    shutil.copytree(root, work)
+    shutil.copy(pathlib.Path(yaml.safe_load(open(root / "large_files.yml"))["large_files"][0]["url"][len("file://"):]),
+                work / "models" / "model.pt")  # as downloaded
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the child finds scripts/ through the module's own path
+    info = BundleInfo.read(str(work))
+    assert info.code_path == str(work) and info.class_names == ["no_lesion", "lesion"] and info.image_size == [32, 32]
+    info.check_weights()
+    image = np.random.default_rng(1).uniform(0, 1, (1, 40, 50)).astype(np.float32)
+    results = [run_inference(info, Volume(image, np.eye(4), name="img"), mode=m) for m in ("inprocess", "subprocess")]
+    assert sys.modules["scripts"].__file__ == str(work / "scripts" / "__init__.py")
+    assert results[0].probabilities == pytest.approx(results[1].probabilities, abs=1e-6)
+    # the same as the bundle's own command line on the same picture
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray((image[0] * 255).round().astype(np.uint8)).save(tmp_path / "in" / "img.png")
+    done = _without_monai_softcam(["run", "inference", "--config_file", "configs/inference.yaml", "--input_path",
+                                   str(tmp_path / "in"), "--output_dir", str(tmp_path / "out")], work)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = csv.DictReader(open(tmp_path / "out" / "predictions.csv"))
+    assert results[0].probabilities["lesion"] == pytest.approx(float(row["prob_lesion"]), abs=0.02)  # 8-bit rounding

@@ -6,16 +6,38 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from typing import Sequence
 
-__all__ = ["BundleError", "BundleInfo", "unpack_torchscript"]
+__all__ = ["BundleError", "BundleInfo", "unpack_torchscript", "use_bundle_code"]
 
 INFERENCE_CONFIGS = ("inference.yaml", "inference.json")
 TASK_FILE = "task.json"  # monai_softcam.task.TASK_FILE (not imported: this module loads without torch)
 TORCHSCRIPT_KEY = "torchscript_export"
+CODE_PACKAGE = "scripts"  # a Model Zoo bundle's own code (package-bundle copies monai_softcam there)
+
+
+def use_bundle_code(path: str) -> str | None:
+    """Make the ``scripts/`` package of the bundle folder ``path`` the one its configs import, as
+    MONAI's ``ConfigWorkflow.run`` and the Model Zoo's ``ci/verify_bundle.py`` do (the folder first
+    on ``sys.path``); a ``scripts`` of another bundle, imported before, is dropped from
+    ``sys.modules`` so that it is not used for this one. Returns the folder, or None for a bundle
+    without code of its own."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(os.path.join(path, CODE_PACKAGE, "__init__.py")):
+        return None
+    loaded = sys.modules.get(CODE_PACKAGE)
+    origin = os.path.dirname(os.path.dirname(os.path.abspath(getattr(loaded, "__file__", None) or "")))
+    if loaded is not None and origin != path:
+        for name in [n for n in sys.modules if n == CODE_PACKAGE or n.startswith(CODE_PACKAGE + ".")]:
+            del sys.modules[name]
+    if path in sys.path:
+        sys.path.remove(path)
+    sys.path.insert(0, path)
+    return path
 
 
 class BundleError(ValueError):
@@ -40,6 +62,7 @@ class BundleInfo:
     checkpoint: str
     warnings: list[str] = field(default_factory=list)
     torchscript: str | None = None  # the export this bundle was unpacked from
+    code_path: str | None = None  # the folder holding the bundle's own scripts/ package, put on the Python path
 
     @classmethod
     def read(cls, path: str, extra_configs: Sequence[str] = ()) -> "BundleInfo":
@@ -75,6 +98,7 @@ class BundleInfo:
 
         from monai.bundle import ConfigParser  # optional: installed on first use (Resources/requirements.txt)
 
+        code_path = use_bundle_code(path)  # a Model Zoo bundle's configs import its scripts/
         parser = ConfigParser()
         files = inference[:1] + extra
         try:
@@ -117,6 +141,7 @@ class BundleInfo:
             checkpoint=os.path.abspath(str(parser.get(TORCHSCRIPT_KEY) or get("checkpoint"))),
         )
         info.torchscript = str(parser.get(TORCHSCRIPT_KEY, "")) or None
+        info.code_path = code_path
         if info.torchscript is None and not os.path.isfile(info.checkpoint):
             raise BundleError(f"{path}: the checkpoint {info.checkpoint} does not exist (train the bundle first)")
         import monai  # optional: installed on first use (Resources/requirements.txt)
@@ -137,6 +162,7 @@ class BundleInfo:
 
         from monai_softcam.checkpoint import load_weights  # optional: monai_softcam, installed by Slicer on first use
 
+        use_bundle_code(self.path)
         parser = ConfigParser()
         parser.read_config(f=self.config_files)
         parser["bundle_root"] = self.path

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from .bundle import BundleInfo
+from .bundle import BundleInfo, use_bundle_code
 from .dependencies import package_root
 from .volume import (
     Volume,
@@ -147,7 +147,7 @@ class InferenceJob:
             self._say("running the model (subprocess)")
             with open(self.log_path, "w") as log:
                 self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self._work,
-                                                 **child_process_options())  # fmt: skip
+                                                 **child_process_options(self.bundle.code_path))  # fmt: skip
             return self
         self._say("running the model")
         try:
@@ -161,6 +161,7 @@ class InferenceJob:
     def _run_inprocess(self, overrides: dict[str, str]) -> None:
         import monai.bundle  # optional: installed on first use (Resources/requirements.txt)
 
+        use_bundle_code(self.bundle.path)
         parsed = dict(overrides)
         if "device" in parsed:
             import torch  # optional: installed on first use (Resources/requirements.txt)
@@ -273,16 +274,17 @@ class InferenceJob:
             shutil.rmtree(self._work, ignore_errors=True)
 
 
-def child_process_options() -> dict:
+def child_process_options(code_path: str | None = None) -> dict:
     """``subprocess.Popen`` keyword arguments for the inference process: an environment whose
-    PYTHONPATH starts with the folder holding monai_softcam (an installed extension keeps it beside
+    PYTHONPATH starts with ``code_path`` (a Model Zoo bundle's folder, for its ``scripts/``) and the
+    folder holding monai_softcam (an installed extension keeps it beside
     the module, where Slicer's own Python finds it but a child Python would not) and, on Windows, a
     hidden console window, as Slicer's slicer.util.launchConsoleProcess does (STARTUPINFO with
     STARTF_USESHOWWINDOW and SW_HIDE)."""
     env = dict(os.environ)
-    root = package_root()
-    if root is not None:
-        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    first = [p for p in (code_path, package_root()) if p is not None]
+    if first:
+        env["PYTHONPATH"] = os.pathsep.join(first + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     options: dict = {"env": env}
     if os.name == "nt":
         info = subprocess.STARTUPINFO()

@@ -1,0 +1,640 @@
+"""A trained model as a MONAI Model Zoo bundle: ``python -m monai_softcam package-bundle``.
+
+::
+
+    python -m monai_softcam package-bundle --ckpt_dir bundle/models --out zoo/lesion_synthetic_softcam_classification \\
+        --name lesion_synthetic_softcam_classification --url model.pt=https://host/model.pt
+
+writes a self-contained bundle folder in the Zoo's layout, for *this* model:
+
+* ``configs/``: the bundle configs, with ``train.yaml``'s task keys set to the model's saved task
+  (classes, input size, intensities, backbone, ...), so that retraining gives this model's network;
+  evaluation, inference and export read ``models/task.json`` as everywhere else;
+* ``models/task.json``: the saved task (its record of the training run keeps file names, not this
+  machine's paths);
+* ``configs/metadata.json``: the bundle metadata with this model's input and output shapes
+  (``outputs#pred``: the evidence maps of the network's own grid), class names and evaluation
+  figures (``eval_metrics``, from the evaluation's ``metrics_<split>.json``); the text fields that
+  describe the data (``data_source``, ``description``, ...) are the bundle's, for a model of the
+  built-in demo data, or come from ``--metadata FILE`` (required for a model of other data);
+* ``large_files.yml``: one URL per weight file (``--url model.pt=URL``; ``model.pt`` is required,
+  ``model.ts``/``model.onnx`` optional), with its SHA-256; the weights stay out of the folder (the
+  Zoo's pre-commit refuses files over 1 MB) and the Zoo's CI downloads and checks them;
+* ``docs/README.md`` in the Zoo's readme layout, with the model's metrics; ``LICENSE``;
+* ``scripts/``: the runtime code the configs need, a copy of this package (``monai_softcam``
+  becomes ``scripts`` in the configs, as Zoo bundles with code do), so the bundle runs where
+  ``monai_softcam`` is not installed. MONAI puts the bundle folder on ``sys.path`` only when a
+  workflow runs, after its imports were read: run the bundle's commands from its folder (as every
+  Zoo bundle documents), or put the folder on ``PYTHONPATH``.
+
+Checks, each a :class:`PackagingError` naming what is wrong, with nothing written: a missing or
+empty URL, a URL that is not http(s) or file, a weight file that is not in ``ckpt_dir``, a
+checkpoint that does not fit the saved task (or a TorchScript export that does not give its maps),
+evaluation figures of another model or another task, a bundle name that is not the Zoo's
+lower-case ``task_modality_..._classification`` form, and a target folder that exists and is not
+empty. The folder is built beside the target and moved into place only when complete.
+
+Loading the packaged bundle evaluates the Python expressions of its configs (``$...``), as every
+MONAI bundle does; ``task.json``, ``metadata.json`` and ``large_files.yml`` are data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import urllib.parse
+from typing import Any, Mapping, Sequence
+
+import torch
+from monai.bundle import ConfigParser
+
+from . import __version__
+from .checkpoint import load_state_checked, read_state_dict
+from .task import TASK_FILE, TASK_KEYS, Task
+from .utils import ConfigError
+
+__all__ = ["PackagingError", "package_bundle", "parse_urls", "zoo_unit_test"]
+
+#: the Zoo's bundle names: lower-case words joined by underscores (``spleen_ct_segmentation``)
+BUNDLE_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+){2,}$")
+#: the weight files a bundle may carry, as large files under ``models/``
+WEIGHT_FILES = ("model.pt", "model.ts", "model.onnx")
+URL_SCHEMES = ("https", "http", "file")  # file:// serves offline checks of the Zoo's download step
+#: the configs a packaged bundle ships (those of ``bundle/configs``)
+CONFIG_FILES = ("train.yaml", "evaluate.yaml", "inference.yaml", "explain.yaml", "export.yaml",
+                "multi_gpu_train.yaml", "logging.conf")  # fmt: skip
+#: metadata text that describes the data and cannot be read off the model
+DESCRIPTIVE_KEYS = ("name", "task", "description", "authors", "copyright", "data_source", "data_type", "intended_use",
+                    "references")  # fmt: skip
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_IDENTIFIER = re.compile(r"\bmonai_softcam\b(?![\[\]'-])")  # the package as code (not `pip install 'monai_softcam[x]'`)
+
+
+class PackagingError(ConfigError):
+    """A model, file or option that cannot be packaged; the message names it."""
+
+
+def default_source_bundle() -> str:
+    """The project's ``bundle/`` folder: beside the package in a source checkout, else ``./bundle``."""
+    beside = os.path.join(os.path.dirname(_PACKAGE_DIR), "bundle")
+    return beside if os.path.isdir(os.path.join(beside, "configs")) else os.path.abspath("bundle")
+
+
+def parse_urls(items: Sequence[str]) -> dict[str, str]:
+    """``["model.pt=URL", ...]`` -> ``{"model.pt": URL}``; every file at most once, every URL non-empty."""
+    urls: dict[str, str] = {}
+    for item in items:
+        name, sep, url = item.partition("=")
+        name, url = name.strip(), url.strip()
+        if not sep or not name:
+            raise PackagingError(f"--url {item!r}: write it as FILE=URL, e.g. --url model.pt=https://host/model.pt")
+        if name not in WEIGHT_FILES:
+            raise PackagingError(f"--url {item!r}: {name!r} is not a weight file of a bundle ({', '.join(WEIGHT_FILES)})")
+        if name in urls:
+            raise PackagingError(f"--url names {name} twice")
+        if not url:
+            raise PackagingError(f"--url {name}= has an empty URL: give the address the Zoo downloads {name} from")
+        scheme = urllib.parse.urlparse(url).scheme
+        if scheme not in URL_SCHEMES:
+            raise PackagingError(f"--url {name}={url}: the URL must start with {', '.join(s + '://' for s in URL_SCHEMES)}")
+        urls[name] = url
+    if "model.pt" not in urls:
+        raise PackagingError(
+            "no URL for models/model.pt: the Zoo downloads the weights from large_files.yml, so every weight file "
+            "needs one (--url model.pt=https://host/model.pt; optional: --url model.ts=..., --url model.onnx=...)"
+        )
+    return urls
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_target(out: str) -> None:
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise PackagingError(f"--out {out} exists and is not a folder")
+    if os.path.isdir(out) and os.listdir(out):
+        raise PackagingError(f"--out {out} is not empty: give a new or empty folder (nothing was written)")
+
+
+def _check_model(ckpt_dir: str, task: Task, urls: Mapping[str, str]) -> list[int]:
+    """Load model.pt into the task's network (a mismatch names the file and keys); return the map grid.
+
+    A TorchScript ``model.ts`` must give the same maps on a test input."""
+    if task.architecture != "SoftCAM":
+        raise PackagingError(
+            f"{os.path.join(ckpt_dir, TASK_FILE)}: the model is a {task.architecture}; package-bundle packages "
+            "SoftCAM models (their network_def returns the evidence maps)"
+        )
+    for name in urls:
+        if not os.path.isfile(os.path.join(ckpt_dir, name)):
+            raise PackagingError(f"--url {name}: {os.path.join(ckpt_dir, name)} does not exist")
+    network = task.network(maps_only=True)
+    model_pt = os.path.join(ckpt_dir, "model.pt")
+    load_state_checked(network, read_state_dict(model_pt, "model checkpoint"), model_pt)
+    network.eval()
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(1, task.in_channels, *task.image_size, generator=generator)
+    with torch.no_grad():
+        maps = network(probe)
+    if "model.ts" in urls:
+        path = os.path.join(ckpt_dir, "model.ts")
+        try:
+            exported = torch.jit.load(path, map_location="cpu")
+            with torch.no_grad():
+                theirs = exported(probe)
+        except Exception as err:  # not TorchScript, or another input
+            raise PackagingError(f"{path} is not a TorchScript export of this model: {err}") from err
+        if not isinstance(theirs, torch.Tensor) or theirs.shape != maps.shape or not torch.allclose(theirs, maps, atol=1e-4, rtol=1e-4):
+            raise PackagingError(
+                f"{path} does not give model.pt's evidence maps {tuple(maps.shape)} on the same input: export it "
+                "again from this model.pt (python -m monai.bundle ckpt_export, see docs/README.md)"
+            )
+    return list(maps.shape[2:])
+
+
+def _read_metrics(paths: Sequence[str], ckpt_dir: str, task: Task) -> list[dict[str, Any]]:
+    """The evaluation reports (``metrics_<split>.json``) of this model; another model's or task's is an error."""
+    if not paths:
+        eval_dir = os.path.join(os.path.dirname(os.path.abspath(ckpt_dir)), "eval")
+        paths = [p for p in (os.path.join(eval_dir, f"metrics_{s}.json") for s in ("test", "val")) if os.path.isfile(p)]
+        if not paths:
+            raise PackagingError(
+                f"no evaluation figures: neither metrics_test.json nor metrics_val.json in {eval_dir}. Evaluate the "
+                "model first (python -m monai.bundle run evaluate ...) or give its report with --metrics FILE"
+            )
+    model_pt = os.path.realpath(os.path.join(ckpt_dir, "model.pt"))
+    reports = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                report = json.load(f)
+        except (OSError, ValueError) as err:
+            raise PackagingError(f"--metrics {path} is not a readable metrics_<split>.json: {err}") from err
+        if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict) or "split" not in report:
+            raise PackagingError(f"--metrics {path} is not an evaluation report (metrics_<split>.json)")
+        if report.get("class_names") != task.class_names:
+            raise PackagingError(
+                f"--metrics {path} evaluates the classes {report.get('class_names')}, but the model's are {task.class_names}"
+            )
+        evaluated = report.get("model")
+        if evaluated and os.path.realpath(evaluated) != model_pt:
+            raise PackagingError(
+                f"--metrics {path} evaluates {evaluated}, not {model_pt}: evaluate this model (python -m monai.bundle run "
+                f"evaluate ... --ckpt_dir {ckpt_dir}) and package its report"
+            )
+        reports.append(report)
+    return reports
+
+
+def _eval_metrics(reports: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``{<split>_<metric>: value}``: the scalar classification metrics and the explanation metrics' means."""
+    figures: dict[str, float] = {}
+    for report in reports:
+        split = report["split"]
+        for name, value in report["metrics"].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "n":
+                figures[f"{split}_{name}"] = round(float(value), 4)
+        for name, summary in (report.get("explanation_metrics") or {}).items():
+            if isinstance(summary, Mapping) and isinstance(summary.get("mean"), (int, float)):
+                figures[f"{split}_{name}"] = round(float(summary["mean"]), 4)
+    return figures
+
+
+def trained_on_demo_data(task: Task, own_configs: str) -> bool:
+    """Whether the task's record says the model was trained on the built-in demo data: no
+    ``dataset_dir``/``data`` override, and every preset beside the bundle's configs still readable
+    and setting neither."""
+    record = task.trained_with or {}
+    if not record:
+        return False
+    if any(k.split("#")[0] in ("dataset_dir", "data") for k in record.get("overrides", {})):
+        return False
+    for path in record.get("config_files", []):
+        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(own_configs):
+            continue
+        try:
+            content = ConfigParser.load_config_file(path)
+        except (OSError, ValueError):
+            return False
+        if not isinstance(content, dict) or "dataset_dir" in content or "data" in content:
+            return False
+    return True
+
+
+def _as_code(text: str) -> str:
+    """A bundle config with ``scripts`` (the packaged copy) where it names the package, and paths
+    relative to the bundle folder (``configs/``, not ``bundle/configs/``)."""
+    text = _IDENTIFIER.sub("scripts", text)
+    return text.replace("bundle/configs/", "configs/").replace("bundle/models/", "models/")
+
+
+def _set_task_keys(text: str, task: Task, source: str) -> str:
+    """``train.yaml``'s top-level task keys set to the saved task's values (their comments kept)."""
+    for key in TASK_KEYS:
+        pattern = re.compile(rf"^{key}:[^\n#]*?(\s*#[^\n]*)?$", re.M)
+        found = pattern.findall(text)
+        if len(found) != 1:
+            raise PackagingError(f"{source}: expected one top-level line '{key}: ...', found {len(found)}")
+        value = json.dumps(getattr(task, key))
+        text = pattern.sub(lambda m, v=value: f"{key}: {v}{m.group(1) or ''}", text)
+    return text
+
+
+def _metadata(source: Mapping[str, Any], task: Task, grid: Sequence[int], figures: Mapping[str, float],
+              version: str, changelog: str, extra: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+    meta = json.loads(json.dumps(source))
+    meta["version"] = version
+    meta["changelog"] = {version: changelog}
+    names = task.class_names
+    size = "x".join(str(s) for s in task.image_size)
+    meta["image_classes"] = (
+        f"{task.in_channels}-channel {task.spatial_dims}D image, {size} after resizing ({task.resize}), "
+        f"intensities normalised with mean {task.intensity_mean} and standard deviation {task.intensity_std}"
+    )
+    meta["label_classes"] = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+    meta["pred_classes"] = (
+        f"the network (network_def, and its TorchScript export) returns one tensor, 'pred': the evidence maps "
+        f"[B, {len(names)}, {', '.join(map(str, grid))}], one signed map per class in logit units; each class's logit "
+        f"is its map's spatial mean (softmax of the logits gives the probabilities {names}). Inference wraps it "
+        "(scripts.networks.EvidenceOutputs)"
+    )
+    meta["eval_metrics"] = dict(figures)
+    formats = meta["network_data_format"]
+    image = formats["inputs"]["image"]
+    image.update(num_channels=task.in_channels, spatial_shape=list(task.image_size),
+                 channel_def={str(i): "image" if task.in_channels == 1 else f"channel {i}" for i in range(task.in_channels)})  # fmt: skip
+    evidence = {str(i): f"{n} evidence" for i, n in enumerate(names)}
+    formats["outputs"]["pred"].update(num_channels=len(names), spatial_shape=list(grid), channel_def=evidence)
+    post = formats.get("post_processed_outputs", {})
+    if "pred" in post:
+        post["pred"].update(num_channels=len(names), channel_def={str(i): n for i, n in enumerate(names)})
+    if "evidence_maps" in post:
+        post["evidence_maps"].update(num_channels=len(names), spatial_shape=["*"] * task.spatial_dims,
+                                     channel_def=evidence)  # fmt: skip
+    unknown = sorted(set(extra) - set(DESCRIPTIVE_KEYS))
+    if unknown:
+        raise PackagingError(
+            f"--metadata: {unknown} cannot be set by hand (they are read off the model); the file may set "
+            f"{', '.join(DESCRIPTIVE_KEYS)}"
+        )
+    meta.update(extra)
+    return meta
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _readme(name: str, meta: Mapping[str, Any], task: Task, grid: Sequence[int], reports: Sequence[Mapping[str, Any]],
+            large: Sequence[Mapping[str, str]]) -> str:  # fmt: skip
+    size = " x ".join(str(s) for s in task.image_size)
+    grid_text = " x ".join(str(s) for s in grid)
+    classes = ", ".join(task.class_names)
+    lines = [
+        f"# {meta['name']}",
+        "",
+        meta["description"],
+        "",
+        "### **Authors**",
+        str(meta["authors"]),
+        "",
+        "### **Tags**",
+        f"Classification, Explainability, Self-explaining, Evidence maps, SoftCAM, {task.spatial_dims}D",
+        "",
+        "## **Model Description**",
+        f"A SoftCAM classifier over a MONAI `{task.backbone}` backbone ({json.dumps(task.backbone_kwargs)}): the global "
+        "pooling and fully connected head are replaced by a 1x1 convolutional class-evidence layer. The network "
+        f"returns one signed evidence map per class ({grid_text} cells at {size} input); each class logit is exactly "
+        "its map's spatial mean, so the maps explain the logits. `network_def` (and the TorchScript export) returns "
+        "the maps as one tensor (`outputs#pred` in `configs/metadata.json`); inference wraps it into the logits, the "
+        "probabilities and the maps placed on the input.",
+        "",
+        "## **Data**",
+        str(meta.get("data_source", "")),
+        "",
+        f"Input: {meta['image_classes']}. Classes: {classes}.",
+        "",
+        "## **Training configuration**",
+        _training_record(task),
+        "",
+        "## **Performance**",
+        f"Evaluation reports of this model (`metrics_<split>.json` of `python -m monai.bundle run evaluate`, "
+        "packaged by `python -m monai_softcam package-bundle`):",
+        "",
+    ]
+    for report in reports:
+        metrics = report["metrics"]
+        lines += [f"**{report['split']} split** ({metrics.get('n', '?')} images)", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if k not in ("n", "confusion_matrix")]
+        for k, s in (report.get("explanation_metrics") or {}).items():
+            lines.append(f"| {k} (evidence maps) | {s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}], n={s['n']} |")
+        lines.append("")
+    lines += [
+        "## **System Configuration**",
+        "Trains and runs on a CPU or any CUDA GPU (`--device cuda:0`); several GPUs with `configs/multi_gpu_train.yaml` "
+        "under torchrun.",
+        "",
+        "**TensorRT:** this bundle has not been exported or tested with TensorRT; its TorchScript and ONNX exports "
+        "are tested on CPU.",
+        "",
+        "## **How to run**",
+        "From this folder (MONAI puts it on the Python path only once a workflow runs; from elsewhere, add it to "
+        "`PYTHONPATH`). Fetch the weights first: `python -m monai.bundle download_large_files --bundle_path .` "
+        "downloads every file of `large_files.yml` into `models/` and checks its SHA-256.",
+        "",
+        "    python -m monai.bundle run inference --config_file configs/inference.yaml --input_path IMAGES",
+        "    python -m monai.bundle run evaluate --config_file \"['configs/train.yaml','configs/evaluate.yaml']\" --dataset_dir DATA",
+        "    python -m monai.bundle run training --config_file configs/train.yaml --dataset_dir DATA",
+        "    python -m monai.bundle ckpt_export --net_id network_def --filepath models/model.ts --ckpt_file models/model.pt \\",
+        "        --meta_file configs/metadata.json --config_file \"['configs/inference.yaml','models/task.json']\"",
+        "",
+        "Inference writes `eval/inference/predictions.csv` (the probability of every class) and, per image, "
+        "`eval/inference/maps/<name>/<name>_evidence_<class>.nii.gz`: the raw signed map of each class at the "
+        "network's resolution, its affine placing every cell on the input in world space "
+        "(`--full_resolution_maps true` samples it on the input's voxels), plus an overlay PNG for 2D inputs.",
+        "",
+        f"`models/task.json` is the trained task (classes, input size, intensities, backbone): evaluation, inference "
+        f"and export read it; `configs/train.yaml` holds the same values. Loading this bundle evaluates the Python "
+        f"expressions in its configs (`$...`), as every MONAI bundle does; `task.json` is data.",
+        "",
+        "### Large files",
+        "",
+        "| file | URL | SHA-256 |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{f['path']}` | {f['url']} | `{f['hash_val']}` |" for f in large]
+    lines += [
+        "",
+        "### Runtime code",
+        f"`scripts/` is a copy of the `monai_softcam` package ({__version__}), which the configs import as `scripts` "
+        "(`pip install monai_softcam` is not needed).",
+        "",
+        "## **Limitations**",
+        f"Intended use: {meta.get('intended_use', '')}. Evidence maps have the resolution of the network's output grid; "
+        "they are interpolated for display. Without the evidence penalty a ResNet SoftCAM equals the black box with "
+        "global pooling, and its map equals CAM: the method's effect comes from the penalty.",
+        "",
+        "## **References**",
+    ]
+    lines += [f"- {r}" for r in meta.get("references", [])]
+    lines += ["", "## **License**", "See `LICENSE`.", ""]
+    return "\n".join(lines)
+
+
+def _portable_record(record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A task's record of its training run with file names instead of this machine's paths."""
+    record = dict(record or {})
+    if record.get("config_files"):
+        record["config_files"] = [os.path.basename(p) for p in record["config_files"]]
+    if record.get("overrides"):
+        record["overrides"] = {k: os.path.basename(v) if isinstance(v, str) and os.path.isabs(v) else v
+                               for k, v in record["overrides"].items()}  # fmt: skip
+    return record
+
+
+def _training_record(task: Task) -> str:
+    """The training run as the task recorded it: its config files and command-line overrides."""
+    record = _portable_record(task.trained_with)
+    files, overrides = record.get("config_files", []), record.get("overrides", {})
+    if not files:
+        return "Not recorded (the task file holds no record of the training run)."
+    text = f"Trained with the config files {', '.join(f'`{f}`' for f in files)}"
+    text += f" and the overrides `{json.dumps(overrides)}`." if overrides else " and no overrides."
+    return text + " `configs/train.yaml` holds the bundle's training settings with this model's task."
+
+
+def _large_files(ckpt_dir: str, urls: Mapping[str, str]) -> tuple[str, list[dict[str, str]]]:
+    entries = [{"path": f"models/{n}", "url": urls[n], "hash_val": _sha256(os.path.join(ckpt_dir, n)), "hash_type": "sha256"}
+               for n in WEIGHT_FILES if n in urls]  # fmt: skip
+    lines = ["# Weight files: the Model Zoo's CI and `python -m monai.bundle download_large_files` fetch each one and check its",
+             "# SHA-256. Written by `python -m monai_softcam package-bundle`.", "large_files:"]  # fmt: skip
+    for e in entries:
+        lines += [f'  - path: "{e["path"]}"', f'    url: "{e["url"]}"', f'    hash_val: "{e["hash_val"]}"',
+                  f'    hash_type: "{e["hash_type"]}"']  # fmt: skip
+    return "\n".join(lines) + "\n", entries
+
+
+def _copy_package(target: str) -> None:
+    """The package's modules (no caches, no compiled files) as ``target`` (the bundle's ``scripts/``)."""
+    for folder, dirs, files in os.walk(_PACKAGE_DIR):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+        rel = os.path.relpath(folder, _PACKAGE_DIR)
+        os.makedirs(os.path.join(target, rel), exist_ok=True)
+        for name in sorted(files):
+            if name.endswith(".py"):
+                shutil.copyfile(os.path.join(folder, name), os.path.join(target, rel, name))
+
+
+def package_bundle(
+    ckpt_dir: str,
+    out: str,
+    name: str,
+    urls: Mapping[str, str],
+    metrics: Sequence[str] = (),
+    metadata: str | None = None,
+    version: str = "0.1.0",
+    changelog: str | None = None,
+    source: str | None = None,
+    unit_test: str | None = None,
+) -> str:
+    """Write the Zoo bundle of the model in ``ckpt_dir`` to the new or empty folder ``out``; return ``out``.
+
+    Args:
+        ckpt_dir: the trained model's folder (``model.pt``, ``task.json``; ``model.ts``/``model.onnx`` if given URLs).
+        out: the bundle folder to write; it must not exist or be empty.
+        name: the bundle's name in the Zoo (``<task>_<modality>_softcam_classification``).
+        urls: ``{weight file: URL}`` (:func:`parse_urls`); ``model.pt`` is required.
+        metrics: evaluation reports (``metrics_<split>.json``) of this model; default: ``metrics_test.json``
+            and ``metrics_val.json`` in the ``eval`` folder beside ``ckpt_dir``.
+        metadata: a JSON file with the metadata text of the model's data (:data:`DESCRIPTIVE_KEYS`);
+            required unless the model was trained on the built-in demo data.
+        version, changelog: the bundle version and its changelog line.
+        source: the bundle whose configs, metadata and LICENSE are packaged (default: the project's ``bundle/``).
+        unit_test: also write the Zoo's unit test of the bundle (:func:`zoo_unit_test`) to this file.
+    """
+    if not BUNDLE_NAME.match(name or ""):
+        raise PackagingError(
+            f"--name {name!r}: a Zoo bundle name is lower-case words joined by underscores, "
+            "<task>_<modality>_softcam_classification (e.g. pneumonia_xray_softcam_classification)"
+        )
+    if not re.match(r"^\d+\.\d+\.\d+$", version):
+        raise PackagingError(f"--version {version!r}: the Zoo's versions are MAJOR.MINOR.PATCH, e.g. 0.1.0")
+    out = os.path.abspath(out)
+    _check_target(out)
+    if unit_test and os.path.exists(unit_test):
+        raise PackagingError(f"--unit_test {unit_test} exists: nothing was written (remove it or name another file)")
+    source = os.path.abspath(source or default_source_bundle())
+    configs = os.path.join(source, "configs")
+    missing = [f for f in (*CONFIG_FILES, "metadata.json") if not os.path.isfile(os.path.join(configs, f))]
+    if missing or not os.path.isfile(os.path.join(source, "LICENSE")):
+        raise PackagingError(f"--source {source} is not the project's bundle folder (lacks {missing or ['LICENSE']})")
+    task = Task.read(os.path.join(ckpt_dir, TASK_FILE))
+    grid = _check_model(ckpt_dir, task, urls)
+    reports = _read_metrics(metrics, ckpt_dir, task)
+    with open(os.path.join(configs, "metadata.json"), encoding="utf-8") as f:
+        source_meta = json.load(f)
+    if metadata:
+        try:
+            with open(metadata, encoding="utf-8") as f:
+                extra = json.load(f)
+        except (OSError, ValueError) as err:
+            raise PackagingError(f"--metadata {metadata} is not a readable JSON file: {err}") from err
+        if not isinstance(extra, dict):
+            raise PackagingError(f"--metadata {metadata}: expected a JSON object of metadata keys")
+    elif trained_on_demo_data(task, configs):
+        extra = {}
+    else:
+        raise PackagingError(
+            f"{os.path.join(ckpt_dir, TASK_FILE)} records training on data other than the built-in demo: describe it "
+            f"with --metadata FILE (a JSON object; keys {', '.join(DESCRIPTIVE_KEYS)}), or the bundle would carry "
+            "the demo's description"
+        )
+    meta = _metadata(source_meta, task, grid, _eval_metrics(reports), version,
+                     changelog or f"first release of {name}: {task.architecture} over {task.backbone}", extra)  # fmt: skip
+    large_text, large = _large_files(ckpt_dir, urls)
+
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
+    try:
+        os.makedirs(os.path.join(work, "configs"))
+        for config in CONFIG_FILES:
+            with open(os.path.join(configs, config), encoding="utf-8") as f:
+                text = _as_code(f.read())
+            if config == "train.yaml":
+                text = _set_task_keys(text, task, os.path.join(configs, config))
+            with open(os.path.join(work, "configs", config), "w", encoding="utf-8") as f:
+                f.write(text)
+        with open(os.path.join(work, "configs", "metadata.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=4)
+            f.write("\n")
+        task.save(os.path.join(work, "models", TASK_FILE), trained_with=_portable_record(task.trained_with))
+        with open(os.path.join(work, "large_files.yml"), "w", encoding="utf-8") as f:
+            f.write(large_text)
+        os.makedirs(os.path.join(work, "docs"))
+        with open(os.path.join(work, "docs", "README.md"), "w", encoding="utf-8") as f:
+            f.write(_readme(name, meta, task, grid, reports, large))
+        shutil.copyfile(os.path.join(source, "LICENSE"), os.path.join(work, "LICENSE"))
+        _copy_package(os.path.join(work, "scripts"))
+        os.chmod(work, 0o755)
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty (checked above)
+        os.rename(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if unit_test:
+        with open(unit_test, "x", encoding="utf-8") as f:
+            f.write(zoo_unit_test(name, task))
+    return out
+
+
+def zoo_unit_test(name: str, task: Task) -> str:
+    """The Zoo's unit test of the bundle ``name`` (``ci/unit_tests/test_<name>.py``): train, train + evaluate and
+    inference through ``ConfigWorkflow`` and the Zoo's ``check_workflow(check_properties=True)``, on a small demo
+    dataset that the bundle's own generator writes, with the checkpoints in a temporary folder."""
+    camel = "".join(part.capitalize() for part in name.split("_"))
+    # a quick run: at most 64 px (voxels) a side, demo images of 48
+    small = f'"image_size": {[min(s, 64) for s in task.image_size]},' if max(task.image_size) > 64 else ""
+    return f'''"""Model Zoo unit tests of the {name} bundle (written by monai_softcam package-bundle).
+
+Train, train + evaluate and inference run through ConfigWorkflow and the Zoo's check_workflow with
+check_properties=True, on a small demo dataset that the bundle's own generator writes; checkpoints
+and outputs go to a temporary folder (the bundle's models/ is left as downloaded).
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+import unittest
+
+from monai.bundle import ConfigWorkflow
+from utils import check_workflow
+
+BUNDLE_ROOT = os.path.join("models", "{name}")
+CONFIGS = os.path.join(BUNDLE_ROOT, "configs")
+if os.path.abspath(BUNDLE_ROOT) not in sys.path:
+    sys.path.insert(0, os.path.abspath(BUNDLE_ROOT))  # the configs import the bundle's scripts/
+
+
+def test_order(name1, name2):
+    def order(name):
+        return 1 if "train" in name and "eval" not in name else 2 if "eval" in name else 3
+
+    return order(name1) - order(name2)
+
+
+class Test{camel}(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.work = tempfile.mkdtemp()
+        cls.override = {{
+            "bundle_root": BUNDLE_ROOT,
+            "demo_dir": os.path.join(cls.work, "demo"),
+            "ckpt_dir": os.path.join(cls.work, "models"),
+            "output_dir": os.path.join(cls.work, "eval"),
+            "epochs": 1,
+            "batch_size": 4,
+            "num_workers": 0,
+            "demo_data#size": 48,{small}
+            "demo_data#num_train": 8,
+            "demo_data#num_val": 4,
+            "demo_data#num_test": 4,
+        }}
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.work)
+
+    def workflow(self, workflow_type, configs, **override):
+        return ConfigWorkflow(
+            workflow_type=workflow_type,
+            config_file=[os.path.join(CONFIGS, c) for c in configs],
+            logging_file=os.path.join(CONFIGS, "logging.conf"),
+            meta_file=os.path.join(CONFIGS, "metadata.json"),
+            **override,
+        )
+
+    def train(self):
+        check_workflow(self.workflow("train", ["train.yaml"], **self.override), check_properties=True)
+        self.assertTrue(os.path.isfile(os.path.join(self.work, "models", "model.pt")))
+
+    def test_train_config(self):
+        self.train()
+
+    def test_train_eval_config(self):
+        if not os.path.isfile(os.path.join(self.work, "models", "model.pt")):
+            self.train()
+        # evaluate.yaml overrides train.yaml, so the workflow type stays "train", as in the Zoo's other tests
+        check_workflow(self.workflow("train", ["train.yaml", "evaluate.yaml"], **self.override), check_properties=True)
+        self.assertTrue(os.path.isfile(os.path.join(self.work, "eval", "metrics_test.json")))
+
+    def test_infer_config(self):
+        if not os.path.isfile(os.path.join(self.work, "models", "model.pt")):
+            self.train()
+        override = {{
+            "bundle_root": BUNDLE_ROOT,
+            "ckpt_dir": os.path.join(self.work, "models"),
+            "input_path": os.path.join(self.work, "demo", "test.csv"),
+            "dataset_dir": os.path.join(self.work, "demo"),
+            "output_dir": os.path.join(self.work, "inference"),
+        }}
+        check_workflow(self.workflow("infer", ["inference.yaml"], **override), check_properties=True)
+        self.assertTrue(os.path.isfile(os.path.join(self.work, "inference", "predictions.csv")))
+
+
+if __name__ == "__main__":
+    loader = unittest.TestLoader()
+    loader.sortTestMethodsUsing = test_order
+    unittest.main(testLoader=loader)
+'''
