@@ -13,6 +13,7 @@ with open(os.path.join(HERE, "README.md")) as f:
 
 CAPTUM = ["captum>=0.7"]
 ONNX = ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"]
+TUNE = ["optuna>=4.9"]  # run tune: λ selection on an Optuna study (SQLite by default)
 
 setup(
     name="monai_softcam",
@@ -51,7 +52,7 @@ setup(
     # onnx: ONNX export (torch.export-based exporter: onnx + onnxscript) and its check (onnxruntime)
     # test: pyjpegls encodes the JPEG-LS files of the DICOM transfer-syntax tests; pre-commit-hooks are the
     # Model Zoo's pre-commit checks, run on the bundle
-    extras_require={"captum": CAPTUM, "onnx": ONNX,
-                    "test": ["pytest>=7.0", "pyjpegls>=1.3", "pre-commit-hooks>=4.6", *CAPTUM, *ONNX]},
+    extras_require={"captum": CAPTUM, "onnx": ONNX, "tune": TUNE,
+                    "test": ["pytest>=7.0", "pyjpegls>=1.3", "pre-commit-hooks>=4.6", *CAPTUM, *ONNX, *TUNE]},
     entry_points={"console_scripts": ["monai-softcam=monai_softcam.__main__:main"]},
 )

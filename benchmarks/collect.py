@@ -19,6 +19,10 @@ command and machine). Comparisons are ratios measured in one run with the conten
 so that the machine's drift hits all of them alike; they are measurements, not tests (the test
 suite only checks that every script still runs, with its smallest settings). Regenerate this page
 with `python benchmarks/collect.py` after running a script.
+
+`explanation_cost.py` times the black box with its global-pooling head (`head="gap"`) and Grad-CAM
+at the trunk's output, for every backbone: for VGG that is not the paper's classic black-box head
+(7x7 pool, FC6/FC7/FC8), the default for VGG black boxes, which these tables do not time.
 """
 
 

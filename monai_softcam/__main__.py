@@ -29,6 +29,7 @@ def _demo_data(args: argparse.Namespace) -> int:
         num_val=args.num_val,
         num_test=args.num_test,
         seed=args.seed,
+        variant=args.variant,
     )
     paths = generate_demo_dataset(args.output, config)
     print("wrote demo data to", args.output)
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--num_val", type=int, default=200)
     demo.add_argument("--num_test", type=int, default=200)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--variant", default="default", choices=("default", "small", "multifocal", "shortcut"),
+                      help="small: lesions of 1-3 map cells; multifocal: 1-4 lesions; shortcut: a marker that follows "
+                           "the label in train/val but not in test (see monai_softcam/data/demo.py)")  # fmt: skip
     demo.set_defaults(func=_demo_data)
     sub.add_parser("backbones", help="list the registered backbones").set_defaults(func=_backbones)
     pack = sub.add_parser("package-bundle", help="write a trained model as a MONAI Model Zoo bundle",

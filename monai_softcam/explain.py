@@ -6,16 +6,26 @@ float maps on the images' grid, where larger means more evidence for the class:
 
 * :class:`SoftCAMExplainer`: SoftCAM's own evidence maps (signed, raw values), upsampled
   bi/trilinearly; no extra pass: the maps come with the logits.
-* :class:`GradCAMExplainer`: MONAI's ``GradCAM`` / ``GradCAMpp`` on a named layer (default the
-  backbone's last convolutional stage, ``backbone.features``), **raw** (non-negative) values.
-  MONAI's default post-processing maps (min, max) to (1, 0), i.e. *inverts* the map; it is
-  replaced by the identity here. Works on SoftCAM models too (their logits are used).
+* :class:`GradCAMExplainer`: MONAI's ``GradCAM`` / ``GradCAMpp`` on a named layer (default
+  :func:`default_target_layer`: ResNet's layer4 output, VGG's last block before its last max-pool),
+  **raw** (non-negative) values. MONAI's default post-processing maps (min, max) to (1, 0), i.e.
+  *inverts* the map; it is replaced by the identity here. Works on SoftCAM models too (their
+  logits are used).
+* :class:`LayerCAMExplainer`: LayerCAM (Jiang et al., 2021), ``ReLU(sum_k ReLU(dy_c/dA_k) * A_k)``
+  with element-wise (not channel-averaged) positive gradients, at the same default layer.
+* :class:`ScoreCAMExplainer`: Score-CAM (Wang et al., 2020), gradient-free: each channel of the
+  layer, upsampled and min-max normalised, masks the input; the masked inputs' class scores,
+  softmaxed over the channels, weight the channels. One forward pass per channel (batched).
 * :class:`OcclusionExplainer`: MONAI's ``OcclusionSensitivity``, as the drop in the class
   probability when a region is occluded (``p - p_occluded``: positive where occluding hurts). The
   class probabilities are a softmax over the model's outputs (sigmoid for one output); MONAI's
   default activation chooses by the number of *image* channels, which is wrong for grey images.
 * :class:`IntegratedGradientsExplainer`: Captum's Integrated Gradients (optional extra:
   ``pip install captum``), summed over the image channels.
+* :class:`GuidedBackpropExplainer`: Guided Backpropagation (Springenberg et al., 2015), the input
+  gradient of the class logit with every ReLU passing back only positive gradients at positive
+  inputs; summed over the image channels. Written here (no Captum needed), for ReLU modules and
+  functional ReLUs alike, in place or not; the model is not modified.
 
 :func:`cascading_randomization` re-initialises the model's layers from the output backwards and
 reports the Spearman rank correlation between the original and the randomised maps after each
@@ -26,21 +36,29 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
+from torch.overrides import TorchFunctionMode
 
+from .networks.backbones import Backbone
 from .networks.outputs import probabilities, split_output, upsample_map
 
 __all__ = [
     "EXPLAINERS",
     "GradCAMExplainer",
+    "GuidedBackpropExplainer",
     "IntegratedGradientsExplainer",
+    "LayerCAMExplainer",
     "OcclusionExplainer",
+    "ScoreCAMExplainer",
     "SoftCAMExplainer",
     "cascading_randomization",
+    "default_target_layer",
     "layer_groups",
     "make_explainer",
     "spearman",
@@ -81,6 +99,73 @@ def _classes(class_idx: Any, batch: int, device: torch.device) -> torch.Tensor:
     return classes
 
 
+def default_target_layer(model: nn.Module) -> str:
+    """The module path of the layer the SoftCAM paper's CAM baselines read, for ``model``'s backbone
+    (the default ``target_layer`` of :class:`GradCAMExplainer`, :class:`LayerCAMExplainer` and
+    :class:`ScoreCAMExplainer`).
+
+    * a trunk that ends on a max-pool (VGG): the layer *before* that last max-pool, i.e. the last
+      convolution block's ReLU (output stride 16; torchvision's index, e.g. ``backbone.features.29``
+      for VGG-16, ``backbone.features.42`` for VGG-16-BN);
+    * any other trunk: ``backbone.features``, its output. For ResNet this *is* layer4's output (the
+      trunk is conv1, bn1, act, maxpool, layer1..layer4 and nothing after); for DenseNet, SE-ResNet
+      and EfficientNet the last convolutional stage.
+
+    The backbone is found anywhere in the model (a wrapper gives e.g. ``network.backbone.features``).
+    A model without a :class:`~monai_softcam.networks.backbones.Backbone` needs an explicit
+    ``target_layer`` (a ValueError).
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, Backbone):
+            prefix = f"{name}.features" if name else "features"
+            children = list(module.features.named_children())
+            if len(children) > 1 and isinstance(children[-1][1], (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+                return f"{prefix}.{children[-2][0]}"
+            return prefix
+    raise ValueError(f"{type(model).__name__} has no monai_softcam backbone: name the target_layer (a module path)")
+
+
+def _layer(model: nn.Module, target_layer: str | None) -> tuple[str, nn.Module]:
+    """``(path, module)`` of ``target_layer`` in ``model`` (default :func:`default_target_layer`)."""
+    name = default_target_layer(model) if target_layer is None else target_layer
+    modules = dict(model.named_modules())
+    if name not in modules:
+        raise ValueError(f"target_layer {name!r} is not a module of the model; e.g. 'backbone.features'")
+    return name, modules[name]
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside; every module's own mode restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
+def _capture(layer: nn.Module, store: list[torch.Tensor]) -> Iterator[None]:
+    """Append ``layer``'s output of each forward pass to ``store``; the hook is removed afterwards.
+    The network continues on a copy, so that an in-place operation after the layer (an
+    ``inplace`` ReLU) cannot change the captured activations, and gradients with respect to them
+    are those of the layer's output itself."""
+
+    def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"the target layer must return a tensor, got {type(output).__name__}")
+        store.append(output)
+        return output.clone()
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class SoftCAMExplainer:
     """SoftCAM's evidence maps of the requested classes, upsampled to the input grid (signed)."""
 
@@ -100,14 +185,17 @@ class SoftCAMExplainer:
 
 
 class GradCAMExplainer:
-    """Grad-CAM (or Grad-CAM++ with ``plus=True``) from ``monai.visualize``, raw values, on ``target_layer``."""
+    """Grad-CAM (or Grad-CAM++ with ``plus=True``) from ``monai.visualize``, raw values, on
+    ``target_layer`` (default :func:`default_target_layer`).
 
-    def __init__(self, model: nn.Module, target_layer: str = "backbone.features", plus: bool = False) -> None:
+    MONAI's hooks stay on the model (MONAI has no way to remove them), and a target layer with
+    ``inplace=True`` (VGG's pre-pool ReLU) is switched to ``inplace=False`` by MONAI (same values).
+    """
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None, plus: bool = False) -> None:
         wrapped = _Logits(model)
-        names = {name for name, _ in wrapped.named_modules()}
-        layer = f"model.{target_layer}"
-        if layer not in names:
-            raise ValueError(f"target_layer {target_layer!r} is not a module of the model; e.g. 'backbone.features'")
+        self.target_layer, _ = _layer(model, target_layer)
+        layer = f"model.{self.target_layer}"
         self.name = "gradcam++" if plus else "gradcam"
         self.cam = (GradCAMpp if plus else GradCAM)(wrapped, target_layers=layer, postprocessing=lambda x: x)
 
@@ -184,12 +272,184 @@ class IntegratedGradientsExplainer:
         return attributions.sum(dim=1).detach().float()
 
 
+class LayerCAMExplainer:
+    """LayerCAM (Jiang et al., 2021) on ``target_layer`` (default :func:`default_target_layer`).
+
+    With ``A`` the layer's activations ``[K, *grid]`` and ``y_c`` the class logit,
+    ``map = ReLU(sum_k ReLU(dy_c/dA_k) * A_k)`` on the layer's grid (element-wise positive
+    gradients as weights, where Grad-CAM uses one spatially averaged weight per channel), upsampled
+    bi/trilinearly to the input grid (:func:`~monai_softcam.networks.outputs.upsample_map`). Raw
+    (non-negative) values; one forward and one backward pass for the batch, in eval mode.
+    """
+
+    name = "layercam"
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None) -> None:
+        self.model = _Logits(model)
+        self.target_layer, self.layer = _layer(model, target_layer)
+
+    def __call__(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        classes = _classes(class_idx, images.shape[0], images.device)
+        store: list[torch.Tensor] = []
+        with _eval_mode(self.model.model), torch.enable_grad(), _capture(self.layer, store), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")  # other explainers' hooks
+            logits = self.model(images)
+            if not store:
+                raise RuntimeError(f"target_layer {self.target_layer!r} was not called in the forward pass")
+            activations = store[-1]
+            score = logits.gather(1, classes[:, None]).sum()  # samples are independent in eval mode
+            (gradients,) = torch.autograd.grad(score, activations)
+        cam = torch.relu((torch.relu(gradients) * activations).sum(dim=1)).detach().float()
+        return upsample_map(cam, images.shape[2:])  # the samples ride in the channel axis
+
+
+class ScoreCAMExplainer:
+    """Score-CAM (Wang et al., 2020) on ``target_layer`` (default :func:`default_target_layer`); no gradients.
+
+    For each image ``x`` and class ``c``, with ``A_k`` the layer's channels (``k = 1..K``) and
+    ``y_c`` the model's class **logit**:
+
+    * ``M_k = (U_k - min U_k) / (max U_k - min U_k)``, ``U_k`` = ``A_k`` upsampled to the input
+      grid (bi/trilinear); a constant channel gives ``M_k = 0``;
+    * ``s_k = y_c(x * M_k)`` (every image channel multiplied by the mask);
+    * ``w = softmax_k(s_k)``, the softmax over the *channels*. Wang et al.'s Algorithm 1 softmaxes
+      the increase over a baseline, ``y_c(x * M_k) - y_c(x_b)``; the baseline term is the same for
+      every channel, and a softmax does not change when a constant is added, so the weights are
+      identical (the baseline pass is not needed);
+    * ``map = ReLU(sum_k w_k A_k)`` on the layer's grid, upsampled to the input grid (raw values).
+
+    Args:
+        target_layer: module path of the layer (default :func:`default_target_layer`).
+        batch_size: masked images per forward pass (memory is bounded by ``batch_size`` images and
+            masks; the masks are made chunk by chunk). Constant channels (dead ReLUs) share one pass.
+
+    Cost: one forward pass per non-constant channel and image (2048 for a ResNet-50).
+    """
+
+    name = "scorecam"
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None, batch_size: int = 32) -> None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.model = _Logits(model)
+        self.target_layer, self.layer = _layer(model, target_layer)
+        self.batch_size = int(batch_size)
+
+    def channel_weights(self, images: torch.Tensor, class_idx: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(activations [B, K, *grid], weights [B, K])``: the layer's activations and the softmax weights."""
+        classes = _classes(class_idx, images.shape[0], images.device)
+        store: list[torch.Tensor] = []
+        with _eval_mode(self.model.model), torch.no_grad():
+            with _capture(self.layer, store):
+                self.model(images)
+            if not store:
+                raise RuntimeError(f"target_layer {self.target_layer!r} was not called in the forward pass")
+            activations = store[-1].float()
+            size = images.shape[2:]
+            weights = torch.empty(activations.shape[:2], device=activations.device)
+            for b, c in enumerate(classes.tolist()):
+                image = images[b : b + 1]
+                flat = activations[b].flatten(1)
+                constant = flat.amax(1) - flat.amin(1) <= 1e-12 * flat.abs().amax(1).clamp(min=1.0)
+                scores = torch.empty(flat.shape[0], device=activations.device)
+                if constant.any():  # their masks are 0: one pass for all of them
+                    scores[constant] = self.model(torch.zeros_like(image))[0, c].float()
+                varying = (~constant).nonzero().flatten()
+                for chunk in varying.split(self.batch_size):
+                    up = upsample_map(activations[b, chunk], size)  # [n, *size]
+                    low = up.flatten(1).amin(1).view(-1, *([1] * len(size)))
+                    high = up.flatten(1).amax(1).view(-1, *([1] * len(size)))
+                    masks = (up - low) / (high - low).clamp(min=1e-12)
+                    scores[chunk] = self.model(image * masks[:, None].to(image.dtype))[:, c].float()
+                weights[b] = scores.softmax(dim=0)
+        return activations, weights
+
+    def __call__(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        activations, weights = self.channel_weights(images, class_idx)
+        cam = torch.relu((weights.view(*weights.shape, *([1] * (activations.dim() - 2))) * activations).sum(dim=1))
+        return upsample_map(cam, images.shape[2:])  # the samples ride in the channel axis
+
+
+class _GuidedReLU(torch.autograd.Function):
+    """ReLU forward; backward passes only positive gradients, and only where the input was positive."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, inplace: bool) -> torch.Tensor:  # type: ignore[override]
+        passed = x > 0
+        ctx.save_for_backward(passed)
+        if inplace:
+            ctx.mark_dirty(x)
+            return x.clamp_(min=0)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (passed,) = ctx.saved_tensors
+        return grad.clamp(min=0) * passed, None
+
+
+class _GuidedReLUs(TorchFunctionMode):
+    """Inside, every ReLU call (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu`` and their
+    in-place forms) is a :class:`_GuidedReLU`; the model itself (modules, hooks) is not touched."""
+
+    _INPLACE = {torch.relu_, torch.Tensor.relu_}
+    _OUT_OF_PLACE = {torch.relu, torch.Tensor.relu}
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.relu:
+            inplace = bool(args[1] if len(args) > 1 else kwargs.get("inplace", False))
+            return _GuidedReLU.apply(args[0], inplace)
+        if func in self._INPLACE:
+            return _GuidedReLU.apply(args[0], True)
+        if func in self._OUT_OF_PLACE:
+            return _GuidedReLU.apply(args[0], False)
+        return func(*args, **kwargs)
+
+
+class GuidedBackpropExplainer:
+    """Guided Backpropagation (Springenberg et al., 2015): ``d y_c / d x`` where every ReLU passes
+    back ``(input > 0) * max(gradient, 0)`` instead of ``(input > 0) * gradient``.
+
+    Written here (no Captum needed) with a ``torch`` function mode: all ReLU calls of the forward
+    pass are guided, modules (``nn.ReLU``, ``inplace`` or not) and functional ones alike (Captum's
+    ``GuidedBackprop`` hooks ``nn.ReLU`` modules only); no module is replaced and no hook
+    registered, so the model is exactly as before. Other activations (EfficientNet's swish) pass
+    their plain gradient; a TorchScript model is not reached (plain gradients).
+
+    The attributions are **summed over the image channels** (signed, as
+    :class:`IntegratedGradientsExplainer`): positive where brightening the pixel raises the class
+    logit; ``absolute=True`` sums their absolute values instead (the usual saliency display). For
+    one-channel images the sum *is* Captum's default output (one attribution per input value).
+    """
+
+    name = "guided_backprop"
+
+    def __init__(self, model: nn.Module, absolute: bool = False) -> None:
+        self.model = _Logits(model)
+        self.absolute = bool(absolute)
+
+    def __call__(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        classes = _classes(class_idx, images.shape[0], images.device)
+        x = images.detach().clone().requires_grad_(True)
+        with _eval_mode(self.model.model), torch.enable_grad():
+            with _GuidedReLUs():
+                logits = self.model(x)
+            score = logits.gather(1, classes[:, None]).sum()  # samples are independent in eval mode
+            (gradients,) = torch.autograd.grad(score, x)
+        gradients = gradients.detach().float()
+        return (gradients.abs() if self.absolute else gradients).sum(dim=1)
+
+
 EXPLAINERS: dict[str, Callable[..., Any]] = {
     "softcam": SoftCAMExplainer,
     "gradcam": GradCAMExplainer,
     "gradcam++": lambda model, **kw: GradCAMExplainer(model, plus=True, **kw),
     "occlusion": OcclusionExplainer,
     "integrated_gradients": IntegratedGradientsExplainer,
+    "layercam": LayerCAMExplainer,
+    "scorecam": ScoreCAMExplainer,
+    "guided_backprop": GuidedBackpropExplainer,
 }
 
 

@@ -15,6 +15,9 @@ Written to ``output_dir``:
 * ``sanity.png`` and ``sanity.csv``: cascading randomisation (Spearman correlation per layer);
 * ``gallery.png``: image, ground truth, SoftCAM's map of every class and each method's map;
 * ``table.md``: the headline table in Markdown (AUC; localisation and faithfulness per method);
+* ``paired.csv`` / ``paired.md``: each SoftCAM map against each other model/method on the same
+  images: the mean per-image difference (SoftCAM minus the other), its 95 % bootstrap CI and a
+  paired sign-flip permutation test (:func:`~monai_softcam.metrics.explanation.paired_difference`);
 * ``index.html``: all of the above on one page.
 
 Rules: localisation metrics use only images with a non-empty mask (the others are counted in
@@ -47,12 +50,13 @@ from tqdm import tqdm
 from .checkpoint import load_weights
 from .explain import cascading_randomization, make_explainer
 from .metrics.classification import classification_report, two_columns
-from .metrics.explanation import HIGHER_IS_BETTER, curve_auc, deletion_curve, explanation_values, summarize
+from .metrics.explanation import HIGHER_IS_BETTER, curve_auc, deletion_curve, explanation_values, paired_difference, summarize
 from .networks.outputs import probabilities, split_output, upsample_map
 from .utils import atomic_open
 from .visualize import GalleryCase, render_gallery
 
-__all__ = ["Aggregated", "Collected", "HIGHER_IS_BETTER", "aggregate", "collect", "explanation_report", "markdown_table", "write"]
+__all__ = ["Aggregated", "Collected", "HIGHER_IS_BETTER", "aggregate", "collect", "explanation_report", "markdown_table",
+           "paired_table", "write"]  # fmt: skip
 
 logger = logging.getLogger("monai_softcam")
 
@@ -303,7 +307,40 @@ def aggregate(collected: Collected, class_names: Sequence[str], seed: int = 0) -
         }
     report["curves"] = {f"{m}/{k}": v for (m, k), v in mean_curves.items()}
     report["sanity"] = collected.sanity
+    report["paired"] = _paired(per_case, seed)
     return Aggregated(report, per_case, mean_curves)
+
+
+def _paired(per_case: dict[Pair, dict[str, torch.Tensor]], seed: int) -> list[dict[str, Any]]:
+    """Every SoftCAM pair against every other pair, metric by metric, on the same images (see ``paired.csv``)."""
+    rows = []
+    for reference in [p for p in per_case if p[1] == "softcam"]:
+        for other in [p for p in per_case if p != reference]:
+            for name in [n for n in per_case[reference] if n in per_case[other]]:
+                result = paired_difference(per_case[reference][name], per_case[other][name], seed=seed)
+                rows.append({"softcam": "/".join(reference), "versus": "/".join(other), "metric": name,
+                             "higher_is_better": HIGHER_IS_BETTER[name], **result})  # fmt: skip
+    return rows
+
+
+PAIRED_METRICS = ("activation_precision", "pointing_game", "topk_precision", "deletion_auc")
+
+
+def paired_table(report: dict[str, Any], metrics: Sequence[str] = PAIRED_METRICS) -> str:
+    """SoftCAM minus each other model/method, per image: mean difference [95 % CI] (p, n)."""
+    head = ["SoftCAM", "versus"] + [f"Δ {m.replace('_', ' ')} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    found: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for row in report.get("paired", []):
+        found.setdefault((row["softcam"], row["versus"]), {})[row["metric"]] = row
+    for (reference, other), by_metric in found.items():
+        cells = [reference, other]
+        for m in metrics:
+            r = by_metric.get(m)
+            cells.append("-" if not r or r["n"] == 0 else
+                         f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] (p={r['p_value']:.3g}, n={r['n']})")  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def write(output_dir: str, aggregated: Aggregated, collected: Collected, class_names: Sequence[str]) -> None:
@@ -345,6 +382,13 @@ def write(output_dir: str, aggregated: Aggregated, collected: Collected, class_n
         sheet.save(f, format="PNG")
     with atomic_open(os.path.join(output_dir, "table.md"), "w") as f:
         f.write(markdown_table(report))
+    with atomic_open(os.path.join(output_dir, "paired.csv"), "w", newline="") as f:
+        columns = ["softcam", "versus", "metric", "mean", "ci_low", "ci_high", "n", "p_value", "higher_is_better"]
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(report.get("paired", []))
+    with atomic_open(os.path.join(output_dir, "paired.md"), "w") as f:
+        f.write(paired_table(report))
     _write_html(os.path.join(output_dir, "index.html"), report)
 
 

@@ -171,6 +171,7 @@ def test_ignite_metric_reports_the_means_of_explanation_values():
     metric.update((list(maps[3:]), list(masks[3:]), labels[3:], None))
     results = metric.compute()
     expected = explanation_values(maps[:, 1], masks, labels == 1, topk=2, patch_size=5, stride=2 + 1, pointing_tolerance=2)
+    expected["mean_abs_evidence"] = maps[:, 1].abs().flatten(1).mean(1)  # the maps' size, beside the metrics
     assert list(metric.values) == list(expected)
     for name, v in expected.items():
         _same(metric.values[name], v)
@@ -271,3 +272,23 @@ def test_explanation_output_reads_evaluator_output_and_batch():
     metric = ExplanationMetrics()
     metric.update((None, None, [1], None))
     assert metric.compute() == {}
+
+
+def test_paired_difference_ci_and_permutation_test():
+    from monai_softcam.metrics.explanation import paired_difference
+
+    rng = torch.Generator().manual_seed(0)
+    b = torch.rand(200, generator=rng)
+    a = b + 0.05 + 0.01 * torch.randn(200, generator=rng)  # a is better on every image by ~0.05
+    a[:3] = float("nan")  # images without a value are left out of the pairs
+    shifted = paired_difference(a, b)
+    assert shifted["n"] == 197 and shifted["mean"] == pytest.approx(float((a - b)[3:].mean()))
+    assert shifted["ci_low"] < shifted["mean"] < shifted["ci_high"] and shifted["ci_low"] > 0.04
+    assert shifted["p_value"] < 0.001
+    # the paired test sees what the marginal intervals cannot: a small shift under a large spread
+    assert summarize(a)["ci_low"] < summarize(b)["ci_high"]
+    noise = paired_difference(b + 0.01 * torch.randn(200, generator=rng), b)
+    assert noise["ci_low"] < 0 < noise["ci_high"] and noise["p_value"] > 0.05
+    assert math.isnan(paired_difference(torch.full((3,), float("nan")), torch.ones(3))["p_value"])
+    with pytest.raises(ValueError, match="one value per image"):
+        paired_difference(torch.ones(3), torch.ones(4))

@@ -41,8 +41,13 @@ def test_report_on_3d_volumes_with_two_models(tmp_path):
     assert report["settings"]["topk"] == 2 and "topk_precision" in report["explanation"]["softcam"]["gradcam"]
     assert len(report["curves"]["softcam/softcam"]["deletion"]) in (0, 4)  # 3 steps + the start
     assert json.load(open(tmp_path / "report.json"))["images"] == 4
-    for name in ("gallery.png", "faithfulness.png", "sanity.png", "index.html", "table.md"):
+    for name in ("gallery.png", "faithfulness.png", "sanity.png", "index.html", "table.md", "paired.md", "paired.csv"):
         assert os.path.getsize(tmp_path / name) > 100
+    # paired differences: SoftCAM's maps against each other model/method, image by image
+    paired = {(r["versus"], r["metric"]): r for r in report["paired"] if r["softcam"] == "softcam/softcam"}
+    assert {v for v, _ in paired} == {"softcam/gradcam", "blackbox/gradcam++"}
+    ap = paired[("softcam/gradcam", "activation_precision")]
+    assert ap["n"] == 2 and 0 < ap["p_value"] <= 1 and ap["ci_low"] <= ap["mean"] <= ap["ci_high"]
 
 
 class FullResolutionSoftCAM(nn.Module):
@@ -87,7 +92,7 @@ def test_report_and_evaluation_metric_give_the_same_per_image_values(coarse):
     metric.attach(engine, "activation_precision")
     engine.run(loader, max_epochs=1)
 
-    assert set(metric.values) == set(report_values) | {"completeness_error"}
+    assert set(metric.values) == set(report_values) | {"completeness_error", "mean_abs_evidence"}
     assert report_values["activation_precision"].isnan().sum() == 2  # the two healthy images
     # SoftCAM's coarse maps: the evaluation measures consistency and Gini on the network's grid,
     # the report on the image grid; the localisation metrics see the same upsampled maps

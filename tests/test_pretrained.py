@@ -53,9 +53,10 @@ def test_pretrained_argument_and_ddp_wrapped_file(reference, tmp_path):
 
 @pytest.mark.parametrize("cls", [SoftCAM, BlackBox])
 def test_own_checkpoint_round_trips(cls, tmp_path):
-    src = cls("vgg11_bn", spatial_dims=2, in_channels=1, num_classes=3).eval()
+    small = {"fc_width": 64}  # the classic black-box head's FC6 would hold 103 M weights at the default width
+    src = cls("vgg11_bn", spatial_dims=2, in_channels=1, num_classes=3, backbone_kwargs=small).eval()
     path = _save(src.state_dict(), tmp_path)
-    dst = cls("vgg11_bn", spatial_dims=2, in_channels=1, num_classes=3, pretrained=path).eval()
+    dst = cls("vgg11_bn", spatial_dims=2, in_channels=1, num_classes=3, pretrained=path, backbone_kwargs=small).eval()
     src_bb, dst_bb = src.backbone.state_dict(), dst.backbone.state_dict()
     assert src_bb.keys() == dst_bb.keys()
     for key in src_bb:

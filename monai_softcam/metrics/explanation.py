@@ -52,6 +52,7 @@ __all__ = [
     "explanation_output",
     "explanation_values",
     "gini",
+    "paired_difference",
     "pointing_game",
     "summarize",
     "topk_localisation_precision",
@@ -386,6 +387,33 @@ def bootstrap_ci(values: Any, level: float = 0.95, resamples: int = 2000, seed: 
     return float(means.quantile(alpha)), float(means.quantile(1 - alpha))
 
 
+def paired_difference(a: Any, b: Any, level: float = 0.95, resamples: int = 2000, permutations: int = 10000,
+                      seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """The paired comparison of two methods on the same images: ``d_i = a_i - b_i`` over the images
+    where both are finite.
+
+    Returns ``mean`` (of ``d``), ``ci_low``/``ci_high`` (percentile bootstrap of the mean of ``d``,
+    seeded), ``n`` and ``p_value``: a two-sided sign-flip permutation test of ``mean(d) = 0``
+    (each ``d_i`` keeps or flips its sign at random, ``permutations`` times; ``p = (1 + #{|mean*| >=
+    |mean(d)|}) / (1 + permutations)``), which assumes only that ``d`` is symmetric about 0 under the
+    null hypothesis. Positive ``mean``: ``a`` scores higher.
+    """
+    a = torch.as_tensor(a, dtype=torch.float64).reshape(-1)
+    b = torch.as_tensor(b, dtype=torch.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need one value per image each, got {a.numel()} and {b.numel()}")
+    d = (a - b)[torch.isfinite(a) & torch.isfinite(b)]
+    if d.numel() == 0:
+        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0, "p_value": float("nan")}
+    low, high = bootstrap_ci(d, level=level, resamples=resamples, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (permutations, d.numel()), generator=generator, dtype=torch.float64) * 2 - 1
+    observed = d.mean().abs()
+    extreme = int(((signs * d).mean(dim=1).abs() >= observed - 1e-12).sum())
+    return {"mean": float(d.mean()), "ci_low": low, "ci_high": high, "n": int(d.numel()),
+            "p_value": (1 + extreme) / (1 + permutations)}  # fmt: skip
+
+
 def summarize(values: Any, level: float = 0.95, seed: int = 0) -> dict[str, float]:
     """Mean, bootstrap CI, ``n`` (samples with a value) and ``n_excluded`` (NaN: e.g. empty masks)."""
     v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
@@ -413,7 +441,9 @@ def explanation_output(output: Any, batch: Any) -> tuple[Any, Any, Any, Any]:
 class ExplanationMetrics(Metric):
     """Ignite metric over an evaluation: localisation, consistency, sparseness and completeness of
     SoftCAM's evidence maps, each reported as its mean under its own name (those of
-    :func:`explanation_values`, and ``completeness_error`` when the logits are given).
+    :func:`explanation_values`, ``completeness_error`` when the logits are given, and
+    ``mean_abs_evidence``, the mean of ``|map|`` over the cells in logit units: how *large* the
+    maps are, not how good; Gini says how concentrated they are whatever their size).
 
     Args:
         output_transform: maps ``(engine.state.output, engine.state.batch)`` to ``(evidence_maps,
@@ -471,6 +501,8 @@ class ExplanationMetrics(Metric):
         )  # fmt: skip
         if logits is not None:
             values["completeness_error"] = completeness_error(_stack(logits).to(maps.device), maps)
+        # how large the maps are (logit units per cell), not how good: a penalty that shrinks maps lowers it
+        values["mean_abs_evidence"] = chosen.abs().flatten(1).mean(1)
         for name, value in values.items():
             self._values.setdefault(name, []).append(value.detach().float().cpu())
 

@@ -16,8 +16,9 @@ from monai.networks.layers.factories import Conv, Pool
 from .backbones import Backbone, build_backbone, check_spatial_dims
 from .outputs import EVIDENCE_MAPS, LOGITS
 from .pretrained import load_pretrained_backbone
+from .vgg import CLASSIC_POOL_SIZE, VGGFeatures, classic_pool, vgg_classifier, vgg_fc_settings
 
-__all__ = ["BlackBox", "EvidenceHead", "SoftCAM", "LOGITS", "EVIDENCE_MAPS"]
+__all__ = ["BLACK_BOX_HEADS", "BlackBox", "EvidenceHead", "SoftCAM", "LOGITS", "EVIDENCE_MAPS"]
 
 
 
@@ -173,18 +174,45 @@ class SoftCAM(_Classifier):
         return logits
 
 
-class BlackBox(_Classifier):
-    """The black-box counterpart of :class:`SoftCAM`: same backbone, global average pooling + linear layer.
+#: black-box heads: ``"classic"`` (VGG only) and ``"gap"``
+BLACK_BOX_HEADS = ("classic", "gap")
 
-    For VGG the FC6/FC7 layers act after the pooling (as fully connected layers), as in a
-    conventional VGG with global pooling. Arguments as for :class:`SoftCAM`; a black box has no
-    evidence maps (its explanations need a post-hoc method), so ``return_maps=True`` returns
-    ``{"logits": [B, C]}``: the same output form as SoftCAM's, so that one workflow serves both.
+
+class BlackBox(_Classifier):
+    """The black-box counterpart of :class:`SoftCAM`: same trunk, a conventional classification head.
+
+    Args:
+        head: ``"gap"``: global average pooling -> the backbone's neck (VGG's FC6/FC7, applied to the
+            pooled ``1x1`` map, i.e. as fully connected layers on 512 features; identity for the
+            other backbones) -> linear layer ``fc``. ``"classic"`` (VGG backbones only): the head of
+            torchvision's VGG and of the paper's reference black box: 7x7 adaptive average pool (7x7x7
+            in 3D) -> flatten -> FC6 (``512 * 7**spatial_dims -> fc_width``) -> ReLU -> Dropout -> FC7
+            (``fc_width -> fc_width``) -> ReLU -> Dropout -> FC8 ``fc`` (``fc_width -> num_classes``);
+            the backbone's 1x1 neck is then removed (``backbone.neck`` is an identity and
+            ``backbone.out_channels`` the trunk's 512). ``None`` (default): ``"classic"`` for a VGG
+            backbone, ``"gap"`` for every other. ``fc_width`` and ``dropout`` are the VGG builder's
+            ``backbone_kwargs``; in 3D at the default width FC6 alone holds 719 M weights. The pool is
+            :class:`~monai_softcam.networks.vgg.AdaptiveAvgPool` (the values of
+            ``nn.AdaptiveAvgPool2d/3d(7)``, and it exports to ONNX, also with free spatial axes).
+        Other arguments as for :class:`SoftCAM`.
+
+    The modules are ``backbone.features`` (the trunk Grad-CAM reads), ``pool``, ``classifier``
+    (FC6/FC7 of the classic head, an identity for ``"gap"``) and ``fc`` (the class layer). The
+    classic head's keys ``classifier.0``/``classifier.3`` are torchvision's FC6/FC7 keys and ``fc``
+    is torchvision's ``classifier.6`` (FC8). All of the head is initialised fresh, also with
+    ``pretrained`` (which loads the trunk), as in the paper's reference code.
+
+    A black box has no evidence maps (its explanations need a post-hoc method), so
+    ``return_maps=True`` returns ``{"logits": [B, C]}``: the same output form as SoftCAM's, so that
+    one workflow serves both.
 
     Example::
 
         >>> import torch
-        >>> BlackBox("vgg16", num_classes=2)(torch.zeros(1, 3, 224, 224)).shape
+        >>> bb = BlackBox("vgg16", num_classes=2)
+        >>> bb.head_type, bb.classifier[0].in_features
+        ('classic', 25088)
+        >>> bb(torch.zeros(1, 3, 224, 224)).shape
         torch.Size([1, 2])
     """
 
@@ -198,16 +226,41 @@ class BlackBox(_Classifier):
         return_maps: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
         maps_only: bool = False,  # accepted for one signature with SoftCAM: a black box has no maps
+        head: str | None = None,
     ) -> None:
         super().__init__(backbone, spatial_dims, in_channels, num_classes, pretrained, backbone_kwargs)
-        self.pool = Pool[Pool.ADAPTIVEAVG, self.spatial_dims](1)
-        self.fc = nn.Linear(self.backbone.out_channels, self.num_classes)
+        is_vgg = isinstance(self.backbone.features, VGGFeatures)
+        if head is None:
+            head = "classic" if is_vgg else "gap"
+        if head not in BLACK_BOX_HEADS:
+            raise ValueError(f"head must be one of {list(BLACK_BOX_HEADS)} or None, got {head!r}")
+        if head == "classic" and not is_vgg:
+            raise ValueError(
+                f"head='classic' (7x7 pool + FC6/FC7/FC8) needs a VGG backbone, got {self.backbone_name!r}; "
+                "use head='gap' (the default for it)"
+            )
+        self.head_type: str = head
+        if head == "classic":
+            trunk_channels, width, dropout = vgg_fc_settings(self.backbone.neck)
+            # the 1x1 FC6/FC7 of SoftCAM's VGG are replaced by the fully connected ones below
+            self.backbone.neck = nn.Identity()
+            self.backbone.out_channels = trunk_channels
+            self.pool: nn.Module = classic_pool(self.spatial_dims, CLASSIC_POOL_SIZE)
+            # fc (FC8) before classifier (FC6/FC7): the children run from the output backwards, as
+            # explain.layer_groups expects
+            self.fc = nn.Linear(width, self.num_classes)
+            pooled_features = trunk_channels * CLASSIC_POOL_SIZE**self.spatial_dims  # 512 * 7 * 7 (* 7 in 3D)
+            self.classifier: nn.Module = vgg_classifier(pooled_features, width, dropout)
+        else:
+            self.pool = Pool[Pool.ADAPTIVEAVG, self.spatial_dims](1)
+            self.fc = nn.Linear(self.backbone.out_channels, self.num_classes)
+            self.classifier = nn.Identity()
         self.return_maps = return_maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         self._check_input(x)
         pooled = self.pool(self.backbone.features(x))
-        logits = self.fc(self.backbone.neck(pooled).flatten(1))
+        logits = self.fc(self.classifier(self.backbone.neck(pooled).flatten(1)))
         if self.return_maps:
             return {"logits": logits}  # LOGITS (TorchScript needs literals)
         return logits
