@@ -53,7 +53,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from . import __version__
-from .checkpoint import load_state_checked, read_state_dict
+from .checkpoint import load_weights
 from .task import TASK_FILE, TASK_KEYS, Task
 from .utils import ConfigError
 
@@ -138,8 +138,7 @@ def _check_model(ckpt_dir: str, task: Task, urls: Mapping[str, str]) -> list[int
         if not os.path.isfile(os.path.join(ckpt_dir, name)):
             raise PackagingError(f"--url {name}: {os.path.join(ckpt_dir, name)} does not exist")
     network = task.network(maps_only=True)
-    model_pt = os.path.join(ckpt_dir, "model.pt")
-    load_state_checked(network, read_state_dict(model_pt, "model checkpoint"), model_pt)
+    load_weights(network, os.path.join(ckpt_dir, "model.pt"))
     network.eval()
     generator = torch.Generator().manual_seed(0)
     probe = torch.randn(1, task.in_channels, *task.image_size, generator=generator)
@@ -294,7 +293,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _readme(name: str, meta: Mapping[str, Any], task: Task, grid: Sequence[int], reports: Sequence[Mapping[str, Any]],
+def _readme(meta: Mapping[str, Any], task: Task, grid: Sequence[int], reports: Sequence[Mapping[str, Any]],
             large: Sequence[Mapping[str, str]]) -> str:  # fmt: skip
     size = " x ".join(str(s) for s in task.image_size)
     grid_text = " x ".join(str(s) for s in grid)
@@ -327,7 +326,7 @@ def _readme(name: str, meta: Mapping[str, Any], task: Task, grid: Sequence[int],
         _training_record(task),
         "",
         "## **Performance**",
-        f"Evaluation reports of this model (`metrics_<split>.json` of `python -m monai.bundle run evaluate`, "
+        "Evaluation reports of this model (`metrics_<split>.json` of `python -m monai.bundle run evaluate`, "
         "packaged by `python -m monai_softcam package-bundle`):",
         "",
     ]
@@ -362,9 +361,9 @@ def _readme(name: str, meta: Mapping[str, Any], task: Task, grid: Sequence[int],
         "network's resolution, its affine placing every cell on the input in world space "
         "(`--full_resolution_maps true` samples it on the input's voxels), plus an overlay PNG for 2D inputs.",
         "",
-        f"`models/task.json` is the trained task (classes, input size, intensities, backbone): evaluation, inference "
-        f"and export read it; `configs/train.yaml` holds the same values. Loading this bundle evaluates the Python "
-        f"expressions in its configs (`$...`), as every MONAI bundle does; `task.json` is data.",
+        "`models/task.json` is the trained task (classes, input size, intensities, backbone): evaluation, inference "
+        "and export read it; `configs/train.yaml` holds the same values. Loading this bundle evaluates the Python "
+        "expressions in its configs (`$...`), as every MONAI bundle does; `task.json` is data.",
         "",
         "### Large files",
         "",
@@ -522,7 +521,7 @@ def package_bundle(
             f.write(large_text)
         os.makedirs(os.path.join(work, "docs"))
         with open(os.path.join(work, "docs", "README.md"), "w", encoding="utf-8") as f:
-            f.write(_readme(name, meta, task, grid, reports, large))
+            f.write(_readme(meta, task, grid, reports, large))
         shutil.copyfile(os.path.join(source, "LICENSE"), os.path.join(work, "LICENSE"))
         _copy_package(os.path.join(work, "scripts"))
         os.chmod(work, 0o755)

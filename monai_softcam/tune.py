@@ -59,6 +59,8 @@ logger = logging.getLogger("monai_softcam")
 SELECTABLE_METRICS = {k: v for k, v in HIGHER_IS_BETTER.items() if k not in ("deletion_auc", "insertion_auc")}
 SAMPLERS = ("grid", "tpe", "random")
 _TUNE_KEYS = ("tune", "tune_settings", "tune_dir")  # the tune config's own keys: not passed on to the trials
+#: what each trial records of its validation report besides accuracy, AUC and the selection metric
+_RECORDED = ("activation_precision", "gini", "mean_abs_evidence")
 
 
 def _as_grid(values: Any) -> list[float] | None:
@@ -201,13 +203,13 @@ def _read_report(path: str, metric: str) -> dict[str, float]:
         report = json.load(f)
     metrics, explained = report.get("metrics", {}), report.get("explanation_metrics", {})
     row = {k: float(metrics[k]) for k in ("accuracy", "auc") if k in metrics}
-    for name in {metric, "gini", "activation_precision", "mean_abs_evidence"}:
+    for name in {metric, *_RECORDED}:
         if isinstance(explained.get(name), Mapping):
             row[name] = float(explained[name]["mean"])
     return row
 
 
-def run_tune(settings: TuneSettings, tune_dir: str, device: Any = None) -> dict[str, Any] | None:
+def run_tune(settings: TuneSettings, tune_dir: str) -> dict[str, Any] | None:
     """Run (or resume) the study of ``settings`` in ``tune_dir``; returns the selected trial's row (see the module docstring)."""
     try:
         import optuna  # optional: pip install 'monai_softcam[tune]'
@@ -255,8 +257,6 @@ def run_tune(settings: TuneSettings, tune_dir: str, device: Any = None) -> dict[
         for name, value in params.items():
             command += [f"--{name}", repr(value)]
         command += ["--ckpt_dir", ckpt_dir, "--output_dir", output_dir]
-        if device is not None and "device" not in overrides:
-            command += ["--device", f"$torch.device('{device}')"]
         trial.set_user_attr("dir", folder)
         logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:g}" for k, v in params.items()))
         print(f"tune: trial {trial.number} ({', '.join(f'{k}={v:g}' for k, v in params.items())}) -> {folder}", flush=True)
@@ -307,14 +307,13 @@ def write_results(study: Any, settings: TuneSettings, tune_dir: str) -> dict[str
     rows = []
     for t in study.get_trials(deepcopy=False):
         row = {"number": t.number, **{n: t.params.get(n) for n in names}, "state": t.state.name}
-        for key in ("accuracy", "auc", settings.metric, "gini", "activation_precision", "mean_abs_evidence", "dir"):
+        for key in ("accuracy", "auc", settings.metric, *_RECORDED, "dir"):
             row[key] = t.user_attrs.get(key)
         row["ckpt_dir"] = t.user_attrs.get("ckpt_dir")
         rows.append(row)
     finished = [r for r in rows if r["state"] == "COMPLETE"]
     selected = select_trial(finished, settings.metric, float(settings.epsilon))
-    columns = ["number", *names, "accuracy", "auc", *dict.fromkeys([settings.metric, "activation_precision", "gini",
-               "mean_abs_evidence"]), "state", "selected", "dir"]  # fmt: skip
+    columns = ["number", *names, "accuracy", "auc", *dict.fromkeys([settings.metric, *_RECORDED]), "state", "selected", "dir"]
     with atomic_open(os.path.join(tune_dir, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
