@@ -112,13 +112,14 @@ def unwrap_module(model: Any) -> Any:
 
 def describe_network(model: torch.nn.Module) -> str:
     """``SoftCAM(backbone=resnet18, num_classes=2, spatial_dims=2, in_channels=1)``: the class and
-    whichever of these attributes the network has."""
+    whichever of these attributes the network has (a black box's ``head`` too: ``classic`` or ``gap``)."""
     model = unwrap_module(model)
     name = getattr(model, "backbone_name", None)
     if not isinstance(name, str):
         name = getattr(model, "name", None)
     fields = [("backbone", name if isinstance(name, str) else None)]
     fields += [(attr, getattr(model, attr, None)) for attr in ("num_classes", "spatial_dims", "in_channels")]
+    fields.append(("head", getattr(model, "head_type", None)))
     shown = [f"{key}={value}" for key, value in fields if isinstance(value, (str, int)) and not isinstance(value, bool)]
     return type(model).__name__ + (f"({', '.join(shown)})" if shown else "")
 

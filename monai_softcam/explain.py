@@ -2,7 +2,10 @@
 
 Every explainer is called as ``explainer(images, class_idx) -> maps`` with images ``[B, C, *spatial]``
 (2D or 3D) and one class per sample (``[B]``, or an int for all), and returns ``[B, *spatial]``
-float maps on the images' grid, where larger means more evidence for the class:
+float maps on the images' grid, where larger means more evidence for the class.
+``explainer.native(images, class_idx)`` returns the same map on the grid where the method makes
+it (SoftCAM's cells, the target layer's grid; the input grid for pixel attributions), from which
+calling the explainer upsamples bi/trilinearly:
 
 * :class:`SoftCAMExplainer`: SoftCAM's own evidence maps (signed, raw values), upsampled
   bi/trilinearly; no extra pass: the maps come with the logits.
@@ -61,6 +64,7 @@ __all__ = [
     "default_target_layer",
     "layer_groups",
     "make_explainer",
+    "on_input_grid",
     "spearman",
 ]
 
@@ -166,25 +170,51 @@ def _capture(layer: nn.Module, store: list[torch.Tensor]) -> Iterator[None]:
         handle.remove()
 
 
-class SoftCAMExplainer:
-    """SoftCAM's evidence maps of the requested classes, upsampled to the input grid (signed)."""
+def on_input_grid(maps: torch.Tensor, spatial: Any) -> torch.Tensor:
+    """``[B, *grid]`` maps brought to the input grid ``spatial`` bi/trilinearly (unchanged if they are on it)."""
+    if tuple(maps.shape[1:]) == tuple(spatial):
+        return maps
+    return upsample_map(maps, spatial)  # the samples ride in the channel axis
+
+
+class _CoarseMap:
+    """An explainer whose map lives on a coarser grid (SoftCAM's cells, a layer's grid): ``native``
+    gives it there, calling the explainer brings it to the input grid bi/trilinearly
+    (:func:`~monai_softcam.networks.outputs.upsample_map`). The paper's protocol upsamples the
+    native map its own way (:func:`~monai_softcam.metrics.explanation.paper_upsample`)."""
+
+    def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        return on_input_grid(self.native(images, class_idx), images.shape[2:])
+
+
+class _PixelMap:
+    """An explainer whose map is on the input grid already: ``native`` is the map itself."""
+
+    def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        return self(images, class_idx)
+
+
+class SoftCAMExplainer(_CoarseMap):
+    """SoftCAM's evidence maps of the requested classes (signed; ``native``: on the network's grid)."""
 
     name = "softcam"
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
-    def __call__(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+    def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
         with torch.no_grad():
             logits, maps = split_output(self.model(images))
         if maps is None:
             raise ValueError("SoftCAMExplainer needs a model that returns evidence maps (SoftCAM with return_maps=True)")
         classes = _classes(class_idx, images.shape[0], maps.device)
-        chosen = maps[torch.arange(maps.shape[0], device=maps.device), classes]
-        return upsample_map(chosen, images.shape[2:])  # the samples ride in the channel axis
+        return maps[torch.arange(maps.shape[0], device=maps.device), classes].float()
 
 
-class GradCAMExplainer:
+class GradCAMExplainer(_CoarseMap):
     """Grad-CAM (or Grad-CAM++ with ``plus=True``) from ``monai.visualize``, raw values, on
     ``target_layer`` (default :func:`default_target_layer`).
 
@@ -199,20 +229,24 @@ class GradCAMExplainer:
         self.name = "gradcam++" if plus else "gradcam"
         self.cam = (GradCAMpp if plus else GradCAM)(wrapped, target_layers=layer, postprocessing=lambda x: x)
 
-    def __call__(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+    def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
         classes = _classes(class_idx, images.shape[0], images.device)
-        out = torch.zeros(images.shape[0], *images.shape[2:], device=images.device)
+        out: torch.Tensor | None = None
         with warnings.catch_warnings():  # PyTorch notes that the hooks fire on outputs when inputs need no grad
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             for c in classes.unique().tolist():  # MONAI's CAMs take one class for the whole batch
                 rows = (classes == c).nonzero().flatten()
                 # MONAI's Grad-CAM++ broadcasts the class score over the wrong axis for batches > 1
                 for part in rows.split(1 if self.name == "gradcam++" else len(rows)):
-                    out[part] = self.cam(images[part], class_idx=int(c))[:, 0].detach().float()
+                    cam = self.cam.compute_map(images[part], class_idx=int(c))[:, 0].detach().float()
+                    if out is None:
+                        out = torch.zeros(images.shape[0], *cam.shape[1:], device=images.device)
+                    out[part] = cam
+        assert out is not None
         return out
 
 
-class OcclusionExplainer:
+class OcclusionExplainer(_PixelMap):
     """Occlusion sensitivity from ``monai.visualize``: ``p(class) - p(class | region occluded)``.
 
     Args:
@@ -243,7 +277,7 @@ class OcclusionExplainer:
         return torch.stack(out)
 
 
-class IntegratedGradientsExplainer:
+class IntegratedGradientsExplainer(_PixelMap):
     """Integrated Gradients (Captum, optional) from a constant ``baseline`` image in ``steps`` steps;
     attributions summed over the image channels."""
 
@@ -272,7 +306,7 @@ class IntegratedGradientsExplainer:
         return attributions.sum(dim=1).detach().float()
 
 
-class LayerCAMExplainer:
+class LayerCAMExplainer(_CoarseMap):
     """LayerCAM (Jiang et al., 2021) on ``target_layer`` (default :func:`default_target_layer`).
 
     With ``A`` the layer's activations ``[K, *grid]`` and ``y_c`` the class logit,
@@ -288,7 +322,7 @@ class LayerCAMExplainer:
         self.model = _Logits(model)
         self.target_layer, self.layer = _layer(model, target_layer)
 
-    def __call__(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+    def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
         classes = _classes(class_idx, images.shape[0], images.device)
         store: list[torch.Tensor] = []
         with _eval_mode(self.model.model), torch.enable_grad(), _capture(self.layer, store), warnings.catch_warnings():
@@ -299,11 +333,10 @@ class LayerCAMExplainer:
             activations = store[-1]
             score = logits.gather(1, classes[:, None]).sum()  # samples are independent in eval mode
             (gradients,) = torch.autograd.grad(score, activations)
-        cam = torch.relu((torch.relu(gradients) * activations).sum(dim=1)).detach().float()
-        return upsample_map(cam, images.shape[2:])  # the samples ride in the channel axis
+        return torch.relu((torch.relu(gradients) * activations).sum(dim=1)).detach().float()
 
 
-class ScoreCAMExplainer:
+class ScoreCAMExplainer(_CoarseMap):
     """Score-CAM (Wang et al., 2020) on ``target_layer`` (default :func:`default_target_layer`); no gradients.
 
     For each image ``x`` and class ``c``, with ``A_k`` the layer's channels (``k = 1..K``) and
@@ -364,10 +397,9 @@ class ScoreCAMExplainer:
                 weights[b] = scores.softmax(dim=0)
         return activations, weights
 
-    def __call__(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+    def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
         activations, weights = self.channel_weights(images, class_idx)
-        cam = torch.relu((weights.view(*weights.shape, *([1] * (activations.dim() - 2))) * activations).sum(dim=1))
-        return upsample_map(cam, images.shape[2:])  # the samples ride in the channel axis
+        return torch.relu((weights.view(*weights.shape, *([1] * (activations.dim() - 2))) * activations).sum(dim=1))
 
 
 class _GuidedReLU(torch.autograd.Function):
@@ -407,7 +439,7 @@ class _GuidedReLUs(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class GuidedBackpropExplainer:
+class GuidedBackpropExplainer(_PixelMap):
     """Guided Backpropagation (Springenberg et al., 2015): ``d y_c / d x`` where every ReLU passes
     back ``(input > 0) * max(gradient, 0)`` instead of ``(input > 0) * gradient``.
 

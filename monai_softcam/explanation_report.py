@@ -20,9 +20,36 @@ Written to ``output_dir``:
   paired sign-flip permutation test (:func:`~monai_softcam.metrics.explanation.paired_difference`);
 * ``index.html``: all of the above on one page.
 
+**Both protocols** are reported side by side (``table.md`` has a table for each):
+
+* this project's (``activation_precision``, ``pointing_game``, ``topk_precision``, ``deletion_auc``,
+  ...): maps brought to the image grid bi/trilinearly, masks as annotated, top-k patches ranked by
+  their mean, deletion tiles ranked by their mean, relative confidence on every image;
+* the paper's (``paper_*``, :mod:`monai_softcam.metrics.explanation`): each map upsampled cubically
+  from the grid it was made on, masks dilated (``dilation``), top-k from the point values above a
+  threshold with counts pooled over images (``paper_topk_precision``, and ``_tp`` on the images the
+  model assigns to the explained class), and ``paper_deletion_auc``: deletion on the **diseased**
+  images only (label other than ``healthy_class``), tiles ranked by their **max**, scored by
+  accuracy for two classes (is the image still assigned to its class?) and by relative
+  confidence for more.
+
+The paper's top-k threshold is in raw map units, and each method has its own
+(``paper_topk_threshold``: a number for every method, or ``{method: number}`` with 0 for the
+methods not named). The reference's 1 is in SoftCAM's units: a cell of 1 adds ``1/N`` to the
+logit of an ``N``-cell map. Post-hoc maps have no such unit (Grad-CAM's are gradients times
+activations, Integrated Gradients' sum to the logit over the pixels, Score-CAM's are weights
+that sum to 1 over the channels), so by default (``{softcam: 1.0}``) they count every patch
+with positive evidence, the most lenient choice for them. On a ResNet, Grad-CAM equals
+``ReLU(CAM - b)/N`` (``tests/test_equivalence.py``): a SoftCAM threshold of 1 corresponds to
+``(1 - b)/N`` there.
+
 Rules: localisation metrics use only images with a non-empty mask (the others are counted in
 ``n_excluded``); deletion and insertion use only the images that **every** compared model
-classifies correctly (as the paper), so that all methods are compared on the same images.
+classifies correctly (as the paper, which compares two models at a time: with more models the set
+is the images all of them get right), so that all methods are compared on the same images.
+Pooled metrics (:data:`~monai_softcam.metrics.explanation.WEIGHTS`) are summarised as the pooled
+ratio with an image-resampling bootstrap, and are left out of the paired tests (a per-image
+difference of pooled ratios is not what they measure).
 
 The per-image values are those of :func:`monai_softcam.metrics.explanation.explanation_values`
 (the same function, names and settings as the bundle's evaluation), plus ``deletion_auc`` and
@@ -48,9 +75,21 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import load_weights
-from .explain import cascading_randomization, make_explainer
+from .explain import cascading_randomization, make_explainer, on_input_grid
 from .metrics.classification import classification_report, two_columns
-from .metrics.explanation import HIGHER_IS_BETTER, curve_auc, deletion_curve, explanation_values, paired_difference, summarize
+from .metrics.explanation import (
+    DESCRIPTIVE,
+    HIGHER_IS_BETTER,
+    WEIGHTS,
+    curve_auc,
+    deletion_curve,
+    explanation_values,
+    paired_difference,
+    paper_point_grid,
+    paper_upsample,
+    paper_values,
+    summarize,
+)
 from .networks.outputs import probabilities, split_output, upsample_map
 from .utils import atomic_open
 from .visualize import GalleryCase, render_gallery
@@ -61,7 +100,11 @@ __all__ = ["Aggregated", "Collected", "HIGHER_IS_BETTER", "aggregate", "collect"
 logger = logging.getLogger("monai_softcam")
 
 Pair = tuple[str, str]  # (model name, method name)
-CURVES = ("deletion", "insertion")
+CURVES = ("deletion", "insertion", "paper_deletion")
+SETTING_NAMES = ("topk", "topk_patch", "topk_stride", "pointing_tolerance", "deletion_patch", "deletion_steps",
+                 "deletion_baseline")  # fmt: skip
+#: the settings of the paper's protocol, and their defaults (see :func:`explanation_report`)
+PAPER_SETTINGS = {"paper_topk_threshold": {"softcam": 1.0}, "dilation": 1, "healthy_class": 0}
 
 
 def _methods_for(model: dict[str, Any]) -> list[str]:
@@ -141,6 +184,9 @@ def explanation_report(
     deletion_patch: int = 33,
     deletion_steps: int = 14,
     deletion_baseline: float = 0.0,
+    paper_topk_threshold: float | dict[str, float] | None = None,
+    dilation: int = 1,
+    healthy_class: int = 0,
     gallery_cases: int = 6,
     sanity_cases: int = 4,
     device: str | torch.device = "cpu",
@@ -162,6 +208,9 @@ def explanation_report(
         pointing_tolerance: pixels around the annotation that still count as a hit in the pointing
             game (Zhang et al. use 15 px at 224 px).
         deletion_patch, deletion_steps, deletion_baseline: of :func:`~monai_softcam.metrics.explanation.deletion_curve`.
+        paper_topk_threshold: the paper's top-k threshold per method (see above; None: ``{"softcam": 1.0}``).
+        dilation: the masks' dilation kernel of the paper's protocol (:func:`~monai_softcam.metrics.explanation.paper_dilation`).
+        healthy_class: the class whose images the paper's deletion leaves out.
         gallery_cases, sanity_cases: images in the picture and in the randomisation check.
 
     Returns the report dict (also in ``report.json``).
@@ -169,7 +218,10 @@ def explanation_report(
     start = time.time()
     settings = {"topk": topk, "topk_patch": topk_patch, "topk_stride": topk_stride,
                 "pointing_tolerance": pointing_tolerance, "deletion_patch": deletion_patch,
-                "deletion_steps": deletion_steps, "deletion_baseline": deletion_baseline}  # fmt: skip
+                "deletion_steps": deletion_steps, "deletion_baseline": deletion_baseline,
+                "paper_topk_threshold": PAPER_SETTINGS["paper_topk_threshold"] if paper_topk_threshold is None
+                else paper_topk_threshold,
+                "dilation": int(dilation), "healthy_class": int(healthy_class)}  # fmt: skip
     os.makedirs(output_dir, exist_ok=True)
     collected = collect(models, dataloader, settings, explained_class=explained_class, gallery_cases=gallery_cases,
                         sanity_cases=sanity_cases, device=device, seed=seed, progress=progress)  # fmt: skip
@@ -194,13 +246,13 @@ def collect(
     progress: bool = True,
 ) -> Collected:
     """Step 1: run every model and method over ``dataloader`` (arguments as :func:`explanation_report`;
-    ``settings``: its ``topk``, ``topk_patch``, ``topk_stride``, ``pointing_tolerance``,
-    ``deletion_patch``, ``deletion_steps`` and ``deletion_baseline``), then the sanity check on the
-    first ``sanity_cases`` images."""
-    missing = [k for k in ("topk", "topk_patch", "topk_stride", "pointing_tolerance", "deletion_patch",
-                           "deletion_steps", "deletion_baseline") if k not in settings]  # fmt: skip
+    ``settings``: its keyword arguments of :data:`SETTING_NAMES`, and optionally of
+    :data:`PAPER_SETTINGS`), then the sanity check on the first ``sanity_cases`` images."""
+    missing = [k for k in SETTING_NAMES if k not in settings]
     if missing:
         raise ValueError(f"the report's settings lack {missing}")
+    settings = {**PAPER_SETTINGS, **settings}
+    threshold_of = _thresholds(settings["paper_topk_threshold"])
     device = torch.device(device)
     prepared = _prepare_models(models, device)
     pairs = [(m["name"], method) for m in prepared for method in m["explainers"]]
@@ -221,27 +273,40 @@ def collect(
         labels_all.append(labels.cpu())
         batch_maps: dict[Pair, torch.Tensor] = {}
         softcam_all: torch.Tensor | None = None
+        diseased = labels != int(settings["healthy_class"])
+        spatial = images.shape[2:]
+        point_grid = paper_point_grid(spatial, min(int(settings["topk_patch"]), *spatial), int(settings["topk_stride"]))
         for model in prepared:
             with torch.no_grad():
                 logits, all_maps = split_output(model["network"](images))
-            probs[model["name"]].append(two_columns(probabilities(logits)).cpu())
+            p = two_columns(probabilities(logits))
+            probs[model["name"]].append(p.cpu())
+            predicted = p.argmax(dim=1) == classes
             if all_maps is not None and softcam_all is None:
                 softcam_all = all_maps.detach().cpu()
             for method, explainer in model["explainers"].items():
-                maps = explainer(images, classes).detach()
+                native = explainer.native(images, classes).detach().float()
+                maps = on_input_grid(native, spatial)
                 pair = (model["name"], method)
                 batch_maps[pair] = maps.cpu()
                 per_image = explanation_values(
                     maps, masks, labels == classes, topk=settings["topk"], patch_size=settings["topk_patch"],
                     stride=settings["topk_stride"], pointing_tolerance=settings["pointing_tolerance"],
                 )  # fmt: skip
+                if masks is not None:
+                    per_image.update(paper_values(native, masks, predicted, topk=settings["topk"],
+                                                  patch_size=settings["topk_patch"], stride=settings["topk_stride"],
+                                                  threshold=threshold_of(method), dilation=settings["dilation"]))  # fmt: skip
                 for name, v in per_image.items():
                     values[pair].setdefault(name, []).append(v.cpu())
-                for kind in CURVES:
+                for kind in ("deletion", "insertion"):
                     curve = deletion_curve(model["network"], images, maps, classes, settings["deletion_patch"],
                                            settings["deletion_steps"], settings["deletion_baseline"],
                                            insertion=kind == "insertion")  # fmt: skip
                     curves[pair][kind].append(curve)
+                curves[pair]["paper_deletion"].append(_paper_deletion(
+                    model["network"], images, paper_upsample(native, spatial, point_grid), classes, diseased,
+                    settings, binary=p.shape[1] == 2))  # fmt: skip
         if len(sanity_images) < sanity_cases:
             sanity_images.append(images[: sanity_cases - len(sanity_images)].cpu())
             sanity_classes.append(classes[: sanity_images[-1].shape[0]].cpu())
@@ -262,6 +327,32 @@ def collect(
         gallery=gallery,
         sanity=sanity,
     )
+
+
+def _thresholds(setting: Any) -> Any:
+    """``method -> threshold`` of the paper's top-k: one number for all, or ``{method: number}`` (0 for the others)."""
+    if isinstance(setting, dict):
+        bad = {k: v for k, v in setting.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+        if bad:
+            raise ValueError(f"paper_topk_threshold needs a number per method, got {bad}")
+        return lambda method: float(setting.get(method, 0.0))
+    if isinstance(setting, (int, float)) and not isinstance(setting, bool):
+        return lambda method: float(setting)
+    raise ValueError(f"paper_topk_threshold must be a number or {{method: number}}, got {setting!r}")
+
+
+def _paper_deletion(network, images, maps, classes, diseased, settings, binary: bool) -> torch.Tensor:
+    """The paper's deletion curve of the diseased images (NaN rows for the others): tiles ranked by
+    their max, accuracy (two classes) or relative confidence (more)."""
+    curve = torch.full((images.shape[0], int(settings["deletion_steps"]) + 1), float("nan"))
+    rows = diseased.nonzero().flatten()
+    if rows.numel():
+        part = deletion_curve(network, images[rows], maps[rows], classes[rows], settings["deletion_patch"],
+                              settings["deletion_steps"], settings["deletion_baseline"], rank="max",
+                              score="correct" if binary else "relative")  # fmt: skip
+        curve = curve[:, : part.shape[1]]
+        curve[rows.cpu()] = part
+    return curve
 
 
 def _sanity_check(prepared: list[dict[str, Any]], images: torch.Tensor, classes: torch.Tensor, seed: int) -> list[dict[str, Any]]:
@@ -297,14 +388,20 @@ def aggregate(collected: Collected, class_names: Sequence[str], seed: int = 0) -
         metrics = dict(collected.values[pair])
         mean_curves[pair] = {}
         for kind in CURVES:
-            c = collected.curves[pair][kind]
+            c = collected.curves[pair].get(kind)
+            if c is None:
+                continue
+            used = correct_all & torch.isfinite(c).all(dim=1)
             auc = curve_auc(c)
-            metrics[f"{kind}_auc"] = torch.where(correct_all, auc, torch.full_like(auc, float("nan")))
-            mean_curves[pair][kind] = c[correct_all].mean(0).tolist() if correct_all.any() else []
+            metrics[f"{kind}_auc"] = torch.where(used, auc, torch.full_like(auc, float("nan")))
+            mean_curves[pair][kind] = c[used].mean(0).tolist() if used.any() else []
         per_case[pair] = metrics
         report["explanation"].setdefault(pair[0], {})[pair[1]] = {
-            name: {**summarize(v, seed=seed), "higher_is_better": HIGHER_IS_BETTER[name]} for name, v in metrics.items()
-        }
+            name: {**summarize(v, seed=seed, weights=metrics.get(WEIGHTS[name]) if name in WEIGHTS else None),
+                   "higher_is_better": HIGHER_IS_BETTER.get(name)}
+            for name, v in metrics.items()
+        }  # fmt: skip
+    report["paper_deletion_images"] = int((correct_all & (labels != int(collected.settings.get("healthy_class", 0)))).sum())
     report["curves"] = {f"{m}/{k}": v for (m, k), v in mean_curves.items()}
     report["sanity"] = collected.sanity
     report["paired"] = _paired(per_case, seed)
@@ -316,7 +413,8 @@ def _paired(per_case: dict[Pair, dict[str, torch.Tensor]], seed: int) -> list[di
     rows = []
     for reference in [p for p in per_case if p[1] == "softcam"]:
         for other in [p for p in per_case if p != reference]:
-            for name in [n for n in per_case[reference] if n in per_case[other]]:
+            shared = [n for n in per_case[reference] if n in per_case[other] and n not in WEIGHTS and n not in DESCRIPTIVE]
+            for name in shared:
                 result = paired_difference(per_case[reference][name], per_case[other][name], seed=seed)
                 rows.append({"softcam": "/".join(reference), "versus": "/".join(other), "metric": name,
                              "higher_is_better": HIGHER_IS_BETTER[name], **result})  # fmt: skip
@@ -324,11 +422,17 @@ def _paired(per_case: dict[Pair, dict[str, torch.Tensor]], seed: int) -> list[di
 
 
 PAIRED_METRICS = ("activation_precision", "pointing_game", "topk_precision", "deletion_auc")
+PAPER_PAIRED_METRICS = ("paper_activation_precision", "paper_deletion_auc")
+
+
+def _arrow(name: str) -> str:
+    better = HIGHER_IS_BETTER.get(name)
+    return "" if better is None else ("↑" if better else "↓")
 
 
 def paired_table(report: dict[str, Any], metrics: Sequence[str] = PAIRED_METRICS) -> str:
     """SoftCAM minus each other model/method, per image: mean difference [95 % CI] (p, n)."""
-    head = ["SoftCAM", "versus"] + [f"Δ {m.replace('_', ' ')} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in metrics]
+    head = ["SoftCAM", "versus"] + [f"Δ {m.replace('_', ' ')} {_arrow(m)}" for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     found: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for row in report.get("paired", []):
@@ -381,14 +485,15 @@ def write(output_dir: str, aggregated: Aggregated, collected: Collected, class_n
     with atomic_open(os.path.join(output_dir, "gallery.png"), "wb") as f:
         sheet.save(f, format="PNG")
     with atomic_open(os.path.join(output_dir, "table.md"), "w") as f:
-        f.write(markdown_table(report))
+        f.write("This project's protocol:\n\n" + markdown_table(report))
+        f.write("\nThe paper's protocol:\n\n" + markdown_table(report, PAPER_TABLE_METRICS))
     with atomic_open(os.path.join(output_dir, "paired.csv"), "w", newline="") as f:
         columns = ["softcam", "versus", "metric", "mean", "ci_low", "ci_high", "n", "p_value", "higher_is_better"]
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(report.get("paired", []))
     with atomic_open(os.path.join(output_dir, "paired.md"), "w") as f:
-        f.write(paired_table(report))
+        f.write(paired_table(report) + "\n" + paired_table(report, PAPER_PAIRED_METRICS))
     _write_html(os.path.join(output_dir, "index.html"), report)
 
 
@@ -444,16 +549,26 @@ def _summary_text(report: dict[str, Any], output_dir: str) -> str:
         for method, metrics in methods.items():
             cells = [f"{metrics[n]['mean']:.3f}" if n in metrics else "-" for n in names]
             lines.append("  " + f"{model + ' / ' + method:<32}" + "".join(f"{c:>24}" for c in cells))
+    paper = ["paper_activation_precision", "paper_topk_precision", "paper_topk_precision_tp", "paper_deletion_auc"]
+    lines.append(f"  the paper's protocol (deletion on the {report.get('paper_deletion_images', 0)} diseased images that "
+                 "every model classifies correctly):")  # fmt: skip
+    lines.append("  " + f"{'model / method':<32}" + "".join(f"{n:>28}" for n in paper))
+    for model, methods in report["explanation"].items():
+        for method, metrics in methods.items():
+            cells = [f"{metrics[n]['mean']:.3f}" if n in metrics else "-" for n in paper]
+            lines.append("  " + f"{model + ' / ' + method:<32}" + "".join(f"{c:>28}" for c in cells))
     lines.append(f"  report: {os.path.join(output_dir, 'index.html')} ({report['seconds']} s)")
     return "\n".join(lines)
 
 
 TABLE_METRICS = ("activation_precision", "pointing_game", "topk_precision", "deletion_auc", "insertion_auc")
+PAPER_TABLE_METRICS = ("paper_activation_precision", "paper_topk_precision", "paper_topk_precision_tp",
+                       "paper_topk_patches", "paper_deletion_auc")  # fmt: skip
 
 
 def markdown_table(report: dict[str, Any], metrics: Sequence[str] = TABLE_METRICS) -> str:
     """The headline table: per model and method, the model's ROC AUC and each metric's mean [95 % CI]."""
-    head = ["model", "method", "ROC AUC"] + [f"{m.replace('_', ' ')} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in metrics]
+    head = ["model", "method", "ROC AUC"] + [f"{m.replace('_', ' ')} {_arrow(m)}".strip() for m in metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, methods in report["explanation"].items():
         for method, values in methods.items():
@@ -481,19 +596,22 @@ def _save(fig, path: str) -> None:
 
 def _plot_curves(path: str, mean_curves, settings) -> None:
     plt = _figure()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, kind in zip(axes, ("deletion", "insertion")):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    titles = {"deletion": "deletion: relative confidence (lower area is better)",
+              "insertion": "insertion: relative confidence (higher area is better)",
+              "paper_deletion": "the paper's deletion, diseased images (lower is better)"}  # fmt: skip
+    for ax, kind in zip(axes, CURVES):
         for (model, method), c in mean_curves.items():
             if c.get(kind):
                 x = np.linspace(0, 1, len(c[kind])) * (len(c[kind]) - 1)
                 ax.plot(x, c[kind], marker="o", ms=3, label=f"{model} / {method}")
-        better = "lower" if kind == "deletion" else "higher"
-        ax.set_title(f"{kind}: relative confidence ({better} area is better)")
-        ax.set_xlabel(f"patches of {settings['deletion_patch']} px {'removed' if kind == 'deletion' else 'restored'}")
-        ax.set_ylabel("min(p_i, p) / p")
+        ax.set_title(titles[kind], fontsize=10)
+        ax.set_xlabel(f"patches of {settings['deletion_patch']} px {'restored' if kind == 'insertion' else 'removed'}"
+                      + (", ranked by max" if kind == "paper_deletion" else ""))  # fmt: skip
+        ax.set_ylabel("accuracy (2 classes) or min(p_i, p) / p" if kind == "paper_deletion" else "min(p_i, p) / p")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
-    if any(c.get(kind) for c in mean_curves.values() for kind in ("deletion", "insertion")):
+    if any(c.get(kind) for c in mean_curves.values() for kind in CURVES):
         axes[1].legend(fontsize=8, loc="lower right")
     else:
         for ax in axes:
@@ -532,7 +650,8 @@ def _write_html(path: str, report: dict[str, Any]) -> None:
         return f"<td>{s['mean']:.3f} <small>[{s['ci_low']:.3f}, {s['ci_high']:.3f}]</small></td>"
 
     names = sorted({n for methods in report["explanation"].values() for m in methods.values() for n in m})
-    head = "".join(f"<th>{html.escape(n)} {'&uarr;' if HIGHER_IS_BETTER[n] else '&darr;'}</th>" for n in names)
+    arrows = {True: " &uarr;", False: " &darr;", None: ""}
+    head = "".join(f"<th>{html.escape(n)}{arrows[HIGHER_IS_BETTER.get(n)]}</th>" for n in names)
     body = []
     for model, methods in report["explanation"].items():
         for method, metrics in methods.items():
@@ -550,8 +669,11 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:first-child,t
 small{{color:#666}} img{{max-width:100%;border:1px solid #eee}}</style></head><body>
 <h1>Explanation report</h1>
 <p>{report['images']} images; explained class: {html.escape(str(report['explained_class'] or "each image's label"))};
-deletion and insertion on the {report['faithfulness_images']} images that every model classifies correctly;
-localisation metrics on images with a non-empty annotation. Values: mean [95 % bootstrap CI];
+deletion and insertion on the {report['faithfulness_images']} images that every model classifies correctly
+(the paper's deletion, <code>paper_deletion_auc</code>, on the {report.get('paper_deletion_images', 0)} diseased ones);
+localisation metrics on images with a non-empty annotation. Columns <code>paper_*</code> follow the paper's
+protocol (cubic upsampling, dilated masks, top-k above a threshold pooled over images; see
+<code>monai_softcam.metrics.explanation</code>), the others this project's. Values: mean [95 % bootstrap CI];
 &uarr; higher is better, &darr; lower is better. Settings: {html.escape(json.dumps(report['settings']))}.</p>
 <h2>Classification</h2>
 <table><tr><th>model</th>{''.join(f'<th>{n}</th>' for n in cls_names)}</tr>{cls_rows}</table>

@@ -56,7 +56,8 @@ __all__ = ["SELECTABLE_METRICS", "TuneSettings", "run_tune", "select_trial"]
 logger = logging.getLogger("monai_softcam")
 
 #: the explanation metrics training reports on the validation split (metrics_val.json), with their direction
-SELECTABLE_METRICS = {k: v for k, v in HIGHER_IS_BETTER.items() if k not in ("deletion_auc", "insertion_auc")}
+SELECTABLE_METRICS = {k: v for k, v in HIGHER_IS_BETTER.items()
+                      if k not in ("deletion_auc", "insertion_auc", "paper_deletion_auc")}  # fmt: skip
 SAMPLERS = ("grid", "tpe", "random")
 _TUNE_KEYS = ("tune", "tune_settings", "tune_dir")  # the tune config's own keys: not passed on to the trials
 #: what each trial records of its validation report besides accuracy, AUC and the selection metric
@@ -78,7 +79,8 @@ class TuneSettings:
             for a sampler (``log: true`` needs ``low > 0``).
         sampler: ``grid`` (every combination of the lists), ``tpe`` or ``random`` (``n_trials`` draws).
         n_trials: the number of trials (grid: default the whole grid).
-        metric: the explanation score, one of :data:`SELECTABLE_METRICS`, on the validation split.
+        metric: the explanation score, one of :data:`SELECTABLE_METRICS`, on the validation split
+            (a ``paper_*`` metric makes the trials report both protocols, ``explanation#protocol both``).
         epsilon: the accuracy margin (absolute, e.g. 0.01 = one point) of the selection rule; >= 0.
         storage: an Optuna RDB URL; default ``sqlite:///<tune_dir>/study.db``.
         study_name: the study's name in the storage.
@@ -257,6 +259,8 @@ def run_tune(settings: TuneSettings, tune_dir: str) -> dict[str, Any] | None:
         for name, value in params.items():
             command += [f"--{name}", repr(value)]
         command += ["--ckpt_dir", ckpt_dir, "--output_dir", output_dir]
+        if settings.metric.startswith("paper_") and "explanation#protocol" not in overrides:
+            command += ["--explanation#protocol", "both"]  # the paper's metrics are reported only when asked for
         trial.set_user_attr("dir", folder)
         logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:g}" for k, v in params.items()))
         print(f"tune: trial {trial.number} ({', '.join(f'{k}={v:g}' for k, v in params.items())}) -> {folder}", flush=True)

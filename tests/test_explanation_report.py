@@ -87,7 +87,8 @@ def test_report_and_evaluation_metric_give_the_same_per_image_values(coarse):
     report_values = collected.values[("m", "softcam")]
 
     metric = ExplanationMetrics(explained_class=1, topk=SETTINGS["topk"], patch_size=SETTINGS["topk_patch"],
-                                stride=SETTINGS["topk_stride"], pointing_tolerance=SETTINGS["pointing_tolerance"])  # fmt: skip
+                                stride=SETTINGS["topk_stride"], pointing_tolerance=SETTINGS["pointing_tolerance"],
+                                protocol="both")  # fmt: skip
     engine = Engine(lambda e, batch: {"label": batch["label"], **network(batch["image"])})
     metric.attach(engine, "activation_precision")
     engine.run(loader, max_epochs=1)
@@ -101,7 +102,10 @@ def test_report_and_evaluation_metric_give_the_same_per_image_values(coarse):
         torch.testing.assert_close(metric.values[name], report_values[name], rtol=0, atol=0, equal_nan=True, msg=name)
     assert metric.values["completeness_error"].max() < 1e-5
     aggregated = aggregate(collected, ["healthy", "lesion"])
-    assert set(aggregated.per_case[("m", "softcam")]) == set(report_values) | {"deletion_auc", "insertion_auc"}
+    assert set(aggregated.per_case[("m", "softcam")]) == set(report_values) | {"deletion_auc", "insertion_auc",
+                                                                               "paper_deletion_auc"}
+    assert {n for n in report_values if n.startswith("paper_")} == {"paper_activation_precision", "paper_topk_precision",
+                                                                   "paper_topk_precision_tp", "paper_topk_patches"}
     # both are explanation_values of the explained class's maps
     with torch.no_grad():
         out = network(images)

@@ -236,7 +236,8 @@ def test_gap_head_checkpoint_in_a_classic_black_box_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_weights(classic, path)
     message = str(err.value)
-    assert "does not fit the network BlackBox(backbone=vgg11, num_classes=2, spatial_dims=2, in_channels=1)" in message
+    network = "BlackBox(backbone=vgg11, num_classes=2, spatial_dims=2, in_channels=1, head=classic)"
+    assert f"does not fit the network {network}" in message
     assert "missing keys (4): classifier.0.weight, classifier.0.bias, classifier.3.weight, classifier.3.bias" in message
     assert "unexpected keys (4): backbone.neck.0.weight, backbone.neck.0.bias, backbone.neck.3.weight" in message
     load_weights(BlackBox("vgg11", spatial_dims=2, in_channels=1, num_classes=2, head="gap", backbone_kwargs=kwargs), path)
