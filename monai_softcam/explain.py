@@ -388,7 +388,7 @@ class ScoreCAMExplainer(_CoarseMap):
                 if constant.any():  # their masks are 0: one pass for all of them
                     scores[constant] = self.model(torch.zeros_like(image))[0, c].float()
                 varying = (~constant).nonzero().flatten()
-                for chunk in varying.split(self.batch_size):
+                for chunk in varying.split(self.batch_size) if varying.numel() else ():  # a 1-cell layer: all constant
                     up = upsample_map(activations[b, chunk], size)  # [n, *size]
                     low = up.flatten(1).amin(1).view(-1, *([1] * len(size)))
                     high = up.flatten(1).amax(1).view(-1, *([1] * len(size)))

@@ -28,7 +28,7 @@ from .checkpoint import (
 )
 from .metrics.classification import ClassificationMetrics
 from .metrics.explanation import summarize
-from .utils import atomic_open, is_main_process
+from .utils import as_flag, atomic_open, is_main_process
 from .visualize import evidence_gallery
 
 __all__ = [
@@ -137,7 +137,7 @@ class TrainingCheckpoint:
     def __init__(self, path: str, objects: dict[str, Any], resume: bool = False) -> None:
         self.path = path
         self.objects = objects
-        self.resume = resume
+        self.resume = as_flag(resume, "resume")
         self._stopped_early_before = False  # resumed a run that had already stopped early
 
     def attach(self, engine: Engine) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "InputError",
     "MissingInputError",
     "UserError",
+    "as_flag",
     "atomic_open",
     "find_user_error",
     "install_error_hook",
@@ -38,6 +39,23 @@ class InputError(UserError, ValueError):
 
 class MissingInputError(UserError, FileNotFoundError):
     """A file or folder the user named (or that a setting implies) does not exist."""
+
+
+_FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def as_flag(value: Any, name: str) -> bool:
+    """A yes/no setting as a bool. The bundle's command line hands ``--resume false`` over as the
+    *string* ``"false"`` (Python Fire reads only ``True``/``False`` as booleans), which plain
+    ``if value`` would take for yes; ``true``/``false``/``yes``/``no``/``1``/``0`` in any case are read
+    here, anything else is a :class:`ConfigError` naming the key."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _FLAGS:
+        return _FLAGS[value.strip().lower()]
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
 def find_user_error(error: BaseException | None) -> UserError | None:

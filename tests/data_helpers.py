@@ -102,6 +102,23 @@ def xray_with_boxes(boxes, size: int = 1024, seed: int = 0) -> np.ndarray:
     return pixels
 
 
+def fundus_photo(seed: int) -> np.ndarray:
+    """An RGB 'fundus photograph', wider than high like the originals: a reddish disc on black."""
+    rng = np.random.default_rng(seed)
+    rows, cols = 512, 600
+    yy, xx = np.mgrid[:rows, :cols]
+    disc = (yy - rows / 2) ** 2 + (xx - cols / 2) ** 2 < (rows / 2 - 4) ** 2
+    pixels = np.zeros((rows, cols, 3), np.uint8)
+    pixels[disc] = (rng.integers(150, 200), rng.integers(60, 90), rng.integers(20, 40))
+    return pixels
+
+
+def oct_scan(rows: int, cols: int, seed: int) -> np.ndarray:
+    """A grey 8-bit OCT 'B-scan' (rows, cols) of dim noise."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 120, size=(rows, cols), dtype=np.uint8)
+
+
 def write_dicom_series(folder: str, volume_kji: np.ndarray, spacing=(0.8, 0.7, 2.5), origin=(-40.0, 30.0, 12.0),
                        series_uid: str | None = None) -> list[str]:  # fmt: skip
     """One DICOM file per slice of an int16 volume ((K, J, I) = slices, rows, columns), axial, LPS

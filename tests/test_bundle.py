@@ -521,7 +521,8 @@ def test_explain_eval_report_compares_softcam_with_a_black_box(trained, tmp_path
     state = torch.load(tmp_path / "blackbox" / "models" / "model.pt", weights_only=True)
     assert "fc.weight" in state and not any(k.startswith("head.") for k in state)
     comparison = os.path.join(REPO_ROOT, "configs", "demo_comparison.yaml")
-    light = ("--explain#options", "{'occlusion': {'mask_size': 16, 'overlap': 0.5}}", "--explain#sanity_cases", "2")
+    light = ("--explain#options", "{'integrated_gradients': {'steps': 4}, 'scorecam': {'batch_size': 64}}",
+             "--explain#sanity_cases", "2")  # fmt: skip
     proc = bundle("explain_eval", [TRAIN, EVALUATE, EXPLAIN, comparison], "--bundle_root", str(tmp_path / "sparse"), *data, *light)
     out = tmp_path / "report"
     for name in ("report.json", "report.csv", "cases.csv", "faithfulness.png", "sanity.png", "sanity.csv", "gallery.png",
@@ -529,7 +530,8 @@ def test_explain_eval_report_compares_softcam_with_a_black_box(trained, tmp_path
         assert os.path.getsize(out / name) > 100, name
     report = json.load(open(out / "report.json"))
     assert set(report["classification"]) == {"softcam_sparse", "softcam_dense", "blackbox"}
-    assert set(report["explanation"]["blackbox"]) == {"gradcam", "gradcam++", "occlusion"}
+    assert set(report["explanation"]["blackbox"]) == {"gradcam", "integrated_gradients", "guided_backprop", "scorecam",
+                                                      "layercam"}  # the paper's five  # fmt: skip
     test_rows = list(csv.DictReader(open(root / "data" / "demo" / "test.csv")))
     healthy = sum(r["bin_target"] == "0" for r in test_rows)
     cases = list(csv.DictReader(open(out / "cases.csv")))
@@ -544,11 +546,19 @@ def test_explain_eval_report_compares_softcam_with_a_black_box(trained, tmp_path
             assert ap["ci_low"] <= ap["mean"] <= ap["ci_high"] and ap["higher_is_better"] is True
             assert metrics["deletion_auc"]["n"] == len(correct_everywhere) == report["faithfulness_images"]
             assert metrics["deletion_auc"]["higher_is_better"] is False
+            # the paper's protocol beside it: the same images for localisation, the diseased ones for deletion
+            assert metrics["paper_activation_precision"]["n"] == len(test_rows) - healthy
+            assert metrics["paper_deletion_auc"]["n"] == report["paper_deletion_images"] <= report["faithfulness_images"]
+    assert report["paper_deletion_images"] == sum(test_rows[i]["bin_target"] == "1" for i in correct_everywhere)
     sanity = list(csv.DictReader(open(out / "sanity.csv")))
     assert {(r["model"], r["method"]) for r in sanity if r["layer"] == "original"} == {
         (m, k) for m, methods in report["explanation"].items() for k in methods}  # fmt: skip
     page = open(out / "index.html").read()
     assert all(name in page for name in ("faithfulness.png", "sanity.png", "gallery.png", "report.csv", "softcam_dense"))
     assert "explanation report (12 images" in proc.stdout
-    table = open(out / "table.md", encoding="utf-8").read().splitlines()
-    assert len(table) == 2 + 5 and table[-1].startswith("| blackbox | occlusion | ")
+    tables = open(out / "table.md", encoding="utf-8").read().split("\n\n")
+    assert tables[0] == "This project's protocol:" and tables[2] == "The paper's protocol:"
+    for table in (tables[1], tables[3]):
+        lines = table.strip().splitlines()
+        assert len(lines) == 2 + 7 and lines[-1].startswith("| blackbox | layercam | ")
+    assert "paper activation precision ↑" in tables[3]

@@ -291,6 +291,10 @@ def test_scorecam_weights_are_a_softmax_of_masked_input_scores_over_channels():
     torch.testing.assert_close(ScoreCAMExplainer(model, target_layer="features", batch_size=64)(x, classes), maps)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         ScoreCAMExplainer(model, target_layer="features", batch_size=0)
+    # a layer of one cell (ResNet-50 at 32 px): every channel is constant, one pass, equal weights
+    tiny = 0.2 + torch.rand(1, 1, 2, 2, generator=torch.Generator().manual_seed(4))
+    _, weights = explainer.channel_weights(tiny, torch.tensor([1]))
+    torch.testing.assert_close(weights[0], torch.full((3,), 1 / 3))
 
 
 def _tiny_relu_net(inplace=True):

@@ -5,12 +5,11 @@ import csv
 import os
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import REPO_ROOT
-from data_helpers import UPSTREAM, head_csv, write_csv, write_dicom, write_png, xray_with_boxes
+from data_helpers import UPSTREAM, fundus_photo, head_csv, oct_scan, write_csv, write_dicom, write_png, xray_with_boxes
 from monai_softcam.__main__ import main as cli
 from monai_softcam.data import check_data
 
@@ -31,22 +30,6 @@ def _pick(source, target, label, per_class):
         return counts[row[label]] <= per_class[row[label]] if row[label] in per_class else False
 
     return head_csv(source, target, sum(per_class.values()), keep)
-
-
-def _fundus_photo(seed):
-    """An RGB 'fundus photograph', wider than high like the originals: a reddish disc on black."""
-    rng = np.random.default_rng(seed)
-    rows, cols = 512, 600
-    yy, xx = np.mgrid[:rows, :cols]
-    disc = (yy - rows / 2) ** 2 + (xx - cols / 2) ** 2 < (rows / 2 - 4) ** 2
-    pixels = np.zeros((rows, cols, 3), np.uint8)
-    pixels[disc] = (rng.integers(150, 200), rng.integers(60, 90), rng.integers(20, 40))
-    return pixels
-
-
-def _oct_scan(rows, cols, seed):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 120, size=(rows, cols), dtype=np.uint8)
 
 
 # split CSVs: (folder in upstream_csv, {split: file}, label column, rows taken per class)
@@ -79,12 +62,12 @@ def make_dataset(root, variant):
         picked[split] = rows
         for i, row in enumerate(rows):
             if variant.startswith("fundus"):
-                write_png(os.path.join(root, row["filename"]), _fundus_photo(i))
+                write_png(os.path.join(root, row["filename"]), fundus_photo(i))
             elif variant == "oct":
-                write_png(os.path.join(root, row["filename"]), _oct_scan(496, 512, i))
+                write_png(os.path.join(root, row["filename"]), oct_scan(496, 512, i))
             elif variant == "oct_4class":
                 size = (int(row["height"]), int(row["width"])) if "height" in row else (496, 512)  # test.csv has no size
-                write_png(os.path.join(root, row["filename"]), _oct_scan(*size, i))
+                write_png(os.path.join(root, row["filename"]), oct_scan(*size, i))
             else:  # RSNA: the challenge's 1024 x 1024 8-bit MONOCHROME2 DICOMs, named by patientId
                 boxes = [[float(row[k]) for k in ("x", "y", "width", "height")]] if row["x"] else []
                 stem = os.path.splitext(row["filename"])[0]
@@ -192,7 +175,7 @@ def test_rsna_boxes_stay_on_the_opacity_after_the_preset_resize(tmp_path):
         assert abs((xs.max().item() + 1) * 2 - (x + w)) <= 2 and abs((ys.max().item() + 1) * 2 - (y + h)) <= 2
 
     # OCT preset geometry (496 x 512 -> 496 x 496, 8 columns cut on each side) with a box near the edge
-    pixels = _oct_scan(496, 512, 0)
+    pixels = oct_scan(496, 512, 0)
     pixels[100:200, 440:500] = 250
     path = write_png(str(tmp_path / "scan.png"), pixels)
     parser = parse([TRAIN, os.path.join(PRESETS, "oct.yaml")], data, tmp_path)

@@ -16,7 +16,7 @@ from monai_softcam.handlers import BestModelSaver, TrainingCheckpoint
 from monai_softcam.networks import SoftCAM
 from monai_softcam.optim import ClippedCosineLR
 from monai_softcam.transforms import AdaptChannelsd, preprocessing
-from monai_softcam.utils import atomic_open
+from monai_softcam.utils import ConfigError, as_flag, atomic_open
 from monai_softcam.visualize import evidence_gallery, overlay
 
 from conftest import REPO_ROOT
@@ -259,3 +259,17 @@ def test_a_user_error_under_wrappers_is_printed_last(capsys, monkeypatch):
         assert find_user_error(plain) is None
         sys.excepthook(type(plain), plain, plain.__traceback__)
     assert capsys.readouterr().err == ""
+
+
+def test_yes_no_settings_read_the_command_lines_strings():
+    """``--resume false`` reaches the config as the string "false" (Fire reads only True/False as
+    booleans): it must mean no, not yes."""
+    for value, expected in [(True, True), ("true", True), ("True", True), ("yes", True), (1, True),
+                            (False, False), ("false", False), ("FALSE", False), ("no", False), ("0", False), (0, False)]:  # fmt: skip
+        assert as_flag(value, "resume") is expected, value
+    for bad in ("maybe", 2, None, ""):
+        with pytest.raises(ConfigError, match="resume must be true or false"):
+            as_flag(bad, "resume")
+    assert TrainingCheckpoint("unused.pt", {}, resume="false").resume is False
+    with pytest.raises(ConfigError, match="resume"):
+        TrainingCheckpoint("unused.pt", {}, resume="ture")

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from ..utils import InputError, atomic_open
+from ..utils import InputError, as_flag, atomic_open
 from .readers import IMAGE_EXTENSIONS, dicom_series, image_stem, is_dicom_file, probe_image
 
 __all__ = [
@@ -268,6 +268,7 @@ class CSVDataSpec:
         ``skip_bad``, the affected images are left out, and every problem is written to
         ``<report_dir>/skipped_<split>.csv`` (default: beside the CSV) and announced in the log.
         """
+        skip_bad, check_images = as_flag(skip_bad, "skip_bad"), as_flag(check_images, "check_images")
         items, problems = self.scan(split, dataset_dir, num_classes, check_images)
         if not annotations:
             items = [{k: v for k, v in item.items() if k not in ("mask", "boxes")} for item in items]
