@@ -34,8 +34,11 @@
 # 64 px 106 s.) Hence:
 #   full:  9 x (14 + 6 x (800 x 27 + 100 x 11) ms) = 1,350 s of training, 9 x 8.5 = 77 s of
 #          evaluation, 3 x (10 + 200 x 2.7 + 2 x 9.5) = 1,710 s of reports: about 53 min;
-#   quick: 9 x (9 + 4 x (400 x 15 + 100 x 10) ms) = 335 s, 9 x 7 = 63 s, 3 x (10 + 100 x 0.9 +
-#          3.5) = 310 s: about 12 min.
+#   quick: 9 x (9 + 4 x (400 x 15 + 100 x 10) ms) = 335 s, 9 x 7 = 63 s, 3 x (10 + 80 x 0.9 +
+#          3.5) = 260 s: about 11 min. Measured whole, the estimate is low: with 100 test images
+#          --quick took 16 min 20 s (a test shared the CPU for its first minutes), its reports
+#          about 140 s each (1.4 s per image); with the 80 test images of now, 12 min 30 s on an
+#          idle machine (2026-12-01).
 # Both keep train.yaml's settings and the report's metric settings (deletion_steps, patches) and
 # cut epochs (train.yaml: 12), validation images and the report's optional costs (Integrated
 # Gradients' steps, sanity and gallery cases). --quick also runs 64-px images (the variants'
@@ -70,7 +73,7 @@ done
 # the two forms' budgets (see the header for the time each takes)
 if $quick; then
     out_arg="${out_arg:-comparison_quick}"
-    data_budget=(--image_size "[64,64]" --demo_data#num_train 400 --demo_data#num_val 100 --demo_data#num_test 100)
+    data_budget=(--image_size "[64,64]" --demo_data#num_train 400 --demo_data#num_val 100 --demo_data#num_test 80)
     epochs=4
     report_budget=(--explain#options#integrated_gradients#steps 8 --explain#sanity_cases 1 --explain#gallery_cases 4)
 else

@@ -157,8 +157,7 @@ tune dense "{'penalty#lambda1': [0.0], 'penalty#lambda2': $LAMBDA2_GRID}"
 SPARSE="$(selected sparse 'penalty#lambda1' "$LAMBDA1_GRID")"
 DENSE="$(selected dense 'penalty#lambda2' "$LAMBDA2_GRID")"
 
-# 2. the black box, resumed from its last epoch when run again (True: the command line reads
-#    values as Python literals, and 'true' would be a string)
+# 2. the black box, resumed from its last epoch when run again
 echo "== black box -> $OUT/blackbox"
 run python -m monai.bundle run training --config_file "['$TRAIN','$PRESET','$BLACKBOX']" \
     --bundle_root "$OUT/blackbox" "${data[@]}" --resume True ${common[@]+"${common[@]}"}
