@@ -7,7 +7,9 @@ demo variant; the table puts them side by side, per variant, model and method:
 * each explanation metric's mean and 95 % bootstrap CI, with its ``n``;
 * the paired differences of the report (``report["paired"]``): SoftCAM's maps minus each other
   model/method on the same images, mean, 95 % CI and the permutation test's p-value. Between two
-  SoftCAM models only the first minus the second is kept (the other is its negative).
+  SoftCAM models only the first minus the second is kept (the other is its negative). A pooled
+  metric (:data:`~monai_softcam.metrics.explanation.WEIGHTS`: the paper's top-k precision, one
+  ratio of counts summed over images) has no per-image difference and is left out there.
 
 A metric a report lacks (an older report, or one written without the paper's protocol) is shown
 as ``-`` and left empty in the CSV, so the table keeps its shape across report versions.
@@ -28,7 +30,7 @@ import os
 import sys
 from typing import Any, Mapping, Sequence
 
-from .metrics.explanation import HIGHER_IS_BETTER
+from .metrics.explanation import HIGHER_IS_BETTER, WEIGHTS
 from .utils import MissingInputError, atomic_open
 
 __all__ = ["CSV_COLUMNS", "TABLE_METRICS", "combine_reports", "comparison_markdown", "load_report", "main",
@@ -103,10 +105,12 @@ def combine_reports(reports: Mapping[str, str | Mapping[str, Any]],
 
     Returns, per variant: a ``classification`` row per model and metric (accuracy, ROC AUC; ``n``
     images), an ``explanation`` row per model, method and metric, and a ``paired`` row per
-    ``(SoftCAM pair, other pair)`` and metric (``model``/``method`` the SoftCAM side, ``versus``
-    the other as ``model/method``). A metric the report lacks gets a row with empty values.
+    ``(SoftCAM pair, other pair)`` and metric but the pooled ones (``model``/``method`` the SoftCAM
+    side, ``versus`` the other as ``model/method``). A metric the report lacks gets a row with
+    empty values.
     """
     rows: list[dict[str, Any]] = []
+    paired_metrics = _paired_metrics(metrics)
     for variant, report in reports.items():
         report = load_report(report) if isinstance(report, (str, os.PathLike)) else report
         for model, cls in report.get("classification", {}).items():
@@ -121,8 +125,13 @@ def combine_reports(reports: Mapping[str, str | Mapping[str, Any]],
         for reference, other in _paired_pairs(paired):
             model, _, method = reference.partition("/")
             rows += [_row("paired", variant, model, method, m, versus=other, entry=found.get((reference, other, m)))
-                     for m in metrics]  # fmt: skip
+                     for m in paired_metrics]  # fmt: skip
     return rows
+
+
+def _paired_metrics(metrics: Sequence[str]) -> list[str]:
+    """The metrics that have paired differences: all but the pooled ones (:data:`WEIGHTS`)."""
+    return [m for m in metrics if m not in WEIGHTS]
 
 
 def _arrow(higher: bool | None) -> str:
@@ -182,12 +191,17 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str
     text += _counts(explanation, metrics) + "\n-: not in the report, or no image to measure it on.\n"
 
     paired = _grouped(rows, "paired", ("variant", "model", "method", "versus"))
-    lines = [[key[0], f"{key[1]}/{key[2]}", key[3], *(_interval(g[m], signed=True) if m in g else "-" for m in metrics)]
+    paired_metrics = _paired_metrics(metrics)
+    lines = [[key[0], f"{key[1]}/{key[2]}", key[3], *(_interval(g[m], signed=True) if m in g else "-" for m in paired_metrics)]
              for key, g in paired.items()]  # fmt: skip
-    head = ["variant", "SoftCAM", "versus"] + ["Δ " + names[m] + _arrow(directions[m]) for m in metrics]
+    head = ["variant", "SoftCAM", "versus"] + ["Δ " + names[m] + _arrow(directions[m]) for m in paired_metrics]
+    pooled = [names[m] for m in metrics if m in WEIGHTS]
     text += ("\n## Paired differences: SoftCAM minus the other, image by image\n\n"
              "Mean [95 % bootstrap CI] and the p-value of a paired sign-flip test; Δ > 0: SoftCAM's map scores "
-             "higher (better for ↑, worse for ↓).\n\n" + _table(head, lines))  # fmt: skip
+             "higher (better for ↑, worse for ↓)."
+             + (f" Not here: {', '.join(pooled)}, a ratio of counts pooled over the images, which has no "
+                "per-image difference (its CI is in the table above)." if pooled else "")
+             + "\n\n" + _table(head, lines))  # fmt: skip
     return text
 
 

@@ -13,6 +13,9 @@ import torch
 
 from monai_softcam.comparison import CSV_COLUMNS, TABLE_METRICS, combine_reports, main, write_comparison
 from monai_softcam.explanation_report import Collected, aggregate
+from monai_softcam.metrics.explanation import WEIGHTS
+
+PAIRED_METRICS = [m for m in TABLE_METRICS if m not in WEIGHTS]  # a pooled metric has no per-image difference
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(TESTS_DIR)
@@ -103,9 +106,13 @@ def test_paired_rows_are_softcam_minus_each_other_pair_once(reports, tmp_path):
     source = {(r["softcam"], r["versus"], r["metric"]): r for r in small["paired"]}
     text = write_comparison({"small": small}, str(tmp_path))
     lines = text.splitlines()
+    assert "paper_topk_precision" in TABLE_METRICS and "paper_topk_precision" not in PAIRED_METRICS
+    head = next(line for line in lines if line.startswith("| variant | SoftCAM | versus |"))
+    assert "Δ paper activation precision ↑" in head and "topk" in head and "paper topk" not in head
+    assert "Not here: paper topk precision" in text
     for reference, other in pairs:
         cells = []
-        for m in TABLE_METRICS:
+        for m in PAIRED_METRICS:
             r = source.get((reference, other, m))
             cells.append("-" if r is None else _cell(r, signed=True) + f" p={r['p_value']:.2g}")
         assert f"| small | {reference} | {other} | " + " | ".join(cells) + " |" in lines
@@ -128,7 +135,7 @@ def test_csv_keeps_one_row_per_variant_model_method_and_metric(reports, tmp_path
         sections = [r["section"] for r in mine]
         assert sections.count("classification") == 2 * 3  # accuracy and AUC of each model
         assert sections.count("explanation") == len(PAIRS) * len(TABLE_METRICS)
-        assert sections.count("paired") == 3 * len(TABLE_METRICS)
+        assert sections.count("paired") == 3 * len(PAIRED_METRICS)
         for r in mine:
             if r["section"] == "explanation":
                 summary = report["explanation"][r["model"]][r["method"]].get(r["metric"])

@@ -244,6 +244,30 @@ def test_small_lesions_span_one_to_three_map_cells(stride, tmp_path):
     assert boxes and all(1 <= n <= 3 for b in boxes for n in _cells_touched(b, 3, 8))
 
 
+def test_small_lesions_take_their_contrast_from_small_contrast():
+    """The small lesion's intensity scales with small_contrast (and not with contrast, which the
+    distractors keep): doubling a fixed small_contrast doubles the lesion wherever nothing clips."""
+    one = DemoDataConfig(variant="small", size=64, small_contrast=(1.5, 1.5))
+    two = DemoDataConfig(variant="small", size=64, small_contrast=(3.0, 3.0))
+    brighter_distractors = DemoDataConfig(variant="small", size=64, small_contrast=(1.5, 1.5), contrast=(3.0, 4.0))
+    checked = 0
+    for i in range(12):
+        a, b = render_sample(one, i), render_sample(two, i)
+        np.testing.assert_array_equal(render_sample(one, i, with_lesion=False).image, render_sample(two, i, with_lesion=False).image)
+        if not a.label:
+            continue
+        base = render_sample(one, i, with_lesion=False).image
+        la, lb = a.image - base, b.image - base
+        free = (b.image < 1.0) & (b.image > 0.0) & (base > 0.0) & (a.image < 1.0) & a.mask
+        np.testing.assert_allclose(lb[free], 2 * la[free], atol=2e-6)
+        assert la[a.mask].max() <= 1.5 * one.background_std + 1e-6
+        c = render_sample(brighter_distractors, i)
+        cb = render_sample(brighter_distractors, i, with_lesion=False).image
+        np.testing.assert_allclose((c.image - cb)[free & (cb < 1.0) & (c.image < 1.0)], la[free & (cb < 1.0) & (c.image < 1.0)], atol=2e-6)
+        checked += 1
+    assert checked >= 3
+
+
 def test_multifocal_masks_are_the_union_and_boxes_parse(tmp_path):
     from PIL import Image
 
@@ -385,6 +409,8 @@ def test_variant_fingerprints_and_reuse(tmp_path):
      ({"max_lesions": 0}, "max_lesions must be an integer >= 1, got 0"),
      ({"small_diameter": (2.0, 1.0)}, "small_diameter must be a range"),
      ({"small_diameter": 1.0}, "small_diameter must be a range"),
+     ({"small_contrast": (3.0, 2.0)}, "small_contrast must be a range"),
+     ({"small_contrast": "bright"}, "small_contrast must be a range"),
      ({"variant": "small", "map_stride": 32}, "size must be >= 4 \\* the largest small-lesion radius"),
      ({"variant": "shortcut", "map_stride": 40}, "size must be >= 3 \\* map_stride")],
 )  # fmt: skip
