@@ -13,7 +13,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from .data.demo import DemoDataConfig, ensure_demo_dataset
-from .utils import ConfigError, MissingInputError
+from .utils import ConfigError, MissingInputError, as_flag
 
 __all__ = [
     "barrier",
@@ -109,9 +109,10 @@ def destroy_distributed() -> None:
 def place_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = False) -> torch.nn.Module:
     """Move ``network`` to ``device``; with ``channels_last``, also to the channels-last memory
     format (``channels_last_3d`` for 3D networks). Same numbers up to rounding; often faster
-    (``benchmarks/training_memory.py`` measures it)."""
+    (``benchmarks/training_memory.py`` measures it). ``channels_last`` is the bundle key of that
+    name, read by :func:`~monai_softcam.utils.as_flag` (the command line's ``false`` is a string)."""
     network = network.to(device)
-    if channels_last:
+    if as_flag(channels_last, "channels_last"):
         dims = next((m.weight.dim() - 2 for m in network.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), 2)
         network = network.to(memory_format=torch.channels_last_3d if dims == 3 else torch.channels_last)
     return network

@@ -26,7 +26,7 @@ from monai.transforms import (
 
 from .data.readers import IMAGE_EXTENSIONS, SimpleITKReader, default_readers, image_stem, quiet_reader_setup, reader_for
 from .regions import region_evidence, voxel_size
-from .utils import ConfigError, InputError, MissingInputError, atomic_open
+from .utils import ConfigError, InputError, MissingInputError, as_flag, atomic_open
 from .visualize import evidence_gallery
 
 __all__ = [
@@ -550,7 +550,7 @@ class SaveEvidenceMapsd(MapTransform):
     ) -> None:
         super().__init__(keys)
         self.output_dir = output_dir
-        self.overlays = bool(overlays)
+        self.overlays = as_flag(overlays, "overlays")
         self.class_names = [str(c) for c in class_names]
         self.image_key = image_key
         self.pred_key = pred_key

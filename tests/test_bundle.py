@@ -406,9 +406,70 @@ def test_inference_config_matches_training_config():
     assert infer_cfg["network_def"]["maps_only"] is True  # one tensor, the maps: what the Model Zoo checks
     assert train_cfg["prepare_input"] == "$@trained_task.preprocessing(frame=@dicom_frame)"
     # the training resize, unless the sliding window explains inputs at their own size
-    assert infer_cfg["preprocessing"] == "$@trained_task.preprocessing(resize='none' if @sliding_window else None, frame=@dicom_frame)"
+    assert infer_cfg["preprocessing"] == ("$@trained_task.preprocessing(resize='none' if monai_softcam.utils.as_flag("
+                                          "@sliding_window, 'sliding_window') else None, frame=@dicom_frame)")
     assert infer_cfg["sliding_window"] is False and infer_cfg["channels_last"] == train_cfg["channels_last"]
     assert infer_cfg["dicom_frame"] == train_cfg["dicom_frame"]  # the same frame of multi-frame files
+
+
+# yes/no keys that reach a function of ours as they are: it reads them with as_flag itself (tested below)
+READ_BY_OUR_CODE = {"channels_last", "overlays", "skip_bad", "check_images", "resume"}
+
+
+def test_every_yes_no_key_reads_the_command_lines_false_as_no():
+    """Python Fire hands ``--amp false`` over as the string "false", which ``if value`` takes for
+    yes. Every top-level yes/no key of the bundle configs is read through
+    ``monai_softcam.utils.as_flag``, in the config's expression or by the function it goes to."""
+    import re
+
+    import yaml
+    from monai.bundle import ConfigParser
+
+    from monai_softcam.bundle import place_network
+    from monai_softcam.data import list_images
+    from monai_softcam.transforms import SaveEvidenceMapsd
+    from monai_softcam.utils import find_user_error
+
+    texts = {path: open(path).read() for path in sorted(glob.glob(os.path.join(CONFIGS, "*.yaml")))}
+    flags = {key for text in texts.values() for key, value in (yaml.safe_load(text) or {}).items() if isinstance(value, bool)}
+    assert {"amp", "channels_last", "cudnn_benchmark", "distributed", "dicom_window", "sliding_window",
+            "full_resolution_maps", "overlays", "onnx_dynamic_spatial", "resume"} <= flags  # fmt: skip
+    uses = 0
+    for path, text in texts.items():
+        for line in text.splitlines():
+            for key in flags:
+                for _ in re.finditer(rf"@{key}\b(?!#)", line.split(" #")[0]):
+                    uses += 1
+                    assert f"as_flag(@{key}, '{key}')" in line or key in READ_BY_OUR_CODE, (os.path.basename(path), line)
+    assert uses >= 20
+
+    def parsed(configs, item, **overrides):
+        parser = ConfigParser()
+        parser.read_config(configs)
+        parser.update(overrides)
+        return parser.get_parsed_content(item)
+
+    for value, expected in (("false", False), ("true", True), ("no", False)):
+        for item in ("train#trainer#amp", "validate#evaluator#amp", "evaluation#evaluator#amp"):
+            assert parsed([TRAIN, EVALUATE], item, amp=value) is expected, (item, value)
+        assert parsed([TRAIN], "task#dicom_window", dicom_window=value) is expected
+        assert parsed([INFERENCE], "dataloader#batch_size", sliding_window=value) == (1 if expected else 8)
+    assert parsed([TRAIN], "initialize#0", distributed="false") is None  # no process group started
+    with pytest.raises(Exception) as raised:
+        parsed([TRAIN], "train#trainer#amp", amp="maybe")
+    assert str(find_user_error(raised.value)) == "amp must be true or false, got 'maybe'"
+    with pytest.raises(Exception) as raised:
+        parsed([INFERENCE], "dataloader#batch_size", sliding_window="ture")
+    assert "sliding_window must be true or false" in str(find_user_error(raised.value))
+    # the keys our own code reads
+    conv = torch.nn.Conv2d(1, 1, 1)
+    assert place_network(conv, "cpu", "false").weight.is_contiguous()
+    assert place_network(conv, "cpu", "true").weight.is_contiguous(memory_format=torch.channels_last)
+    assert SaveEvidenceMapsd("maps", "unused", ["a", "b"], overlays="false").overlays is False
+    with pytest.raises(ValueError, match="overlays must be true or false"):
+        SaveEvidenceMapsd("maps", "unused", ["a", "b"], overlays="off")
+    with pytest.raises(ValueError, match="check_images must be true or false"):
+        list_images("unused", check_images="maybe")
 
 
 def test_multi_gpu_config_runs_every_step_of_train_yaml():

@@ -392,6 +392,7 @@ def list_images(
     them all; with ``skip_bad`` the bad inputs are left out instead and listed in
     ``<report_dir>/skipped_inference.csv``.
     """
+    check_images, skip_bad = as_flag(check_images, "check_images"), as_flag(skip_bad, "skip_bad")
     items = _inference_inputs(source, data_root, spec, spatial_dims)
     if not check_images:
         return items
