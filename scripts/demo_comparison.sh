@@ -35,10 +35,10 @@
 #   full:  9 x (14 + 6 x (800 x 27 + 100 x 11) ms) = 1,350 s of training, 9 x 8.5 = 77 s of
 #          evaluation, 3 x (10 + 200 x 2.7 + 2 x 9.5) = 1,710 s of reports: about 53 min;
 #   quick: 9 x (9 + 4 x (400 x 15 + 100 x 10) ms) = 335 s, 9 x 7 = 63 s, 3 x (10 + 80 x 0.9 +
-#          3.5) = 260 s: about 11 min. Measured whole, the estimate is low: with 100 test images
-#          --quick took 16 min 20 s (a test shared the CPU for its first minutes), its reports
-#          about 140 s each (1.4 s per image); with the 80 test images of now, 12 min 30 s on an
-#          idle machine (2026-12-01).
+#          3.5) = 260 s: about 11 min.
+# Measured whole on the otherwise idle machine (2026-12-01, after the small variant's contrast
+# change): the full form took 52 min 32 s, --quick 8 min 54 s (a --quick run before the change
+# took 12 min 30 s for nearly the same work: this machine's timings spread that much).
 # Both keep train.yaml's settings and the report's metric settings (deletion_steps, patches) and
 # cut epochs (train.yaml: 12), validation images and the report's optional costs (Integrated
 # Gradients' steps, sanity and gallery cases). --quick also runs 64-px images (the variants'

@@ -112,6 +112,17 @@ _VARIANT_FIELDS = {
 }
 
 
+def _positive_range(value: Any, name: str) -> tuple[float, float]:
+    """``value`` as a range ``(low, high)`` of floats with ``0 < low <= high``; else a ValueError naming ``name``."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        lo, hi = 0.0, 0.0  # reported below
+    if not 0 < lo <= hi:
+        raise ValueError(f"{name} must be a range (low, high) with 0 < low <= high, got {value!r}")
+    return lo, hi
+
+
 @dataclass
 class DemoDataConfig:
     """Parameters of the demo generator (all sizes in pixels/voxels of the saved image).
@@ -187,20 +198,8 @@ class DemoDataConfig:
         if isinstance(self.map_stride, bool) or not isinstance(self.map_stride, (int, np.integer)) or self.map_stride < 1:
             raise ValueError(f"map_stride must be an integer >= 1, got {self.map_stride!r}")
         self.map_stride = int(self.map_stride)
-        try:
-            lo, hi = (float(d) for d in self.small_diameter)
-        except (TypeError, ValueError):
-            lo, hi = 0.0, 0.0  # reported below
-        if not 0 < lo <= hi:
-            raise ValueError(f"small_diameter must be a range (low, high) with 0 < low <= high, got {self.small_diameter!r}")
-        self.small_diameter = (lo, hi)
-        try:
-            lo, hi = (float(c) for c in self.small_contrast)
-        except (TypeError, ValueError):
-            lo, hi = 0.0, 0.0  # reported below
-        if not 0 < lo <= hi:
-            raise ValueError(f"small_contrast must be a range (low, high) with 0 < low <= high, got {self.small_contrast!r}")
-        self.small_contrast = (lo, hi)
+        self.small_diameter = _positive_range(self.small_diameter, "small_diameter")
+        self.small_contrast = _positive_range(self.small_contrast, "small_contrast")
         if isinstance(self.max_lesions, bool) or not isinstance(self.max_lesions, (int, np.integer)) or self.max_lesions < 1:
             raise ValueError(f"max_lesions must be an integer >= 1, got {self.max_lesions!r}")
         self.max_lesions = int(self.max_lesions)
