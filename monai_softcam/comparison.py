@@ -8,8 +8,8 @@ demo variant; the table puts them side by side, per variant, model and method:
 * the paired differences of the report (``report["paired"]``): SoftCAM's maps minus each other
   model/method on the same images, mean, 95 % CI and the permutation test's p-value. Between two
   SoftCAM models only the first minus the second is kept (the other is its negative). A pooled
-  metric (:data:`~monai_softcam.metrics.explanation.WEIGHTS`: the paper's top-k precision, one
-  ratio of counts summed over images) has no per-image difference and is left out there.
+  metric (the paper's top-k precision, one ratio of counts summed over images) has no per-image
+  difference and is left out there (:func:`~monai_softcam.metrics.explanation.is_paired`).
 
 A metric a report lacks (an older report, or one written without the paper's protocol) is shown
 as ``-`` and left empty in the CSV, so the table keeps its shape across report versions.
@@ -30,7 +30,7 @@ import os
 import sys
 from typing import Any, Mapping, Sequence
 
-from .metrics.explanation import HIGHER_IS_BETTER, WEIGHTS
+from .metrics.explanation import HIGHER_IS_BETTER, is_paired
 from .utils import MissingInputError, atomic_open
 
 __all__ = ["CSV_COLUMNS", "TABLE_METRICS", "combine_reports", "comparison_markdown", "load_report", "main",
@@ -130,8 +130,8 @@ def combine_reports(reports: Mapping[str, str | Mapping[str, Any]],
 
 
 def _paired_metrics(metrics: Sequence[str]) -> list[str]:
-    """The metrics that have paired differences: all but the pooled ones (:data:`WEIGHTS`)."""
-    return [m for m in metrics if m not in WEIGHTS]
+    """The metrics that have paired differences (:func:`~monai_softcam.metrics.explanation.is_paired`)."""
+    return [m for m in metrics if is_paired(m)]
 
 
 def _arrow(higher: bool | None) -> str:
@@ -195,7 +195,7 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str
     lines = [[key[0], f"{key[1]}/{key[2]}", key[3], *(_interval(g[m], signed=True) if m in g else "-" for m in paired_metrics)]
              for key, g in paired.items()]  # fmt: skip
     head = ["variant", "SoftCAM", "versus"] + ["Δ " + names[m] + _arrow(directions[m]) for m in paired_metrics]
-    pooled = [names[m] for m in metrics if m in WEIGHTS]
+    pooled = [names[m] for m in metrics if not is_paired(m)]
     text += ("\n## Paired differences: SoftCAM minus the other, image by image\n\n"
              "Mean [95 % bootstrap CI] and the p-value of a paired sign-flip test; Δ > 0: SoftCAM's map scores "
              "higher (better for ↑, worse for ↓)."

@@ -78,12 +78,12 @@ from .checkpoint import load_weights
 from .explain import cascading_randomization, make_explainer, on_input_grid
 from .metrics.classification import classification_report, two_columns
 from .metrics.explanation import (
-    DESCRIPTIVE,
     HIGHER_IS_BETTER,
     WEIGHTS,
     curve_auc,
     deletion_curve,
     explanation_values,
+    is_paired,
     paired_difference,
     paper_point_grid,
     paper_upsample,
@@ -413,7 +413,7 @@ def _paired(per_case: dict[Pair, dict[str, torch.Tensor]], seed: int) -> list[di
     rows = []
     for reference in [p for p in per_case if p[1] == "softcam"]:
         for other in [p for p in per_case if p != reference]:
-            shared = [n for n in per_case[reference] if n in per_case[other] and n not in WEIGHTS and n not in DESCRIPTIVE]
+            shared = [n for n in per_case[reference] if n in per_case[other] and is_paired(n)]
             for name in shared:
                 result = paired_difference(per_case[reference][name], per_case[other][name], seed=seed)
                 rows.append({"softcam": "/".join(reference), "versus": "/".join(other), "metric": name,

@@ -12,6 +12,7 @@ from monai_softcam.metrics.explanation import (
     deletion_curve,
     dilate_masks,
     explanation_values,
+    is_paired,
     paper_activation_precision,
     paper_dilation,
     paper_point_grid,
@@ -134,6 +135,9 @@ def test_paper_values_pool_and_the_tp_variant():
     assert pooled["mean"] == pytest.approx(2 / 3)  # (1 + 1) hits over (2 + 1) patches, not the mean 0.75 of the ratios
     assert values["paper_topk_precision_tp"][0] == 0.5 and torch.isnan(values["paper_topk_precision_tp"][1:]).all()
     assert torch.isnan(paper_values(maps, masks, None)["paper_topk_precision_tp"]).all()
+    # a pooled ratio and its weight have no per-image difference: the report and the benchmark table leave them unpaired
+    assert not any(is_paired(n) for n in ("paper_topk_precision", "paper_topk_precision_tp", "paper_topk_patches"))
+    assert all(is_paired(n) for n in ("paper_activation_precision", "paper_deletion_auc", "activation_precision"))
 
 
 def test_explanation_values_protocols_and_the_ignite_metric():

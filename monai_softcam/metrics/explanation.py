@@ -74,6 +74,7 @@ __all__ = [
     "explanation_output",
     "explanation_values",
     "gini",
+    "is_paired",
     "paired_difference",
     "paper_activation_precision",
     "paper_dilation",
@@ -109,6 +110,13 @@ DESCRIPTIVE = {"paper_topk_patches": "patches above the threshold among the top 
 
 #: pooled metrics: their summary is the mean weighted by this per-image value (a ratio of sums)
 WEIGHTS = {"paper_topk_precision": "paper_topk_patches", "paper_topk_precision_tp": "paper_topk_patches"}
+
+
+def is_paired(name: str) -> bool:
+    """Whether metric ``name`` has per-image paired differences (:func:`paired_difference`): every
+    metric but the pooled ones (:data:`WEIGHTS`, one ratio of sums over the images) and the
+    descriptive values (:data:`DESCRIPTIVE`)."""
+    return name not in WEIGHTS and name not in DESCRIPTIVE
 
 #: the metric names of each protocol (``consistency`` and ``gini`` belong to both)
 PROTOCOLS = {
