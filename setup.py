@@ -14,6 +14,8 @@ with open(os.path.join(HERE, "README.md")) as f:
 CAPTUM = ["captum>=0.7"]
 ONNX = ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"]
 TUNE = ["optuna>=4.9"]  # run tune: λ selection on an Optuna study (SQLite by default)
+# MONAI's --tracking mlflow: the MLflow client and its SQL store (MONAI's default tracking URI is SQLite)
+TRACKING = ["mlflow-skinny>=3.0", "sqlalchemy>=2.0", "alembic>=1.13"]
 
 setup(
     name="monai_softcam",
@@ -50,11 +52,12 @@ setup(
     ],
     # captum: Integrated Gradients as an extra post-hoc baseline (the tests use it too)
     # onnx: ONNX export (torch.export-based exporter: onnx + onnxscript) and its check (onnxruntime)
+    # tracking: python -m monai.bundle run ... --tracking mlflow
     # test: pyjpegls encodes the JPEG-LS files of the DICOM transfer-syntax tests; pre-commit-hooks are the
     # Model Zoo's pre-commit checks, run on the bundle; OpenCV is the resizer and dilation of the paper's
     # evaluation code, which the tests of the paper's metric protocol compare with
-    extras_require={"captum": CAPTUM, "onnx": ONNX, "tune": TUNE,
+    extras_require={"captum": CAPTUM, "onnx": ONNX, "tune": TUNE, "tracking": TRACKING,
                     "test": ["pytest>=7.0", "pyjpegls>=1.3", "pre-commit-hooks>=4.6", "opencv-python-headless>=4.8",
-                             *CAPTUM, *ONNX, *TUNE]},
+                             *CAPTUM, *ONNX, *TUNE, *TRACKING]},
     entry_points={"console_scripts": ["monai-softcam=monai_softcam.__main__:main"]},
 )

@@ -68,7 +68,7 @@ def _parser(preset: str, root: str):
     config.read_config(f=[os.path.join(REPO, "bundle", "configs", "train.yaml"), os.path.join(REPO, PRESETS[preset])])
     # the preset's own statistics (no split CSV needed to resolve them)
     config.update({"bundle_root": root, "dataset_dir": root, "num_workers": 0,
-                   "intensity_stats": "$(@intensity_mean, @intensity_std)"})  # fmt: skip
+                   "trained_task": "@task"})  # fmt: skip
     return config
 
 

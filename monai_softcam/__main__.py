@@ -19,6 +19,7 @@ from .data.check import check_data
 from .data.demo import DemoDataConfig, generate_demo_dataset
 from .networks.backbones import available_backbones, get_backbone_spec
 from .package import package_bundle, parse_urls
+from .utils import install_error_hook
 
 
 def _demo_data(args: argparse.Namespace) -> int:
@@ -61,6 +62,7 @@ def _package_bundle(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_error_hook()
     parser = argparse.ArgumentParser(prog="python -m monai_softcam", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-data", help="check a dataset against a preset (exit status 1 on problems)")

@@ -250,22 +250,27 @@ class OcclusionExplainer(_PixelMap):
     """Occlusion sensitivity from ``monai.visualize``: ``p(class) - p(class | region occluded)``.
 
     Args:
-        mask_size: side of the occluding patch (pixels); ``overlap`` of consecutive patches;
+        mask_size: side of the occluding patch (pixels); None: a sixth of the image's first side, at
+            least 4 (16 px at 96 px); ``overlap`` of consecutive patches;
         mode: MONAI's occlusion mode (``"gaussian"``, ``"mean_patch"``, ``"mean_img"`` or a value);
         n_batch: occluded images per forward pass.
     """
 
     name = "occlusion"
 
-    def __init__(self, model: nn.Module, mask_size: int = 16, overlap: float = 0.5, mode: Any = "gaussian",
+    def __init__(self, model: nn.Module, mask_size: int | None = None, overlap: float = 0.5, mode: Any = "gaussian",
                  n_batch: int = 32) -> None:  # fmt: skip
         self.model = _Logits(model)
-        self.occlusion = OcclusionSensitivity(
-            self.model, mask_size=mask_size, n_batch=n_batch, verbose=False, mode=mode, overlap=overlap,
-            activate=probabilities,
-        )  # fmt: skip
+        self.mask_size, self.overlap, self.mode, self.n_batch = mask_size, overlap, mode, n_batch
+        self.occlusion: OcclusionSensitivity | None = None
 
     def __call__(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        if self.occlusion is None:
+            mask_size = self.mask_size if self.mask_size is not None else max(4, int(images.shape[2]) // 6)
+            self.occlusion = OcclusionSensitivity(
+                self.model, mask_size=mask_size, n_batch=self.n_batch, verbose=False, mode=self.mode,
+                overlap=self.overlap, activate=probabilities,
+            )  # fmt: skip
         classes = _classes(class_idx, images.shape[0], images.device)
         out = []
         with torch.no_grad(), warnings.catch_warnings():

@@ -80,6 +80,7 @@ from .metrics.classification import classification_report, two_columns
 from .metrics.explanation import (
     HIGHER_IS_BETTER,
     WEIGHTS,
+    ExplanationSettings,
     curve_auc,
     deletion_curve,
     explanation_values,
@@ -192,6 +193,7 @@ def explanation_report(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
+    settings: ExplanationSettings | None = None,
 ) -> dict[str, Any]:
     """Assess every ``(model, method)`` pair on the images of ``dataloader``; write the report.
 
@@ -212,9 +214,19 @@ def explanation_report(
         dilation: the masks' dilation kernel of the paper's protocol (:func:`~monai_softcam.metrics.explanation.paper_dilation`).
         healthy_class: the class whose images the paper's deletion leaves out.
         gallery_cases, sanity_cases: images in the picture and in the randomisation check.
+        settings: an :class:`~monai_softcam.metrics.explanation.ExplanationSettings` (the bundle's
+            ``explanation``, as its evaluation metric uses it): when given, it sets ``explained_class``,
+            ``topk``, ``topk_patch`` and ``deletion_patch`` (its ``patch``), ``topk_stride``,
+            ``pointing_tolerance``, ``dilation`` and SoftCAM's entry of ``paper_topk_threshold``.
 
     Returns the report dict (also in ``report.json``).
     """
+    if settings is not None:
+        explained_class, topk, topk_stride = settings.explained_class, settings.topk, settings.stride
+        topk_patch = deletion_patch = settings.patch
+        pointing_tolerance, dilation = settings.pointing_tolerance, settings.dilation
+        given = paper_topk_threshold if isinstance(paper_topk_threshold, dict) else {}
+        paper_topk_threshold = {"softcam": settings.paper_threshold, **given}
     start = time.time()
     settings = {"topk": topk, "topk_patch": topk_patch, "topk_stride": topk_stride,
                 "pointing_tolerance": pointing_tolerance, "deletion_patch": deletion_patch,

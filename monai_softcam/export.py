@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from .networks.softcam import EVIDENCE_MAPS, LOGITS, BlackBox, SoftCAM
+from .utils import as_flag
 
 __all__ = ["INPUT_NAME", "export_onnx", "onnx_output_names", "run_onnx"]
 
@@ -136,7 +137,7 @@ def export_onnx(
         filepath: the ``.onnx`` file, written atomically once checked (folders are created).
         spatial_size: the input's spatial size, e.g. the bundle's ``image_size``; it must reach the
             network's minimum size (a ValueError otherwise).
-        dynamic_spatial: also leave the spatial axes dynamic (any size from the network's minimum up);
+        dynamic_spatial: (a yes/no value) also leave the spatial axes dynamic (any size from the network's minimum up);
             the batch axis always is.
         opset_version: ONNX opset; None: the exporter's default.
         verify: run the model with onnxruntime on random inputs (a batch of another size than the
@@ -158,6 +159,7 @@ def export_onnx(
         RuntimeError: PyTorch's exporter rejects the network (e.g. a custom backbone with data-dependent
             control flow); the message names the backbone.
     """
+    dynamic_spatial = as_flag(dynamic_spatial, "onnx_dynamic_spatial")
     names = onnx_output_names(network)
     size = _check_spatial_size(network, spatial_size)
     filepath = os.path.abspath(os.fspath(filepath))

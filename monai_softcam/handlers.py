@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import EarlyStopping as IgniteEarlyStopping
 
 from .checkpoint import (
     CheckpointError,
@@ -33,6 +34,7 @@ from .visualize import evidence_gallery
 
 __all__ = [
     "BestModelSaver",
+    "EarlyStopping",
     "EvidenceGallery",
     "LearningRateLogger",
     "LoadWeights",
@@ -48,7 +50,8 @@ logger = logging.getLogger("monai_softcam")
 
 class LoadWeights:
     """Load a model checkpoint when the engine starts (see :func:`monai_softcam.checkpoint.load_weights`).
-    ``path=None`` says that the network already holds its weights (a TorchScript export): nothing is loaded."""
+    ``path=None`` says that the network already holds its weights (a TorchScript export): nothing is loaded.
+    Under ``torch.distributed`` every process first waits for the others (the main one writes the checkpoint)."""
 
     def __init__(self, path: str | None, model: torch.nn.Module) -> None:
         self.path = path
@@ -61,6 +64,8 @@ class LoadWeights:
         if self.path is None:
             logger.info("the network holds its own weights: no checkpoint loaded")
             return
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
         load_weights(self.model, self.path)
         logger.info("loaded model weights from %s", self.path)
 
@@ -180,6 +185,30 @@ class TrainingCheckpoint:
             logger.info("that run had stopped early at epoch %d: nothing left to train", engine.state.epoch)
             self._stopped_early_before = True
             engine.state.epoch = max(engine.state.epoch, int(engine.state.max_epochs or 0))
+
+
+class EarlyStopping:
+    """Stop training when a validation metric has not improved for ``patience`` validations (attach
+    to the trainer, after the ``ValidationHandler``; ignite's ``EarlyStopping`` counts).
+
+    Args:
+        validator: the evaluator whose ``state.metrics[metric]`` is read after each validation.
+        patience: validations without improvement before the trainer stops; 0 (or less): never stops.
+        metric: the metric to watch (higher is better).
+        interval: the validation interval in epochs (the ``ValidationHandler``'s).
+    """
+
+    def __init__(self, validator: Engine, patience: int = 0, metric: str = "accuracy", interval: int = 1) -> None:
+        self.validator = validator
+        self.patience = int(patience)
+        self.metric = metric
+        self.interval = max(1, int(interval))
+
+    def attach(self, engine: Engine) -> None:
+        if self.patience <= 0:
+            return
+        stopper = IgniteEarlyStopping(self.patience, lambda _: float(self.validator.state.metrics[self.metric]), engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), stopper)
 
 
 class LearningRateLogger:

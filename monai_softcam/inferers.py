@@ -36,11 +36,34 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import Inferer, sliding_window_inference
+from monai.inferers import Inferer, SimpleInferer, sliding_window_inference
 
 from .networks.outputs import upsample_map
+from .utils import as_flag
 
-__all__ = ["EvidenceSlidingWindowInferer"]
+__all__ = ["EvidenceSlidingWindowInferer", "loader_batch_size", "make_inferer"]
+
+
+def loader_batch_size(batch_size: int, sliding_window: Any = False) -> int:
+    """Inference's batch size: ``batch_size``, or 1 with ``sliding_window`` (inputs keep their own
+    sizes, which do not stack into one batch)."""
+    return 1 if as_flag(sliding_window, "sliding_window") else int(batch_size)
+
+
+def make_inferer(
+    image_size: Sequence[int],
+    sliding_window: Any = False,
+    sw_batch_size: int = 4,
+    overlap: float | Sequence[float] = 0.25,
+    mode: str = "constant",
+    progress: bool = True,
+) -> Inferer:
+    """Inference's inferer: MONAI's ``SimpleInferer`` on inputs resized to ``image_size``, or with
+    ``sliding_window`` (a yes/no value) an :class:`EvidenceSlidingWindowInferer` with windows of
+    ``image_size`` over inputs of any size."""
+    if not as_flag(sliding_window, "sliding_window"):
+        return SimpleInferer()
+    return EvidenceSlidingWindowInferer(image_size, sw_batch_size, overlap, mode, progress=progress)
 
 
 class EvidenceSlidingWindowInferer(Inferer):

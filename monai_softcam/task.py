@@ -8,16 +8,16 @@ the Slicer module read it, so a model trained with any preset runs without that 
 The task is: the class names, spatial dims, input channels, image size, resize rule, intensity
 statistics (as used in training, ``auto`` resolved to the measured values), the architecture
 (SoftCAM or BlackBox), the backbone and its keyword arguments, whether DICOM files are mapped to
-[0, 1] by their own VOI LUT/window (``dicom_window``), and, for the record, the config
-files and command-line overrides it was trained with. It is also a valid MONAI config file whose
+[0, 1] by their own VOI LUT/window (``dicom_window``), and, for the record (``trained_with``), the
+settings that shaped the model (epochs, batch size, learning rate, penalty, seed) and, when it was
+trained from the command line, its config files and overrides. It is also a valid MONAI config file whose
 top-level keys are those of the bundle configs: give it as a config file to ``python -m
 monai.bundle ckpt_export`` and it is embedded in the TorchScript export.
 
-Reading a task checks it against what the user asked for explicitly: a command-line override or a
-preset file named on the command line (not the bundle's own configs) that sets a task key to
-another value is an error naming both values. Values written as expressions (``$...``) in a preset
-are not compared. ``python -m monai.bundle`` command lines are read from ``sys.argv``; other callers
-pass their presets and overrides to :func:`explicit_values` and :meth:`Task.check`.
+Reading a task checks it against what the user asked for explicitly (:func:`load_task`'s
+``explicit``): a value that contradicts the saved one is an error naming both values. The bundle's
+configs give the keys they set (:func:`monai_softcam.bundle.trained_task`); this module never reads
+the command line: :func:`load_task` is a function of its folder and its arguments only.
 
 The task file is data: nothing in it is executed. The architecture must be one of
 :data:`ARCHITECTURES`, and every value is checked for its type when read.
@@ -27,20 +27,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from .bundle import bundle_cli, config_id
+from .data.datasets import intensity_stats
 from .networks import BlackBox, SoftCAM
 from .transforms import load_input, normalize_input, preprocessing
-from .utils import ConfigError, atomic_open, is_main_process
+from .utils import ConfigError, as_flag, atomic_open, is_main_process
 
-__all__ = ["ARCHITECTURES", "TASK_FILE", "TASK_KEYS", "Task", "TaskError", "build_network", "explicit_values", "load_task",
-           "save_task"]
+__all__ = ["ARCHITECTURES", "TASK_FILE", "TASK_KEYS", "Task", "TaskError", "build_network", "load_task"]
 
 TASK_FILE = "task.json"
 #: architecture name -> network class; nothing else can be named in a task file
@@ -113,8 +110,10 @@ class Task:
         if not isinstance(self.backbone_kwargs, Mapping):
             raise TaskError(f"backbone_kwargs must be a mapping, got {self.backbone_kwargs!r}")
         set_("backbone_kwargs", dict(self.backbone_kwargs))
-        if not isinstance(self.dicom_window, bool):
-            raise TaskError(f"dicom_window must be true or false, got {self.dicom_window!r}")
+        try:
+            set_("dicom_window", as_flag(self.dicom_window, "dicom_window"))
+        except ConfigError as err:
+            raise TaskError(str(err)) from err
 
     @property
     def num_classes(self) -> int:
@@ -124,6 +123,20 @@ class Task:
     def with_intensity(self, mean: Any, std: Any) -> "Task":
         """The same task with measured intensity statistics (training's ``auto``)."""
         return replace(self, intensity_mean=mean, intensity_std=std)
+
+    def with_measured_intensity(self, data: Sequence[dict[str, Any]], load: Callable) -> "Task":
+        """The same task with ``auto`` intensity statistics measured on ``data`` as ``load`` reads
+        them (with a progress bar; printed); a task with numbers is returned as it is."""
+        if "auto" not in (self.intensity_mean, self.intensity_std):
+            return self
+        mean, std = intensity_stats(data, load)
+        print(f"intensity statistics of the training split ({len(data)} images): mean {mean}, std {std}")
+        return self.with_intensity(mean if self.intensity_mean == "auto" else self.intensity_mean,
+                                   std if self.intensity_std == "auto" else self.intensity_std)  # fmt: skip
+
+    def with_record(self, trained_with: Mapping[str, Any]) -> "Task":
+        """The same task with a record of its training run (``trained_with``)."""
+        return replace(self, trained_with=dict(trained_with))
 
     def load_input(self, resize: str | None = None, frame: int | None = None) -> Compose:
         """Read and bring to the network's grid (:func:`~monai_softcam.transforms.load_input`);
@@ -140,10 +153,13 @@ class Task:
         """Channels for the network, then ``(x - mean) / std`` (:func:`~monai_softcam.transforms.normalize_input`)."""
         return normalize_input(*self._intensity(), self.in_channels, self.spatial_dims)
 
-    def preprocessing(self, resize: str | None = None, frame: int | None = None) -> Compose:
+    def preprocessing(self, resize: str | None = None, frame: int | None = None, sliding_window: Any = False) -> Compose:
         """The whole deterministic preparation of every split and of inference
         (:func:`~monai_softcam.transforms.preprocessing`: load, then normalise; training puts its
-        augmentations between :meth:`load_input` and :meth:`normalize`)."""
+        augmentations between :meth:`load_input` and :meth:`normalize`). With ``sliding_window`` (a
+        yes/no value) inputs keep their own size (``resize="none"``)."""
+        if as_flag(sliding_window, "sliding_window"):
+            resize = "none"
         mean, std = self._intensity()
         return preprocessing(self.image_size, self.in_channels, mean, std, resize or self.resize, frame=frame,
                              window=self.dicom_window)  # fmt: skip
@@ -228,48 +244,15 @@ def build_network(task: Task, return_maps: bool = True, pretrained: str | None =
     )
 
 
-def _is_expression(value: Any) -> bool:
-    return isinstance(value, str) and value[:1] in ("$", "@", "%")
-
-
-def explicit_values(
-    presets: Sequence[str] = (), overrides: Mapping[str, Any] | None = None
-) -> dict[str, tuple[Any, str]]:
-    """``{task key: (value, where)}`` set by the preset files and overrides a user named, later
-    ones winning (as MONAI merges them). Expression values are left out."""
-    found: dict[str, tuple[Any, str]] = {}
-    for path in presets:
-        content = ConfigParser.load_config_file(path)
-        for key in TASK_KEYS:
-            if isinstance(content, dict) and key in content and not _is_expression(content[key]):
-                found[key] = (content[key], path)
-    for key, value in (overrides or {}).items():
-        key = config_id(key)
-        if key in TASK_KEYS and not _is_expression(value):
-            found[key] = (value, f"--{key} on the command line")
-    return found
-
-
-def _from_command_line() -> tuple[dict[str, tuple[Any, str]], dict[str, Any]]:
-    """(explicit task values, record of the run) of the current ``python -m monai.bundle`` command line."""
-    cli = bundle_cli(sys.argv)
-    if cli is None:
-        return {}, {}
-    files, overrides, own = cli
-    presets = [f for f in files if os.path.abspath(f) not in own]
-    record = {"config_files": [os.path.abspath(f) for f in files], "overrides": dict(overrides)}
-    return explicit_values(presets, overrides), record
-
-
 def load_task(ckpt_dir: str, explicit: Mapping[str, tuple[Any, str]] | None = None) -> Task:
     """The task of the model in ``ckpt_dir`` (``<ckpt_dir>/task.json``), checked against the
-    explicit settings (by default those of the ``python -m monai.bundle`` command line).
+    ``explicit`` settings ``{key: (value, where)}`` (:meth:`Task.check`).
 
     Without a task file, the explicit settings must name every task key (a model trained before
     tasks were saved, with its preset); otherwise a TaskError says to train first.
     """
     path = os.path.join(ckpt_dir, TASK_FILE)
-    explicit = dict(_from_command_line()[0] if explicit is None else explicit)
+    explicit = dict(explicit or {})
     if not os.path.isfile(path):
         missing = [k for k in TASK_KEYS if k not in explicit and k not in OPTIONAL_TASK_KEYS]
         if missing:
@@ -282,8 +265,3 @@ def load_task(ckpt_dir: str, explicit: Mapping[str, tuple[Any, str]] | None = No
     task = Task.read(path)
     task.check(explicit, path)
     return task
-
-
-def save_task(task: Task, ckpt_dir: str) -> Task:
-    """Write ``task`` (with the command line it was trained with) to ``<ckpt_dir>/task.json``."""
-    return task.save(os.path.join(ckpt_dir, TASK_FILE), trained_with=_from_command_line()[1])

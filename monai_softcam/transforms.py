@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
+    Activationsd,
     Compose,
+    CopyItemsd,
+    FlattenSubKeysd,
     InvertibleTransform,
     LoadImage,
     LoadImaged,
@@ -46,6 +49,8 @@ __all__ = [
     "normalize_input",
     "preprocessing",
     "resample_maps",
+    "fraction_of",
+    "output_postprocessing",
 ]
 
 #: key of the JSON comment (NIfTI header extension) that places a saved map on its input's voxels
@@ -315,6 +320,21 @@ def normalize_input(
     )
 
 
+def fraction_of(size: Sequence[int], fraction: float) -> list[float]:
+    """``fraction`` of every side of ``size`` (e.g. a translation range of 20 % of the image)."""
+    return [float(fraction) * int(s) for s in size]
+
+
+def output_postprocessing(num_classes: int) -> Compose:
+    """The network's output ``{"logits", "evidence_maps"}`` as the engines' ``pred`` (class
+    probabilities: softmax, or sigmoid for one class), ``logits`` and ``evidence_maps``."""
+    return Compose([
+        FlattenSubKeysd(keys="pred"),
+        CopyItemsd(keys="logits", names="pred"),
+        Activationsd(keys="pred", softmax=int(num_classes) > 1, sigmoid=int(num_classes) == 1),
+    ])  # fmt: skip
+
+
 def preprocessing(
     image_size: Sequence[int],
     in_channels: int = 1,
@@ -500,10 +520,17 @@ class EvidenceGridd(_WithReference):
 class ResampleEvidenced(_WithReference):
     """Evidence maps placed by :class:`EvidenceGridd`, sampled on the voxels of ``ref_key`` (the
     input image brought back to its own grid by ``Invertd``): the full-resolution maps, for tools
-    that need one value per input voxel (:func:`resample_maps`)."""
+    that need one value per input voxel (:func:`resample_maps`). With ``enabled`` false (a yes/no
+    value: the bundle's ``full_resolution_maps``) the maps stay compact."""
+
+    def __init__(self, keys: KeysCollection, ref_key: str = "image", enabled: Any = True) -> None:
+        super().__init__(keys, ref_key)
+        self.enabled = as_flag(enabled, "full_resolution_maps")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        if not self.enabled:
+            return d
         ref = d[self.ref_key]
         for key in self.key_iterator(d):
             maps = d[key]
@@ -659,7 +686,7 @@ class RegionEvidenced(MapTransform):
         keys: the evidence-map key (``[C, *grid]`` MetaTensor).
         regions: a label-map file (one input), or a folder holding one label map per input named
             after the input's stem (``<stem>.nii.gz``, ``<stem>.nrrd``, ``<stem>.png``, ...; for a
-            DICOM series folder, the folder's name).
+            DICOM series folder, the folder's name); None: no regions, the transform does nothing.
         class_names: one name per class.
         image_key: the input image on its own grid.
         output_key: where the rows go.
@@ -674,7 +701,7 @@ class RegionEvidenced(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        regions: str,
+        regions: str | None,
         class_names: Sequence[str],
         image_key: str = "image",
         output_key: str = "regions",
@@ -682,8 +709,8 @@ class RegionEvidenced(MapTransform):
         inputs: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__(keys)
-        self.regions = os.fspath(regions)
-        if not os.path.exists(self.regions):
+        self.regions = None if regions is None else os.fspath(regions)
+        if self.regions is not None and not os.path.exists(self.regions):
             raise MissingInputError(f"regions: {self.regions} does not exist (a label-map file, or a folder of them)")
         self.class_names = [str(c) for c in class_names]
         self.image_key = image_key
@@ -692,7 +719,7 @@ class RegionEvidenced(MapTransform):
         self._folder_files: dict[str, list[str]] | None = None
         self._sources: set[str] = set()
         self._loaders: dict[int, LoadImage] = {}
-        if inputs is not None:
+        if inputs is not None and self.regions is not None:
             sources = [str(item["image"]) for item in inputs]
             if os.path.isfile(self.regions) and len(set(sources)) > 1:
                 raise ConfigError(self._one_file_message(len(set(sources))))
@@ -746,6 +773,8 @@ class RegionEvidenced(MapTransform):
         return array
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        if self.regions is None:
+            return dict(data)
         d = dict(data)
         image = d[self.image_key]
         source = _source(d, self.image_key)

@@ -47,7 +47,7 @@ from typing import Any, Mapping, Sequence
 
 from monai.bundle import ConfigParser
 
-from .bundle import bundle_cli
+from .bundle import command_line
 from .metrics.explanation import HIGHER_IS_BETTER
 from .utils import ConfigError, atomic_open
 
@@ -162,11 +162,11 @@ def _training_command(settings: TuneSettings) -> tuple[list[str], dict[str, Any]
     """The config files and overrides the trials train with (the tune command line's, without its own)."""
     files, overrides = settings.train_configs, settings.train_overrides
     if files is None:
-        cli = bundle_cli()
+        cli = command_line()
         if cli is None:
             raise ConfigError("tune_settings#train_configs: give the training config files (not started from "
                               "python -m monai.bundle run tune, whose command line would say)")  # fmt: skip
-        cli_files, cli_overrides, _ = cli
+        cli_files, cli_overrides = cli.config_files, cli.overrides
         files = [f for f in cli_files if not set(_TUNE_KEYS) & set(ConfigParser.load_config_file(f) or {})]
         if overrides is None:
             overrides = {k: v for k, v in cli_overrides.items() if k.split("#")[0] not in _TUNE_KEYS}

@@ -76,7 +76,9 @@ def install_error_hook() -> None:
     The traceback is printed as before (Python's hook, or whichever was installed), then
     ``error: <message>`` as the last lines, so that a mistake in a bundle run is not buried under
     the config-expression and transform wrappers. Other exceptions are left as they are.
-    Installed once, when ``monai_softcam`` is imported."""
+    Installed (once) where the package's runs start: the first step of every bundle run id
+    (:func:`monai_softcam.bundle.start`) and ``python -m monai_softcam``; importing the package
+    leaves ``sys.excepthook`` alone (in Slicer, say)."""
     if getattr(sys.excepthook, "monai_softcam", False):
         return
     previous = sys.excepthook

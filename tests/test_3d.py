@@ -36,7 +36,6 @@ def test_3d_preset_trains_evaluates_and_infers_with_the_volumes_geometry(tmp_pat
     with open(os.path.join(root, "eval", "metrics_val.json")) as f:
         metrics = json.load(f)
     assert 0 <= metrics["metrics"]["auc"] <= 1 and "explanation_metrics" in metrics
-    assert os.path.isfile(os.path.join(root, "models", "intensity_stats.json"))  # 'auto' statistics
     with open(os.path.join(root, "models", "task.json")) as f:
         task = json.load(f)
     assert (task["spatial_dims"], task["image_size"], task["backbone"]) == (3, [24, 24, 24], "resnet10")

@@ -17,7 +17,7 @@ import torch
 from monai.data import MetaTensor
 
 from conftest import REPO_ROOT
-from data_helpers import resample_with_itk
+from data_helpers import resample_with_itk, write_png
 
 CONFIGS = os.path.join(REPO_ROOT, "bundle", "configs")
 TRAIN = os.path.join(CONFIGS, "train.yaml")
@@ -130,6 +130,7 @@ def test_evaluate_from_checkpoint(trained):
     task = json.load(open(root / "models" / "task.json"))
     assert task["image_size"] == [32, 32] and task["class_names"] == ["no_lesion", "lesion"]
     assert task["trained_with"]["config_files"] == [TRAIN, TINY]
+    assert task["trained_with"]["settings"]["epochs"] == 2 and task["trained_with"]["settings"]["batch_size"] == 8
     proc = bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root))
     metrics = json.load(open(root / "eval" / "metrics_test.json"))["metrics"]
     assert metrics["n"] == 12
@@ -305,6 +306,22 @@ def test_override_or_preset_contradicting_the_trained_task_is_refused_by_name(tr
     # the same values as the task are accepted (the preset a model was trained with may be repeated)
     bundle("inference", [INFERENCE, TINY], "--bundle_root", str(root), "--input_path", str(root / "data" / "demo" / "images"),
            "--output_dir", str(root / "eval" / "again"))  # fmt: skip
+    # in-process, as the Model Zoo's tests and MONAI apps run a bundle: the workflow's arguments are checked alike
+    from monai.bundle import ConfigWorkflow
+
+    from monai_softcam.task import TaskError
+    from monai_softcam.utils import find_user_error
+
+    for configs, kind in (([TRAIN, EVALUATE], "eval"), ([INFERENCE], "infer")):
+        workflow = ConfigWorkflow(config_file=configs, workflow_type=kind, bundle_root=str(root), logging_file=False,
+                                  class_names=["a", "b", "c"], output_dir=str(root / "eval" / "refused"))  # fmt: skip
+        with pytest.raises(Exception) as raised:
+            workflow.initialize()
+            workflow.run()
+        error = find_user_error(raised.value)
+        assert isinstance(error, TaskError), raised.value
+        assert "sets class_names to ['a', 'b', 'c'], but the trained model's class_names is ['no_lesion', 'lesion']" in str(error)
+    assert not os.path.exists(root / "eval" / "refused")
 
 
 def test_exports_and_the_slicer_module_read_the_trained_task(trained, tmp_path):
@@ -382,41 +399,97 @@ def test_unreadable_image_is_named_and_leaves_no_report(trained, tmp_path):
     assert [os.path.basename(r["image"]) for r in skipped] == ["bad.png"] and "unreadable image" in skipped[0]["problem"]
 
 
-def test_inference_config_matches_training_config():
-    """inference.yaml stands alone (Model Zoo layout): it reads every task key from the trained task,
-    as evaluate.yaml does after train.yaml, and builds the network and the preprocessing as training does."""
-    import yaml
+def _parsed(configs, **overrides):
+    from monai.bundle import ConfigParser
 
+    parser = ConfigParser()
+    parser.read_config(list(configs))
+    parser.update(overrides)
+    return parser
+
+
+def test_inference_config_matches_training_config(trained):
+    """inference.yaml stands alone (Model Zoo layout): its task keys are null (as trained), as
+    evaluate.yaml's are after train.yaml; it finds the model where training puts it, builds the same
+    network from the trained task and prepares an image exactly as validation does."""
     from monai_softcam.task import TASK_KEYS
 
-    train_cfg = yaml.safe_load(open(TRAIN))
-    infer_cfg = yaml.safe_load(open(INFERENCE))
-    eval_cfg = yaml.safe_load(open(EVALUATE))
-    assert set(TASK_KEYS) <= set(train_cfg) and set(TASK_KEYS) == set(train_cfg["task"]) - {"_target_"}
-    for cfg in (infer_cfg, eval_cfg):
-        assert cfg["trained_task"] == "$monai_softcam.task.load_task(@ckpt_dir)"
-        for key in TASK_KEYS:
-            assert cfg[key] == f"$@trained_task.{key}", key
-    for key in ("bundle_root", "ckpt_dir", "checkpoint"):
-        assert infer_cfg[key] == train_cfg[key], key
+    root, _ = trained
+    train_p = _parsed([TRAIN, TINY], bundle_root=str(root), device="cpu")
+    infer_p = _parsed([INFERENCE], bundle_root=str(root), device="cpu")
+    eval_p = _parsed([TRAIN, EVALUATE], bundle_root=str(root), device="cpu")
+    assert set(TASK_KEYS) == set(train_p["task"]) - {"_target_"}
+    for parser in (infer_p, eval_p):
+        assert all(parser[key] is None for key in TASK_KEYS)
+    for key in ("ckpt_dir", "checkpoint"):
+        paths = {os.path.normpath(p.get_parsed_content(key)) for p in (train_p, infer_p, eval_p)}
+        assert len(paths) == 1, (key, paths)
+    saved = json.load(open(root / "models" / "task.json"))
+    for parser, key in ((infer_p, "trained_task"), (eval_p, "trained_task"), (train_p, "task")):
+        task = parser.get_parsed_content(key)
+        assert [task.class_names, task.image_size, task.backbone] == [saved["class_names"], saved["image_size"], saved["backbone"]]
+    trained_net, infer_net = train_p.get_parsed_content("network_def"), infer_p.get_parsed_content("network_def")
+    assert trained_net.state_dict().keys() == infer_net.state_dict().keys()
+    item = {"image": str(root / "data" / "demo" / "images" / "demo_00001.png")}
+    validation = train_p.get_parsed_content("validate#preprocessing")(dict(item))["image"]
+    inference = infer_p.get_parsed_content("preprocessing")(dict(item))["image"]
+    assert torch.equal(torch.as_tensor(validation), torch.as_tensor(inference))
     for key in ("image_column", "image_root", "image_template", "group_column"):
-        assert infer_cfg["data"].get(key) == train_cfg["data"].get(key), key
-    train_net = {k: v for k, v in train_cfg["network_def"].items() if k != "pretrained"}
-    assert {k: v for k, v in infer_cfg["network_def"].items() if k != "maps_only"} == train_net
-    assert infer_cfg["network_def"]["maps_only"] is True  # one tensor, the maps: what the Model Zoo checks
-    assert train_cfg["prepare_input"] == "$@trained_task.preprocessing(frame=@dicom_frame)"
-    # the training resize, unless the sliding window explains inputs at their own size
-    assert infer_cfg["preprocessing"] == ("$@trained_task.preprocessing(resize='none' if monai_softcam.utils.as_flag("
-                                          "@sliding_window, 'sliding_window') else None, frame=@dicom_frame)")
-    assert infer_cfg["sliding_window"] is False and infer_cfg["channels_last"] == train_cfg["channels_last"]
-    assert infer_cfg["dicom_frame"] == train_cfg["dicom_frame"]  # the same frame of multi-frame files
+        assert infer_p["data"].get(key) == train_p["data"].get(key), key
+    assert infer_p["network_def"]["maps_only"] is True  # one tensor, the maps: what the Model Zoo checks
+    assert infer_p["sliding_window"] is False and infer_p["channels_last"] == train_p["channels_last"]
+    assert infer_p["dicom_frame"] == train_p["dicom_frame"]  # the same frame of multi-frame files
+
+
+def test_network_def_needs_no_data(tmp_path):
+    """Building the network (a property check, ckpt_export, verify_net_in_out) reads no data list:
+    a dataset_dir that does not exist is no obstacle, and nothing is written."""
+    parser = _parsed([TRAIN], bundle_root=str(tmp_path / "b"), dataset_dir=str(tmp_path / "does_not_exist"))
+    network = parser.get_parsed_content("network_def")
+    maps = network(torch.zeros(1, 1, 96, 96))["evidence_maps"]
+    assert tuple(maps.shape) == (1, 2, 12, 12)
+    assert not os.path.exists(tmp_path / "b")
+    from monai_softcam.utils import find_user_error
+
+    with pytest.raises(Exception) as raised:  # the data is read where training needs it
+        parser.get_parsed_content("initialize")
+    assert "dataset_dir does not exist or is not a folder" in str(find_user_error(raised.value))
+
+
+def test_import_leaves_the_excepthook_alone():
+    """Importing the package (as Slicer does) changes no process-wide state; a bundle run installs the
+    hook in its first step (test_missing_dataset_dir_and_unknown_key: the error is the last line)."""
+    code = ("import sys; hook = sys.excepthook; import monai_softcam, monai_softcam.bundle, monai_softcam.task; "
+            "assert sys.excepthook is hook; monai_softcam.bundle.start(); assert sys.excepthook is not hook; print('ok')")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_mlflow_tracking(trained, tmp_path):
+    """MONAI's own --tracking mlflow, against a local SQLite store: the run's parameters, the loss of
+    every iteration, the metrics of every epoch and the executed config are there."""
+    mlflow = pytest.importorskip("mlflow", reason="the test extra: mlflow-skinny")
+    root, _ = trained
+    out = tmp_path / "tracked"
+    shutil.copytree(root / "data", out / "data")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train(out, "--tracking", "mlflow", "--tracking_uri", uri, "--experiment_name", "softcam", "--run_name", "tiny")
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("softcam").experiment_id])
+    assert run.info.run_name == "tiny" and run.info.status == "FINISHED"
+    assert run.data.params["max_epochs"] == "2"
+    losses = client.get_metric_history(run.info.run_id, "train_loss")
+    assert len(losses) == 6 and all(0 < m.value < 10 for m in losses)  # 2 epochs x 3 iterations
+    for name in ("accuracy", "auc", "sensitivity"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
+    assert any(a.path.startswith("config_") and a.path.endswith(".json") for a in client.list_artifacts(run.info.run_id))
 
 
 # yes/no keys that reach a function of ours as they are: it reads them with as_flag itself (tested below)
 READ_BY_OUR_CODE = {"channels_last", "overlays", "skip_bad", "check_images", "resume"}
 
 
-def test_every_yes_no_key_reads_the_command_lines_false_as_no():
+def test_every_yes_no_key_reads_the_command_lines_false_as_no(tmp_path):
     """Python Fire hands ``--amp false`` over as the string "false", which ``if value`` takes for
     yes. Every top-level yes/no key of the bundle configs is read through
     ``monai_softcam.utils.as_flag``, in the config's expression or by the function it goes to."""
@@ -430,36 +503,43 @@ def test_every_yes_no_key_reads_the_command_lines_false_as_no():
     from monai_softcam.transforms import SaveEvidenceMapsd
     from monai_softcam.utils import find_user_error
 
+    import yaml
+
+    from monai_softcam.bundle import start
+    from monai_softcam.task import Task
+
     texts = {path: open(path).read() for path in sorted(glob.glob(os.path.join(CONFIGS, "*.yaml")))}
     flags = {key for text in texts.values() for key, value in (yaml.safe_load(text) or {}).items() if isinstance(value, bool)}
     assert {"amp", "channels_last", "cudnn_benchmark", "distributed", "dicom_window", "sliding_window",
             "full_resolution_maps", "overlays", "onnx_dynamic_spatial", "resume"} <= flags  # fmt: skip
-    uses = 0
+    # a yes/no key reaches code only as an argument (that code reads it as a flag), never as a condition
     for path, text in texts.items():
         for line in text.splitlines():
-            for key in flags:
-                for _ in re.finditer(rf"@{key}\b(?!#)", line.split(" #")[0]):
-                    uses += 1
-                    assert f"as_flag(@{key}, '{key}')" in line or key in READ_BY_OUR_CODE, (os.path.basename(path), line)
-    assert uses >= 20
-
-    def parsed(configs, item, **overrides):
-        parser = ConfigParser()
-        parser.read_config(configs)
-        parser.update(overrides)
-        return parser.get_parsed_content(item)
+            code = line.split(" #")[0]
+            if "$" in code:
+                for key in flags:
+                    for found in re.finditer(rf"@{key}\b(?!#)", code):
+                        assert code[: found.start()].rstrip()[-1:] in ("=", "(", ","), (os.path.basename(path), line)
 
     for value, expected in (("false", False), ("true", True), ("no", False)):
         for item in ("train#trainer#amp", "validate#evaluator#amp", "evaluation#evaluator#amp"):
-            assert parsed([TRAIN, EVALUATE], item, amp=value) is expected, (item, value)
-        assert parsed([TRAIN], "task#dicom_window", dicom_window=value) is expected
-        assert parsed([INFERENCE], "dataloader#batch_size", sliding_window=value) == (1 if expected else 8)
-    assert parsed([TRAIN], "initialize#0", distributed="false") is None  # no process group started
+            assert _parsed([TRAIN, EVALUATE], amp=value).get_parsed_content(item) is expected, (item, value)
+        assert _parsed([INFERENCE], amp=value).get_parsed_content("evaluator#amp") is expected
+        assert _parsed([TRAIN], dicom_window=value).get_parsed_content("task").dicom_window is expected
+        assert _parsed([INFERENCE], sliding_window=value).get_parsed_content("dataloader#batch_size") == (1 if expected else 8)
+        start(cudnn_benchmark=value)
+        assert torch.backends.cudnn.benchmark is expected
+        image = write_png(str(tmp_path / "x.png"), np.zeros((16, 12), np.uint8))
+        resized = Task(["a", "b"], 2, 1, [8, 8]).preprocessing(sliding_window=value)({"image": image})["image"]
+        assert tuple(resized.shape[1:]) == ((12, 16) if expected else (8, 8))
+    start(distributed="false")
+    assert not torch.distributed.is_initialized()  # no process group started
+    torch.backends.cudnn.benchmark = False
     with pytest.raises(Exception) as raised:
-        parsed([TRAIN], "train#trainer#amp", amp="maybe")
+        _parsed([TRAIN], amp="maybe").get_parsed_content("train#trainer#amp")
     assert str(find_user_error(raised.value)) == "amp must be true or false, got 'maybe'"
     with pytest.raises(Exception) as raised:
-        parsed([INFERENCE], "dataloader#batch_size", sliding_window="ture")
+        _parsed([INFERENCE], sliding_window="ture").get_parsed_content("dataloader#batch_size")
     assert "sliding_window must be true or false" in str(find_user_error(raised.value))
     # the keys our own code reads
     conv = torch.nn.Conv2d(1, 1, 1)
@@ -547,18 +627,18 @@ def test_bad_rows_stop_training_by_name_or_are_skipped_and_listed(trained, tmp_p
 
 
 def test_auto_statistics_disk_cache_and_progressive_sampling_through_the_bundle(trained, tmp_path):
-    """--intensity_mean/std auto: measured on the training split, saved beside the model, and read
-    back by evaluate and inference; the disk cache and the progressive sampler run in the bundle."""
+    """--intensity_mean/std auto: measured on the training split, saved once in the trained task, and
+    read back by evaluate and inference; the disk cache and the progressive sampler run in the bundle."""
     root, _ = trained
     out = tmp_path / "auto"
     shutil.copytree(root / "data", out / "data")
     auto = ("--intensity_mean", "auto", "--intensity_std", "auto")
     proc = train(out, *auto, "--epochs", "1", "--cache", "disk", "--sampling", "progressive")
-    saved = json.load(open(out / "models" / "intensity_stats.json"))
-    assert saved["images"] == 24 and len(saved["mean"]) == len(saved["std"]) == 1 and 0 < saved["std"][0] < 1
-    assert f"mean {saved['mean']}, std {saved['std']}" in proc.stdout
     task = json.load(open(out / "models" / "task.json"))  # the trained task holds the measured values
-    assert (task["intensity_mean"], task["intensity_std"]) == (saved["mean"], saved["std"])
+    mean, std = task["intensity_mean"], task["intensity_std"]
+    assert len(mean) == len(std) == 1 and 0 < std[0] < 1 and mean != [0.502]
+    assert f"intensity statistics of the training split (24 images): mean {mean}, std {std}" in proc.stdout
+    assert not os.path.exists(out / "models" / "intensity_stats.json")  # stored once, in the task
     assert os.listdir(out / "eval" / "cache" / "train") and os.listdir(out / "eval" / "cache" / "val")
     proc = bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(out), *auto)
     assert "intensity statistics of the training split" not in proc.stdout  # read, not measured again

@@ -18,7 +18,6 @@ from monai_softcam.data import (
     intensity_stats,
     make_dataset,
     make_sampler,
-    resolve_intensity_stats,
 )
 from monai_softcam.transforms import BoxesToMaskd, RandColorJitterd, load_input, preprocessing
 
@@ -305,7 +304,12 @@ def test_grey_is_replicated_after_normalisation_step(tmp_path):
 def test_class_and_progressive_sampling():
     labels = [0] * 90 + [1] * 10
     data = [{"label": v} for v in labels]
-    assert make_sampler("instance", data) is None
+    # instance: every item once per epoch, in the order a shuffling data loader draws from the same seed
+    torch.manual_seed(3)
+    instance = [int(i) for i in torch.utils.data.DataLoader(list(range(100)), sampler=make_sampler("instance", data))]
+    torch.manual_seed(3)
+    shuffled = [int(i) for i in torch.utils.data.DataLoader(list(range(100)), shuffle=True)]
+    assert sorted(instance) == list(range(100)) and instance == shuffled
     sampler = make_sampler("class", data)
     sampler.set_epoch(1)
     drawn = torch.tensor(labels)[list(iter(sampler))]
@@ -337,15 +341,22 @@ def test_cached_datasets_give_the_same_items(tmp_path, cache):
 
 
 def test_intensity_statistics_auto(tmp_path, capsys):
+    """'auto' statistics are measured on the training list when training starts and kept in the task
+    (task.json) only; a task with numbers is not measured, and reads no data."""
+    from monai_softcam.task import Task, TaskError
+
     paths = [write_png(str(tmp_path / f"{i}.png"), np.full((4, 4), v, np.uint8)) for i, v in enumerate((0, 255))]
     data = [{"image": p} for p in paths]
     mean, std = intensity_stats(data, load_input([4, 4]), progress=False)
     assert mean == [0.5] and std == [0.5]
-    stats_file = str(tmp_path / "models" / "intensity_stats.json")
-    assert resolve_intensity_stats("auto", "auto", stats_file, data, load_input([4, 4])) == ([0.5], [0.5])
+    task = Task(["a", "b"], 2, 1, [4, 4], intensity_mean="auto", intensity_std=[0.25])
+    with pytest.raises(TaskError, match="still 'auto'"):
+        task.normalize()
+    measured = task.with_measured_intensity(data, load_input([4, 4]))
+    assert (measured.intensity_mean, measured.intensity_std) == ([0.5], [0.25])
     assert "intensity statistics of the training split (2 images): mean [0.5], std [0.5]" in capsys.readouterr().out
-    assert json.load(open(stats_file))["mean"] == [0.5]
-    assert resolve_intensity_stats("auto", "auto", stats_file) == ([0.5], [0.5])  # inference reads them
-    assert resolve_intensity_stats([0.1], [0.2], stats_file) == ([0.1], [0.2])
-    with pytest.raises(FileNotFoundError, match="intensity_mean/std are 'auto' but .* does not exist"):
-        resolve_intensity_stats("auto", "auto", str(tmp_path / "none.json"))
+    fixed = Task(["a", "b"], 2, 1, [4, 4], intensity_mean=[0.1], intensity_std=[0.2])
+    assert fixed.with_measured_intensity([{"image": str(tmp_path / "missing.png")}], load_input([4, 4])) is fixed
+    saved = measured.save(str(tmp_path / "models" / "task.json"))
+    assert json.load(open(tmp_path / "models" / "task.json"))["intensity_mean"] == [0.5] == saved.intensity_mean
+    assert os.listdir(tmp_path / "models") == ["task.json"]  # stored once: no second statistics file

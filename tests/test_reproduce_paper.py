@@ -165,13 +165,14 @@ def _commands(stdout):
     read as the bundle's command line reads them (values as Python literals where they are)."""
     import shlex
 
-    from monai_softcam.bundle import bundle_cli
+    from monai_softcam.bundle import parse_command_line
 
     found = []
     for line in stdout.splitlines():
         if line.startswith("python -m monai.bundle run "):
             words = shlex.split(line)
-            files, overrides, _ = bundle_cli(["monai/bundle/__main__.py", *words[3:]])
+            cli = parse_command_line(["monai/bundle/__main__.py", *words[3:]])
+            files, overrides = cli.config_files, cli.overrides
             found.append((words[4], [os.path.join(REPO_ROOT, f) for f in files], overrides))
     return found
 

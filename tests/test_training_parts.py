@@ -9,7 +9,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from monai_softcam.bundle import _split_cli, bundle_root, check_cli_overrides, check_overrides, prepare_dataset
+from monai_softcam.bundle import bundle_root, check_overrides, parse_command_line, prepare_dataset
 from monai_softcam.data import DataListError, image_stem, list_images, read_csv_datalist
 from monai_softcam.checkpoint import CheckpointError, load_weights
 from monai_softcam.handlers import BestModelSaver, TrainingCheckpoint
@@ -193,23 +193,29 @@ def test_atomic_open_keeps_old_file_on_failure(tmp_path):
 
 
 def test_cli_parsing_and_override_check(tmp_path):
-    argv = ["run", "training", "--config_file", "['bundle/configs/train.yaml','x.yaml']", "--epochs", "3",
-            "--penalty#lambda1=0.1", "--train::dataloader::num_workers", "2"]  # fmt: skip
-    files, overrides = _split_cli(argv)
-    assert files == ["bundle/configs/train.yaml", "x.yaml"]
-    assert overrides == {"epochs": "3", "penalty#lambda1": "0.1", "train#dataloader#num_workers": "2"}
+    argv = ["/x/monai/bundle/__main__.py", "run", "training", "--config_file", "['bundle/configs/train.yaml','x.yaml']",
+            "--epochs", "3", "--penalty#lambda1=0.1", "--train::dataloader::num_workers", "2", "--tracking", "mlflow"]  # fmt: skip
+    cli = parse_command_line(argv)
+    assert cli.config_files == ["bundle/configs/train.yaml", "x.yaml"]
+    assert cli.overrides == {"epochs": 3, "penalty#lambda1": 0.1, "train#dataloader#num_workers": 2}
+    assert cli.run_args == {"tracking": "mlflow"}
+    assert cli.source_of("epochs") == "--epochs on the command line"
+    assert cli.source_of("seed") == "bundle/configs/train.yaml" and cli.source_of("no_such_key") is None
+    assert parse_command_line(["pytest", "--epoch", "3"]) is None  # not the bundle command line
     assert bundle_root(["run", "--config_file", "/a/b/configs/train.yaml"]) == "/a/b"
     train = os.path.join(REPO_ROOT, "bundle", "configs", "train.yaml")
-    check_overrides([train], {"epochs": 3, "penalty#lambda1": 0.1, "demo_data#num_train": 5})
+    check_overrides([train], {"epochs": 3, "penalty#lambda1": 0.1, "demo_data#num_train": 5, "explanation#patch": 9})
     with pytest.raises(ValueError, match=r"--learning_rat \(did you mean --learning_rate\?\)"):
         check_overrides([train], {"learning_rat": 0.1})
     with pytest.raises(ValueError, match=r"--trian#dataloader#batch_size"):
         check_overrides([train], {"trian#dataloader#batch_size": 4})
     with pytest.raises(ValueError, match=r"--penalty#lambda3"):  # a plain dict takes no new keys
         check_overrides([train], {"penalty#lambda3": 4})
-    assert check_cli_overrides(["pytest", "--epoch", "3"]) is False  # not the bundle command line
-    with pytest.raises(ValueError, match="unknown config key"):
-        check_cli_overrides(["/x/monai/bundle/__main__.py", "run", "--config_file", train, "--epoch", "3"])
+    # the keys MONAI's tracking settings add are known when the command line asks for tracking
+    tracking = {"tracking_uri": "sqlite:///x.db", "experiment_name": "e", "run_name": "r"}
+    with pytest.raises(ValueError, match=r"--tracking_uri"):
+        check_overrides([train], tracking)
+    check_overrides([train], tracking, tracking="mlflow")
 
 
 def test_prepare_dataset_generates_only_in_demo_dir(tmp_path):
@@ -246,7 +252,7 @@ def test_a_user_error_under_wrappers_is_printed_last(capsys, monkeypatch):
         try:
             raise ConfigError("unknown config key(s) in the command line: --epoch (did you mean --epochs?)")
         except ConfigError as err:
-            raise RuntimeError("Failed to evaluate ConfigExpression: '$check_cli_overrides()'") from err
+            raise RuntimeError("Failed to evaluate ConfigExpression: '$monai_softcam.bundle.start()'") from err
     except RuntimeError as wrapped:
         assert isinstance(find_user_error(wrapped), ConfigError)
         sys.excepthook(type(wrapped), wrapped, wrapped.__traceback__)

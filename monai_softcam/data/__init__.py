@@ -5,11 +5,13 @@ from .datalist import (
     CSVDataSpec,
     DataListError,
     Problem,
+    SplitLists,
     list_images,
     read_csv_datalist,
     resolve_under_root,
+    split_datalist,
 )
-from .datasets import CACHE_MODES, intensity_stats, make_dataset, resolve_intensity_stats
+from .datasets import CACHE_MODES, intensity_stats, make_dataset
 from .demo import DemoDataConfig, DemoSample, ensure_demo_dataset, generate_demo_dataset, render_sample
 from .readers import (
     IMAGE_EXTENSIONS,
@@ -35,6 +37,7 @@ __all__ = [
     "Problem",
     "SAMPLING_MODES",
     "SimpleITKReader",
+    "SplitLists",
     "check_data",
     "default_readers",
     "ensure_demo_dataset",
@@ -48,6 +51,6 @@ __all__ = [
     "make_sampler",
     "read_csv_datalist",
     "render_sample",
-    "resolve_intensity_stats",
     "resolve_under_root",
+    "split_datalist",
 ]

@@ -276,6 +276,35 @@ class CSVDataSpec:
         return _keep_good(items, problems, skip_bad, f"the {split} split", folder, split)
 
 
+@dataclass(frozen=True)
+class SplitLists:
+    """How the bundle reads every split's list: ``spec``'s CSVs under ``dataset_dir``, with the same
+    checks for each split (:meth:`CSVDataSpec.datalist` says what they are).
+
+    Example::
+
+        splits = SplitLists(CSVDataSpec(label_column="bin_target"), "/data/rsna", num_classes=2)
+        train_items = splits.datalist("train", annotations=False)
+    """
+
+    spec: CSVDataSpec
+    dataset_dir: str
+    num_classes: int | None = None
+    skip_bad: Any = False
+    report_dir: str | None = None
+    check_images: Any = False
+
+    def datalist(self, split: str, annotations: bool = True) -> list[dict[str, Any]]:
+        """The data list of ``split`` (``annotations=False``: without masks and boxes)."""
+        return self.spec.datalist(split, self.dataset_dir, num_classes=self.num_classes, skip_bad=self.skip_bad,
+                                  report_dir=self.report_dir, annotations=annotations, check_images=self.check_images)  # fmt: skip
+
+
+def split_datalist(splits: SplitLists, split: str, annotations: bool = True) -> list[dict[str, Any]]:
+    """``splits.datalist(split, annotations)``: one split's list as a config component."""
+    return splits.datalist(split, annotations)
+
+
 def _file_problem(path: str, read_header: bool) -> str:
     """"" when ``path`` exists (and, with ``read_header``, its header reads), else what is wrong."""
     if not os.path.exists(path):
@@ -365,7 +394,7 @@ def read_csv_datalist(
 
 
 def list_images(
-    source: str,
+    source: str | None,
     data_root: str | None = None,
     spec: CSVDataSpec | None = None,
     check_images: bool = False,
@@ -382,6 +411,8 @@ def list_images(
     :data:`~monai_softcam.data.readers.IMAGE_EXTENSIONS` and DICOM files of any name (recognised by
     their content, as PACS exports often have no extension); other files are left out.
 
+    ``source=None`` is the test CSV of ``data_root`` as ``spec`` names it (the bundle's default input).
+
     A CSV is read with ``spec``'s image column, image root and file-name template (labels, masks
     and boxes are not needed and not read; rows sharing ``spec.group_column`` are one image), so a
     preset's test CSV works as inference input unchanged. Its paths resolve under
@@ -393,6 +424,8 @@ def list_images(
     ``<report_dir>/skipped_inference.csv``.
     """
     check_images, skip_bad = as_flag(check_images, "check_images"), as_flag(skip_bad, "skip_bad")
+    if source is None:
+        source = (spec if spec is not None else CSVDataSpec()).csv_path("test", data_root or ".")
     items = _inference_inputs(source, data_root, spec, spatial_dims)
     if not check_images:
         return items

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 from typing import Any, Callable, Sequence
 
@@ -11,11 +9,7 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from tqdm import tqdm
 
-from ..utils import MissingInputError, atomic_open, is_main_process
-
-__all__ = ["CACHE_MODES", "intensity_stats", "make_dataset", "resolve_intensity_stats"]
-
-logger = logging.getLogger("monai_softcam")
+__all__ = ["CACHE_MODES", "intensity_stats", "make_dataset"]
 
 CACHE_MODES = ("memory", "disk", "none")
 
@@ -27,12 +21,14 @@ def make_dataset(
     cache_dir: str | None = None,
     cache_rate: float = 1.0,
     num_workers: int = 0,
+    name: str = "",
 ) -> Dataset:
     """A MONAI dataset that keeps the deterministic part of ``transform`` (everything before its
     first random transform) computed once:
 
     * ``"memory"``: ``CacheDataset`` (``cache_rate`` of the items in RAM; decoded once at start);
-    * ``"disk"``: ``PersistentDataset`` (files in ``cache_dir``, reused by later runs);
+    * ``"disk"``: ``PersistentDataset`` (files in ``cache_dir/name``, reused by later runs; ``name``
+      keeps the splits apart);
     * ``"none"``: plain ``Dataset`` (decoded every epoch; least memory).
     """
     if cache not in CACHE_MODES:
@@ -42,8 +38,9 @@ def make_dataset(
     if cache == "disk":
         if not cache_dir:
             raise ValueError("cache 'disk' needs a cache_dir")
-        os.makedirs(cache_dir, exist_ok=True)
-        return PersistentDataset(data, transform, cache_dir=cache_dir)
+        folder = os.path.join(cache_dir, name)
+        os.makedirs(folder, exist_ok=True)
+        return PersistentDataset(data, transform, cache_dir=folder)
     return Dataset(data, transform)
 
 
@@ -68,31 +65,3 @@ def intensity_stats(
     mean = total / count
     std = (squares / count - mean**2).clamp(min=0).sqrt()
     return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
-
-
-def resolve_intensity_stats(
-    mean: Any, std: Any, stats_file: str, data: Sequence[dict[str, Any]] | None = None, load: Callable | None = None
-) -> tuple[Any, Any]:
-    """``(mean, std)`` as configured, or, when either is ``"auto"``, the training split's statistics.
-
-    With ``data`` and ``load`` (training) they are computed with a progress bar, printed, and saved
-    to ``stats_file`` (beside the model, so that evaluation and inference use the same values).
-    Without them (inference) they are read from ``stats_file``.
-    """
-    if "auto" not in (mean, std):
-        return mean, std
-    if data is None or load is None:
-        if not os.path.isfile(stats_file):
-            raise MissingInputError(
-                f"intensity_mean/std are 'auto' but {stats_file} does not exist: train first, or give the values"
-            )
-        with open(stats_file) as f:
-            saved = json.load(f)
-        return saved["mean"], saved["std"]
-    computed_mean, computed_std = intensity_stats(data, load)
-    print(f"intensity statistics of the training split ({len(data)} images): mean {computed_mean}, std {computed_std}")
-    if is_main_process():
-        with atomic_open(stats_file, "w") as f:
-            json.dump({"mean": computed_mean, "std": computed_std, "images": len(data)}, f, indent=2)
-        logger.info("saved intensity statistics to %s", stats_file)
-    return (computed_mean if mean == "auto" else mean), (computed_std if std == "auto" else std)

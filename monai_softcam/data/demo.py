@@ -129,7 +129,8 @@ class DemoDataConfig:
 
     Args:
         spatial_dims: 2 (PNG images) or 3 (NIfTI volumes).
-        size: side length of the square image / cubic volume.
+        size: side length of the square image / cubic volume (or an image size of equal sides, as
+            the bundle passes its ``image_size``).
         num_train, num_val, num_test: number of images per split.
         seed: master seed; sample ``i`` is drawn from ``(seed, i)`` alone (the shortcut variant's
             marker from ``(seed, i)`` and the split of ``i``).
@@ -186,6 +187,10 @@ class DemoDataConfig:
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
+        if isinstance(self.size, (list, tuple)):
+            if len(set(self.size)) != 1:
+                raise ValueError(f"the demo images are square: size must have equal sides, got {list(self.size)}")
+            self.size = int(self.size[0])
         if self.size < 4 * self.radius[1]:
             raise ValueError(f"size must be >= 4 * the largest radius ({4 * self.radius[1]}), got {self.size}")
         for name in ("num_train", "num_val", "num_test"):

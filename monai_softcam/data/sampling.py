@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, RandomSampler
 
 __all__ = ["BalancedSampler", "SAMPLING_MODES", "make_sampler"]
 
@@ -75,11 +75,13 @@ class BalancedSampler(DistributedSampler):
 def make_sampler(mode: str, datalist: Sequence[dict[str, Any]], distributed: bool = False, decay: float = 0.9, seed: int = 0):
     """The training sampler for a sampling ``mode`` (see :data:`SAMPLING_MODES`).
 
-    ``instance`` gives None (the data loader shuffles) or, when ``distributed``, a shuffling
-    ``DistributedSampler`` over the data list; the balanced modes give a :class:`BalancedSampler`.
+    ``instance`` gives a ``RandomSampler`` (what a data loader with ``shuffle=True`` makes itself)
+    or, when ``distributed``, a shuffling ``DistributedSampler`` over the data list; the balanced
+    modes give a :class:`BalancedSampler`.
     """
     if mode not in SAMPLING_MODES:
         raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {mode!r}")
     if mode == "instance":
-        return DistributedSampler(list(range(len(datalist))), shuffle=True, seed=seed) if distributed else None
+        indices = list(range(len(datalist)))
+        return DistributedSampler(indices, shuffle=True, seed=seed) if distributed else RandomSampler(indices)
     return BalancedSampler([item["label"] for item in datalist], mode=mode, decay=decay, seed=seed)

@@ -15,11 +15,12 @@ from .classification import (
     specificity,
     two_columns,
 )
-from .explanation import HIGHER_IS_BETTER, ExplanationMetrics, explanation_values
+from .explanation import HIGHER_IS_BETTER, ExplanationMetrics, ExplanationSettings, explanation_values
 
 __all__ = [
     "ClassificationMetrics",
     "ExplanationMetrics",
+    "ExplanationSettings",
     "HIGHER_IS_BETTER",
     "accuracy",
     "average_precision",

@@ -36,13 +36,15 @@ mean. The ``paper_*`` functions follow the SoftCAM reference's evaluation code (
 * :func:`deletion_curve` with ``rank="max", score="correct"`` (or ``"relative"`` for more than
   two classes): the reference's deletion.
 
-:func:`paper_settings` scales the reference's 512 px numbers to any image size, as the default
-protocol's settings do. Pooled metrics (``paper_topk_precision``, ``paper_topk_precision_tp``)
+:meth:`ExplanationSettings.for_image_size` scales the reference's 512 px numbers (and Zhang et
+al.'s pointing tolerance at 224 px) to any image size: the one set of settings of the bundle's
+metric and of the explanation report. Pooled metrics (``paper_topk_precision``, ``paper_topk_precision_tp``)
 are per-image ratios whose summary is weighted by :data:`WEIGHTS` (the pooled ratio).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -57,6 +59,7 @@ from .classification import _stack
 
 __all__ = [
     "ExplanationMetrics",
+    "ExplanationSettings",
     "HIGHER_IS_BETTER",
     "activation_consistency",
     "activation_precision",
@@ -283,6 +286,68 @@ def paper_dilation(size: int) -> int:
     """The reference's mask dilation (a 9 x 9 kernel at 512 px) scaled to an image side of ``size``:
     the odd width ``2 * round(4 * size / 512) + 1`` (1: no dilation)."""
     return 2 * round(4 * int(size) / 512) + 1
+
+
+@dataclass(frozen=True)
+class ExplanationSettings:
+    """The settings of the explanation metrics, one name per concept.
+
+    Args:
+        explained_class: the class whose maps are assessed (with two classes the positive one, 1);
+            None: each image's own label.
+        topk: the ``k`` of the reported top-k localisation precision.
+        patch: the side of a top-k patch and of a deletion patch, in pixels.
+        stride: the step of the top-k patch grid.
+        pointing_tolerance: pixels around the annotation that still count as a hit (pointing game).
+        protocol: ``default`` (this project's metrics), ``paper`` (the reference's) or ``both``.
+        paper_threshold: the paper's top-k threshold, in SoftCAM's units (logit contribution per cell).
+        dilation: the paper's mask dilation kernel (odd; 1: none).
+
+    :meth:`for_image_size` gives the paper's settings at 512 px scaled to an image size.
+    """
+
+    explained_class: int | None = 1
+    topk: int = 5
+    patch: int = 33
+    stride: int = 8
+    pointing_tolerance: int = 15
+    protocol: str = "default"
+    paper_threshold: float = 1.0
+    dilation: int = 9
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS and self.protocol != "both":
+            raise ValueError(f"protocol must be 'default', 'paper' or 'both', got {self.protocol!r}")
+
+    @classmethod
+    def for_image_size(cls, image_size: Sequence[int], num_classes: int = 2, **given: Any) -> "ExplanationSettings":
+        """The paper's settings at 512 px (top-k patches of 33 px on a stride-8 grid, deletion of
+        33 px patches, a 9 x 9 mask dilation) and Zhang et al.'s pointing tolerance of 15 px at 224
+        px, scaled to the first side ``s`` of ``image_size``, so that they cover the same fraction of
+        every preset's images: patch ``max(3, round(33 s / 512))``, stride ``max(1, round(8 s /
+        512))``, tolerance ``round(15 s / 224)``, dilation :func:`paper_dilation`. The explained
+        class is 1 with two classes (the positive one), else each image's label. ``given`` settings
+        (not None) replace the scaled ones."""
+        side = int(image_size[0])
+        scaled = {
+            "explained_class": 1 if int(num_classes) <= 2 else None,
+            "patch": max(3, round(33 * side / 512)),
+            "stride": max(1, round(8 * side / 512)),
+            "pointing_tolerance": round(15 * side / 224),
+            "dilation": paper_dilation(side),
+        }
+        unknown = set(given) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"ExplanationSettings has no setting(s) {sorted(unknown)}")
+        return cls(**{**scaled, **{k: v for k, v in given.items() if v is not None}})
+
+    @classmethod
+    def for_task(cls, task: Any, **given: Any) -> "ExplanationSettings":
+        """:meth:`for_image_size` for a :class:`~monai_softcam.task.Task`'s image size and classes."""
+        return cls.for_image_size(task.image_size, task.num_classes, **given)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def cubic_resize(maps: Any, size: Sequence[int]) -> torch.Tensor:
@@ -763,6 +828,8 @@ class ExplanationMetrics(Metric):
             the pooled ratio (:data:`WEIGHTS`); the true-positive-only one needs the logits.
         paper_threshold, dilation: the paper's top-k threshold (raw map units: SoftCAM's logit
             units per cell) and mask dilation kernel (:func:`paper_dilation`).
+        settings: an :class:`ExplanationSettings` (the bundle's ``explanation``): when given, it
+            sets all of the above (``patch`` is ``patch_size``).
         prefix: prepended to every name.
 
     Consistency and Gini are measured on the maps at the network's resolution, the localisation
@@ -782,9 +849,14 @@ class ExplanationMetrics(Metric):
         protocol: str = "default",
         paper_threshold: float = 1.0,
         dilation: int = 1,
+        settings: ExplanationSettings | None = None,
         prefix: str = "",
         device: str | torch.device = "cpu",
     ) -> None:
+        if settings is not None:
+            explained_class, topk, patch_size, stride = settings.explained_class, settings.topk, settings.patch, settings.stride
+            pointing_tolerance, protocol = settings.pointing_tolerance, settings.protocol
+            paper_threshold, dilation = settings.paper_threshold, settings.dilation
         if protocol not in PROTOCOLS and protocol != "both":
             raise ValueError(f"protocol must be 'default', 'paper' or 'both', got {protocol!r}")
         self.protocol, self.paper_threshold, self.dilation = protocol, float(paper_threshold), int(dilation)

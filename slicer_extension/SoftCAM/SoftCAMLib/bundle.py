@@ -44,6 +44,19 @@ class BundleError(ValueError):
     """A folder that is not a usable SoftCAM bundle; the message says what is missing or wrong."""
 
 
+def _user_error(error: BaseException) -> BaseException:
+    """The package's user error (its message names the culprit) in ``error``'s chain, below MONAI's
+    config wrappers; ``error`` itself if there is none. Matched by class name: a Model Zoo bundle
+    brings its own copy of the package (``scripts``)."""
+    seen, cause = set(), error
+    while cause is not None and id(cause) not in seen:
+        if any(kind.__name__ == "UserError" for kind in type(cause).__mro__):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return error
+
+
 @dataclass
 class BundleInfo:
     """Read with :meth:`read`; every field comes from the bundle's configs."""
@@ -114,17 +127,12 @@ class BundleInfo:
                 raise BundleError(f"{files[-1] if len(files) > 1 else files[0]}: cannot read key '{key}' ({err})") from err
 
         # the trained task (<ckpt_dir>/task.json), checked against the presets given here
-        from monai_softcam.task import TaskError, explicit_values, load_task  # optional: installed on first use (Resources/requirements.txt)
-
+        # (inference.yaml's trained_task: a task key a preset sets must agree with the model's)
         try:
-            task = load_task(str(get("ckpt_dir")), explicit_values(extra))
-        except (TaskError, OSError) as err:
-            raise BundleError(f"{path}: {err}") from err
-        class_names = [str(c) for c in get("class_names")]
-        image_size = [int(s) for s in get("image_size")]
-        spatial_dims = int(get("spatial_dims"))
-        if len(image_size) != spatial_dims:
-            raise BundleError(f"{files[0]}: image_size {image_size} does not have spatial_dims={spatial_dims} entries")
+            task = parser.get_parsed_content("trained_task")
+        except Exception as err:
+            raise BundleError(f"{path}: {_user_error(err)}") from err
+        class_names, image_size, spatial_dims = list(task.class_names), list(task.image_size), int(task.spatial_dims)
         mean, std = task.intensity_mean, task.intensity_std
         info = cls(
             path=path,
@@ -135,8 +143,8 @@ class BundleInfo:
             class_names=class_names,
             spatial_dims=spatial_dims,
             image_size=image_size,
-            in_channels=int(get("in_channels")),
-            resize=str(get("resize")),
+            in_channels=int(task.in_channels),
+            resize=str(task.resize),
             intensity=f"(x - {mean}) / {std}",
             checkpoint=os.path.abspath(str(parser.get(TORCHSCRIPT_KEY) or get("checkpoint"))),
         )
