@@ -295,7 +295,7 @@ def trained_task(ckpt_dir: str, **expected: Any) -> Task:
 
 # ---------------------------------------------------------------------- data and settings
 def prepare_dataset(dataset_dir: str, demo_dir: str, demo_config: Any = None) -> str:
-    """Generate the built-in demo data (a :class:`~monai_softcam.data.DemoDataConfig` or its keyword
+    """Generate the built-in demo data (a :class:`~monai_softcam.data.demo.DemoDataConfig` or its keyword
     dict) when ``dataset_dir`` is ``demo_dir``, reusing it if already there; any other
     ``dataset_dir`` must exist (a typo never silently trains on generated data)."""
     if demo_config is not None and os.path.abspath(dataset_dir) == os.path.abspath(demo_dir):
@@ -315,4 +315,3 @@ def require_dir(path: str, what: str = "dataset_dir") -> str:
     if not os.path.isdir(path):
         raise MissingInputError(f"{what} does not exist or is not a folder: {path} (set it with --{what} /path)")
     return path
-

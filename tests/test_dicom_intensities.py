@@ -133,8 +133,9 @@ def test_the_window_option_is_a_task_key_and_the_frame_an_input_option(tmp_path)
     old = {k: v for k, v in saved.to_dict().items() if k != "dicom_window"}
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert Task.read(str(tmp_path / "old.json")).dicom_window is False
+    assert Task(["a", "b"], 2, 1, [20, 20], dicom_window="yes").dicom_window is True  # read as every yes/no key
     with pytest.raises(ValueError, match="dicom_window must be true or false"):
-        Task(["a", "b"], 2, 1, [20, 20], dicom_window="yes")
+        Task(["a", "b"], 2, 1, [20, 20], dicom_window="maybe")
 
     multi = write_dicom(str(tmp_path / "multi.dcm"), stored, bits_stored=12)
     ds = pydicom.dcmread(multi)

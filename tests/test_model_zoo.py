@@ -6,6 +6,7 @@ inference workflow's properties, the network's inputs and outputs, and the expor
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -191,7 +192,7 @@ def test_export_round_trip_torchscript_and_onnx(zoo_bundle):
 
     parser = _parser(zoo_bundle)
     net = load_weights(parser.get_parsed_content("network_def"), str(models / "model.pt")).eval()
-    x = torch.randn(3, 1, *parser.get_parsed_content("image_size"))
+    x = torch.randn(3, 1, *parser.get_parsed_content("trained_task").image_size)
     with torch.no_grad():
         eager, scripted = net(x), ts(x)  # one tensor each: the evidence maps
     onnx = run_onnx(models / "model.onnx", x)  # two named outputs
@@ -331,7 +332,7 @@ def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema
     # the configs import the packaged copy and describe this model: train.yaml's task keys are the saved task's
     for config in ("train.yaml", "inference.yaml"):  # (evaluate.yaml is merged after train.yaml, which imports)
         text = (root / "configs" / config).read_text()
-        assert "$import scripts.task" in text and "$import monai_softcam" not in text
+        assert re.search(r"^  - \$import scripts$", text, re.M) and "$import monai_softcam" not in text
     task = Task.read(str(trained_demo / "models" / "task.json"))
     train = yaml.safe_load(open(root / "configs" / "train.yaml"))
     assert {k: train[k] for k in TASK_KEYS} == {k: getattr(task, k) for k in TASK_KEYS}

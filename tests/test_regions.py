@@ -261,7 +261,8 @@ def test_2d_oblique_slice_regions_share_the_logits_exactly(tmp_path, subprocess_
 
 
 def test_regions_are_off_unless_asked_for(tmp_path):
-    """``regions: null`` (the default) leaves the transform and the writer out of the run."""
+    """``regions: null`` (the default): the region transform passes every case through untouched and
+    the writer writes nothing."""
     from monai.bundle import ConfigParser
 
     from monai_softcam.handlers import RegionsWriter
@@ -274,5 +275,10 @@ def test_regions_are_off_unless_asked_for(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((20, 20), np.float32), np.eye(4)), path)
     assert parser["regions"] is None
     transforms = parser.get_parsed_content("postprocessing").transforms
-    assert not any(isinstance(t, RegionEvidenced) for t in transforms)
-    assert not any(isinstance(h, RegionsWriter) for h in parser.get_parsed_content("handlers"))
+    regions = [t for t in transforms if isinstance(t, RegionEvidenced)]
+    case = {"image": torch.zeros(1, 20, 20), "evidence_maps": torch.zeros(2, 5, 5)}
+    assert regions and all(t.regions is None and t(case).keys() == case.keys() for t in regions)
+    writers = [h for h in parser.get_parsed_content("handlers") if isinstance(h, RegionsWriter)]
+    for writer in writers:
+        writer._write(None)  # the run completes: no case carried region rows
+        assert not os.path.exists(writer.path)
