@@ -16,6 +16,11 @@ ONNX = ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"]
 TUNE = ["optuna>=4.9"]  # run tune: λ selection on an Optuna study (SQLite by default)
 # MONAI's --tracking mlflow: the MLflow client and its SQL store (MONAI's default tracking URI is SQLite)
 TRACKING = ["mlflow-skinny>=3.0", "sqlalchemy>=2.0", "alembic>=1.13"]
+# the documentation site (scripts/docs.sh): Sphinx (autodoc/autosummary, as MONAI's site) with MyST for the
+# Markdown pages and the tutorial notebook (executed by jupytext with a Jupyter kernel), every public name
+# documented (interrogate)
+DOCS = ["sphinx>=7.3", "furo>=2024.1", "myst-nb>=1.1", "sphinx-copybutton>=0.5", "jupytext>=1.16",
+        "nbclient>=0.10", "ipykernel>=6.29", "interrogate>=1.7"]
 
 setup(
     name="monai_softcam",
@@ -56,8 +61,8 @@ setup(
     # test: pyjpegls encodes the JPEG-LS files of the DICOM transfer-syntax tests; pre-commit-hooks are the
     # Model Zoo's pre-commit checks, run on the bundle; OpenCV is the resizer and dilation of the paper's
     # evaluation code, which the tests of the paper's metric protocol compare with
-    extras_require={"captum": CAPTUM, "onnx": ONNX, "tune": TUNE, "tracking": TRACKING,
+    extras_require={"captum": CAPTUM, "onnx": ONNX, "tune": TUNE, "tracking": TRACKING, "docs": DOCS,
                     "test": ["pytest>=7.0", "pyjpegls>=1.3", "pre-commit-hooks>=4.6", "opencv-python-headless>=4.8",
-                             *CAPTUM, *ONNX, *TUNE, *TRACKING]},
+                             "coverage>=7.4", *CAPTUM, *ONNX, *TUNE, *TRACKING, *DOCS]},
     entry_points={"console_scripts": ["monai-softcam=monai_softcam.__main__:main"]},
 )

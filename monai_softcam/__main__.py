@@ -62,6 +62,8 @@ def _package_bundle(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line: parse ``argv`` (default ``sys.argv[1:]``), run the chosen command, return its exit status
+    (2, with the message on stderr, for a ValueError or a missing/existing file)."""
     install_error_hook()
     parser = argparse.ArgumentParser(prog="python -m monai_softcam", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -36,7 +36,7 @@ from .utils import MissingInputError, atomic_open
 __all__ = ["CSV_COLUMNS", "TABLE_METRICS", "combine_reports", "comparison_markdown", "load_report", "main",
            "write_comparison"]  # fmt: skip
 
-#: the explanation metrics of the table: this project's protocol, then the paper's
+#: the explanation metrics of the table, this project's protocol, then the paper's
 TABLE_METRICS = ("activation_precision", "pointing_game", "topk_precision", "deletion_auc",
                  "paper_activation_precision", "paper_topk_precision", "paper_deletion_auc")  # fmt: skip
 CLASSIFICATION_METRICS = ("accuracy", "auc")

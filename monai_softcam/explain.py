@@ -206,6 +206,7 @@ class SoftCAMExplainer(_CoarseMap):
         self.model = model
 
     def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        """The model's evidence map of each image's class ``[B, *grid]``, on the network's grid (no gradients)."""
         with torch.no_grad():
             logits, maps = split_output(self.model(images))
         if maps is None:
@@ -230,6 +231,7 @@ class GradCAMExplainer(_CoarseMap):
         self.cam = (GradCAMpp if plus else GradCAM)(wrapped, target_layers=layer, postprocessing=lambda x: x)
 
     def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        """MONAI's Grad-CAM (or Grad-CAM++) map of each image's class ``[B, *grid]``, on ``target_layer``'s grid."""
         classes = _classes(class_idx, images.shape[0], images.device)
         out: torch.Tensor | None = None
         with warnings.catch_warnings():  # PyTorch notes that the hooks fire on outputs when inputs need no grad
@@ -328,6 +330,8 @@ class LayerCAMExplainer(_CoarseMap):
         self.target_layer, self.layer = _layer(model, target_layer)
 
     def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        """LayerCAM map of each image's class ``[B, *grid]`` on ``target_layer``'s grid: ReLU of the channel sum of
+        ReLU(gradient) * activation."""
         classes = _classes(class_idx, images.shape[0], images.device)
         store: list[torch.Tensor] = []
         with _eval_mode(self.model.model), torch.enable_grad(), _capture(self.layer, store), warnings.catch_warnings():
@@ -403,6 +407,8 @@ class ScoreCAMExplainer(_CoarseMap):
         return activations, weights
 
     def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
+        """Score-CAM map of each image's class ``[B, *grid]`` on ``target_layer``'s grid: ReLU of the layer's
+        channels weighted by :meth:`channel_weights`."""
         activations, weights = self.channel_weights(images, class_idx)
         return torch.relu((weights.view(*weights.shape, *([1] * (activations.dim() - 2))) * activations).sum(dim=1))
 
@@ -478,6 +484,7 @@ class GuidedBackpropExplainer(_PixelMap):
         return (gradients.abs() if self.absolute else gradients).sum(dim=1)
 
 
+#: explanation method name -> its class (:func:`make_explainer`)
 EXPLAINERS: dict[str, Callable[..., Any]] = {
     "softcam": SoftCAMExplainer,
     "gradcam": GradCAMExplainer,

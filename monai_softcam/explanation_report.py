@@ -102,6 +102,7 @@ logger = logging.getLogger("monai_softcam")
 
 Pair = tuple[str, str]  # (model name, method name)
 CURVES = ("deletion", "insertion", "paper_deletion")
+#: the keyword arguments of :func:`explanation_report` that go to :func:`collect` as its settings
 SETTING_NAMES = ("topk", "topk_patch", "topk_stride", "pointing_tolerance", "deletion_patch", "deletion_steps",
                  "deletion_baseline")  # fmt: skip
 #: the settings of the paper's protocol, and their defaults (see :func:`explanation_report`)
@@ -205,15 +206,19 @@ def explanation_report(
             preprocessed as for the network (masks on the image's grid).
         explained_class: the class whose maps are assessed (e.g. 1: the lesion class); None: each
             image's own label. Consistency counts that class's images as the positive ones.
-        topk, topk_patch, topk_stride: top-k localisation precision (reported as ``topk_precision``,
-            at ``k = topk``).
+        topk: the ``k`` of the reported top-k localisation precision (``topk_precision``).
+        topk_patch: the side of a top-k patch, in pixels.
+        topk_stride: the step of the top-k patch grid.
         pointing_tolerance: pixels around the annotation that still count as a hit in the pointing
             game (Zhang et al. use 15 px at 224 px).
-        deletion_patch, deletion_steps, deletion_baseline: of :func:`~monai_softcam.metrics.explanation.deletion_curve`.
+        deletion_patch: the side of a deleted patch (:func:`~monai_softcam.metrics.explanation.deletion_curve`).
+        deletion_steps: the patches deleted one after the other.
+        deletion_baseline: the value a deleted patch gets.
         paper_topk_threshold: the paper's top-k threshold per method (see above; None: ``{"softcam": 1.0}``).
         dilation: the masks' dilation kernel of the paper's protocol (:func:`~monai_softcam.metrics.explanation.paper_dilation`).
         healthy_class: the class whose images the paper's deletion leaves out.
-        gallery_cases, sanity_cases: images in the picture and in the randomisation check.
+        gallery_cases: images in the picture.
+        sanity_cases: images in the randomisation check.
         settings: an :class:`~monai_softcam.metrics.explanation.ExplanationSettings` (the bundle's
             ``explanation``, as its evaluation metric uses it): when given, it sets ``explained_class``,
             ``topk``, ``topk_patch`` and ``deletion_patch`` (its ``patch``), ``topk_stride``,

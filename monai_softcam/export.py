@@ -1,7 +1,7 @@
 """Export of SoftCAM (and black-box) networks to ONNX, with the evidence maps as a named output.
 
-TorchScript needs nothing from here: :class:`~monai_softcam.networks.SoftCAM` and
-:class:`~monai_softcam.networks.BlackBox` compile with ``torch.jit.script`` as they are, so MONAI's
+TorchScript needs nothing from here: :class:`~monai_softcam.networks.softcam.SoftCAM` and
+:class:`~monai_softcam.networks.softcam.BlackBox` compile with ``torch.jit.script`` as they are, so MONAI's
 ``python -m monai.bundle ckpt_export`` writes ``models/model.ts`` (see the bundle's
 ``docs/README.md``). ONNX goes through :func:`export_onnx`, which the bundle runs as
 ``python -m monai.bundle run export_onnx --config_file "['configs/inference.yaml','configs/export.yaml']"``.
@@ -130,8 +130,8 @@ def export_onnx(
     """Write ``network`` as an ONNX model and check it against the eager network.
 
     Args:
-        network: a :class:`~monai_softcam.networks.SoftCAM` (outputs ``logits`` and ``evidence_maps``) or a
-            :class:`~monai_softcam.networks.BlackBox` (``logits``), with its weights loaded. It is exported in
+        network: a :class:`~monai_softcam.networks.softcam.SoftCAM` (outputs ``logits`` and ``evidence_maps``) or a
+            :class:`~monai_softcam.networks.softcam.BlackBox` (``logits``), with its weights loaded. It is exported in
             eval mode on the CPU; its ``return_maps`` and ``maps_only`` settings do not matter and are left as
             they were (the ONNX model always has both named outputs).
         filepath: the ``.onnx`` file, written atomically once checked (folders are created).

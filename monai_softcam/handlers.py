@@ -58,6 +58,7 @@ class LoadWeights:
         self.model = model
 
     def attach(self, engine: Engine) -> None:
+        """Attach to ``engine``: load the weights when it starts."""
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
@@ -100,6 +101,7 @@ class BestModelSaver:
         self.best_epoch = 0
 
     def attach(self, engine: Engine) -> None:
+        """Attach to ``engine``: check ``metric_name`` after every epoch and save the model when it improves."""
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
@@ -116,9 +118,11 @@ class BestModelSaver:
             logger.info("new best %s = %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.path)
 
     def state_dict(self) -> dict[str, Any]:
+        """The saver's state for the training checkpoint: best value and its epoch."""
         return {"best": self.best, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the best value and its epoch from :meth:`state_dict`'s output."""
         self.best = state.get("best")
         self.best_epoch = int(state.get("best_epoch", 0))
 
@@ -146,6 +150,7 @@ class TrainingCheckpoint:
         self._stopped_early_before = False  # resumed a run that had already stopped early
 
     def attach(self, engine: Engine) -> None:
+        """Attach to ``engine``: resume (if asked) when it starts, save after every epoch and at the end."""
         engine.add_event_handler(Events.STARTED, self._load)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
         engine.add_event_handler(Events.COMPLETED, self._save)
@@ -205,6 +210,8 @@ class EarlyStopping:
         self.interval = max(1, int(interval))
 
     def attach(self, engine: Engine) -> None:
+        """Attach to ``engine``: ignite's ``EarlyStopping`` on ``metric`` every ``interval`` epochs (nothing if
+        ``patience <= 0``)."""
         if self.patience <= 0:
             return
         stopper = IgniteEarlyStopping(self.patience, lambda _: float(self.validator.state.metrics[self.metric]), engine)
@@ -220,6 +227,7 @@ class LearningRateLogger:
         self.tag = tag
 
     def attach(self, engine: Engine) -> None:
+        """Attach to ``engine``: write the learning rates at the start of every epoch."""
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
@@ -239,6 +247,7 @@ class LossTermsLogger:
         self._count = 0
 
     def attach(self, engine: Engine) -> None:
+        """Attach to ``engine``: collect the loss terms after every iteration, write their means after every epoch."""
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
@@ -358,12 +367,12 @@ class MetricsReport:
     """Write the classification metrics of an evaluation run to JSON and CSV, and print them (attach to an evaluator).
 
     Args:
-        metric: the :class:`~monai_softcam.metrics.ClassificationMetrics` attached to the same evaluator.
+        metric: the :class:`~monai_softcam.metrics.classification.ClassificationMetrics` attached to the same evaluator.
         output_dir: folder receiving ``metrics_<split>.json`` and ``metrics_<split>.csv``.
         split: name of the evaluated split (used in file names and the printout).
         class_names: one name per class (for the confusion matrix).
         details: extra ``name: value`` lines for the JSON and the printout (e.g. checkpoint path).
-        explanation: optional :class:`~monai_softcam.metrics.ExplanationMetrics` attached to the same
+        explanation: optional :class:`~monai_softcam.metrics.explanation.ExplanationMetrics` attached to the same
             evaluator: its means, 95 % bootstrap intervals and counts are reported too.
     """
 
@@ -386,12 +395,14 @@ class MetricsReport:
         self.printer = printer
 
     def attach(self, engine: Engine) -> None:
+        """Attach to ``engine``: write and print the report when the run completes."""
         engine.add_event_handler(Events.COMPLETED, self)
 
     def _explanation_summary(self) -> dict[str, dict[str, Any]]:
         return {} if self.explanation is None else _explanation_summaries(self.explanation)
 
     def paths(self) -> tuple[str, str]:
+        """The ``(json, csv)`` paths of the report: ``metrics_<split>.json`` and ``.csv`` in ``output_dir``."""
         base = os.path.join(self.output_dir, f"metrics_{self.split}")
         return base + ".json", base + ".csv"
 
@@ -495,6 +506,7 @@ class RegionsWriter(_CollectThenWrite):
         key: the key of the rows in each case's output.
     """
 
+    #: the CSV columns, in order
     COLUMNS = ("image", "region", "label", "class", "evidence_sum", "share_of_logit", "logit", "mean_density",
                "cells", "voxels", "size_mm", "in_view")  # fmt: skip
 

@@ -75,6 +75,7 @@ class EvidencePenalty(nn.Module):
         return self.lambda1 > 0 or self.lambda2 > 0
 
     def forward(self, evidence_maps: torch.Tensor) -> torch.Tensor:
+        """Batch mean of ``lambda1 * L1 + lambda2 * L2`` (squared if ``squared_l2``) of each sample's evidence maps."""
         flat = evidence_maps.flatten(1)  # [B, C * N]
         total = flat.new_zeros(flat.shape[0])
         if self.lambda1 > 0:
@@ -85,6 +86,7 @@ class EvidencePenalty(nn.Module):
         return total.mean()
 
     def extra_repr(self) -> str:
+        """The lambdas and ``squared_l2``, for the module's repr."""
         return f"lambda1={self.lambda1}, lambda2={self.lambda2}, squared_l2={self.squared_l2}"
 
 
@@ -118,7 +120,7 @@ class SoftCAMLoss(nn.Module):
         label_smoothing: cross-entropy label smoothing.
 
     ``forward(output, target)`` takes the model output (the ``{"logits", "evidence_maps"}`` dict of a
-    :class:`~monai_softcam.networks.SoftCAM` built with ``return_maps=True``, a ``(logits, maps)``
+    :class:`~monai_softcam.networks.softcam.SoftCAM` built with ``return_maps=True``, a ``(logits, maps)``
     tuple, or logits alone when the penalty is zero) and integer class targets ``[B]`` or ``[B, 1]``.
     With one output class it uses binary cross-entropy on that logit. After each call,
     ``last_terms`` holds the detached ``{"ce", "penalty"}`` tensors for logging.
@@ -154,6 +156,7 @@ class SoftCAMLoss(nn.Module):
         self.last_terms: dict[str, torch.Tensor] = {}
 
     def forward(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (binary for one class) plus the evidence penalty; records both in ``last_terms``."""
         logits, maps = split_output(output)
         target = _class_indices(torch.as_tensor(target, device=logits.device), logits.shape[1])
         if logits.shape[1] == 1:

@@ -30,6 +30,7 @@ class ClippedCosineLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
+        """Each group's lr at step ``last_epoch``: the clipped cosine of the class docstring."""
         t = min(max(self.last_epoch, 0), self.t_max)
         factor = (1 + math.cos(math.pi * t / self.t_max)) / 2
         return [self.eta_min + (base - self.eta_min) * factor for base in self.base_lrs]

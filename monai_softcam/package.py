@@ -59,7 +59,7 @@ from .utils import ConfigError
 
 __all__ = ["PackagingError", "package_bundle", "parse_urls", "zoo_unit_test"]
 
-#: the Zoo's bundle names: lower-case words joined by underscores (``spleen_ct_segmentation``)
+#: the Zoo's bundle names, lower-case words joined by underscores (``spleen_ct_segmentation``)
 BUNDLE_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+){2,}$")
 #: the weight files a bundle may carry, as large files under ``models/``
 WEIGHT_FILES = ("model.pt", "model.ts", "model.onnx")
@@ -456,7 +456,8 @@ def package_bundle(
             and ``metrics_val.json`` in the ``eval`` folder beside ``ckpt_dir``.
         metadata: a JSON file with the metadata text of the model's data (:data:`DESCRIPTIVE_KEYS`);
             required unless the model was trained on the built-in demo data.
-        version, changelog: the bundle version and its changelog line.
+        version: the bundle version.
+        changelog: the changelog line of that version.
         source: the bundle whose configs, metadata and LICENSE are packaged (default: the project's ``bundle/``).
         unit_test: also write the Zoo's unit test of the bundle (:func:`zoo_unit_test`) to this file.
     """

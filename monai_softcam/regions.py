@@ -34,7 +34,7 @@ __all__ = [
     "voxel_size",
 ]
 
-#: the default name of label 0: voxels in no segment
+#: the default name of label 0 (voxels in no segment)
 OUTSIDE = "outside"
 #: the region of the parts of cells that lie beyond the input's voxels (no label)
 BEYOND_INPUT = "beyond_input"

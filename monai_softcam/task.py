@@ -45,7 +45,7 @@ ARCHITECTURES = {"SoftCAM": SoftCAM, "BlackBox": BlackBox}
 #: the config keys a task holds, in the order the file lists them
 TASK_KEYS = ("class_names", "spatial_dims", "in_channels", "image_size", "resize", "intensity_mean", "intensity_std",
              "architecture", "backbone", "backbone_kwargs", "dicom_window")  # fmt: skip
-#: task keys added after the first task files were written: a file without them has these values
+#: task keys added after the first task files were written; a file without them has these values
 OPTIONAL_TASK_KEYS = {"dicom_window": False}
 
 
@@ -170,6 +170,7 @@ class Task:
 
     # ------------------------------------------------------------------ file
     def to_dict(self) -> dict[str, Any]:
+        """The task's fields as a plain dict (``dataclasses.asdict``)."""
         return asdict(self)
 
     def save(self, path: str, trained_with: Mapping[str, Any] | None = None) -> "Task":

@@ -66,7 +66,7 @@ def _source(data: Mapping[Hashable, Any], key: Hashable) -> str:
 
 
 class ReadImaged(LoadImaged):
-    """``LoadImaged`` (``image_only``) that picks each file's reader by its name (:func:`reader_for`)
+    """``LoadImaged`` (``image_only``) that picks each file's reader by its name (:func:`~monai_softcam.data.readers.reader_for`)
     and whose failures name the file: a missing, corrupt or unsupported image raises
     ``InputError("cannot read image file <path>: ...")`` (a ValueError)."""
 
@@ -186,7 +186,7 @@ def load_input(
 
     ``image_size`` has one entry per spatial axis (so it also fixes 2D vs 3D). Every spatial step
     is invertible, so evidence maps can be brought back to the input's own grid with ``Invertd``.
-    ``frame`` and ``window`` are the DICOM reader's options (:func:`~monai_softcam.data.default_readers`):
+    ``frame`` and ``window`` are the DICOM reader's options (:func:`~monai_softcam.data.readers.default_readers`):
     the frame 2D configs take from multi-frame files, and mapping to [0, 1] by the file's VOI LUT/window.
     """
     size = [int(s) for s in image_size]
@@ -274,6 +274,8 @@ class FitToSized(MapTransform, InvertibleTransform):
         return d
 
     def inverse(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Undo the resize: put each image back in the scaled grid (zeros outside the crop), resize to the original
+        size and restore the affine."""
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
@@ -385,6 +387,7 @@ class RandColorJitterd(RandomizableTransform, MapTransform):
         self._factors: dict[str, float] = {}
 
     def randomize(self, data: Any = None) -> None:
+        """Decide whether to transform and draw the brightness, contrast, saturation and hue factors."""
         super().randomize(None)
         self._factors = {name: float(self.R.uniform(lo, hi)) for name, (lo, hi) in self.ranges.items()}
         self._factors["hue"] = float(self.R.uniform(-self.hue, self.hue))

@@ -87,8 +87,10 @@ class TuneSettings:
         heartbeat: seconds between a running trial's heartbeats (a dead worker's trial is failed
             after twice this).
         seed: the sampler's seed (tpe, random).
-        train_configs, train_overrides: the training command the trials run; default: the config
-            files and overrides of the ``run tune`` command line, without the tune config's.
+        train_configs: the config files of the training the trials run; default: those of the ``run
+            tune`` command line, without the tune config.
+        train_overrides: the overrides of that training; default: those of the ``run tune`` command
+            line, without the tune settings.
     """
 
     search_space: Mapping[str, Any] = field(default_factory=dict)

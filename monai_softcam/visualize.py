@@ -49,7 +49,7 @@ def overlay(
 ) -> np.ndarray:
     """RGB uint8 picture of a 2D ``image`` (grey or ``[3, H, W]``) with a signed 2D ``evidence`` map on top.
 
-    ``evidence`` must have the image's spatial size (see :func:`upsample_map`). ``mask`` (optional)
+    ``evidence`` must have the image's spatial size (see :func:`~monai_softcam.networks.outputs.upsample_map`). ``mask`` (optional)
     is drawn as a yellow outline.
     """
     img = _to_numpy(image)

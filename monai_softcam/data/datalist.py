@@ -83,7 +83,9 @@ class CSVDataSpec:
     """How a dataset's split CSVs map to images, labels and annotations.
 
     Args:
-        train_csv, val_csv, test_csv: the split CSVs, relative to ``dataset_dir`` (or absolute).
+        train_csv: the training split's CSV, relative to ``dataset_dir`` (or absolute).
+        val_csv: the validation split's CSV, likewise.
+        test_csv: the test split's CSV, likewise.
         image_column: column naming the image.
         label_column: column holding the integer class (None: unlabelled, e.g. for inference).
         mask_column: optional column holding a mask file (empty cell: no mask).
@@ -138,6 +140,7 @@ class CSVDataSpec:
         return self.mask_column is not None or self.box_columns is not None
 
     def csv_path(self, split: str, dataset_dir: str) -> str:
+        """Path of ``split``'s CSV in ``dataset_dir``; a DataListError if none is configured for it."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         name = getattr(self, f"{split}_csv")

@@ -131,7 +131,9 @@ class DemoDataConfig:
         spatial_dims: 2 (PNG images) or 3 (NIfTI volumes).
         size: side length of the square image / cubic volume (or an image size of equal sides, as
             the bundle passes its ``image_size``).
-        num_train, num_val, num_test: number of images per split.
+        num_train: number of training images.
+        num_val: number of validation images.
+        num_test: number of test images.
         seed: master seed; sample ``i`` is drawn from ``(seed, i)`` alone (the shortcut variant's
             marker from ``(seed, i)`` and the split of ``i``).
         lesion_fraction: probability that an image holds a lesion.
@@ -223,6 +225,7 @@ class DemoDataConfig:
             )
 
     def counts(self) -> dict[str, int]:
+        """Number of images per split: ``{"train", "val", "test"}``."""
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}
 
     def small_radius(self) -> tuple[float, float]:

@@ -29,10 +29,11 @@ use RAS too, while DICOM and ITK store LPS, so the affine is converted.
   the first two frames; classic files by SpacingBetweenSlices/SliceThickness); for 2D an
   ``InputError`` naming the file and its frame count (a colour cine loop: a video, not an image)
   unless the reader's ``frame`` picks one.
+
 NIfTI stays with MONAI's ``NibabelReader``.
 
 :data:`IMAGE_EXTENSIONS` lists every file name ending these readers (and MONAI's NIfTI reader) take;
-it is the one list of image formats of the package (:func:`~monai_softcam.data.list_images` and
+it is the one list of image formats of the package (:func:`~monai_softcam.data.datalist.list_images` and
 :func:`image_stem` use it). DICOM files are also recognised by their content, whatever their name.
 """
 
@@ -79,6 +80,7 @@ PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # SimpleITK
 SIMPLEITK_SUFFIXES = PHOTO_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd")  # SimpleITKReader
 DICOM_SUFFIXES = (".dcm", ".dicom")  # DicomReader (and any file with the DICOM preamble)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")  # MONAI's NibabelReader
+#: the file extensions of the image formats read (the readers' own list; DICOM files are also recognised by content)
 IMAGE_EXTENSIONS = SIMPLEITK_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
 
 
@@ -229,10 +231,12 @@ class SimpleITKReader(ImageReader):
     """Read 2D/3D images with SimpleITK (see the module docstring for the formats)."""
 
     def verify_suffix(self, filename: Sequence[Any] | Any) -> bool:
+        """Whether every name ends with one of ``SIMPLEITK_SUFFIXES``."""
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
         return bool(names) and all(os.fspath(n).lower().endswith(SIMPLEITK_SUFFIXES) for n in names)
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
+        """``(path, SimpleITK image)`` of the one file given; a ValueError for another format or an unreadable file."""
         import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
 
         path = _single(data)
@@ -244,6 +248,7 @@ class SimpleITKReader(ImageReader):
             raise ValueError(f"{path}: not a readable image ({str(err).strip().splitlines()[-1]})") from err
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """The image as an array ``x, y (, z) [, c]`` (photos' unsigned integers mapped to [0, 1]) and its metadata."""
         import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
 
         path, image = img
@@ -289,10 +294,13 @@ class DicomSeriesReader(SimpleITKReader):
         self.spatial_dims = spatial_dims
 
     def verify_suffix(self, filename: Sequence[Any] | Any) -> bool:
+        """Whether the name is one folder."""
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
         return len(names) == 1 and os.path.isdir(os.fspath(names[0]))
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
+        """``(folder, SimpleITK volume)`` of the folder's one DICOM series; a ValueError for anything but a folder
+        of one readable series, or for a series of several slices in 2D."""
         import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
 
         path = _single(data)
@@ -364,6 +372,7 @@ def dicom_intensities(ds: Any, pixels: np.ndarray, window: bool = False) -> np.n
     2. CT (:data:`KEEP_UNITS_MODALITIES`) keeps those units (Hounsfield units, for windowing in
        the preset) unless ``window``. Every other modality (CR, DX, MG, XA, US, OP, OCT, SC, MR
        single images, ...) is mapped to [0, 1]:
+
        * with ``window`` and a VOI LUT or WindowCenter/Width in the file: through it;
        * otherwise by :func:`effective_range` of the stored values (BitsStored and
          PixelRepresentation bound it), carried through the Modality LUT.
@@ -400,7 +409,7 @@ def dicom_intensities(ds: Any, pixels: np.ndarray, window: bool = False) -> np.n
     return (1.0 - unit if inverted else unit).astype(np.float32)
 
 
-#: modalities that always carry the image plane (orientation, position, spacing): a missing one is warned about
+#: modalities that always carry the image plane (orientation, position, spacing); a missing one is warned about
 CROSS_SECTIONAL_MODALITIES = ("CT", "MR", "PT")
 
 
@@ -464,6 +473,7 @@ def _pixel_spacing(ds: Any, path: str, frame: int = 0) -> tuple[float, float]:
 _PYDICOM = ("pydicom", "pydicom")
 _LIBJPEG = ("pylibjpeg-libjpeg", "pylibjpeg pylibjpeg-libjpeg")
 _OPENJPEG = ("pylibjpeg-openjpeg", "pylibjpeg pylibjpeg-openjpeg")
+#: transfer syntax -> (the decoder package, what to install) for pydicom's compressed pixel data
 DICOM_DECODERS = {
     "1.2.840.10008.1.2": ("Implicit VR Little Endian", *_PYDICOM),
     "1.2.840.10008.1.2.1": ("Explicit VR Little Endian", *_PYDICOM),
@@ -559,7 +569,7 @@ def decode_dicom_pixels(ds: Any, path: str) -> np.ndarray:
     JPEG baseline/extended streams whose scan headers carry the spectral selection 0..0 (a common
     writer defect that IJG's libjpeg ignores) are decoded with it set to 0..63, as sequential JPEG
     requires. A syntax nothing decodes, a decoder not installed, or a decoder failing raises an
-    :class:`InputError` naming the file, the transfer syntax (name and UID) and the package."""
+    :class:`~monai_softcam.utils.InputError` naming the file, the transfer syntax (name and UID) and the package."""
     try:
         return ds.pixel_array
     except Exception as err:
@@ -610,10 +620,13 @@ class DicomReader(ImageReader):
         self.window = bool(window)
 
     def verify_suffix(self, filename: Sequence[Any] | Any) -> bool:
+        """Whether the name is one DICOM file."""
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
         return len(names) == 1 and is_dicom_file(os.fspath(names[0]))
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
+        """``(path, pydicom dataset)`` of the one file given; a ValueError for a non-DICOM or unreadable file, an
+        InputError for missing or truncated pixel data."""
         path = _single(data)
         if not is_dicom_file(path):  # MONAI tries every given reader: leave other formats to theirs
             raise ValueError(f"{path}: not a DICOM file")
@@ -627,6 +640,7 @@ class DicomReader(ImageReader):
         return path, ds
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """The intensities as an array ``x, y (, z) [, c]`` (one frame if ``frame`` is set) and its metadata."""
         path, ds = img
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         index = self._frame_index(path, ds, frames)

@@ -21,6 +21,7 @@ from torch.utils.data import DistributedSampler, RandomSampler
 
 __all__ = ["BalancedSampler", "SAMPLING_MODES", "make_sampler"]
 
+#: the training samplers' modes (:func:`make_sampler`)
 SAMPLING_MODES = ("instance", "class", "progressive")
 
 

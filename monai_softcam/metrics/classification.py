@@ -214,10 +214,12 @@ class ClassificationMetrics(Metric):
         super().__init__(output_transform=output_transform, device=device, skip_unrolling=True)
 
     def reset(self) -> None:
+        """Start afresh: no probabilities or labels collected."""
         self._probs: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
 
     def update(self, output: Sequence[Any]) -> None:
+        """Collect one batch's ``(probs, labels)`` (a single sigmoid output read as ``[1 - p, p]``)."""
         probs, labels = output
         probs = _stack(probs).float().cpu()
         labels = _stack(labels).long().cpu().reshape(-1)
@@ -230,6 +232,7 @@ class ClassificationMetrics(Metric):
         self._labels.append(labels)
 
     def compute(self) -> dict[str, Any]:
+        """Gather all ranks' samples, keep the full report in ``report`` and return every metric (prefixed)."""
         probs = torch.cat(self._probs) if self._probs else torch.zeros(0, max(self.num_classes, 2))
         labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long)
         # all ranks' samples, in rank order (uneven shards are padded for the exchange and cut back)
@@ -238,6 +241,7 @@ class ClassificationMetrics(Metric):
         return {f"{self.prefix}{k}": v for k, v in self.report.items() if k not in ("n", "confusion_matrix")}
 
     def completed(self, engine: Engine, name: str) -> None:
+        """Put every metric in ``engine.state.metrics``; a ValueError if ``name`` is not one of them."""
         results = self.compute()
         if name not in results:
             raise ValueError(f"attach ClassificationMetrics under one of its metric names {sorted(results)}, got {name!r}")

@@ -4,7 +4,7 @@ Conventions shared by every function (2D and 3D alike):
 
 * ``maps``: ``[B, *spatial]``, one map per sample (the map of the explained class, on the grid of
   the image or the mask; bring SoftCAM's coarse maps there first, e.g. with
-  :func:`monai_softcam.networks.upsample_map`). Signed maps are allowed; each metric says how it
+  :func:`monai_softcam.networks.outputs.upsample_map`). Signed maps are allowed; each metric says how it
   treats negative values. A ``[B, 1, *spatial]`` channel is accepted and dropped.
 * ``masks``: the annotation, same shape as ``maps`` (bool, or numbers where > 0.5 is inside).
 * The result is one value per sample, ``[B]`` (``[B, k]`` for top-k precision), float32.
@@ -90,7 +90,7 @@ __all__ = [
     "topk_localisation_precision",
 ]
 
-#: every reported explanation metric and its direction (True: higher is better)
+#: every reported explanation metric and its direction (True when higher is better)
 HIGHER_IS_BETTER = {
     "activation_precision": True,
     "activation_sensitivity": True,
@@ -108,10 +108,10 @@ HIGHER_IS_BETTER = {
     "paper_deletion_auc": False,
 }
 
-#: per-image values that describe rather than score (no direction): kept beside the metrics
+#: per-image values that describe rather than score (no direction), kept beside the metrics
 DESCRIPTIVE = {"paper_topk_patches": "patches above the threshold among the top k (weight of the pooled top-k)"}
 
-#: pooled metrics: their summary is the mean weighted by this per-image value (a ratio of sums)
+#: pooled metrics, whose summary is the mean weighted by this per-image value (a ratio of sums)
 WEIGHTS = {"paper_topk_precision": "paper_topk_patches", "paper_topk_precision_tp": "paper_topk_patches"}
 
 
@@ -347,6 +347,7 @@ class ExplanationSettings:
         return cls.for_image_size(task.image_size, task.num_classes, **given)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (``dataclasses.asdict``)."""
         return asdict(self)
 
 
@@ -574,20 +575,21 @@ def explanation_values(
             or the image grid).
         masks: the annotation, ``[B, *S]`` or ``[B, 1, *S]`` (bool, or > 0.5 inside), or None.
         positive: ``[B]`` flags, True for the samples of the explained class (for consistency).
-        topk, patch_size, stride: of :func:`topk_localisation_precision` (and of the paper's
-            :func:`paper_topk_counts`), reported at ``k = topk``; the patch is reduced to the
-            maps' smallest side where it would not fit.
+        topk: the ``k`` of :func:`topk_localisation_precision` (and of the paper's
+            :func:`paper_topk_counts`) that is reported.
+        patch_size: the side of a top-k patch, reduced to the maps' smallest side where it would not fit.
+        stride: the step of the top-k patch grid.
         pointing_tolerance: of :func:`pointing_game`.
         protocol: ``"default"``, ``"paper"`` or ``"both"``: which metrics (:data:`PROTOCOLS`).
         predicted: ``[B]`` flags, True where the model assigns the sample to the explained class
             (the paper's true-positive-only top-k), or None.
-        paper_threshold, dilation: of :func:`paper_values` (the paper's top-k threshold in the
-            maps' raw units; the masks' dilation kernel).
+        paper_threshold: the paper's top-k threshold in the maps' raw units (:func:`paper_values`).
+        dilation: the masks' dilation kernel of the paper's protocol.
 
     Returns ``consistency`` and ``gini``, measured on ``maps`` as given; with masks also
     (default protocol) ``activation_precision``, ``activation_sensitivity``,
     ``energy_pointing_game``, ``pointing_game`` and ``topk_precision``, measured on the masks'
-    grid (maps on another grid are brought there by :func:`~monai_softcam.networks.upsample_map`),
+    grid (maps on another grid are brought there by :func:`~monai_softcam.networks.outputs.upsample_map`),
     and (paper protocol) those of :func:`paper_values`; NaN where a mask is empty.
     """
     if protocol not in ("default", "paper", "both"):
@@ -821,13 +823,15 @@ class ExplanationMetrics(Metric):
             MONAI evaluator's ``evidence_maps``, ``label`` and ``logits`` outputs and the batch's ``mask``.
         explained_class: the class whose map is assessed (e.g. 1, the lesion class); None: each
             sample's own label. Consistency: that class's samples are the positive ones.
-        topk, patch_size, stride, pointing_tolerance: of :func:`topk_localisation_precision` (reported
-            as ``topk_precision``, at ``k = topk``) and :func:`pointing_game`.
+        topk: the ``k`` of the reported :func:`topk_localisation_precision` (``topk_precision``).
+        patch_size: the side of a top-k patch.
+        stride: the step of the top-k patch grid.
+        pointing_tolerance: of :func:`pointing_game`.
         protocol: ``"default"``, ``"paper"`` (the reference's metrics, :func:`paper_values`) or
             ``"both"``; see :data:`PROTOCOLS`. The paper's pooled top-k precisions are reported as
             the pooled ratio (:data:`WEIGHTS`); the true-positive-only one needs the logits.
-        paper_threshold, dilation: the paper's top-k threshold (raw map units: SoftCAM's logit
-            units per cell) and mask dilation kernel (:func:`paper_dilation`).
+        paper_threshold: the paper's top-k threshold (raw map units: SoftCAM's logit units per cell).
+        dilation: the paper's mask dilation kernel (:func:`paper_dilation`).
         settings: an :class:`ExplanationSettings` (the bundle's ``explanation``): when given, it
             sets all of the above (``patch`` is ``patch_size``).
         prefix: prepended to every name.
@@ -868,12 +872,15 @@ class ExplanationMetrics(Metric):
         super().__init__(output_transform=output_transform, device=device, skip_unrolling=True)
 
     def reset(self) -> None:
+        """Start afresh: no per-sample values collected."""
         self._values: dict[str, list[torch.Tensor]] = {}
 
     def iteration_completed(self, engine: Engine) -> None:
+        """Update with ``output_transform(engine.state.output, engine.state.batch)``: the batch holds the masks."""
         self.update(self._output_transform(engine.state.output, engine.state.batch))
 
     def update(self, output: Sequence[Any]) -> None:
+        """Collect the per-sample values of one batch (nothing without evidence maps)."""
         maps, masks, labels, logits = output
         if maps is None:
             return
@@ -899,6 +906,8 @@ class ExplanationMetrics(Metric):
             self._values.setdefault(name, []).append(value.detach().float().cpu())
 
     def compute(self) -> dict[str, float]:
+        """Gather all ranks' values into ``values`` and return each metric's mean (prefixed), with
+        ``explanation_excluded`` when localisation was measured."""
         # all ranks' samples, in rank order (uneven shards are padded for the exchange and cut back)
         self.values = {name: evenly_divisible_all_gather(torch.cat(parts)) for name, parts in self._values.items()}
         weight = lambda name: self.values.get(WEIGHTS[name]) if name in WEIGHTS else None  # noqa: E731
@@ -909,4 +918,5 @@ class ExplanationMetrics(Metric):
         return results
 
     def completed(self, engine: Engine, name: str) -> None:
+        """Put every metric in ``engine.state.metrics``."""
         engine.state.metrics.update(self.compute())

@@ -87,6 +87,7 @@ class Backbone(nn.Module):
         return sizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``[B, out_channels, *grid]``: ``neck(features(x))``."""
         return self.neck(self.features(x))
 
 

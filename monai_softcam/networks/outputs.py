@@ -48,6 +48,7 @@ class EvidenceOutputs(nn.Module):
         self.network = network
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Run the network and return its output in the dict form."""
         out = self.network(x, *args, **kwargs)
         if isinstance(out, dict):
             return out

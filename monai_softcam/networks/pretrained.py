@@ -96,7 +96,7 @@ def _first_conv_key(backbone: nn.Module) -> str | None:
 
 
 def load_pretrained_backbone(backbone: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
-    """Load a local weight file into ``backbone`` (a :class:`~monai_softcam.networks.Backbone`).
+    """Load a local weight file into ``backbone`` (a :class:`~monai_softcam.networks.backbones.Backbone`).
 
     Every parameter and buffer of the backbone's trunk must come from the file (VGG's FC6/FC7
     neck may stay fresh); unknown keys, missing keys and shape mismatches that are not a 2D->3D

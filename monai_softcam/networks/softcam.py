@@ -45,6 +45,7 @@ class EvidenceHead(nn.Module):
         self.evidence = Conv[Conv.CONV, spatial_dims](in_channels, num_classes, kernel_size=1)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, evidence_maps)``: the 1x1 convolution's maps and their spatial means."""
         maps = self.evidence(features)
         logits = maps.flatten(2).mean(dim=2)
         return logits, maps
@@ -120,7 +121,7 @@ class SoftCAM(_Classifier):
     """A self-explaining classifier: backbone -> class-evidence layer -> spatial mean.
 
     Args:
-        backbone: a registered backbone name (see :func:`~monai_softcam.networks.available_backbones`).
+        backbone: a registered backbone name (see :func:`~monai_softcam.networks.backbones.available_backbones`).
         spatial_dims: 2 or 3.
         in_channels: number of input channels.
         num_classes: number of classes (>= 1).
@@ -165,6 +166,7 @@ class SoftCAM(_Classifier):
         self.maps_only = maps_only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Check ``x``; the logits, the ``{"logits", "evidence_maps"}`` dict or the maps alone (see the class)."""
         self._check_input(x)
         logits, maps = self.head(self.backbone(x))
         if self.maps_only:
@@ -174,7 +176,7 @@ class SoftCAM(_Classifier):
         return logits
 
 
-#: black-box heads: ``"classic"`` (VGG only) and ``"gap"``
+#: the black-box heads, ``"classic"`` (VGG only) and ``"gap"``
 BLACK_BOX_HEADS = ("classic", "gap")
 
 
@@ -194,7 +196,8 @@ class BlackBox(_Classifier):
             ``backbone_kwargs``; in 3D at the default width FC6 alone holds 719 M weights. The pool is
             :class:`~monai_softcam.networks.vgg.AdaptiveAvgPool` (the values of
             ``nn.AdaptiveAvgPool2d/3d(7)``, and it exports to ONNX, also with free spatial axes).
-        Other arguments as for :class:`SoftCAM`.
+
+    The other arguments are those of :class:`SoftCAM`.
 
     The modules are ``backbone.features`` (the trunk Grad-CAM reads), ``pool``, ``classifier``
     (FC6/FC7 of the classic head, an identity for ``"gap"``) and ``fc`` (the class layer). The
@@ -258,6 +261,7 @@ class BlackBox(_Classifier):
         self.return_maps = return_maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Check ``x``; the logits of the conventional head (in a ``{"logits"}`` dict with ``return_maps``)."""
         self._check_input(x)
         pooled = self.pool(self.backbone.features(x))
         logits = self.fc(self.classifier(self.backbone.neck(pooled).flatten(1)))

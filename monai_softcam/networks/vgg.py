@@ -174,6 +174,7 @@ class AdaptiveAvgPool(nn.Module):
         self.spatial_dims = int(spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool ``x`` to ``size`` per spatial axis, one matrix product per axis."""
         s = self.size
         y = torch.matmul(x, _pool_matrix(x.shape[-1], s, x).t())  # last axis (W)
         y = torch.matmul(_pool_matrix(x.shape[-2], s, x), y)  # H
@@ -183,6 +184,7 @@ class AdaptiveAvgPool(nn.Module):
         return y
 
     def extra_repr(self) -> str:
+        """``size`` and ``spatial_dims``, for the module's repr."""
         return f"size={self.size}, spatial_dims={self.spatial_dims}"
 
 
