@@ -60,9 +60,10 @@ setup(
     # tracking: python -m monai.bundle run ... --tracking mlflow
     # test: pyjpegls encodes the JPEG-LS files of the DICOM transfer-syntax tests; pre-commit-hooks are the
     # Model Zoo's pre-commit checks, run on the bundle; OpenCV is the resizer and dilation of the paper's
-    # evaluation code, which the tests of the paper's metric protocol compare with
+    # evaluation code, which the tests of the paper's metric protocol compare with; pytest-xdist runs the suite on
+    # every core (scripts/test.sh), coverage measures it (scripts/coverage.sh); CI also builds the docs
     extras_require={"captum": CAPTUM, "onnx": ONNX, "tune": TUNE, "tracking": TRACKING, "docs": DOCS,
-                    "test": ["pytest>=7.0", "pyjpegls>=1.3", "pre-commit-hooks>=4.6", "opencv-python-headless>=4.8",
-                             "coverage>=7.4", *CAPTUM, *ONNX, *TUNE, *TRACKING, *DOCS]},
+                    "test": ["pytest>=7.0", "pytest-xdist>=3.5", "pyjpegls>=1.3", "pre-commit-hooks>=4.6",
+                             "opencv-python-headless>=4.8", "coverage>=7.4", *CAPTUM, *ONNX, *TUNE, *TRACKING, *DOCS]},
     entry_points={"console_scripts": ["monai-softcam=monai_softcam.__main__:main"]},
 )

@@ -9,10 +9,28 @@ REPO_ROOT = os.path.dirname(TESTS_DIR)
 SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
 sys.path.insert(0, TESTS_DIR)
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread per process when pytest-xdist runs tests in parallel worker processes (bash scripts/test.sh
+# does, one worker per core): the workers share the cores instead of oversubscribing them
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"  # and the bundle runs they start
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory):
+    """One tiny 2D demo model (32 px, two epochs), trained once through the real command line and
+    shared by every test that needs *a* trained model: ``(bundle_root, the finished training process)``.
+    Tests may add outputs of their own beside it (evaluation reports, inference folders) but change
+    nothing it holds; one that needs to, copies it."""
+    from bundle_helpers import train
+
+    root = tmp_path_factory.mktemp("trained_bundle")
+    return root, train(root)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TESTS_DIR
 from data_helpers import write_dicom_series
-from test_bundle import CONFIGS, EVALUATE, INFERENCE, TRAIN, bundle, torchscript_export
+from bundle_helpers import CONFIGS, EVALUATE, INFERENCE, TRAIN, bundle, torchscript_export
 
 from monai_softcam.data import DicomSeriesReader, list_images
 from monai_softcam.inferers import EvidenceSlidingWindowInferer
@@ -25,6 +25,7 @@ TINY3D = os.path.join(TESTS_DIR, "configs", "tiny3d.yaml")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+@pytest.mark.slow
 def test_3d_preset_trains_evaluates_and_infers_with_the_volumes_geometry(tmp_path):
     """demo3d through the same bundle configs, the preset named only for training: evaluation, the
     explanation report, inference, both exports and SoftCAMLib read the trained task. Inference on

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
 
 
@@ -16,6 +18,7 @@ def _run(script, *args):
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_sliding_window_benchmark_runs(tmp_path):
     out = tmp_path / "sw.md"
     stdout = _run("sliding_window.py", "--quick", "--sizes", "40x40x24", "--sw_batch_sizes", "1", "--out", str(out))
@@ -23,6 +26,7 @@ def test_sliding_window_benchmark_runs(tmp_path):
     assert "| 40x40x24 | 4 | 1 |" in table and "peak RSS" in table and "wrote" in stdout
 
 
+@pytest.mark.slow
 def test_export_agreement_benchmark_runs(tmp_path):
     out = tmp_path / "export.md"
     _run("export_agreement.py", "--backbones", "resnet10", "--out", str(out))
@@ -30,6 +34,7 @@ def test_export_agreement_benchmark_runs(tmp_path):
     assert len(rows) == 2 and not any("failed" in r for r in rows)
 
 
+@pytest.mark.slow
 def test_explanation_cost_benchmark_runs(tmp_path):
     out = tmp_path / "cost.md"
     _run("explanation_cost.py", "--backbones", "resnet10", "--sizes", "32", "--batches", "1", "--repeats", "1",
@@ -45,6 +50,7 @@ def test_explanation_cost_benchmark_runs(tmp_path):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_workflow_overhead_benchmark_runs(tmp_path):
     out = tmp_path / "overhead.md"
     _run("workflow_overhead.py", "--quick", "--repeats", "1", "--out", str(out))
@@ -52,6 +58,7 @@ def test_workflow_overhead_benchmark_runs(tmp_path):
     assert "| bundle trainer (Ignite) |" in table and "| hand-written loop |" in table
 
 
+@pytest.mark.slow
 def test_data_pipeline_benchmark_runs(tmp_path):
     out = tmp_path / "pipeline.md"
     _run("data_pipeline.py", "--quick", "--images", "4", "--passes", "1", "--out", str(out))
@@ -59,6 +66,7 @@ def test_data_pipeline_benchmark_runs(tmp_path):
     assert "| fundus | 0 worker(s) |" in table and "memory cache" in table
 
 
+@pytest.mark.slow
 def test_training_memory_benchmark_runs(tmp_path):
     out = tmp_path / "memory.md"
     _run("training_memory.py", "--quick", "--steps", "1", "--out", str(out))
@@ -112,6 +120,7 @@ def test_explanation_cost_refuses_a_gpu_that_is_not_there():
     assert proc.returncode == 2 and "--device cuda: torch sees no GPU here" in proc.stderr
 
 
+@pytest.mark.slow
 def test_inference_throughput_benchmark_runs(tmp_path):
     out = tmp_path / "throughput.md"
     _run("inference_throughput.py", "--quick", "--images", "2", "--out", str(out))

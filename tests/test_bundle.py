@@ -16,56 +16,29 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from bundle_helpers import (
+    CONFIGS,
+    EVALUATE,
+    EXPLAIN,
+    INFERENCE,
+    MULTI_GPU,
+    TINY,
+    TRAIN,
+    bundle,
+    last_line,
+    run_bundle,
+    torchscript_export,
+    train,
+)
+from bundle_helpers import env as _env
 from conftest import REPO_ROOT
 from data_helpers import resample_with_itk, write_png
 
-CONFIGS = os.path.join(REPO_ROOT, "bundle", "configs")
-TRAIN = os.path.join(CONFIGS, "train.yaml")
-EVALUATE = os.path.join(CONFIGS, "evaluate.yaml")
-INFERENCE = os.path.join(CONFIGS, "inference.yaml")
-MULTI_GPU = os.path.join(CONFIGS, "multi_gpu_train.yaml")
-TINY = os.path.join(REPO_ROOT, "tests", "configs", "tiny.yaml")
 
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "2")
-    return env
-
-
-def bundle(run_id, configs, *overrides, check=True, timeout=600):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", repr(list(configs)), *overrides]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def torchscript_export(ts, models, inference, meta_file, *overrides):
-    """The documented TorchScript export (MONAI's ``ckpt_export``) of ``models/model.pt``, with the
-    trained task ``models/task.json`` embedded; fails the test with the output if it fails."""
-    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", str(ts),
-           "--ckpt_file", os.path.join(models, "model.pt"), "--meta_file", str(meta_file),
-           "--config_file", repr([str(inference), os.path.join(models, "task.json")]), *overrides]  # fmt: skip
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
-def last_line(text):
-    """The last non-empty line of a command's output: what the user reads first."""
-    return [line for line in text.splitlines() if line.strip()][-1]
-
-
-def train(root, *overrides, check=True):
-    return bundle("training", [TRAIN, TINY], "--bundle_root", str(root), *overrides, check=check)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundle")
-    proc = train(root)
-    return root, proc
+@pytest.fixture
+def trained(trained_bundle):
+    """The session's tiny trained demo bundle (conftest.trained_bundle)."""
+    return trained_bundle
 
 
 def test_training_writes_checkpoints_tensorboard_metrics_and_report(trained):
@@ -116,6 +89,7 @@ def test_check_properties(configs, workflow_type, trained):
     assert wf.check_properties() == []
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(trained, tmp_path):
     root, _ = trained
     bundle("run", [TRAIN, TINY], "--bundle_root", str(tmp_path / "again"))  # plain `run` = `run training`
@@ -131,7 +105,7 @@ def test_evaluate_from_checkpoint(trained):
     assert task["image_size"] == [32, 32] and task["class_names"] == ["no_lesion", "lesion"]
     assert task["trained_with"]["config_files"] == [TRAIN, TINY]
     assert task["trained_with"]["settings"]["epochs"] == 2 and task["trained_with"]["settings"]["batch_size"] == 8
-    proc = bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root))
+    proc = run_bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root))
     metrics = json.load(open(root / "eval" / "metrics_test.json"))["metrics"]
     assert metrics["n"] == 12
     assert os.path.isfile(root / "eval" / "metrics_test.csv")
@@ -171,8 +145,8 @@ def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_pa
     folder = str(tmp_path / "inputs")
     nifti_affine = _write_inputs(folder)
     out, full = tmp_path / "out", tmp_path / "full"
-    bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", folder, "--output_dir", str(out))
-    bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", folder, "--output_dir", str(full),
+    run_bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", folder, "--output_dir", str(out))
+    run_bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", folder, "--output_dir", str(full),
            "--full_resolution_maps", "true")  # fmt: skip
     rows = {os.path.basename(r["image"]): r for r in csv.DictReader(open(out / "predictions.csv"))}
     full_rows = {os.path.basename(r["image"]): r for r in csv.DictReader(open(full / "predictions.csv"))}
@@ -187,15 +161,16 @@ def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_pa
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     net.eval()
     png_affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # ITK reads a PNG in LPS with unit spacing; maps are RAS
-    for name, shape, input_affine in (("a", (56, 40), png_affine), ("b", (48, 36), nifti_affine)):
-        image = next(k for k in rows if k.startswith(name + "."))
+    cases = (("a", (56, 40), png_affine), ("b", (48, 36), nifti_affine))
+    images = [next(k for k in rows if k.startswith(name + ".")) for name, _, _ in cases]
+    inputs = [preprocessing({"image": os.path.join(folder, image)})["image"] for image in images]
+    with torch.no_grad():  # one batch of both, as inference ran them (batch_size 8): the same float arithmetic
+        batch_maps = net(torch.stack([x.as_tensor() for x in inputs]))  # network_def returns the evidence maps alone
+    for (name, shape, input_affine), image, x, raw in zip(cases, images, inputs, batch_maps):
         row, full_row = rows[image], full_rows[image]
         logits = np.array([float(row["logit_no_lesion"]), float(row["logit_lesion"])])
         probs = np.array([float(row["prob_no_lesion"]), float(row["prob_lesion"])])
         np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(), atol=1e-5)
-        with torch.no_grad():
-            x = preprocessing({"image": os.path.join(folder, image)})["image"]
-            raw = net(x[None].as_tensor())[0]  # network_def returns the evidence maps alone
         # the old way: upsample onto the network's input, then undo the resize (Invertd)
         upsampled = MetaTensor(upsample_map(raw, x.shape[1:]), meta=dict(x.meta), applied_operations=x.applied_operations)
         old = preprocessing.inverse({"image": upsampled})["image"].numpy()
@@ -225,6 +200,7 @@ def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_pa
         assert os.path.isfile(os.path.join(row["evidence_maps"], f"{name}_overlay.png"))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_completes_planned_epochs(tmp_path):
     root = tmp_path / "resume"
     args = ["--demo_data#num_train", "96", "--epochs", "5"]
@@ -247,6 +223,7 @@ def test_resume_after_sigkill_completes_planned_epochs(tmp_path):
     assert os.path.isfile(root / "eval" / "metrics_val.json")
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_and_is_not_resumed(tmp_path):
     root = tmp_path / "early"
     args = ["--epochs", "6", "--early_stop_patience", "1", "--learning_rate", "0.0"]  # nothing can improve
@@ -258,6 +235,7 @@ def test_early_stopping_ends_the_run_and_is_not_resumed(tmp_path):
     assert torch.load(root / "models" / "training_state.pt", weights_only=True)["trainer"]["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     root = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
@@ -304,7 +282,7 @@ def test_override_or_preset_contradicting_the_trained_task_is_refused_by_name(tr
     assert f"{oct_preset} sets image_size to [496, 496], but the trained model's image_size is [32, 32]" in proc.stderr
     assert str(root / "models" / "task.json") in proc.stderr
     # the same values as the task are accepted (the preset a model was trained with may be repeated)
-    bundle("inference", [INFERENCE, TINY], "--bundle_root", str(root), "--input_path", str(root / "data" / "demo" / "images"),
+    run_bundle("inference", [INFERENCE, TINY], "--bundle_root", str(root), "--input_path", str(root / "data" / "demo" / "images"),
            "--output_dir", str(root / "eval" / "again"))  # fmt: skip
     # in-process, as the Model Zoo's tests and MONAI apps run a bundle: the workflow's arguments are checked alike
     from monai.bundle import ConfigWorkflow
@@ -324,6 +302,7 @@ def test_override_or_preset_contradicting_the_trained_task_is_refused_by_name(tr
     assert not os.path.exists(root / "eval" / "refused")
 
 
+@pytest.mark.slow
 def test_exports_and_the_slicer_module_read_the_trained_task(trained, tmp_path):
     """A model trained with the tiny preset (32 px, not the configs' 96 px): the ONNX export, the
     TorchScript export (task embedded) and SoftCAMLib read its task; no preset is repeated."""
@@ -391,7 +370,7 @@ def test_unreadable_image_is_named_and_leaves_no_report(trained, tmp_path):
     assert last_line(proc.stderr).strip().startswith(f"inference input {folder / 'bad.png'}: unreadable image (")
     assert not os.path.exists(out)  # no map, no predictions: nothing that would look complete
     # with skip_bad: the good inputs are run, the bad one is listed
-    proc = bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", str(folder),
+    proc = run_bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", str(folder),
                   "--output_dir", str(out), "--skip_bad", "true")  # fmt: skip
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert sorted(os.path.basename(r["image"]) for r in rows) == ["demo_00001.png", "demo_00002.png"]
@@ -465,6 +444,7 @@ def test_import_leaves_the_excepthook_alone():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_mlflow_tracking(trained, tmp_path):
     """MONAI's own --tracking mlflow, against a local SQLite store: the run's parameters, the loss of
     every iteration, the metrics of every epoch and the executed config are there."""
@@ -581,6 +561,7 @@ def _rewrite_csv(path, edit):
         writer.writerows(rows)
 
 
+@pytest.mark.slow
 def test_bad_rows_stop_training_by_name_or_are_skipped_and_listed(trained, tmp_path):
     """A label outside the classes, a corrupt image, a missing file, a CSV without the label column
     and an empty split: training refuses to start naming file/row/column; --skip_bad true trains on
@@ -607,7 +588,7 @@ def test_bad_rows_stop_training_by_name_or_are_skipped_and_listed(trained, tmp_p
     assert f"{train_csv} row 8: file not found: {data / rows[6]['filename']}" in proc.stderr
     assert not os.path.exists(out / "models" / "model.pt")
 
-    train(out, "--dataset_dir", str(data), "--skip_bad", "true")
+    run_bundle("training", [TRAIN, TINY], "--bundle_root", str(out), "--dataset_dir", str(data), "--skip_bad", "true")
     skipped = list(csv.DictReader(open(out / "eval" / "skipped_train.csv")))
     assert [(r["where"], r["image"]) for r in skipped] == [
         (f"{train_csv} row 4 column 'bin_target'", str(data / rows[2]["filename"])),
@@ -633,23 +614,22 @@ def test_auto_statistics_disk_cache_and_progressive_sampling_through_the_bundle(
     out = tmp_path / "auto"
     shutil.copytree(root / "data", out / "data")
     auto = ("--intensity_mean", "auto", "--intensity_std", "auto")
-    proc = train(out, *auto, "--epochs", "1", "--cache", "disk", "--sampling", "progressive")
+    proc = run_bundle("training", [TRAIN, TINY], "--bundle_root", str(out), *auto, "--epochs", "1", "--cache", "disk", "--sampling", "progressive")
     task = json.load(open(out / "models" / "task.json"))  # the trained task holds the measured values
     mean, std = task["intensity_mean"], task["intensity_std"]
     assert len(mean) == len(std) == 1 and 0 < std[0] < 1 and mean != [0.502]
     assert f"intensity statistics of the training split (24 images): mean {mean}, std {std}" in proc.stdout
     assert not os.path.exists(out / "models" / "intensity_stats.json")  # stored once, in the task
     assert os.listdir(out / "eval" / "cache" / "train") and os.listdir(out / "eval" / "cache" / "val")
-    proc = bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(out), *auto)
+    proc = run_bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(out), *auto)
     assert "intensity statistics of the training split" not in proc.stdout  # read, not measured again
     assert json.load(open(out / "eval" / "metrics_test.json"))["metrics"]["n"] == 12
-    bundle("inference", [INFERENCE], "--bundle_root", str(out), *auto, "--output_dir", str(tmp_path / "inf"))
+    run_bundle("inference", [INFERENCE], "--bundle_root", str(out), *auto, "--output_dir", str(tmp_path / "inf"))
     assert len(list(csv.DictReader(open(tmp_path / "inf" / "predictions.csv")))) == 12
 
 
-EXPLAIN = os.path.join(CONFIGS, "explain.yaml")
 
-
+@pytest.mark.slow
 def test_explain_eval_report_compares_softcam_with_a_black_box(trained, tmp_path):
     """The demo comparison's wiring on tiny data: a black box trained by configs/blackbox.yaml, then
     explain_eval with configs/demo_comparison.yaml writes the whole report."""
@@ -658,13 +638,13 @@ def test_explain_eval_report_compares_softcam_with_a_black_box(trained, tmp_path
         shutil.copytree(root / "models", tmp_path / name / "models")
     data = ("--demo_dir", str(root / "data" / "demo"))
     blackbox = os.path.join(REPO_ROOT, "configs", "blackbox.yaml")
-    bundle("training", [TRAIN, TINY, blackbox], "--bundle_root", str(tmp_path / "blackbox"), *data)
+    run_bundle("training", [TRAIN, TINY, blackbox], "--bundle_root", str(tmp_path / "blackbox"), *data)
     state = torch.load(tmp_path / "blackbox" / "models" / "model.pt", weights_only=True)
     assert "fc.weight" in state and not any(k.startswith("head.") for k in state)
     comparison = os.path.join(REPO_ROOT, "configs", "demo_comparison.yaml")
     light = ("--explain#options", "{'integrated_gradients': {'steps': 4}, 'scorecam': {'batch_size': 64}}",
              "--explain#sanity_cases", "2")  # fmt: skip
-    proc = bundle("explain_eval", [TRAIN, EVALUATE, EXPLAIN, comparison], "--bundle_root", str(tmp_path / "sparse"), *data, *light)
+    proc = run_bundle("explain_eval", [TRAIN, EVALUATE, EXPLAIN, comparison], "--bundle_root", str(tmp_path / "sparse"), *data, *light)
     out = tmp_path / "report"
     for name in ("report.json", "report.csv", "cases.csv", "faithfulness.png", "sanity.png", "sanity.csv", "gallery.png",
                  "index.html", "table.md"):  # fmt: skip

@@ -201,6 +201,7 @@ TINY_REPORT = ("--explain#options#integrated_gradients#steps 2 --explain#sanity_
                "--explain#deletion_steps 3")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_script_end_to_end_on_tiny_data(tmp_path):
     """The whole script, on the shortcut variant only: three models, their evaluations, the report
     with the paper's five post-hoc methods against the lesion masks, and the combined table."""

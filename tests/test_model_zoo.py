@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from bundle_helpers import EVALUATE, TINY, TRAIN, run_bundle
 from conftest import REPO_ROOT, SHARED_DIR
 
 BUNDLE = os.path.join(REPO_ROOT, "bundle")
@@ -169,6 +170,7 @@ def test_network_inputs_and_outputs_match_metadata(zoo_bundle):
     torch.testing.assert_close(out["logits"], maps.flatten(2).mean(-1))
 
 
+@pytest.mark.slow
 def test_export_round_trip_torchscript_and_onnx(zoo_bundle):
     pytest.importorskip("onnxruntime", reason="the ONNX extra: pip install 'monai_softcam[onnx]'")
     from monai_softcam.export import run_onnx
@@ -274,7 +276,6 @@ def test_metadata_versions_meet_the_packages_floors():
 
 # ---------------------------------------------------------------------------- package-bundle
 NAME = "lesion_synthetic_softcam_classification"
-TINY = os.path.join(REPO_ROOT, "tests", "configs", "tiny.yaml")
 
 
 def _cli(*args, cwd=REPO_ROOT):
@@ -283,13 +284,11 @@ def _cli(*args, cwd=REPO_ROOT):
 
 
 @pytest.fixture(scope="module")
-def trained_demo(tmp_path_factory):
-    """A model trained (2 epochs, 32 px) and evaluated on the demo data, as the README's commands do it."""
-    root = tmp_path_factory.mktemp("trained")
-    train = os.path.join(BUNDLE, "configs", "train.yaml")
-    _run(["run", "training", "--config_file", repr([train, TINY]), "--bundle_root", str(root)])
-    _run(["run", "evaluate", "--config_file", repr([train, os.path.join(BUNDLE, "configs", "evaluate.yaml"), TINY]),
-          "--bundle_root", str(root)])  # fmt: skip
+def trained_demo(trained_bundle):
+    """The session's tiny trained demo model (conftest.trained_bundle: 2 epochs, 32 px), evaluated on
+    the test split as the README's commands do it."""
+    root, _ = trained_bundle
+    run_bundle("evaluate", [TRAIN, EVALUATE, TINY], "--bundle_root", str(root))
     return root
 
 
@@ -306,6 +305,7 @@ def packaged(trained_demo, tmp_path_factory):
     return zoo, zoo / "models" / NAME
 
 
+@pytest.mark.slow
 def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema):
     from monai.bundle import verify_metadata
 
@@ -357,6 +357,7 @@ def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema
     assert f"| accuracy | {report['metrics']['accuracy']:.4f} |" in readme
 
 
+@pytest.mark.slow
 def test_packaged_bundle_passes_the_zoos_pre_commit(packaged, tmp_path, monkeypatch):
     _, root = packaged
     results = zoo_pre_commit(root, tmp_path / "copy", monkeypatch)
@@ -373,6 +374,7 @@ def _without_monai_softcam(args, cwd):
                           errors="replace", timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_packaged_bundle_runs_where_monai_softcam_is_not_installed(packaged, tmp_path):
     """Download the weights as the Zoo does (large_files.yml, hash checked), then the Zoo's shape check
     with its default arguments and inference, from the bundle folder, with the configs' imports served by scripts/."""
@@ -404,6 +406,7 @@ def test_packaged_bundle_runs_where_monai_softcam_is_not_installed(packaged, tmp
     assert unpackaged.returncode != 0 and "monai_softcam" in unpackaged.stderr
 
 
+@pytest.mark.slow
 def test_the_zoos_unit_test_pattern_on_the_packaged_bundle(packaged):
     """The generated ci/unit_tests/test_<name>.py: train, train + evaluate, inference through ConfigWorkflow
     and check_workflow(check_properties=True), run from the Zoo's root as its runner does. The Zoo's
@@ -431,6 +434,7 @@ def test_the_zoos_unit_test_pattern_on_the_packaged_bundle(packaged):
     assert "Ran 3 tests" in done.stderr and done.stderr.rstrip().endswith("OK")
 
 
+@pytest.mark.slow
 def test_packaging_refuses_bad_input_and_writes_nothing(trained_demo, tmp_path):
     models = trained_demo / "models"
     url = ["--url", f"model.pt={(models / 'model.pt').as_uri()}"]
@@ -479,6 +483,7 @@ def test_packaging_refuses_bad_input_and_writes_nothing(trained_demo, tmp_path):
     refused(models, *url, "--name", "SoftCAM-Demo", match="a Zoo bundle name is lower-case", target=tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_the_slicer_module_runs_a_packaged_zoo_bundle(packaged, tmp_path, monkeypatch):
     """A bundle from the Model Zoo imports its own scripts/: the Slicer module's library reads it and
     runs it in process and in a child process, with the same results as the command line."""

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TESTS_DIR
 from PIL import Image
-from test_bundle import INFERENCE, bundle
+from bundle_helpers import INFERENCE, bundle
 
 from monai_softcam.regions import BEYOND_INPUT, axis_overlap, cell_coverage, region_evidence, shares_by_class
 from monai_softcam.transforms import EvidenceGridd, RegionEvidenced, load_input

@@ -142,6 +142,7 @@ def test_bad_arguments_exit_2_naming_the_argument(args, message, stand_in, tmp_p
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
+@pytest.mark.slow
 def test_a_sweep_without_a_finished_trial_stops_the_protocol_naming_the_log(tmp_path):
     """A trial that fails (here: an image is missing) is failed by the sweep, which goes on; with no
     finished trial there is nothing to select, and the script stops there, showing the trial's error."""
@@ -249,6 +250,7 @@ SLOW = os.environ.get("MONAI_SOFTCAM_SLOW_TESTS") == "1"
      pytest.param("fundus", marks=pytest.mark.skipif(not SLOW, reason="about 2 min more: MONAI_SOFTCAM_SLOW_TESTS=1")),
      pytest.param("oct", marks=pytest.mark.skipif(not SLOW, reason="about 2 min more: MONAI_SOFTCAM_SLOW_TESTS=1"))],
 )  # fmt: skip
+@pytest.mark.slow
 def test_the_protocol_end_to_end(dataset, stand_in, tmp_path):
     out = tmp_path / "out"
     done = _run("--dataset", dataset, "--data", stand_in(dataset), "--out", out, *tiny(dataset))

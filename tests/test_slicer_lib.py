@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, TESTS_DIR
 from data_helpers import resample_with_itk, write_dicom, write_png
-from test_bundle import INFERENCE, bundle
+from bundle_helpers import INFERENCE, bundle
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "slicer_extension", "SoftCAM"))
 

@@ -98,6 +98,7 @@ def _training_children(folder):
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to find the killed trial's child")
 def test_a_study_killed_with_sigkill_resumes_keeping_finished_trials(tmp_path):
     tune_dir = tmp_path / "eval" / "tune"
@@ -150,6 +151,7 @@ def test_a_study_killed_with_sigkill_resumes_keeping_finished_trials(tmp_path):
     assert os.path.getsize(tune_dir / "pareto.png") > 5000
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(tmp_path):
     """Two worker processes on one storage (as one per GPU would be) split the grid between them."""
     grid = [0.0, 1e-4, 1e-3, 1e-2]
