@@ -34,3 +34,15 @@ def trained_bundle(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trained_bundle")
     return root, train(root)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle_3d(tmp_path_factory):
+    """One tiny 3D demo model (configs/demo3d.yaml + tests/configs/tiny3d.yaml: 24^3 volumes, resnet10,
+    'auto' statistics), trained once through the real command line, for every test that needs a
+    trained 3D model: ``(bundle_root, the finished training process)``; used as trained_bundle is."""
+    from bundle_helpers import TRAIN, bundle
+
+    root = tmp_path_factory.mktemp("trained_bundle_3d") / "b"
+    configs = [TRAIN, os.path.join(REPO_ROOT, "configs", "demo3d.yaml"), os.path.join(TESTS_DIR, "configs", "tiny3d.yaml")]
+    return str(root), bundle("training", configs, "--bundle_root", str(root))

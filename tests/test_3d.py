@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TESTS_DIR
+from conftest import REPO_ROOT
 from data_helpers import write_dicom_series
 from bundle_helpers import CONFIGS, EVALUATE, INFERENCE, TRAIN, bundle, torchscript_export
 
@@ -20,20 +20,17 @@ from monai_softcam.inferers import EvidenceSlidingWindowInferer
 from monai_softcam.networks import SoftCAM
 from monai_softcam.networks import upsample_map
 
-DEMO3D = os.path.join(REPO_ROOT, "configs", "demo3d.yaml")
-TINY3D = os.path.join(TESTS_DIR, "configs", "tiny3d.yaml")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @pytest.mark.slow
-def test_3d_preset_trains_evaluates_and_infers_with_the_volumes_geometry(tmp_path):
+def test_3d_preset_trains_evaluates_and_infers_with_the_volumes_geometry(trained_bundle_3d, tmp_path):
     """demo3d through the same bundle configs, the preset named only for training: evaluation, the
     explanation report, inference, both exports and SoftCAMLib read the trained task. Inference on
     a NIfTI volume larger than the training size (sliding window) and on a DICOM series folder:
     maps on each input's own grid with its affine, and the whole-input logit equal to the mean of
     the stitched map."""
-    root = str(tmp_path / "b")
-    bundle("training", [TRAIN, DEMO3D, TINY3D], "--bundle_root", root)
+    root, _ = trained_bundle_3d
     with open(os.path.join(root, "eval", "metrics_val.json")) as f:
         metrics = json.load(f)
     assert 0 <= metrics["metrics"]["auc"] <= 1 and "explanation_metrics" in metrics

@@ -471,22 +471,17 @@ READ_BY_OUR_CODE = {"channels_last", "overlays", "skip_bad", "check_images", "re
 
 def test_every_yes_no_key_reads_the_command_lines_false_as_no(tmp_path):
     """Python Fire hands ``--amp false`` over as the string "false", which ``if value`` takes for
-    yes. Every top-level yes/no key of the bundle configs is read through
-    ``monai_softcam.utils.as_flag``, in the config's expression or by the function it goes to."""
+    yes. Every top-level yes/no key of the bundle configs reaches code as an argument, and that code
+    reads it with ``monai_softcam.utils.as_flag`` (MONAI's engines get ``use_amp``, read so)."""
     import re
 
     import yaml
-    from monai.bundle import ConfigParser
 
-    from monai_softcam.bundle import place_network
+    from monai_softcam.bundle import place_network, start
     from monai_softcam.data import list_images
+    from monai_softcam.task import Task
     from monai_softcam.transforms import SaveEvidenceMapsd
     from monai_softcam.utils import find_user_error
-
-    import yaml
-
-    from monai_softcam.bundle import start
-    from monai_softcam.task import Task
 
     texts = {path: open(path).read() for path in sorted(glob.glob(os.path.join(CONFIGS, "*.yaml")))}
     flags = {key for text in texts.values() for key, value in (yaml.safe_load(text) or {}).items() if isinstance(value, bool)}

@@ -150,6 +150,7 @@ def _gather_worker(rank, world_size, port, folder):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_metrics_gather_uneven_shards_over_gloo_processes(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -145,6 +145,7 @@ def test_classic_pool_equals_torch_adaptive_average_pool(spatial_dims, shapes):
         torch.testing.assert_close(scripted(x), pool(x))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxscript", "onnxruntime")),
     reason="the ONNX extra: pip install 'monai_softcam[onnx]'",

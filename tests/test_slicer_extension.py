@@ -49,6 +49,7 @@ def test_the_cmake_lists_name_every_file_and_the_requirements_are_monai_softcams
     assert requirements() == [r for r in setup if not r.startswith("torch")]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake to run CopyRuntime.cmake")
 def test_the_installed_layout_runs_the_module_self_test_on_its_own(tmp_path):
     layout = tmp_path / "lib" / "Slicer-5.12" / "qt-scripted-modules"

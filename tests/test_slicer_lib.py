@@ -227,6 +227,7 @@ def test_bad_bundles_and_volumes_get_clear_errors(tmp_path):
         Volume(np.zeros((1, 4, 4), np.float32), np.diag([1.0, 0.0, 1.0, 1.0]))
 
 
+@pytest.mark.slow
 def test_a_torchscript_export_runs_like_its_bundle(tmp_path):
     """A .ts file from ``ckpt_export`` (configs and metadata embedded) is a bundle too: same
     probabilities and maps as the folder it was exported from; an export without configs is refused."""
