@@ -19,7 +19,7 @@ TRACKING = ["mlflow-skinny>=3.0", "sqlalchemy>=2.0", "alembic>=1.13"]
 # the documentation site (scripts/docs.sh): Sphinx (autodoc/autosummary, as MONAI's site) with MyST for the
 # Markdown pages and the tutorial notebook (executed by jupytext with a Jupyter kernel), every public name
 # documented (interrogate)
-DOCS = ["sphinx>=7.3", "furo>=2024.1", "myst-nb>=1.1", "sphinx-copybutton>=0.5", "jupytext>=1.16",
+DOCS = ["sphinx>=7.3", "furo>=2024.1", "myst-nb>=1.1", "sphinx-copybutton>=0.5", "jupytext>=1.16", "nbconvert>=7.0",
         "nbclient>=0.10", "ipykernel>=6.29", "interrogate>=1.7"]
 
 setup(
