@@ -30,11 +30,10 @@ from monai.utils import set_determinism
 
 from .data.demo import DemoDataConfig, ensure_demo_dataset
 from .task import TASK_KEYS, Task, load_task
-from .utils import ConfigError, MissingInputError, as_flag, install_error_hook, is_main_process
+from .utils import ConfigError, MissingInputError, as_flag, barrier, install_error_hook, is_main_process
 
 __all__ = [
     "CommandLine",
-    "barrier",
     "bundle_root",
     "check_overrides",
     "command_line",
@@ -198,12 +197,6 @@ def init_distributed() -> None:
         torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def barrier() -> None:
-    """Wait for every process of the group; nothing to wait for without one (a single process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def place_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = False) -> torch.nn.Module:

@@ -29,7 +29,7 @@ from .checkpoint import (
 )
 from .metrics.classification import ClassificationMetrics
 from .metrics.explanation import summarize
-from .utils import as_flag, atomic_open, is_main_process
+from .utils import as_flag, atomic_open, barrier, is_main_process
 from .visualize import evidence_gallery
 
 __all__ = [
@@ -65,8 +65,7 @@ class LoadWeights:
         if self.path is None:
             logger.info("the network holds its own weights: no checkpoint loaded")
             return
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        barrier()
         load_weights(self.model, self.path)
         logger.info("loaded model weights from %s", self.path)
 

@@ -17,6 +17,7 @@ __all__ = [
     "UserError",
     "as_flag",
     "atomic_open",
+    "barrier",
     "find_user_error",
     "install_error_hook",
     "is_main_process",
@@ -124,3 +125,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
 def is_main_process() -> bool:
     """True unless this is a non-zero rank of an initialised process group."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every process of the group; nothing to wait for without one (a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
