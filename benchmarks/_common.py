@@ -10,14 +10,28 @@ import sys
 from typing import Sequence
 
 
-def write_table(path: str, title: str, about: str, columns: Sequence[str], rows: Sequence[str],
-                script: str, argv: Sequence[str] | None = None) -> None:
+def write_table(
+    path: str,
+    title: str,
+    about: str,
+    columns: Sequence[str],
+    rows: Sequence[str],
+    script: str,
+    argv: Sequence[str] | None = None,
+) -> None:
     """Print a benchmark's markdown table and write it to ``path`` (UTF-8): the title, the exact
     command that made it (``script`` with ``argv``, default the process's arguments), ``about``
     (machine and settings), then the table of ``columns`` and ready-made ``rows``."""
     command = " ".join(["python", f"benchmarks/{os.path.basename(script)}", *(sys.argv[1:] if argv is None else argv)])
-    lines = [f"# {title}", "", f"`{command}`: {about}", "", "| " + " | ".join(columns) + " |",
-             "|" + "---|" * len(columns), *rows]  # fmt: skip
+    lines = [
+        f"# {title}",
+        "",
+        f"`{command}`: {about}",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *rows,
+    ]
     table = "\n".join(lines) + "\n"
     print(table)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -58,8 +72,10 @@ def describe_machine(device: str = "cpu", threads: int | None = None) -> str:
 
     if str(device).startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
-        what = (f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
-                f"cuDNN {torch.backends.cudnn.version()}")  # fmt: skip
+        what = (
+            f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, "
+            f"cuDNN {torch.backends.cudnn.version()}"
+        )
     else:
         what = f"{platform.machine()} CPU ({os.cpu_count()} cores, {threads or torch.get_num_threads()} threads)"
     return f"{what}, torch {torch.__version__}"

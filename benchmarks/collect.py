@@ -1,6 +1,6 @@
 """Write docs/benchmarks.md from the latest tables in benchmarks/results/ (run after a benchmark script).
 
-    python benchmarks/collect.py
+python benchmarks/collect.py
 """
 
 from __future__ import annotations
@@ -9,8 +9,18 @@ import glob
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["explanation_cost", "explanation_cost_vgg16", "explanation_cost_vgg16_b8", "explanation_cost_3d",
-         "workflow_overhead", "data_pipeline", "training_memory", "sliding_window", "inference_throughput", "export_agreement"]  # then others
+ORDER = [
+    "explanation_cost",
+    "explanation_cost_vgg16",
+    "explanation_cost_vgg16_b8",
+    "explanation_cost_3d",
+    "workflow_overhead",
+    "data_pipeline",
+    "training_memory",
+    "sliding_window",
+    "inference_throughput",
+    "export_agreement",
+]  # then others
 
 INTRO = """# Benchmarks
 
@@ -48,28 +58,44 @@ def targets(texts: list[str]) -> str:
                 overhead = float(cells[-1].rstrip("x"))
             elif len(cells) == 6 and cells[1].startswith("inference") and cells[3].endswith("x"):
                 inference.append((cells[0], cells[1], float(cells[3].rstrip("x")), cells[4]))
-    lines = ["## Targets", "", "Computed by `benchmarks/collect.py` from the tables below.", "",
-             "| backbone | input | batch | SoftCAM vs black box (target <= 1.05x) | Grad-CAM one class vs SoftCAM "
-             "(target >= 3x at 512 px) |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "## Targets",
+        "",
+        "Computed by `benchmarks/collect.py` from the tables below.",
+        "",
+        "| backbone | input | batch | SoftCAM vs black box (target <= 1.05x) | Grad-CAM one class vs SoftCAM "
+        "(target >= 3x at 512 px) |",
+        "|---|---|---|---|---|",
+    ]
     for (backbone, shape, batch), r in cost.items():
         if len(r) < 2:
             continue
         soft, grad = r["SoftCAM (logits + all maps)"], r["Grad-CAM, one class"]
         speedup = grad[0] / soft[0]
         at_512 = shape.split("x")[0] == "512"
-        lines.append(f"| {backbone} | {shape} | {batch} | {soft[1]:.2f}x {'met' if soft[1] <= 1.05 else 'missed'} | "
-                     f"{speedup:.1f}x" + (f" {'met' if speedup >= 3 else 'missed'}" if at_512 else "") + " |")  # fmt: skip
+        lines.append(
+            f"| {backbone} | {shape} | {batch} | {soft[1]:.2f}x {'met' if soft[1] <= 1.05 else 'missed'} | "
+            f"{speedup:.1f}x" + (f" {'met' if speedup >= 3 else 'missed'}" if at_512 else "") + " |"
+        )
     if overhead is not None:
-        lines += ["", f"Workflow overhead: the bundle's trainer takes {overhead:.3f}x the time of a hand-written loop "
-                  f"(target <= 1.10x: {'met' if overhead <= 1.10 else 'missed'})."]  # fmt: skip
+        lines += [
+            "",
+            f"Workflow overhead: the bundle's trainer takes {overhead:.3f}x the time of a hand-written loop "
+            f"(target <= 1.10x: {'met' if overhead <= 1.10 else 'missed'}).",
+        ]
     if inference:
-        lines += ["", "| inference input | run | vs bare read + forward (target >= 0.8x) | maps / image (target <= 10 KB) |",
-                  "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| inference input | run | vs bare read + forward (target >= 0.8x) | maps / image (target <= 10 KB) |",
+            "|---|---|---|---|",
+        ]
         for images, run, ratio, size in inference:
             value, unit = size.split()
             small = unit == "KB" and float(value) <= 10
-            lines.append(f"| {images} | {run} | {ratio:.2f}x {'met' if ratio >= 0.8 else 'missed'} | "
-                         f"{size} {'met' if small else 'missed'} |")  # fmt: skip
+            lines.append(
+                f"| {images} | {run} | {ratio:.2f}x {'met' if ratio >= 0.8 else 'missed'} | "
+                f"{size} {'met' if small else 'missed'} |"
+            )
     return "\n".join(lines)
 
 

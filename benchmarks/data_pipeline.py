@@ -37,11 +37,11 @@ def _write_images(preset: str, folder: str, count: int) -> list[dict]:
     items = []
     for i in range(count):
         if preset == "fundus":
-            import SimpleITK as sitk
+            import SimpleITK
 
             path = os.path.join(folder, f"fundus_{i}.png")
             pixels = rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)
-            sitk.WriteImage(sitk.GetImageFromArray(pixels, isVector=True), path)
+            SimpleITK.WriteImage(SimpleITK.GetImageFromArray(pixels, isVector=True), path)
         else:
             from pydicom.dataset import Dataset, FileMetaDataset
             from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -51,7 +51,11 @@ def _write_images(preset: str, folder: str, count: int) -> list[dict]:
             meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds = Dataset()
-            ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+            ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = (
+                meta,
+                meta.MediaStorageSOPClassUID,
+                meta.MediaStorageSOPInstanceUID,
+            )
             ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "CR", 1024, 1024, 1
             ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = "MONOCHROME2", 8, 8, 7
             ds.PixelRepresentation, ds.PixelSpacing = 0, [0.14, 0.14]
@@ -67,8 +71,7 @@ def _parser(preset: str, root: str):
     config = ConfigParser()
     config.read_config(f=[os.path.join(REPO, "bundle", "configs", "train.yaml"), os.path.join(REPO, PRESETS[preset])])
     # the preset's own statistics (no split CSV needed to resolve them)
-    config.update({"bundle_root": root, "dataset_dir": root, "num_workers": 0,
-                   "trained_task": "@task"})  # fmt: skip
+    config.update({"bundle_root": root, "dataset_dir": root, "num_workers": 0, "trained_task": "@task"})
     return config
 
 
@@ -160,8 +163,10 @@ def main(argv=None) -> int:
         f"loaders on {describe_machine('cpu', args.threads)}; model on {model_device}; {count} images per preset, "
         f"{args.passes} alternating passes; fundus: 512-px RGB PNG, rsna: 1024-px grey DICOM (-> 512 px).",
         ["preset", "loader / consumer", "images/s, median (min-max)"],
-        rows, __file__, argv,
-    )  # fmt: skip
+        rows,
+        __file__,
+        argv,
+    )
     return 0
 
 

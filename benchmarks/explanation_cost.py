@@ -33,7 +33,9 @@ sys.path.insert(0, HERE)
 from _common import describe_machine, synchronize, write_table  # noqa: E402
 
 
-def _contenders(backbone: str, spatial_dims: int, size: int, batch: int, occlusion: bool, device: str, classes: int = 2):
+def _contenders(
+    backbone: str, spatial_dims: int, size: int, batch: int, occlusion: bool, device: str, classes: int = 2
+):
     import torch
 
     from monai_softcam.explain import GradCAMExplainer, OcclusionExplainer
@@ -145,8 +147,10 @@ def main(argv=None) -> int:
         f"{describe_machine(device, args.threads)}, {repeats} alternating repeats, 2 classes, random weights. "
         "Ratio: median over the repeats of time / black-box time in the same repeat.",
         ["backbone", "input", "batch", "method", "ms per batch, median (min-max)", "vs black box"],
-        rows, __file__, argv,
-    )  # fmt: skip
+        rows,
+        __file__,
+        argv,
+    )
     return 0
 
 

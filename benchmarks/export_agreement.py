@@ -72,16 +72,24 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    names = args.backbones.split(",") if args.backbones else (["resnet18", "vgg11"] if args.quick else available_backbones())
+    names = (
+        args.backbones.split(",")
+        if args.backbones
+        else (["resnet18", "vgg11"] if args.quick else available_backbones())
+    )
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
             for dims in (2, 3):
                 try:
                     r = measure(name, dims, folder)
-                    rows.append(f"| {name} | {dims}D | {r['ts']:.1e} | {r['onnx']:.1e} | {r['onnx'] / r['scale']:.1e} | {r['scale']:.3g} |")
+                    rows.append(
+                        f"| {name} | {dims}D | {r['ts']:.1e} | {r['onnx']:.1e} | {r['onnx'] / r['scale']:.1e} | {r['scale']:.3g} |"
+                    )
                 except Exception as err:  # reported, not hidden: the table says which configuration fails
-                    rows.append(f"| {name} | {dims}D | failed: {type(err).__name__}: {str(err).splitlines()[0][:120]} | | | |")
+                    rows.append(
+                        f"| {name} | {dims}D | failed: {type(err).__name__}: {str(err).splitlines()[0][:120]} | | | |"
+                    )
                 print(rows[-1], flush=True)
     import onnxruntime
 
@@ -92,8 +100,10 @@ def main(argv=None) -> int:
         "statistics; 2D 64 x 96 px, 3D 32 x 32 x 64 voxels, batch 3. Largest absolute difference over logits and "
         "evidence maps.",
         ["backbone", "dims", "TorchScript", "ONNX", "ONNX / max output", "max output"],
-        rows, __file__, argv,
-    )  # fmt: skip
+        rows,
+        __file__,
+        argv,
+    )
     return 0 if all("failed" not in r for r in rows) else 1
 
 

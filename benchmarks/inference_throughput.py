@@ -71,7 +71,11 @@ def write_folders(root: str, count: int, dicom_size: int, jpeg_size: int) -> dic
         meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = Dataset()
-        ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = (
+            meta,
+            meta.MediaStorageSOPClassUID,
+            meta.MediaStorageSOPInstanceUID,
+        )
         ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "CR", dicom_size, dicom_size, 1
         ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = "MONOCHROME2", 16, 12, 11
         ds.PixelRepresentation, ds.PixelSpacing = 0, [0.14, 0.14]
@@ -89,8 +93,15 @@ def write_model(ckpt_dir: str, image_size: int) -> None:
     from monai_softcam.checkpoint import save_checkpoint
     from monai_softcam.task import Task
 
-    task = Task(class_names=["normal", "opacity"], spatial_dims=2, in_channels=1, image_size=[image_size] * 2,
-                intensity_mean=[0.5], intensity_std=[0.25], backbone="resnet18")  # fmt: skip
+    task = Task(
+        class_names=["normal", "opacity"],
+        spatial_dims=2,
+        in_channels=1,
+        image_size=[image_size] * 2,
+        intensity_mean=[0.5],
+        intensity_std=[0.25],
+        backbone="resnet18",
+    )
     os.makedirs(ckpt_dir, exist_ok=True)
     task.save(os.path.join(ckpt_dir, "task.json"))
     torch.manual_seed(0)
@@ -154,7 +165,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 images per folder of 256/300 px, model at 64 px")
     parser.add_argument("--images", type=int, default=None, help="images per folder (default 24; --quick 3)")
     parser.add_argument("--batch", type=int, default=8, help="inference batch size (inference.yaml's default)")
-    parser.add_argument("--repeats", type=int, default=None, help="rounds of all runs, alternated (default 3; --quick 1)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="rounds of all runs, alternated (default 3; --quick 1)"
+    )
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", default=os.path.join(HERE, "results", "inference_throughput.md"))
     args = parser.parse_args(argv)
@@ -195,13 +208,23 @@ def main(argv=None) -> int:
                 run = statistics.median(seconds[name])
                 ratio = statistics.median(b / r for b, r in zip(seconds["bare"], seconds[name]))
                 maps, overlays = written[name]
-                rows.append(f"| {label} | {name} | {count / run:.2f} | {ratio:.2f}x | "
-                            f"{_size(maps)} | {_size(overlays) if overlays else '-'} |")  # fmt: skip
-    about = (f"{describe_machine('cpu', args.threads)}; untrained SoftCAM ResNet-18 at {image_size} px, "
-             f"2 classes, batch {args.batch}; {args.repeats} round(s) of every run, alternated: images/s of the median "
-             "run, the median of the per-round ratios to bare, bytes per image")  # fmt: skip
-    write_table(args.out, "Inference throughput and bytes written", about,
-                ["images", "run", "images/s", "vs bare", "maps / image", "overlay PNG / image"], rows, __file__)  # fmt: skip
+                rows.append(
+                    f"| {label} | {name} | {count / run:.2f} | {ratio:.2f}x | "
+                    f"{_size(maps)} | {_size(overlays) if overlays else '-'} |"
+                )
+    about = (
+        f"{describe_machine('cpu', args.threads)}; untrained SoftCAM ResNet-18 at {image_size} px, "
+        f"2 classes, batch {args.batch}; {args.repeats} round(s) of every run, alternated: images/s of the median "
+        "run, the median of the per-round ratios to bare, bytes per image"
+    )
+    write_table(
+        args.out,
+        "Inference throughput and bytes written",
+        about,
+        ["images", "run", "images/s", "vs bare", "maps / image", "overlay PNG / image"],
+        rows,
+        __file__,
+    )
     return 0
 
 

@@ -24,7 +24,6 @@ sys.path.insert(0, HERE)
 from _common import describe_machine, peak_rss_mb, rss_mb, run_fresh, write_table  # noqa: E402
 
 
-
 def _child(args: argparse.Namespace) -> None:
     """One measurement; prints a JSON line."""
     import torch
@@ -49,9 +48,23 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _measure(size, roi, sw_batch_size, args) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--child", "--backbone", args.backbone, "--threads", str(args.threads),
-               "--overlap", str(args.overlap), "--sw_batch_size", str(sw_batch_size),
-               "--size", *map(str, size), "--roi", *map(str, roi)]  # fmt: skip
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        "--backbone",
+        args.backbone,
+        "--threads",
+        str(args.threads),
+        "--overlap",
+        str(args.overlap),
+        "--sw_batch_size",
+        str(sw_batch_size),
+        "--size",
+        *map(str, size),
+        "--roi",
+        *map(str, roi),
+    ]
     return run_fresh(command)
 
 
@@ -96,10 +109,11 @@ def main(argv=None) -> int:
     for r in range(repeats):  # alternate the contenders: machine noise hits all of them alike
         for size, batch in configs:
             results[(size, batch)].append(_measure(size, roi, batch, args))
-            print(f"[{r + 1}/{repeats}] {'x'.join(map(str, size))} sw_batch_size {batch}: "
-                  f"{results[(size, batch)][-1]['seconds']:.2f} s, peak {results[(size, batch)][-1]['peak_mb']:.0f} MB",
-                  flush=True)  # fmt: skip
-
+            print(
+                f"[{r + 1}/{repeats}] {'x'.join(map(str, size))} sw_batch_size {batch}: "
+                f"{results[(size, batch)][-1]['seconds']:.2f} s, peak {results[(size, batch)][-1]['peak_mb']:.0f} MB",
+                flush=True,
+            )
 
     rows = []
     for size, batch in configs:
@@ -116,8 +130,10 @@ def main(argv=None) -> int:
         f"Sliding-window SoftCAM inference: 3D {args.backbone}, windows of {'x'.join(map(str, roi))}, overlap {args.overlap}",
         f"{describe_machine('cpu', args.threads)}, {repeats} run(s) per row, each in a fresh process.",
         ["input", "windows", "sw_batch_size", "time, median (min-max)", "peak RSS", "peak above model + input"],
-        rows, __file__, argv,
-    )  # fmt: skip
+        rows,
+        __file__,
+        argv,
+    )
     return 0
 
 

@@ -25,7 +25,6 @@ sys.path.insert(0, HERE)
 from _common import describe_machine, peak_rss_mb, rss_mb, run_fresh, synchronize, write_table  # noqa: E402
 
 
-
 def _child(args: argparse.Namespace) -> None:
     import torch
 
@@ -54,8 +53,7 @@ def _child(args: argparse.Namespace) -> None:
         scaler.update()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    result = {"seconds": statistics.median(times[1:]), "peak_mb": peak_rss_mb(),
-              "held_mb": held}  # fmt: skip
+    result = {"seconds": statistics.median(times[1:]), "peak_mb": peak_rss_mb(), "held_mb": held}
     if device.type == "cuda":
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(result))
@@ -89,23 +87,47 @@ def main(argv=None) -> int:
         configs += [("cuda", 16, amp, cl) for amp in (False, True) for cl in (False, True)]
     rows = []
     for device, batch, amp, channels_last in configs:
-        command = [sys.executable, os.path.abspath(__file__), "--child", "--backbone", backbone, "--size", str(size),
-                   "--batch", str(batch), "--device", device, "--steps", str(args.steps), "--threads", str(args.threads)]
-        command += (["--amp"] if amp else []) + (["--channels_last"] if channels_last else [])  # fmt: skip
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            "--backbone",
+            backbone,
+            "--size",
+            str(size),
+            "--batch",
+            str(batch),
+            "--device",
+            device,
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+        ]
+        command += (["--amp"] if amp else []) + (["--channels_last"] if channels_last else [])
         r = run_fresh(command)
-        memory = (f"{r['gpu_peak_mb']:.0f} MB (GPU)" if device == "cuda"
-                  else f"{r['peak_mb']:.0f} MB RSS ({r['peak_mb'] - r['held_mb']:.0f} MB above the model)")  # fmt: skip
-        rows.append(f"| {device} | {batch} | {'yes' if amp else 'no'} | {'yes' if channels_last else 'no'} | "
-                    f"{r['seconds']:.2f} s | {memory} |")  # fmt: skip
+        memory = (
+            f"{r['gpu_peak_mb']:.0f} MB (GPU)"
+            if device == "cuda"
+            else f"{r['peak_mb']:.0f} MB RSS ({r['peak_mb'] - r['held_mb']:.0f} MB above the model)"
+        )
+        rows.append(
+            f"| {device} | {batch} | {'yes' if amp else 'no'} | {'yes' if channels_last else 'no'} | "
+            f"{r['seconds']:.2f} s | {memory} |"
+        )
         print(rows[-1], flush=True)
     machines = describe_machine("cpu", args.threads) + (f"; GPU: {describe_machine('cuda')}" if gpu else "")
     write_table(
         args.out,
         f"Training memory: SoftCAM {backbone} at {size} px, one training step",
-        machines + ("" if gpu else "; no GPU here, so no GPU rows") + f"; median of {args.steps} steps after a warm-up.",
+        machines
+        + ("" if gpu else "; no GPU here, so no GPU rows")
+        + f"; median of {args.steps} steps after a warm-up.",
         ["device", "batch", "AMP", "channels-last", "time per step", "peak memory"],
-        rows, __file__, argv,
-    )  # fmt: skip
+        rows,
+        __file__,
+        argv,
+    )
     return 0
 
 

@@ -23,6 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from _common import describe_machine, synchronize, write_table  # noqa: E402
+
 REPO = os.path.dirname(HERE)
 
 
@@ -84,16 +85,20 @@ def main(argv=None) -> int:
     rows = []
     for name, t in times.items():
         r = ratio if name.startswith("bundle") else 1.0
-        rows.append(f"| {name} | {statistics.median(t):.2f} ({min(t):.2f}-{max(t):.2f}) | "
-                    f"{images / statistics.median(t):.1f} | {r:.3f}x |")  # fmt: skip
+        rows.append(
+            f"| {name} | {statistics.median(t):.2f} ({min(t):.2f}-{max(t):.2f}) | "
+            f"{images / statistics.median(t):.1f} | {r:.3f}x |"
+        )
     write_table(
         args.out,
         "Workflow overhead: the bundle's Ignite trainer vs a hand-written loop",
         f"{describe_machine(device, args.threads)}; {images} training images per epoch, batch {loader.batch_size}, "
         f"{repeats} timed epochs each, alternating.",
         ["loop", "s per epoch, median (min-max)", "images/s", "time vs hand-written"],
-        rows, __file__, argv,
-    )  # fmt: skip
+        rows,
+        __file__,
+        argv,
+    )
     return 0
 
 

@@ -9,7 +9,6 @@ from .losses import EvidencePenalty, SoftCAMLoss  # noqa: E402
 from .networks import BlackBox, SoftCAM, available_backbones, build_backbone  # noqa: E402
 
 
-
 def __getattr__(name: str):  # PEP 562: ``monai_softcam.bundle`` etc. after a plain ``import monai_softcam``
     """Import a submodule on first access, so that the bundle configs' ``$import monai_softcam``
     reaches ``monai_softcam.bundle.start`` without importing every submodule up front."""
@@ -18,4 +17,12 @@ def __getattr__(name: str):  # PEP 562: ``monai_softcam.bundle`` etc. after a pl
     return importlib.import_module(f"{__name__}.{name}")
 
 
-__all__ = ["BlackBox", "EvidencePenalty", "SoftCAM", "SoftCAMLoss", "__version__", "available_backbones", "build_backbone"]
+__all__ = [
+    "BlackBox",
+    "EvidencePenalty",
+    "SoftCAM",
+    "SoftCAMLoss",
+    "__version__",
+    "available_backbones",
+    "build_backbone",
+]

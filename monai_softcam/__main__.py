@@ -51,11 +51,22 @@ def _backbones(args: argparse.Namespace) -> int:
 
 
 def _package_bundle(args: argparse.Namespace) -> int:
-    out = package_bundle(args.ckpt_dir, args.out, args.name, parse_urls(args.url), metrics=args.metrics or (),
-                         metadata=args.metadata, version=args.version, changelog=args.changelog, source=args.source,
-                         unit_test=args.unit_test)  # fmt: skip
+    out = package_bundle(
+        args.ckpt_dir,
+        args.out,
+        args.name,
+        parse_urls(args.url),
+        metrics=args.metrics or (),
+        metadata=args.metadata,
+        version=args.version,
+        changelog=args.changelog,
+        source=args.source,
+        unit_test=args.unit_test,
+    )
     print(f"wrote the Model Zoo bundle {args.name} to {out}")
-    print(f"  weights (not in the folder; large_files.yml lists their URLs and SHA-256): {', '.join(parse_urls(args.url))}")
+    print(
+        f"  weights (not in the folder; large_files.yml lists their URLs and SHA-256): {', '.join(parse_urls(args.url))}"
+    )
     if args.unit_test:
         print(f"  the Zoo's unit test: {args.unit_test} (copy it to the Zoo's ci/unit_tests/)")
     return 0
@@ -68,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monai_softcam", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-data", help="check a dataset against a preset (exit status 1 on problems)")
-    check.add_argument("--config", action="append", required=True,
-                       help="preset or bundle config (repeat to merge several, in order)")  # fmt: skip
+    check.add_argument(
+        "--config", action="append", required=True, help="preset or bundle config (repeat to merge several, in order)"
+    )
     check.add_argument("--dataset_dir", required=True, help="the dataset's folder")
     check.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
     check.add_argument("--no-images", action="store_true", help="check CSVs and file existence only, decode no image")
@@ -83,24 +95,44 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--num_val", type=int, default=200)
     demo.add_argument("--num_test", type=int, default=200)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--variant", default="default", choices=("default", "small", "multifocal", "shortcut"),
-                      help="small: lesions of 1-3 map cells; multifocal: 1-4 lesions; shortcut: a marker that follows "
-                           "the label in train/val but not in test (see monai_softcam/data/demo.py)")  # fmt: skip
+    demo.add_argument(
+        "--variant",
+        default="default",
+        choices=("default", "small", "multifocal", "shortcut"),
+        help="small: lesions of 1-3 map cells; multifocal: 1-4 lesions; shortcut: a marker that follows "
+        "the label in train/val but not in test (see monai_softcam/data/demo.py)",
+    )
     demo.set_defaults(func=_demo_data)
     sub.add_parser("backbones", help="list the registered backbones").set_defaults(func=_backbones)
-    pack = sub.add_parser("package-bundle", help="write a trained model as a MONAI Model Zoo bundle",
-                          description="Write a trained model as a self-contained MONAI Model Zoo bundle folder "
-                                      "(see monai_softcam/package.py); nothing is written if a check fails.")  # fmt: skip
+    pack = sub.add_parser(
+        "package-bundle",
+        help="write a trained model as a MONAI Model Zoo bundle",
+        description="Write a trained model as a self-contained MONAI Model Zoo bundle folder "
+        "(see monai_softcam/package.py); nothing is written if a check fails.",
+    )
     pack.add_argument("--ckpt_dir", required=True, help="the trained model's folder (model.pt, task.json)")
     pack.add_argument("--out", required=True, help="the bundle folder to write (new or empty)")
     pack.add_argument("--name", required=True, help="the bundle's Zoo name: <task>_<modality>_softcam_classification")
-    pack.add_argument("--url", action="append", default=[], metavar="FILE=URL",
-                      help="where the Zoo downloads a weight file: model.pt (required), model.ts, model.onnx")  # fmt: skip
-    pack.add_argument("--metrics", action="append", metavar="FILE",
-                      help="an evaluation report metrics_<split>.json of this model (repeatable; default: "
-                           "metrics_test.json and metrics_val.json in the eval folder beside --ckpt_dir)")  # fmt: skip
-    pack.add_argument("--metadata", metavar="FILE", help="JSON with the metadata text of the data (data_source, "
-                      "description, ...); required for a model not trained on the built-in demo data")  # fmt: skip
+    pack.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="FILE=URL",
+        help="where the Zoo downloads a weight file: model.pt (required), model.ts, model.onnx",
+    )
+    pack.add_argument(
+        "--metrics",
+        action="append",
+        metavar="FILE",
+        help="an evaluation report metrics_<split>.json of this model (repeatable; default: "
+        "metrics_test.json and metrics_val.json in the eval folder beside --ckpt_dir)",
+    )
+    pack.add_argument(
+        "--metadata",
+        metavar="FILE",
+        help="JSON with the metadata text of the data (data_source, "
+        "description, ...); required for a model not trained on the built-in demo data",
+    )
     pack.add_argument("--version", default="0.1.0", help="the bundle version (default 0.1.0)")
     pack.add_argument("--changelog", help="the changelog line of this version")
     pack.add_argument("--source", help="the bundle whose configs are packaged (default: the project's bundle/)")

@@ -54,8 +54,18 @@ __all__ = [
 logger = logging.getLogger("monai_softcam")
 
 #: arguments of ``python -m monai.bundle run`` that are not config overrides
-_RUN_ARGS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
-             "workflow_name", "workflow_type"}  # fmt: skip
+_RUN_ARGS = {
+    "run_id",
+    "init_id",
+    "final_id",
+    "meta_file",
+    "config_file",
+    "logging_file",
+    "tracking",
+    "args_file",
+    "workflow_name",
+    "workflow_type",
+}
 
 
 def config_id(key: str) -> str:
@@ -229,7 +239,9 @@ def check_overrides(config_files: Sequence[str], overrides: Mapping[str, Any], t
     for key in overrides:
         parent = key.rpartition("#")[0]
         # a new argument of a component (`_target_`) is allowed: the callee's signature checks its name
-        if key in known or (parent in known and isinstance(parser.get(parent), dict) and "_target_" in parser.get(parent)):
+        if key in known or (
+            parent in known and isinstance(parser.get(parent), dict) and "_target_" in parser.get(parent)
+        ):
             continue
         unknown.append(key)
     if unknown:
@@ -259,7 +271,9 @@ def _all_ids(node: Any, prefix: str = "") -> set[str]:
 
 
 # ---------------------------------------------------------------------- the task
-def training_task(task: Task, data: Sequence[dict[str, Any]], load: Callable, record: Mapping[str, Any] | None = None) -> Task:
+def training_task(
+    task: Task, data: Sequence[dict[str, Any]], load: Callable, record: Mapping[str, Any] | None = None
+) -> Task:
     """The task as trained (what ``task.json`` holds): ``task`` with ``auto`` intensity statistics
     measured on the training ``data`` (as ``load`` reads them), and the record of the run: the
     settings that shaped the model (``record``) and, when started from the command line, its
@@ -281,8 +295,11 @@ def trained_task(ckpt_dir: str, **expected: Any) -> Task:
     if unknown:
         raise ConfigError(f"trained_task: {sorted(unknown)} are not task keys ({', '.join(TASK_KEYS)})")
     cli = command_line()
-    explicit = {key: (value, (cli.source_of(key) if cli is not None else None) or "a config file or override")
-                for key, value in expected.items() if value is not None}  # fmt: skip
+    explicit = {
+        key: (value, (cli.source_of(key) if cli is not None else None) or "a config file or override")
+        for key, value in expected.items()
+        if value is not None
+    }
     return load_task(ckpt_dir, explicit)
 
 

@@ -33,16 +33,43 @@ from typing import Any, Mapping, Sequence
 from .metrics.explanation import HIGHER_IS_BETTER, is_paired
 from .utils import MissingInputError, atomic_open
 
-__all__ = ["CSV_COLUMNS", "TABLE_METRICS", "combine_reports", "comparison_markdown", "load_report", "main",
-           "write_comparison"]  # fmt: skip
+__all__ = [
+    "CSV_COLUMNS",
+    "TABLE_METRICS",
+    "combine_reports",
+    "comparison_markdown",
+    "load_report",
+    "main",
+    "write_comparison",
+]
 
 #: the explanation metrics of the table, this project's protocol, then the paper's
-TABLE_METRICS = ("activation_precision", "pointing_game", "topk_precision", "deletion_auc",
-                 "paper_activation_precision", "paper_topk_precision", "paper_deletion_auc")  # fmt: skip
+TABLE_METRICS = (
+    "activation_precision",
+    "pointing_game",
+    "topk_precision",
+    "deletion_auc",
+    "paper_activation_precision",
+    "paper_topk_precision",
+    "paper_deletion_auc",
+)
 CLASSIFICATION_METRICS = ("accuracy", "auc")
 #: the columns of ``comparison.csv``: one row per variant, model, method (, versus) and metric
-CSV_COLUMNS = ("section", "variant", "model", "method", "versus", "metric", "mean", "ci_low", "ci_high", "n",
-               "n_excluded", "p_value", "higher_is_better")  # fmt: skip
+CSV_COLUMNS = (
+    "section",
+    "variant",
+    "model",
+    "method",
+    "versus",
+    "metric",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n",
+    "n_excluded",
+    "p_value",
+    "higher_is_better",
+)
 
 
 def load_report(path: str) -> dict[str, Any]:
@@ -69,14 +96,28 @@ def _direction(metric: str, entry: Mapping[str, Any] | None = None) -> bool | No
     return HIGHER_IS_BETTER.get(metric)
 
 
-def _row(section: str, variant: str, model: str, method: str, metric: str, versus: str = "",
-         entry: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def _row(
+    section: str,
+    variant: str,
+    model: str,
+    method: str,
+    metric: str,
+    versus: str = "",
+    entry: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     entry = entry or {}
     mean = _number(entry.get("mean"))
     n = int(entry["n"]) if entry.get("n") is not None else None
     present = mean is not None and n != 0
-    row = {"section": section, "variant": variant, "model": model, "method": method, "versus": versus, "metric": metric,
-           "higher_is_better": _direction(metric, entry)}  # fmt: skip
+    row = {
+        "section": section,
+        "variant": variant,
+        "model": model,
+        "method": method,
+        "versus": versus,
+        "metric": metric,
+        "higher_is_better": _direction(metric, entry),
+    }
     for key in ("mean", "ci_low", "ci_high", "p_value"):
         row[key] = _number(entry.get(key)) if present else None
     row["n"] = n if present else None
@@ -94,8 +135,9 @@ def _paired_pairs(paired: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     return pairs
 
 
-def combine_reports(reports: Mapping[str, str | Mapping[str, Any]],
-                    metrics: Sequence[str] = TABLE_METRICS) -> list[dict[str, Any]]:  # fmt: skip
+def combine_reports(
+    reports: Mapping[str, str | Mapping[str, Any]], metrics: Sequence[str] = TABLE_METRICS
+) -> list[dict[str, Any]]:
     """The rows of the combined table (those of ``comparison.csv``, columns :data:`CSV_COLUMNS`).
 
     Args:
@@ -124,8 +166,10 @@ def combine_reports(reports: Mapping[str, str | Mapping[str, Any]],
         found = {(r["softcam"], r["versus"], r["metric"]): r for r in paired}
         for reference, other in _paired_pairs(paired):
             model, _, method = reference.partition("/")
-            rows += [_row("paired", variant, model, method, m, versus=other, entry=found.get((reference, other, m)))
-                     for m in paired_metrics]  # fmt: skip
+            rows += [
+                _row("paired", variant, model, method, m, versus=other, entry=found.get((reference, other, m)))
+                for m in paired_metrics
+            ]
     return rows
 
 
@@ -180,8 +224,9 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str
             g = classification.get((variant, model), {})
             cells += [_interval(g[m]) if m in g else "-" for m in CLASSIFICATION_METRICS]
         lines.append(cells)
-    head = ["variant", "images"] + [f"{model} {'ROC AUC' if m == 'auc' else m}" for model in models
-                                    for m in CLASSIFICATION_METRICS]  # fmt: skip
+    head = ["variant", "images"] + [
+        f"{model} {'ROC AUC' if m == 'auc' else m}" for model in models for m in CLASSIFICATION_METRICS
+    ]
     text = "## Classification (the report's split)\n\n" + _table(head, lines)
 
     explanation = _grouped(rows, "explanation", ("variant", "model", "method"))
@@ -192,16 +237,30 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str
 
     paired = _grouped(rows, "paired", ("variant", "model", "method", "versus"))
     paired_metrics = _paired_metrics(metrics)
-    lines = [[key[0], f"{key[1]}/{key[2]}", key[3], *(_interval(g[m], signed=True) if m in g else "-" for m in paired_metrics)]
-             for key, g in paired.items()]  # fmt: skip
+    lines = [
+        [
+            key[0],
+            f"{key[1]}/{key[2]}",
+            key[3],
+            *(_interval(g[m], signed=True) if m in g else "-" for m in paired_metrics),
+        ]
+        for key, g in paired.items()
+    ]
     head = ["variant", "SoftCAM", "versus"] + ["Δ " + names[m] + _arrow(directions[m]) for m in paired_metrics]
     pooled = [names[m] for m in metrics if not is_paired(m)]
-    text += ("\n## Paired differences: SoftCAM minus the other, image by image\n\n"
-             "Mean [95 % bootstrap CI] and the p-value of a paired sign-flip test; Δ > 0: SoftCAM's map scores "
-             "higher (better for ↑, worse for ↓)."
-             + (f" Not here: {', '.join(pooled)}, a ratio of counts pooled over the images, which has no "
-                "per-image difference (its CI is in the table above)." if pooled else "")
-             + "\n\n" + _table(head, lines))  # fmt: skip
+    text += (
+        "\n## Paired differences: SoftCAM minus the other, image by image\n\n"
+        "Mean [95 % bootstrap CI] and the p-value of a paired sign-flip test; Δ > 0: SoftCAM's map scores "
+        "higher (better for ↑, worse for ↓)."
+        + (
+            f" Not here: {', '.join(pooled)}, a ratio of counts pooled over the images, which has no "
+            "per-image difference (its CI is in the table above)."
+            if pooled
+            else ""
+        )
+        + "\n\n"
+        + _table(head, lines)
+    )
     return text
 
 
@@ -226,8 +285,9 @@ def _csv_value(value: Any) -> Any:
     return "" if value is None else value
 
 
-def write_comparison(reports: Mapping[str, str | Mapping[str, Any]], output_dir: str,
-                     metrics: Sequence[str] = TABLE_METRICS) -> str:  # fmt: skip
+def write_comparison(
+    reports: Mapping[str, str | Mapping[str, Any]], output_dir: str, metrics: Sequence[str] = TABLE_METRICS
+) -> str:
     """Write ``comparison.md`` and ``comparison.csv`` of :func:`combine_reports` into ``output_dir``;
     return the Markdown."""
     rows = combine_reports(reports, metrics)
@@ -251,10 +311,17 @@ def _variant_path(text: str) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m monai_softcam.comparison --output_dir DIR VARIANT=PATH ...`` (see the module's description)."""
-    parser = argparse.ArgumentParser(prog="python -m monai_softcam.comparison",
-                                     description="Combine explanation reports into one table: comparison.md and .csv.")
-    parser.add_argument("reports", nargs="+", type=_variant_path, metavar="VARIANT=PATH",
-                        help="a report.json (or its folder) per variant, in the table's order")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m monai_softcam.comparison",
+        description="Combine explanation reports into one table: comparison.md and .csv.",
+    )
+    parser.add_argument(
+        "reports",
+        nargs="+",
+        type=_variant_path,
+        metavar="VARIANT=PATH",
+        help="a report.json (or its folder) per variant, in the table's order",
+    )
     parser.add_argument("--output_dir", required=True, help="where comparison.md and comparison.csv go")
     args = parser.parse_args(argv)
     reports = dict(args.reports)

@@ -210,7 +210,9 @@ class SoftCAMExplainer(_CoarseMap):
         with torch.no_grad():
             logits, maps = split_output(self.model(images))
         if maps is None:
-            raise ValueError("SoftCAMExplainer needs a model that returns evidence maps (SoftCAM with return_maps=True)")
+            raise ValueError(
+                "SoftCAMExplainer needs a model that returns evidence maps (SoftCAM with return_maps=True)"
+            )
         classes = _classes(class_idx, images.shape[0], maps.device)
         return maps[torch.arange(maps.shape[0], device=maps.device), classes].float()
 
@@ -260,8 +262,14 @@ class OcclusionExplainer(_PixelMap):
 
     name = "occlusion"
 
-    def __init__(self, model: nn.Module, mask_size: int | None = None, overlap: float = 0.5, mode: Any = "gaussian",
-                 n_batch: int = 32) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        mask_size: int | None = None,
+        overlap: float = 0.5,
+        mode: Any = "gaussian",
+        n_batch: int = 32,
+    ) -> None:
         self.model = _Logits(model)
         self.mask_size, self.overlap, self.mode, self.n_batch = mask_size, overlap, mode, n_batch
         self.occlusion: OcclusionSensitivity | None = None
@@ -270,9 +278,14 @@ class OcclusionExplainer(_PixelMap):
         if self.occlusion is None:
             mask_size = self.mask_size if self.mask_size is not None else max(4, int(images.shape[2]) // 6)
             self.occlusion = OcclusionSensitivity(
-                self.model, mask_size=mask_size, n_batch=self.n_batch, verbose=False, mode=self.mode,
-                overlap=self.overlap, activate=probabilities,
-            )  # fmt: skip
+                self.model,
+                mask_size=mask_size,
+                n_batch=self.n_batch,
+                verbose=False,
+                mode=self.mode,
+                overlap=self.overlap,
+                activate=probabilities,
+            )
         classes = _classes(class_idx, images.shape[0], images.device)
         out = []
         with torch.no_grad(), warnings.catch_warnings():
@@ -294,7 +307,9 @@ class IntegratedGradientsExplainer(_PixelMap):
         try:
             from captum.attr import IntegratedGradients  # optional extra: only for this explainer
         except ImportError as err:
-            raise ImportError("Integrated Gradients needs Captum: pip install captum (or pip install monai_softcam[captum])") from err
+            raise ImportError(
+                "Integrated Gradients needs Captum: pip install captum (or pip install monai_softcam[captum])"
+            ) from err
         self.model = _Logits(model)
         self.ig = IntegratedGradients(self.model)
         self.steps, self.baseline, self.internal_batch_size = int(steps), float(baseline), int(internal_batch_size)
@@ -305,9 +320,12 @@ class IntegratedGradientsExplainer(_PixelMap):
         self.model.eval()
         try:
             attributions = self.ig.attribute(
-                images, baselines=self.baseline, target=classes, n_steps=self.steps,
+                images,
+                baselines=self.baseline,
+                target=classes,
+                n_steps=self.steps,
                 internal_batch_size=self.internal_batch_size,
-            )  # fmt: skip
+            )
         finally:
             self.model.train(was_training)
         return attributions.sum(dim=1).detach().float()
@@ -506,6 +524,7 @@ def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation per sample of ``[B, ...]`` tensors (ties broken by position)."""
+
     def ranks(x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(x.shape[0], -1).double()
         return flat.argsort(dim=1).argsort(dim=1).double()
@@ -520,6 +539,7 @@ def layer_groups(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The model's parameterised blocks from the output backwards: the class layer (SoftCAM's
     ``head`` or BlackBox's ``fc``), the backbone's ``neck`` (VGG's FC6/FC7), then the stages of
     ``backbone.features`` in reverse; for other models their top-level children in reverse."""
+
     def has_params(m: nn.Module) -> bool:
         return any(True for _ in m.parameters())
 
@@ -565,7 +585,9 @@ def cascading_randomization(
             maps = make(randomised)(images, class_idx)
             a, b = (original_maps.abs(), maps.abs()) if absolute else (original_maps, maps)
             rho = spearman(a, b)
-            rows.append({"layer": name, "spearman_mean": float(rho.mean()), "spearman_std": float(rho.std(unbiased=False))})
+            rows.append(
+                {"layer": name, "spearman_mean": float(rho.mean()), "spearman_std": float(rho.std(unbiased=False))}
+            )
     finally:
         torch.random.set_rng_state(generator_state)
     return rows

@@ -95,16 +95,32 @@ from .networks.outputs import probabilities, split_output, upsample_map
 from .utils import atomic_open
 from .visualize import GalleryCase, render_gallery
 
-__all__ = ["Aggregated", "Collected", "HIGHER_IS_BETTER", "aggregate", "collect", "explanation_report", "markdown_table",
-           "paired_table", "write"]  # fmt: skip
+__all__ = [
+    "Aggregated",
+    "Collected",
+    "HIGHER_IS_BETTER",
+    "aggregate",
+    "collect",
+    "explanation_report",
+    "markdown_table",
+    "paired_table",
+    "write",
+]
 
 logger = logging.getLogger("monai_softcam")
 
 Pair = tuple[str, str]  # (model name, method name)
 CURVES = ("deletion", "insertion", "paper_deletion")
 #: the keyword arguments of :func:`explanation_report` that go to :func:`collect` as its settings
-SETTING_NAMES = ("topk", "topk_patch", "topk_stride", "pointing_tolerance", "deletion_patch", "deletion_steps",
-                 "deletion_baseline")  # fmt: skip
+SETTING_NAMES = (
+    "topk",
+    "topk_patch",
+    "topk_stride",
+    "pointing_tolerance",
+    "deletion_patch",
+    "deletion_steps",
+    "deletion_baseline",
+)
 #: the settings of the paper's protocol, and their defaults (see :func:`explanation_report`)
 PAPER_SETTINGS = {"paper_topk_threshold": {"softcam": 1.0}, "dilation": 1, "healthy_class": 0}
 
@@ -233,20 +249,39 @@ def explanation_report(
         given = paper_topk_threshold if isinstance(paper_topk_threshold, dict) else {}
         paper_topk_threshold = {"softcam": settings.paper_threshold, **given}
     start = time.time()
-    settings = {"topk": topk, "topk_patch": topk_patch, "topk_stride": topk_stride,
-                "pointing_tolerance": pointing_tolerance, "deletion_patch": deletion_patch,
-                "deletion_steps": deletion_steps, "deletion_baseline": deletion_baseline,
-                "paper_topk_threshold": PAPER_SETTINGS["paper_topk_threshold"] if paper_topk_threshold is None
-                else paper_topk_threshold,
-                "dilation": int(dilation), "healthy_class": int(healthy_class)}  # fmt: skip
+    settings = {
+        "topk": topk,
+        "topk_patch": topk_patch,
+        "topk_stride": topk_stride,
+        "pointing_tolerance": pointing_tolerance,
+        "deletion_patch": deletion_patch,
+        "deletion_steps": deletion_steps,
+        "deletion_baseline": deletion_baseline,
+        "paper_topk_threshold": (
+            PAPER_SETTINGS["paper_topk_threshold"] if paper_topk_threshold is None else paper_topk_threshold
+        ),
+        "dilation": int(dilation),
+        "healthy_class": int(healthy_class),
+    }
     os.makedirs(output_dir, exist_ok=True)
-    collected = collect(models, dataloader, settings, explained_class=explained_class, gallery_cases=gallery_cases,
-                        sanity_cases=sanity_cases, device=device, seed=seed, progress=progress)  # fmt: skip
+    collected = collect(
+        models,
+        dataloader,
+        settings,
+        explained_class=explained_class,
+        gallery_cases=gallery_cases,
+        sanity_cases=sanity_cases,
+        device=device,
+        seed=seed,
+        progress=progress,
+    )
     aggregated = aggregate(collected, class_names, seed=seed)
     aggregated.report["seconds"] = round(time.time() - start, 1)
     write(output_dir, aggregated, collected, class_names)
     report = aggregated.report
-    logger.info("explanation report of %d images written to %s in %.1f s", report["images"], output_dir, report["seconds"])
+    logger.info(
+        "explanation report of %d images written to %s in %.1f s", report["images"], output_dir, report["seconds"]
+    )
     print(_summary_text(report, output_dir))
     return report
 
@@ -307,23 +342,52 @@ def collect(
                 pair = (model["name"], method)
                 batch_maps[pair] = maps.cpu()
                 per_image = explanation_values(
-                    maps, masks, labels == classes, topk=settings["topk"], patch_size=settings["topk_patch"],
-                    stride=settings["topk_stride"], pointing_tolerance=settings["pointing_tolerance"],
-                )  # fmt: skip
+                    maps,
+                    masks,
+                    labels == classes,
+                    topk=settings["topk"],
+                    patch_size=settings["topk_patch"],
+                    stride=settings["topk_stride"],
+                    pointing_tolerance=settings["pointing_tolerance"],
+                )
                 if masks is not None:
-                    per_image.update(paper_values(native, masks, predicted, topk=settings["topk"],
-                                                  patch_size=settings["topk_patch"], stride=settings["topk_stride"],
-                                                  threshold=threshold_of(method), dilation=settings["dilation"]))  # fmt: skip
+                    per_image.update(
+                        paper_values(
+                            native,
+                            masks,
+                            predicted,
+                            topk=settings["topk"],
+                            patch_size=settings["topk_patch"],
+                            stride=settings["topk_stride"],
+                            threshold=threshold_of(method),
+                            dilation=settings["dilation"],
+                        )
+                    )
                 for name, v in per_image.items():
                     values[pair].setdefault(name, []).append(v.cpu())
                 for kind in ("deletion", "insertion"):
-                    curve = deletion_curve(model["network"], images, maps, classes, settings["deletion_patch"],
-                                           settings["deletion_steps"], settings["deletion_baseline"],
-                                           insertion=kind == "insertion")  # fmt: skip
+                    curve = deletion_curve(
+                        model["network"],
+                        images,
+                        maps,
+                        classes,
+                        settings["deletion_patch"],
+                        settings["deletion_steps"],
+                        settings["deletion_baseline"],
+                        insertion=kind == "insertion",
+                    )
                     curves[pair][kind].append(curve)
-                curves[pair]["paper_deletion"].append(_paper_deletion(
-                    model["network"], images, paper_upsample(native, spatial, point_grid), classes, diseased,
-                    settings, binary=p.shape[1] == 2))  # fmt: skip
+                curves[pair]["paper_deletion"].append(
+                    _paper_deletion(
+                        model["network"],
+                        images,
+                        paper_upsample(native, spatial, point_grid),
+                        classes,
+                        diseased,
+                        settings,
+                        binary=p.shape[1] == 2,
+                    )
+                )
         if len(sanity_images) < sanity_cases:
             sanity_images.append(images[: sanity_cases - len(sanity_images)].cpu())
             sanity_classes.append(classes[: sanity_images[-1].shape[0]].cpu())
@@ -332,7 +396,9 @@ def collect(
         raise ValueError("the data loader gave no images")
     sanity = []
     if sanity_images:
-        sanity = _sanity_check(prepared, torch.cat(sanity_images).to(device), torch.cat(sanity_classes).to(device), seed)
+        sanity = _sanity_check(
+            prepared, torch.cat(sanity_images).to(device), torch.cat(sanity_classes).to(device), seed
+        )
     return Collected(
         pairs=pairs,
         labels=torch.cat(labels_all),
@@ -364,15 +430,25 @@ def _paper_deletion(network, images, maps, classes, diseased, settings, binary: 
     curve = torch.full((images.shape[0], int(settings["deletion_steps"]) + 1), float("nan"))
     rows = diseased.nonzero().flatten()
     if rows.numel():
-        part = deletion_curve(network, images[rows], maps[rows], classes[rows], settings["deletion_patch"],
-                              settings["deletion_steps"], settings["deletion_baseline"], rank="max",
-                              score="correct" if binary else "relative")  # fmt: skip
+        part = deletion_curve(
+            network,
+            images[rows],
+            maps[rows],
+            classes[rows],
+            settings["deletion_patch"],
+            settings["deletion_steps"],
+            settings["deletion_baseline"],
+            rank="max",
+            score="correct" if binary else "relative",
+        )
         curve = curve[:, : part.shape[1]]
         curve[rows.cpu()] = part
     return curve
 
 
-def _sanity_check(prepared: list[dict[str, Any]], images: torch.Tensor, classes: torch.Tensor, seed: int) -> list[dict[str, Any]]:
+def _sanity_check(
+    prepared: list[dict[str, Any]], images: torch.Tensor, classes: torch.Tensor, seed: int
+) -> list[dict[str, Any]]:
     rows = []
     for model in prepared:
         for method in model["explainers"]:
@@ -414,11 +490,15 @@ def aggregate(collected: Collected, class_names: Sequence[str], seed: int = 0) -
             mean_curves[pair][kind] = c[used].mean(0).tolist() if used.any() else []
         per_case[pair] = metrics
         report["explanation"].setdefault(pair[0], {})[pair[1]] = {
-            name: {**summarize(v, seed=seed, weights=metrics.get(WEIGHTS[name]) if name in WEIGHTS else None),
-                   "higher_is_better": HIGHER_IS_BETTER.get(name)}
+            name: {
+                **summarize(v, seed=seed, weights=metrics.get(WEIGHTS[name]) if name in WEIGHTS else None),
+                "higher_is_better": HIGHER_IS_BETTER.get(name),
+            }
             for name, v in metrics.items()
-        }  # fmt: skip
-    report["paper_deletion_images"] = int((correct_all & (labels != int(collected.settings.get("healthy_class", 0)))).sum())
+        }
+    report["paper_deletion_images"] = int(
+        (correct_all & (labels != int(collected.settings.get("healthy_class", 0)))).sum()
+    )
     report["curves"] = {f"{m}/{k}": v for (m, k), v in mean_curves.items()}
     report["sanity"] = collected.sanity
     report["paired"] = _paired(per_case, seed)
@@ -433,8 +513,15 @@ def _paired(per_case: dict[Pair, dict[str, torch.Tensor]], seed: int) -> list[di
             shared = [n for n in per_case[reference] if n in per_case[other] and is_paired(n)]
             for name in shared:
                 result = paired_difference(per_case[reference][name], per_case[other][name], seed=seed)
-                rows.append({"softcam": "/".join(reference), "versus": "/".join(other), "metric": name,
-                             "higher_is_better": HIGHER_IS_BETTER[name], **result})  # fmt: skip
+                rows.append(
+                    {
+                        "softcam": "/".join(reference),
+                        "versus": "/".join(other),
+                        "metric": name,
+                        "higher_is_better": HIGHER_IS_BETTER[name],
+                        **result,
+                    }
+                )
     return rows
 
 
@@ -458,8 +545,11 @@ def paired_table(report: dict[str, Any], metrics: Sequence[str] = PAIRED_METRICS
         cells = [reference, other]
         for m in metrics:
             r = by_metric.get(m)
-            cells.append("-" if not r or r["n"] == 0 else
-                         f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] (p={r['p_value']:.3g}, n={r['n']})")  # fmt: skip
+            cells.append(
+                "-"
+                if not r or r["n"] == 0
+                else f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] (p={r['p_value']:.3g}, n={r['n']})"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -472,7 +562,9 @@ def write(output_dir: str, aggregated: Aggregated, collected: Collected, class_n
         json.dump(report, f, indent=2, default=float)
     with atomic_open(os.path.join(output_dir, "report.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "method", "metric", "mean", "ci_low", "ci_high", "n", "n_excluded", "higher_is_better"])
+        writer.writerow(
+            ["model", "method", "metric", "mean", "ci_low", "ci_high", "n", "n_excluded", "higher_is_better"]
+        )
         for model, cls in report["classification"].items():
             for name, value in cls.items():
                 if isinstance(value, float):
@@ -480,8 +572,19 @@ def write(output_dir: str, aggregated: Aggregated, collected: Collected, class_n
         for model, methods in report["explanation"].items():
             for method, metrics in methods.items():
                 for name, s in metrics.items():
-                    writer.writerow([model, method, name, s["mean"], s["ci_low"], s["ci_high"], s["n"], s["n_excluded"],
-                                     s["higher_is_better"]])  # fmt: skip
+                    writer.writerow(
+                        [
+                            model,
+                            method,
+                            name,
+                            s["mean"],
+                            s["ci_low"],
+                            s["ci_high"],
+                            s["n"],
+                            s["n_excluded"],
+                            s["higher_is_better"],
+                        ]
+                    )
     with atomic_open(os.path.join(output_dir, "cases.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         names = sorted({n for metrics in per_case.values() for n in metrics})
@@ -531,14 +634,16 @@ def _collect_gallery(gallery, limit, images, labels, masks, softcam_all, batch_m
         annotated = masks is not None and bool(masks[i].any())
         if not annotated and sum(1 for g in gallery if not g["annotated"]) >= limit // 2:
             continue
-        gallery.append({
-            "image": images[i].cpu(),
-            "label": int(labels[i]),
-            "mask": None if masks is None else masks[i].cpu(),
-            "annotated": annotated,
-            "softcam": None if softcam_all is None else softcam_all[i],
-            "maps": {pair: maps[i] for pair, maps in batch_maps.items()},
-        })  # fmt: skip
+        gallery.append(
+            {
+                "image": images[i].cpu(),
+                "label": int(labels[i]),
+                "mask": None if masks is None else masks[i].cpu(),
+                "annotated": annotated,
+                "softcam": None if softcam_all is None else softcam_all[i],
+                "maps": {pair: maps[i] for pair, maps in batch_maps.items()},
+            }
+        )
 
 
 def _gallery_cases(gallery: list[dict[str, Any]], class_names: Sequence[str]) -> list[GalleryCase]:
@@ -556,8 +661,10 @@ def _gallery_cases(gallery: list[dict[str, Any]], class_names: Sequence[str]) ->
 
 
 def _summary_text(report: dict[str, Any], output_dir: str) -> str:
-    lines = [f"explanation report ({report['images']} images; faithfulness on the {report['faithfulness_images']} "
-             f"that every model classifies correctly):"]  # fmt: skip
+    lines = [
+        f"explanation report ({report['images']} images; faithfulness on the {report['faithfulness_images']} "
+        f"that every model classifies correctly):"
+    ]
     for model, cls in report["classification"].items():
         lines.append(f"  {model}: accuracy {cls['accuracy']:.4f}, auc {cls['auc']:.4f}")
     names = ["activation_precision", "pointing_game", "topk_precision", "deletion_auc", "insertion_auc"]
@@ -567,8 +674,10 @@ def _summary_text(report: dict[str, Any], output_dir: str) -> str:
             cells = [f"{metrics[n]['mean']:.3f}" if n in metrics else "-" for n in names]
             lines.append("  " + f"{model + ' / ' + method:<32}" + "".join(f"{c:>24}" for c in cells))
     paper = ["paper_activation_precision", "paper_topk_precision", "paper_topk_precision_tp", "paper_deletion_auc"]
-    lines.append(f"  the paper's protocol (deletion on the {report.get('paper_deletion_images', 0)} diseased images that "
-                 "every model classifies correctly):")  # fmt: skip
+    lines.append(
+        f"  the paper's protocol (deletion on the {report.get('paper_deletion_images', 0)} diseased images that "
+        "every model classifies correctly):"
+    )
     lines.append("  " + f"{'model / method':<32}" + "".join(f"{n:>28}" for n in paper))
     for model, methods in report["explanation"].items():
         for method, metrics in methods.items():
@@ -579,8 +688,13 @@ def _summary_text(report: dict[str, Any], output_dir: str) -> str:
 
 
 TABLE_METRICS = ("activation_precision", "pointing_game", "topk_precision", "deletion_auc", "insertion_auc")
-PAPER_TABLE_METRICS = ("paper_activation_precision", "paper_topk_precision", "paper_topk_precision_tp",
-                       "paper_topk_patches", "paper_deletion_auc")  # fmt: skip
+PAPER_TABLE_METRICS = (
+    "paper_activation_precision",
+    "paper_topk_precision",
+    "paper_topk_precision_tp",
+    "paper_topk_patches",
+    "paper_deletion_auc",
+)
 
 
 def markdown_table(report: dict[str, Any], metrics: Sequence[str] = TABLE_METRICS) -> str:
@@ -592,7 +706,9 @@ def markdown_table(report: dict[str, Any], metrics: Sequence[str] = TABLE_METRIC
             cells = [model, method, f"{report['classification'][model]['auc']:.3f}"]
             for m in metrics:
                 v = values.get(m)
-                cells.append("-" if not v or v["n"] == 0 else f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]")
+                cells.append(
+                    "-" if not v or v["n"] == 0 else f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                )
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -614,17 +730,21 @@ def _save(fig, path: str) -> None:
 def _plot_curves(path: str, mean_curves, settings) -> None:
     plt = _figure()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-    titles = {"deletion": "deletion: relative confidence (lower area is better)",
-              "insertion": "insertion: relative confidence (higher area is better)",
-              "paper_deletion": "the paper's deletion, diseased images (lower is better)"}  # fmt: skip
+    titles = {
+        "deletion": "deletion: relative confidence (lower area is better)",
+        "insertion": "insertion: relative confidence (higher area is better)",
+        "paper_deletion": "the paper's deletion, diseased images (lower is better)",
+    }
     for ax, kind in zip(axes, CURVES):
         for (model, method), c in mean_curves.items():
             if c.get(kind):
                 x = np.linspace(0, 1, len(c[kind])) * (len(c[kind]) - 1)
                 ax.plot(x, c[kind], marker="o", ms=3, label=f"{model} / {method}")
         ax.set_title(titles[kind], fontsize=10)
-        ax.set_xlabel(f"patches of {settings['deletion_patch']} px {'restored' if kind == 'insertion' else 'removed'}"
-                      + (", ranked by max" if kind == "paper_deletion" else ""))  # fmt: skip
+        ax.set_xlabel(
+            f"patches of {settings['deletion_patch']} px {'restored' if kind == 'insertion' else 'removed'}"
+            + (", ranked by max" if kind == "paper_deletion" else "")
+        )
         ax.set_ylabel("accuracy (2 classes) or min(p_i, p) / p" if kind == "paper_deletion" else "min(p_i, p) / p")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)

@@ -208,7 +208,9 @@ def export_onnx(
         try:
             staged = os.path.join(staging, os.path.basename(filepath))
             program.save(staged)  # past 2 GB, the weights go to a .data file beside it
-            max_diff, max_value = _verify(network, staged, names, size, dynamic_spatial, atol, rtol) if verify else ({}, {})
+            max_diff, max_value = (
+                _verify(network, staged, names, size, dynamic_spatial, atol, rtol) if verify else ({}, {})
+            )
             for name in sorted(os.listdir(staging), key=lambda n: n == os.path.basename(filepath)):  # the model last
                 os.replace(os.path.join(staging, name), os.path.join(folder, name))
         finally:
@@ -217,7 +219,13 @@ def export_onnx(
         network.return_maps, network.maps_only = return_maps, maps_only
         network.train(was_training).to(device)
     logger.info("exported %s (outputs %s; max |ONNX - eager| %s)", filepath, names, max_diff or "not measured")
-    return {"path": filepath, "input": INPUT_NAME, "outputs": names, "max_abs_diff": max_diff, "max_abs_value": max_value}
+    return {
+        "path": filepath,
+        "input": INPUT_NAME,
+        "outputs": names,
+        "max_abs_diff": max_diff,
+        "max_abs_value": max_value,
+    }
 
 
 def _verify(

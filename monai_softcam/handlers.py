@@ -85,13 +85,7 @@ class BestModelSaver:
     Not ignite's ``Checkpoint``: with the fixed file name it removes the old best model before writing the new one.
     """
 
-    def __init__(
-        self,
-        metric_name: str,
-        path: str,
-        model: torch.nn.Module,
-        greater_is_better: bool = True,
-    ) -> None:
+    def __init__(self, metric_name: str, path: str, model: torch.nn.Module, greater_is_better: bool = True) -> None:
         self.metric_name = metric_name
         self.path = path
         self.model = model
@@ -269,7 +263,9 @@ class _CollectThenWrite:
     per_epoch = False
 
     def attach(self, engine: Engine) -> None:
-        start, end = (Events.EPOCH_STARTED, Events.EPOCH_COMPLETED) if self.per_epoch else (Events.STARTED, Events.COMPLETED)
+        start, end = (
+            (Events.EPOCH_STARTED, Events.EPOCH_COMPLETED) if self.per_epoch else (Events.STARTED, Events.COMPLETED)
+        )
         engine.add_event_handler(start, lambda e: self._items.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(end, self._write)
@@ -342,7 +338,11 @@ class EvidenceGallery(_CollectThenWrite):
             [c["image"] for c in self._items],
             [c["maps"] for c in self._items],
             self.class_names,
-            labels=None if any(lbl is None for lbl in labels) else [int(torch.as_tensor(lbl).reshape(-1)[0]) for lbl in labels],
+            labels=(
+                None
+                if any(lbl is None for lbl in labels)
+                else [int(torch.as_tensor(lbl).reshape(-1)[0]) for lbl in labels]
+            ),
             probs=None if any(c["pred"] is None for c in self._items) else [c["pred"] for c in self._items],
             masks=[None if c["mask"] is None else c["mask"].detach().cpu() for c in self._items],
             cases_per_row=self.cases_per_row,
@@ -425,7 +425,9 @@ class MetricsReport:
             for name, summary in explained.items():
                 writer.writerow([self.split, name, summary["mean"]])
         lines = [f"{self.split} metrics ({report.get('n', 0)} images):"]
-        lines += [f"  {name:<12} {_fmt(value)}" for name, value in report.items() if name not in ("n", "confusion_matrix")]
+        lines += [
+            f"  {name:<12} {_fmt(value)}" for name, value in report.items() if name not in ("n", "confusion_matrix")
+        ]
         matrix = report.get("confusion_matrix")
         if matrix:
             width = max(len(n) for n in self.class_names) + 2
@@ -435,8 +437,10 @@ class MetricsReport:
                 lines.append("    " + f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
         if explained:
             lines.append("  evidence maps (mean [95 % CI], images):")
-            lines += [f"    {name:<24} {s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}]  n={s['n']}"
-                      for name, s in explained.items()]  # fmt: skip
+            lines += [
+                f"    {name:<24} {s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}]  n={s['n']}"
+                for name, s in explained.items()
+            ]
         lines += [f"  {k}: {v}" for k, v in self.details.items()]
         lines.append(f"  metrics written to {json_path} and {csv_path}")
         self.printer("\n".join(lines))
@@ -506,8 +510,20 @@ class RegionsWriter(_CollectThenWrite):
     """
 
     #: the CSV columns, in order
-    COLUMNS = ("image", "region", "label", "class", "evidence_sum", "share_of_logit", "logit", "mean_density",
-               "cells", "voxels", "size_mm", "in_view")  # fmt: skip
+    COLUMNS = (
+        "image",
+        "region",
+        "label",
+        "class",
+        "evidence_sum",
+        "share_of_logit",
+        "logit",
+        "mean_density",
+        "cells",
+        "voxels",
+        "size_mm",
+        "in_view",
+    )
 
     def __init__(self, path: str, key: str = "regions") -> None:
         self.path = path

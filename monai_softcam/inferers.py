@@ -117,7 +117,9 @@ class EvidenceSlidingWindowInferer(Inferer):
         def window_maps(window: torch.Tensor) -> torch.Tensor:
             out = network(window, *args, **kwargs)
             if not isinstance(out, dict) or "evidence_maps" not in out:
-                raise TypeError("sliding-window evidence needs a network returning evidence maps (SoftCAM, return_maps=True)")
+                raise TypeError(
+                    "sliding-window evidence needs a network returning evidence maps (SoftCAM, return_maps=True)"
+                )
             maps = out["evidence_maps"]
             grid[:] = [int(s) for s in maps.shape[2:]]
             if self.maps == "grid":  # each cell held over its voxels: pooling them back gives the cell

@@ -90,13 +90,13 @@ class EvidencePenalty(nn.Module):
         return f"lambda1={self.lambda1}, lambda2={self.lambda2}, squared_l2={self.squared_l2}"
 
 
-
-
 def _class_indices(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     if target.dim() == 2 and target.shape[1] == 1:
         target = target[:, 0]
     if target.dim() != 1:
-        raise ValueError(f"target must hold one class index per sample ([B] or [B, 1]), got shape {tuple(target.shape)}")
+        raise ValueError(
+            f"target must hold one class index per sample ([B] or [B, 1]), got shape {tuple(target.shape)}"
+        )
     if target.is_floating_point() and not torch.equal(target, target.round()):
         raise ValueError("target must hold integer class indices, got fractional values")
     target = target.long()
@@ -162,9 +162,7 @@ class SoftCAMLoss(nn.Module):
         if logits.shape[1] == 1:
             ce = F.binary_cross_entropy_with_logits(logits[:, 0], target.to(logits.dtype))
         else:
-            ce = F.cross_entropy(
-                logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing
-            )
+            ce = F.cross_entropy(logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing)
         if not self.penalty.active:
             self.last_terms = {"ce": ce.detach(), "penalty": torch.zeros_like(ce.detach())}
             return ce

@@ -22,7 +22,9 @@ class ClippedCosineLR(LRScheduler):
         eta_min: the floor, reached at ``t_max`` and kept afterwards.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, t_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, t_max: int, eta_min: float = 0.0, last_epoch: int = -1
+    ) -> None:
         if int(t_max) < 1:
             raise ValueError(f"t_max must be >= 1, got {t_max}")
         self.t_max = int(t_max)

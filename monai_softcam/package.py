@@ -65,11 +65,27 @@ BUNDLE_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+){2,}$")
 WEIGHT_FILES = ("model.pt", "model.ts", "model.onnx")
 URL_SCHEMES = ("https", "http", "file")  # file:// serves offline checks of the Zoo's download step
 #: the configs a packaged bundle ships (those of ``bundle/configs``)
-CONFIG_FILES = ("train.yaml", "evaluate.yaml", "inference.yaml", "explain.yaml", "export.yaml",
-                "multi_gpu_train.yaml", "logging.conf")  # fmt: skip
+CONFIG_FILES = (
+    "train.yaml",
+    "evaluate.yaml",
+    "inference.yaml",
+    "explain.yaml",
+    "export.yaml",
+    "multi_gpu_train.yaml",
+    "logging.conf",
+)
 #: metadata text that describes the data and cannot be read off the model
-DESCRIPTIVE_KEYS = ("name", "task", "description", "authors", "copyright", "data_source", "data_type", "intended_use",
-                    "references")  # fmt: skip
+DESCRIPTIVE_KEYS = (
+    "name",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "data_source",
+    "data_type",
+    "intended_use",
+    "references",
+)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _IDENTIFIER = re.compile(r"\bmonai_softcam\b(?![\[\]'-])")  # the package as code (not `pip install 'monai_softcam[x]'`)
 
@@ -93,14 +109,18 @@ def parse_urls(items: Sequence[str]) -> dict[str, str]:
         if not sep or not name:
             raise PackagingError(f"--url {item!r}: write it as FILE=URL, e.g. --url model.pt=https://host/model.pt")
         if name not in WEIGHT_FILES:
-            raise PackagingError(f"--url {item!r}: {name!r} is not a weight file of a bundle ({', '.join(WEIGHT_FILES)})")
+            raise PackagingError(
+                f"--url {item!r}: {name!r} is not a weight file of a bundle ({', '.join(WEIGHT_FILES)})"
+            )
         if name in urls:
             raise PackagingError(f"--url names {name} twice")
         if not url:
             raise PackagingError(f"--url {name}= has an empty URL: give the address the Zoo downloads {name} from")
         scheme = urllib.parse.urlparse(url).scheme
         if scheme not in URL_SCHEMES:
-            raise PackagingError(f"--url {name}={url}: the URL must start with {', '.join(s + '://' for s in URL_SCHEMES)}")
+            raise PackagingError(
+                f"--url {name}={url}: the URL must start with {', '.join(s + '://' for s in URL_SCHEMES)}"
+            )
         urls[name] = url
     if "model.pt" not in urls:
         raise PackagingError(
@@ -152,7 +172,11 @@ def _check_model(ckpt_dir: str, task: Task, urls: Mapping[str, str]) -> list[int
                 theirs = exported(probe)
         except Exception as err:  # not TorchScript, or another input
             raise PackagingError(f"{path} is not a TorchScript export of this model: {err}") from err
-        if not isinstance(theirs, torch.Tensor) or theirs.shape != maps.shape or not torch.allclose(theirs, maps, atol=1e-4, rtol=1e-4):
+        if (
+            not isinstance(theirs, torch.Tensor)
+            or theirs.shape != maps.shape
+            or not torch.allclose(theirs, maps, atol=1e-4, rtol=1e-4)
+        ):
             raise PackagingError(
                 f"{path} does not give model.pt's evidence maps {tuple(maps.shape)} on the same input: export it "
                 "again from this model.pt (python -m monai.bundle ckpt_export, see docs/README.md)"
@@ -248,8 +272,15 @@ def _set_task_keys(text: str, task: Task, source: str) -> str:
     return text
 
 
-def _metadata(source: Mapping[str, Any], task: Task, grid: Sequence[int], figures: Mapping[str, float],
-              version: str, changelog: str, extra: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _metadata(
+    source: Mapping[str, Any],
+    task: Task,
+    grid: Sequence[int],
+    figures: Mapping[str, float],
+    version: str,
+    changelog: str,
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
     meta = json.loads(json.dumps(source))
     meta["version"] = version
     meta["changelog"] = {version: changelog}
@@ -269,16 +300,20 @@ def _metadata(source: Mapping[str, Any], task: Task, grid: Sequence[int], figure
     meta["eval_metrics"] = dict(figures)
     formats = meta["network_data_format"]
     image = formats["inputs"]["image"]
-    image.update(num_channels=task.in_channels, spatial_shape=list(task.image_size),
-                 channel_def={str(i): "image" if task.in_channels == 1 else f"channel {i}" for i in range(task.in_channels)})  # fmt: skip
+    image.update(
+        num_channels=task.in_channels,
+        spatial_shape=list(task.image_size),
+        channel_def={str(i): "image" if task.in_channels == 1 else f"channel {i}" for i in range(task.in_channels)},
+    )
     evidence = {str(i): f"{n} evidence" for i, n in enumerate(names)}
     formats["outputs"]["pred"].update(num_channels=len(names), spatial_shape=list(grid), channel_def=evidence)
     post = formats.get("post_processed_outputs", {})
     if "pred" in post:
         post["pred"].update(num_channels=len(names), channel_def={str(i): n for i, n in enumerate(names)})
     if "evidence_maps" in post:
-        post["evidence_maps"].update(num_channels=len(names), spatial_shape=["*"] * task.spatial_dims,
-                                     channel_def=evidence)  # fmt: skip
+        post["evidence_maps"].update(
+            num_channels=len(names), spatial_shape=["*"] * task.spatial_dims, channel_def=evidence
+        )
     unknown = sorted(set(extra) - set(DESCRIPTIVE_KEYS))
     if unknown:
         raise PackagingError(
@@ -293,8 +328,13 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _readme(meta: Mapping[str, Any], task: Task, grid: Sequence[int], reports: Sequence[Mapping[str, Any]],
-            large: Sequence[Mapping[str, str]]) -> str:  # fmt: skip
+def _readme(
+    meta: Mapping[str, Any],
+    task: Task,
+    grid: Sequence[int],
+    reports: Sequence[Mapping[str, Any]],
+    large: Sequence[Mapping[str, str]],
+) -> str:
     size = " x ".join(str(s) for s in task.image_size)
     grid_text = " x ".join(str(s) for s in grid)
     classes = ", ".join(task.class_names)
@@ -332,10 +372,17 @@ def _readme(meta: Mapping[str, Any], task: Task, grid: Sequence[int], reports: S
     ]
     for report in reports:
         metrics = report["metrics"]
-        lines += [f"**{report['split']} split** ({metrics.get('n', '?')} images)", "", "| metric | value |", "|---|---|"]
+        lines += [
+            f"**{report['split']} split** ({metrics.get('n', '?')} images)",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if k not in ("n", "confusion_matrix")]
         for k, s in (report.get("explanation_metrics") or {}).items():
-            lines.append(f"| {k} (evidence maps) | {s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}], n={s['n']} |")
+            lines.append(
+                f"| {k} (evidence maps) | {s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}], n={s['n']} |"
+            )
         lines.append("")
     lines += [
         "## **System Configuration**",
@@ -351,7 +398,8 @@ def _readme(meta: Mapping[str, Any], task: Task, grid: Sequence[int], reports: S
         "downloads every file of `large_files.yml` into `models/` and checks its SHA-256.",
         "",
         "    python -m monai.bundle run inference --config_file configs/inference.yaml --input_path IMAGES",
-        "    python -m monai.bundle run evaluate --config_file \"['configs/train.yaml','configs/evaluate.yaml']\" --dataset_dir DATA",
+        "    python -m monai.bundle run evaluate --config_file \"['configs/train.yaml','configs/evaluate.yaml']\" "
+        "--dataset_dir DATA",
         "    python -m monai.bundle run training --config_file configs/train.yaml --dataset_dir DATA",
         "    python -m monai.bundle ckpt_export --net_id network_def --filepath models/model.ts --ckpt_file models/model.pt \\",
         "        --meta_file configs/metadata.json --config_file \"['configs/inference.yaml','models/task.json']\"",
@@ -395,8 +443,10 @@ def _portable_record(record: Mapping[str, Any] | None) -> dict[str, Any]:
     if record.get("config_files"):
         record["config_files"] = [os.path.basename(p) for p in record["config_files"]]
     if record.get("overrides"):
-        record["overrides"] = {k: os.path.basename(v) if isinstance(v, str) and os.path.isabs(v) else v
-                               for k, v in record["overrides"].items()}  # fmt: skip
+        record["overrides"] = {
+            k: os.path.basename(v) if isinstance(v, str) and os.path.isabs(v) else v
+            for k, v in record["overrides"].items()
+        }
     return record
 
 
@@ -412,13 +462,23 @@ def _training_record(task: Task) -> str:
 
 
 def _large_files(ckpt_dir: str, urls: Mapping[str, str]) -> tuple[str, list[dict[str, str]]]:
-    entries = [{"path": f"models/{n}", "url": urls[n], "hash_val": _sha256(os.path.join(ckpt_dir, n)), "hash_type": "sha256"}
-               for n in WEIGHT_FILES if n in urls]  # fmt: skip
-    lines = ["# Weight files: the Model Zoo's CI and `python -m monai.bundle download_large_files` fetch each one and check its",
-             "# SHA-256. Written by `python -m monai_softcam package-bundle`.", "large_files:"]  # fmt: skip
+    entries = [
+        {"path": f"models/{n}", "url": urls[n], "hash_val": _sha256(os.path.join(ckpt_dir, n)), "hash_type": "sha256"}
+        for n in WEIGHT_FILES
+        if n in urls
+    ]
+    lines = [
+        "# Weight files: the Model Zoo's CI and `python -m monai.bundle download_large_files` fetch each one and check its",
+        "# SHA-256. Written by `python -m monai_softcam package-bundle`.",
+        "large_files:",
+    ]
     for e in entries:
-        lines += [f'  - path: "{e["path"]}"', f'    url: "{e["url"]}"', f'    hash_val: "{e["hash_val"]}"',
-                  f'    hash_type: "{e["hash_type"]}"']  # fmt: skip
+        lines += [
+            f'  - path: "{e["path"]}"',
+            f'    url: "{e["url"]}"',
+            f'    hash_val: "{e["hash_val"]}"',
+            f'    hash_type: "{e["hash_type"]}"',
+        ]
     return "\n".join(lines) + "\n", entries
 
 
@@ -498,8 +558,15 @@ def package_bundle(
             f"with --metadata FILE (a JSON object; keys {', '.join(DESCRIPTIVE_KEYS)}), or the bundle would carry "
             "the demo's description"
         )
-    meta = _metadata(source_meta, task, grid, _eval_metrics(reports), version,
-                     changelog or f"first release of {name}: {task.architecture} over {task.backbone}", extra)  # fmt: skip
+    meta = _metadata(
+        source_meta,
+        task,
+        grid,
+        _eval_metrics(reports),
+        version,
+        changelog or f"first release of {name}: {task.architecture} over {task.backbone}",
+        extra,
+    )
     large_text, large = _large_files(ckpt_dir, urls)
 
     parent = os.path.dirname(out)

@@ -237,19 +237,21 @@ def region_evidence(
         cells = float(frac.sum())
         for name, evidence in arrays.items():
             total = float((frac * evidence).sum())
-            rows.append({
-                "region": region,
-                "label": label,
-                "class": name,
-                "evidence_sum": total,
-                "share_of_logit": total / n_cells,
-                "logit": float(evidence.mean()),
-                "mean_density": total / cells if cells > _TOLERANCE else float("nan"),
-                "cells": cells,
-                "voxels": int(voxels),
-                "size_mm": float(voxels * voxel_volume) if voxel_volume is not None else float("nan"),
-                "in_view": min(1.0, cells * cell_voxels / voxels) if voxels else float("nan"),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "region": region,
+                    "label": label,
+                    "class": name,
+                    "evidence_sum": total,
+                    "share_of_logit": total / n_cells,
+                    "logit": float(evidence.mean()),
+                    "mean_density": total / cells if cells > _TOLERANCE else float("nan"),
+                    "cells": cells,
+                    "voxels": int(voxels),
+                    "size_mm": float(voxels * voxel_volume) if voxel_volume is not None else float("nan"),
+                    "in_view": min(1.0, cells * cell_voxels / voxels) if voxels else float("nan"),
+                }
+            )
     return rows
 
 

@@ -43,8 +43,19 @@ TASK_FILE = "task.json"
 #: architecture name -> network class; nothing else can be named in a task file
 ARCHITECTURES = {"SoftCAM": SoftCAM, "BlackBox": BlackBox}
 #: the config keys a task holds, in the order the file lists them
-TASK_KEYS = ("class_names", "spatial_dims", "in_channels", "image_size", "resize", "intensity_mean", "intensity_std",
-             "architecture", "backbone", "backbone_kwargs", "dicom_window")  # fmt: skip
+TASK_KEYS = (
+    "class_names",
+    "spatial_dims",
+    "in_channels",
+    "image_size",
+    "resize",
+    "intensity_mean",
+    "intensity_std",
+    "architecture",
+    "backbone",
+    "backbone_kwargs",
+    "dicom_window",
+)
 #: task keys added after the first task files were written; a file without them has these values
 OPTIONAL_TASK_KEYS = {"dicom_window": False}
 
@@ -131,8 +142,10 @@ class Task:
             return self
         mean, std = intensity_stats(data, load)
         print(f"intensity statistics of the training split ({len(data)} images): mean {mean}, std {std}")
-        return self.with_intensity(mean if self.intensity_mean == "auto" else self.intensity_mean,
-                                   std if self.intensity_std == "auto" else self.intensity_std)  # fmt: skip
+        return self.with_intensity(
+            mean if self.intensity_mean == "auto" else self.intensity_mean,
+            std if self.intensity_std == "auto" else self.intensity_std,
+        )
 
     def with_record(self, trained_with: Mapping[str, Any]) -> "Task":
         """The same task with a record of its training run (``trained_with``)."""
@@ -153,7 +166,9 @@ class Task:
         """Channels for the network, then ``(x - mean) / std`` (:func:`~monai_softcam.transforms.normalize_input`)."""
         return normalize_input(*self._intensity(), self.in_channels, self.spatial_dims)
 
-    def preprocessing(self, resize: str | None = None, frame: int | None = None, sliding_window: Any = False) -> Compose:
+    def preprocessing(
+        self, resize: str | None = None, frame: int | None = None, sliding_window: Any = False
+    ) -> Compose:
         """The whole deterministic preparation of every split and of inference
         (:func:`~monai_softcam.transforms.preprocessing`: load, then normalise; training puts its
         augmentations between :meth:`load_input` and :meth:`normalize`). With ``sliding_window`` (a
@@ -161,8 +176,9 @@ class Task:
         if as_flag(sliding_window, "sliding_window"):
             resize = "none"
         mean, std = self._intensity()
-        return preprocessing(self.image_size, self.in_channels, mean, std, resize or self.resize, frame=frame,
-                             window=self.dicom_window)  # fmt: skip
+        return preprocessing(
+            self.image_size, self.in_channels, mean, std, resize or self.resize, frame=frame, window=self.dicom_window
+        )
 
     def network(self, return_maps: bool = True, pretrained: str | None = None, maps_only: bool = False) -> Any:
         """A fresh network of this task (see :func:`build_network`)."""

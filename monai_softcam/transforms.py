@@ -63,8 +63,6 @@ def _source(data: Mapping[Hashable, Any], key: Hashable) -> str:
     return str(meta.get("filename_or_obj", key))
 
 
-
-
 class ReadImaged(LoadImaged):
     """``LoadImaged`` (``image_only``) that picks each file's reader by its name (:func:`~monai_softcam.data.readers.reader_for`)
     and whose failures name the file: a missing, corrupt or unsupported image raises
@@ -285,7 +283,9 @@ class FitToSized(MapTransform, InvertibleTransform):
             window = tuple(slice(a, a + t) for a, t in zip(extra["starts"], img.shape[1:]))
             full[(slice(None),) + window] = torch.as_tensor(img).float()
             restored = MetaTensor(
-                self._interpolate(full, orig, extra["mode"]), meta=dict(img.meta), applied_operations=list(img.applied_operations)
+                self._interpolate(full, orig, extra["mode"]),
+                meta=dict(img.meta),
+                applied_operations=list(img.applied_operations),
             )
             inverse_affine = np.linalg.inv(np.asarray(extra["affine"]))
             restored.affine = img.affine @ torch.as_tensor(inverse_affine, dtype=img.affine.dtype)
@@ -330,11 +330,13 @@ def fraction_of(size: Sequence[int], fraction: float) -> list[float]:
 def output_postprocessing(num_classes: int) -> Compose:
     """The network's output ``{"logits", "evidence_maps"}`` as the engines' ``pred`` (class
     probabilities: softmax, or sigmoid for one class), ``logits`` and ``evidence_maps``."""
-    return Compose([
-        FlattenSubKeysd(keys="pred"),
-        CopyItemsd(keys="logits", names="pred"),
-        Activationsd(keys="pred", softmax=int(num_classes) > 1, sigmoid=int(num_classes) == 1),
-    ])  # fmt: skip
+    return Compose(
+        [
+            FlattenSubKeysd(keys="pred"),
+            CopyItemsd(keys="logits", names="pred"),
+            Activationsd(keys="pred", softmax=int(num_classes) > 1, sigmoid=int(num_classes) == 1),
+        ]
+    )
 
 
 def preprocessing(
@@ -379,8 +381,10 @@ class RandColorJitterd(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.ranges = {name: _factor_range(name, value) for name, value in
-                       (("brightness", brightness), ("contrast", contrast), ("saturation", saturation))}  # fmt: skip
+        self.ranges = {
+            name: _factor_range(name, value)
+            for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation))
+        }
         if not 0 <= float(hue) <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {hue}")
         self.hue = float(hue)
@@ -460,9 +464,7 @@ def map_to_input_index(map_affine: Any, input_affine: Any) -> np.ndarray:
     return np.linalg.inv(np.asarray(input_affine, dtype=np.float64)) @ np.asarray(map_affine, dtype=np.float64)
 
 
-def resample_maps(
-    maps: torch.Tensor, map_affine: Any, ref_affine: Any, ref_shape: Sequence[int]
-) -> torch.Tensor:
+def resample_maps(maps: torch.Tensor, map_affine: Any, ref_affine: Any, ref_shape: Sequence[int]) -> torch.Tensor:
     """Maps ``[C, *grid]`` with index-to-world ``map_affine`` sampled on the voxels of a reference
     grid (``ref_affine``, ``ref_shape``): bi/trilinear, the map's values held flat over the outer
     half of its border cells (as :func:`~monai_softcam.networks.outputs.upsample_map`), zero where
@@ -472,10 +474,14 @@ def resample_maps(
     dims = maps.dim() - 1
     ref_to_map = np.linalg.inv(np.asarray(map_affine, dtype=np.float64)) @ np.asarray(ref_affine, dtype=np.float64)
     shape = [int(n) for n in ref_shape]
-    axes = [torch.arange(n, dtype=torch.float64).reshape([-1 if a == i else 1 for a in range(dims)])
-            for i, n in enumerate(shape)]  # fmt: skip
+    axes = [
+        torch.arange(n, dtype=torch.float64).reshape([-1 if a == i else 1 for a in range(dims)])
+        for i, n in enumerate(shape)
+    ]
     # each reference voxel's map index, per map axis (built by broadcasting: no voxel list)
-    index = [sum(float(ref_to_map[i, j]) * axes[j] for j in range(dims)) + float(ref_to_map[i, -1]) for i in range(dims)]
+    index = [
+        sum(float(ref_to_map[i, j]) * axes[j] for j in range(dims)) + float(ref_to_map[i, -1]) for i in range(dims)
+    ]
     index = [torch.broadcast_to(x, shape) for x in index]
     inside = torch.ones(shape, dtype=torch.bool)
     normalised = []
@@ -603,10 +609,12 @@ class SaveEvidenceMapsd(MapTransform):
         if not isinstance(image, MetaTensor):
             return None
         to_input = map_to_input_index(affine, image.affine)
-        content = {MAP_GRID_EXTENSION: {
-            "input_shape": [int(s) for s in image.shape[1:]],
-            "map_to_input_index": np.round(to_input, 10).tolist(),
-        }}  # fmt: skip
+        content = {
+            MAP_GRID_EXTENSION: {
+                "input_shape": [int(s) for s in image.shape[1:]],
+                "map_to_input_index": np.round(to_input, 10).tolist(),
+            }
+        }
         return nib.nifti1.Nifti1Extension("comment", json.dumps(content).encode())
 
     def _overlay_grid(self, image: Any, maps: Any, affine: np.ndarray) -> tuple[list, list]:
@@ -660,14 +668,14 @@ class _LabelReader(SimpleITKReader):
     not intensities in [0, 1]); one value per voxel."""
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
-        import SimpleITK as sitk  # heavy: SimpleITK, loaded when a label map needs it
+        import SimpleITK  # heavy: SimpleITK, loaded when a label map needs it
 
         path, image = img
         channels = image.GetNumberOfComponentsPerPixel()
         if channels > 1:
             raise ValueError(f"{path}: a label map has one value per voxel; this file has {channels} channels")
         _, meta = super().get_data(img)
-        stored = sitk.GetArrayFromImage(image)  # (z,) y, x
+        stored = SimpleITK.GetArrayFromImage(image)  # (z,) y, x
         return np.ascontiguousarray(np.transpose(stored, list(range(stored.ndim))[::-1])), meta
 
 
@@ -805,9 +813,12 @@ class RegionEvidenced(MapTransform):
             arr = torch.as_tensor(maps).detach().cpu().double().numpy()
             try:
                 found = region_evidence(
-                    dict(zip(self.class_names, arr)), labels, to_input, self.label_names,
+                    dict(zip(self.class_names, arr)),
+                    labels,
+                    to_input,
+                    self.label_names,
                     voxel_volume=voxel_size(np.asarray(image_affine, dtype=np.float64), len(spatial)),
-                )  # fmt: skip
+                )
             except ValueError as err:
                 raise InputError(f"label map {path} for input {source}: {err}") from err
             rows += [{"image": source, **row} for row in found]

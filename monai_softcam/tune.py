@@ -56,8 +56,9 @@ __all__ = ["SELECTABLE_METRICS", "TuneSettings", "run_tune", "select_trial"]
 logger = logging.getLogger("monai_softcam")
 
 #: the explanation metrics training reports on the validation split (metrics_val.json), with their direction
-SELECTABLE_METRICS = {k: v for k, v in HIGHER_IS_BETTER.items()
-                      if k not in ("deletion_auc", "insertion_auc", "paper_deletion_auc")}  # fmt: skip
+SELECTABLE_METRICS = {
+    k: v for k, v in HIGHER_IS_BETTER.items() if k not in ("deletion_auc", "insertion_auc", "paper_deletion_auc")
+}
 SAMPLERS = ("grid", "tpe", "random")
 _TUNE_KEYS = ("tune", "tune_settings", "tune_dir")  # the tune config's own keys: not passed on to the trials
 #: what each trial records of its validation report besides accuracy, AUC and the selection metric
@@ -108,8 +109,10 @@ class TuneSettings:
     def __post_init__(self) -> None:
         space = dict(self.search_space or {})
         if not space:
-            raise ConfigError("tune_settings#search_space is empty: give at least one config id and its values, "
-                              "e.g. {penalty#lambda1: [0.0, 1.0e-4, 1.0e-3]}")  # fmt: skip
+            raise ConfigError(
+                "tune_settings#search_space is empty: give at least one config id and its values, "
+                "e.g. {penalty#lambda1: [0.0, 1.0e-4, 1.0e-3]}"
+            )
         for name, values in space.items():
             grid = _as_grid(values)
             if grid is not None:
@@ -117,10 +120,14 @@ class TuneSettings:
                     raise ConfigError(f"tune_settings#search_space#{name} is an empty list: give its values")
                 continue
             if not isinstance(values, Mapping) or not {"low", "high"} <= set(values):
-                raise ConfigError(f"tune_settings#search_space#{name}: a list of values or {{low, high, log}}, got {values!r}")
+                raise ConfigError(
+                    f"tune_settings#search_space#{name}: a list of values or {{low, high, log}}, got {values!r}"
+                )
             low, high = float(values["low"]), float(values["high"])
             if not low < high or (values.get("log") and low <= 0):
-                raise ConfigError(f"tune_settings#search_space#{name}: need low < high (and low > 0 with log), got {values!r}")
+                raise ConfigError(
+                    f"tune_settings#search_space#{name}: need low < high (and low > 0 with log), got {values!r}"
+                )
         self.search_space = space
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"tune_settings#sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
@@ -131,10 +138,19 @@ class TuneSettings:
         elif not self.n_trials:
             raise ConfigError(f"tune_settings#n_trials: the {self.sampler} sampler needs a number of trials")
         if self.metric not in SELECTABLE_METRICS:
-            raise ConfigError(f"tune_settings#metric {self.metric!r} is not a metric training reports; one of "
-                              f"{', '.join(SELECTABLE_METRICS)}")  # fmt: skip
-        if not isinstance(self.epsilon, (int, float)) or isinstance(self.epsilon, bool) or self.epsilon < 0 or math.isnan(self.epsilon):
-            raise ConfigError(f"tune_settings#epsilon must be a number >= 0 (accuracy points, e.g. 0.01), got {self.epsilon!r}")
+            raise ConfigError(
+                f"tune_settings#metric {self.metric!r} is not a metric training reports; one of "
+                f"{', '.join(SELECTABLE_METRICS)}"
+            )
+        if (
+            not isinstance(self.epsilon, (int, float))
+            or isinstance(self.epsilon, bool)
+            or self.epsilon < 0
+            or math.isnan(self.epsilon)
+        ):
+            raise ConfigError(
+                f"tune_settings#epsilon must be a number >= 0 (accuracy points, e.g. 0.01), got {self.epsilon!r}"
+            )
         if int(self.heartbeat) < 1:
             raise ConfigError(f"tune_settings#heartbeat must be >= 1 second, got {self.heartbeat!r}")
 
@@ -166,8 +182,10 @@ def _training_command(settings: TuneSettings) -> tuple[list[str], dict[str, Any]
     if files is None:
         cli = command_line()
         if cli is None:
-            raise ConfigError("tune_settings#train_configs: give the training config files (not started from "
-                              "python -m monai.bundle run tune, whose command line would say)")  # fmt: skip
+            raise ConfigError(
+                "tune_settings#train_configs: give the training config files (not started from "
+                "python -m monai.bundle run tune, whose command line would say)"
+            )
         cli_files, cli_overrides = cli.config_files, cli.overrides
         files = [f for f in cli_files if not set(_TUNE_KEYS) & set(ConfigParser.load_config_file(f) or {})]
         if overrides is None:
@@ -229,17 +247,28 @@ def run_tune(settings: TuneSettings, tune_dir: str) -> dict[str, Any] | None:
     with warnings.catch_warnings():  # Optuna calls heartbeats experimental; they are what resuming rests on
         warnings.simplefilter("ignore", ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
-        storage = RDBStorage(url, heartbeat_interval=int(settings.heartbeat), grace_period=2 * int(settings.heartbeat),
-                             heartbeat_stale_trial_callback=retry)  # fmt: skip
+        storage = RDBStorage(
+            url,
+            heartbeat_interval=int(settings.heartbeat),
+            grace_period=2 * int(settings.heartbeat),
+            heartbeat_stale_trial_callback=retry,
+        )
     higher = SELECTABLE_METRICS[settings.metric]
     if settings.sampler == "grid":
-        sampler = optuna.samplers.GridSampler({k: _as_grid(v) for k, v in settings.search_space.items()}, seed=settings.seed)
+        sampler = optuna.samplers.GridSampler(
+            {k: _as_grid(v) for k, v in settings.search_space.items()}, seed=settings.seed
+        )
     elif settings.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(seed=settings.seed)
     else:
         sampler = optuna.samplers.RandomSampler(seed=settings.seed)
-    study = optuna.create_study(storage=storage, study_name=settings.study_name, sampler=sampler, load_if_exists=True,
-                                directions=["maximize", "maximize" if higher else "minimize"])  # fmt: skip
+    study = optuna.create_study(
+        storage=storage,
+        study_name=settings.study_name,
+        sampler=sampler,
+        load_if_exists=True,
+        directions=["maximize", "maximize" if higher else "minimize"],
+    )
     host = socket.gethostname()
     _fail_dead_local_trials(study, storage, retry, host, TrialState)
 
@@ -254,7 +283,9 @@ def run_tune(settings: TuneSettings, tune_dir: str) -> dict[str, Any] | None:
             if grid is not None:
                 params[name] = trial.suggest_categorical(name, grid)
             else:
-                params[name] = trial.suggest_float(name, float(values["low"]), float(values["high"]), log=bool(values.get("log")))
+                params[name] = trial.suggest_float(
+                    name, float(values["low"]), float(values["high"]), log=bool(values.get("log"))
+                )
         folder = os.path.join(tune_dir, f"trial_{trial.number:03d}")
         os.makedirs(folder, exist_ok=True)
         ckpt_dir, output_dir = os.path.join(folder, "models"), os.path.join(folder, "eval")
@@ -265,11 +296,17 @@ def run_tune(settings: TuneSettings, tune_dir: str) -> dict[str, Any] | None:
             command += ["--explanation#protocol", "both"]  # the paper's metrics are reported only when asked for
         trial.set_user_attr("dir", folder)
         logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:g}" for k, v in params.items()))
-        print(f"tune: trial {trial.number} ({', '.join(f'{k}={v:g}' for k, v in params.items())}) -> {folder}", flush=True)
+        print(
+            f"tune: trial {trial.number} ({', '.join(f'{k}={v:g}' for k, v in params.items())}) -> {folder}", flush=True
+        )
         log_path = os.path.join(folder, "train.log")
         with open(log_path, "w", encoding="utf-8") as log:
-            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                                  preexec_fn=_die_with_parent if os.name == "posix" else None)  # fmt: skip
+            done = subprocess.run(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if os.name == "posix" else None,
+            )
         if done.returncode != 0:
             raise RuntimeError(f"trial {trial.number}: training failed (exit {done.returncode}); see {log_path}")
         row = _read_report(os.path.join(output_dir, "metrics_val.json"), settings.metric)
@@ -277,20 +314,32 @@ def run_tune(settings: TuneSettings, tune_dir: str) -> dict[str, Any] | None:
             trial.set_user_attr(name, value)
         trial.set_user_attr("ckpt_dir", ckpt_dir)
         if not _finite(row.get(settings.metric)) or not _finite(row.get("accuracy")):
-            raise RuntimeError(f"trial {trial.number}: {output_dir}/metrics_val.json has no {settings.metric} (does the "
-                               "validation split have masks?)")  # fmt: skip
+            raise RuntimeError(
+                f"trial {trial.number}: {output_dir}/metrics_val.json has no {settings.metric} (does the "
+                "validation split have masks?)"
+            )
         return row["accuracy"], row[settings.metric]
 
     n_trials = settings.n_trials if settings.n_trials else None
     if settings.sampler != "grid" and n_trials:
-        n_trials = max(0, n_trials - len([t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]))
-    study.optimize(objective, n_trials=n_trials, catch=(RuntimeError,), gc_after_trial=True,
-                   callbacks=[lambda study, _trial: write_results(study, settings, tune_dir)])  # after every trial
+        n_trials = max(
+            0, n_trials - len([t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE])
+        )
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        catch=(RuntimeError,),
+        gc_after_trial=True,
+        callbacks=[lambda study, _trial: write_results(study, settings, tune_dir)],
+    )  # after every trial
     selected = write_results(study, settings, tune_dir)
     if selected is not None:
-        print(f"tune: selected trial {selected['number']} ({', '.join(f'{k}={selected[k]:g}' for k in settings.search_space)}): "
-              f"val accuracy {selected['accuracy']:.4f}, {settings.metric} {selected[settings.metric]:.4f} -> "
-              f"{os.path.join(tune_dir, 'selected.json')}, {os.path.join(tune_dir, 'results.csv')}", flush=True)  # fmt: skip
+        print(
+            f"tune: selected trial {selected['number']} ({', '.join(f'{k}={selected[k]:g}' for k in settings.search_space)}): "
+            f"val accuracy {selected['accuracy']:.4f}, {settings.metric} {selected[settings.metric]:.4f} -> "
+            f"{os.path.join(tune_dir, 'selected.json')}, {os.path.join(tune_dir, 'results.csv')}",
+            flush=True,
+        )
     return selected
 
 
@@ -303,7 +352,10 @@ def _fail_dead_local_trials(study: Any, storage: Any, retry: Any, host: str, sta
         if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             if storage.set_trial_state_values(trial_id, state=states.FAIL):
-                print(f"tune: trial {trial.number} was interrupted (worker {worker} is gone): failed, and run again", flush=True)
+                print(
+                    f"tune: trial {trial.number} was interrupted (worker {worker} is gone): failed, and run again",
+                    flush=True,
+                )
                 retry(study, storage.get_trial(trial_id))
 
 
@@ -319,7 +371,16 @@ def write_results(study: Any, settings: TuneSettings, tune_dir: str) -> dict[str
         rows.append(row)
     finished = [r for r in rows if r["state"] == "COMPLETE"]
     selected = select_trial(finished, settings.metric, float(settings.epsilon))
-    columns = ["number", *names, "accuracy", "auc", *dict.fromkeys([settings.metric, *_RECORDED]), "state", "selected", "dir"]
+    columns = [
+        "number",
+        *names,
+        "accuracy",
+        "auc",
+        *dict.fromkeys([settings.metric, *_RECORDED]),
+        "state",
+        "selected",
+        "dir",
+    ]
     with atomic_open(os.path.join(tune_dir, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
@@ -336,20 +397,22 @@ def write_results(study: Any, settings: TuneSettings, tune_dir: str) -> dict[str
 
 def _markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], selected: Mapping[str, Any] | None) -> str:
     """The results as a Markdown table (the selected trial marked), for reports."""
+
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.4g}" if abs(value) < 1e-2 and value != 0 else f"{value:.4f}"
         return "" if value is None else str(value)
 
-    lines = ["| " + " | ".join(c.split("#")[-1].replace("_", " ") for c in columns) + " |",
-             "|" + "---|" * len(columns)]  # fmt: skip
+    lines = ["| " + " | ".join(c.split("#")[-1].replace("_", " ") for c in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         mark = {"selected": "**yes**" if selected is not None and r["number"] == selected["number"] else ""}
         lines.append("| " + " | ".join(mark.get(c, cell(r.get(c))) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _pareto_plot(rows: Sequence[Mapping[str, Any]], selected: Mapping[str, Any] | None, settings: TuneSettings, path: str) -> None:
+def _pareto_plot(
+    rows: Sequence[Mapping[str, Any]], selected: Mapping[str, Any] | None, settings: TuneSettings, path: str
+) -> None:
     import matplotlib  # a dependency; imported here so that the module loads without a display backend set up
 
     matplotlib.use("Agg")
@@ -360,8 +423,16 @@ def _pareto_plot(rows: Sequence[Mapping[str, Any]], selected: Mapping[str, Any] 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     if points:
         sign = 1.0 if SELECTABLE_METRICS[metric] else -1.0
-        front = [p for p in points if not any(q["accuracy"] >= p["accuracy"] and sign * q[metric] >= sign * p[metric]
-                                              and (q["accuracy"], q[metric]) != (p["accuracy"], p[metric]) for q in points)]  # fmt: skip
+        front = [
+            p
+            for p in points
+            if not any(
+                q["accuracy"] >= p["accuracy"]
+                and sign * q[metric] >= sign * p[metric]
+                and (q["accuracy"], q[metric]) != (p["accuracy"], p[metric])
+                for q in points
+            )
+        ]
         ax.scatter([p["accuracy"] for p in points], [p[metric] for p in points], c="#999999", label="trials")
         front.sort(key=lambda p: p["accuracy"])
         ax.plot([p["accuracy"] for p in front], [p[metric] for p in front], "o-", c="#1f77b4", label="Pareto front")
@@ -369,9 +440,17 @@ def _pareto_plot(rows: Sequence[Mapping[str, Any]], selected: Mapping[str, Any] 
             label = ", ".join(f"{n.split('#')[-1]}={p[n]:g}" for n in settings.search_space)
             ax.annotate(label, (p["accuracy"], p[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         best = max(p["accuracy"] for p in points)
-        ax.axvspan(best - settings.epsilon, best, color="#2ca02c", alpha=0.12, label=f"within ε={settings.epsilon:g} of the best")
+        ax.axvspan(
+            best - settings.epsilon,
+            best,
+            color="#2ca02c",
+            alpha=0.12,
+            label=f"within ε={settings.epsilon:g} of the best",
+        )
         if selected is not None:
-            ax.scatter([selected["accuracy"]], [selected[metric]], marker="*", s=250, c="#d62728", label="selected", zorder=3)
+            ax.scatter(
+                [selected["accuracy"]], [selected[metric]], marker="*", s=250, c="#d62728", label="selected", zorder=3
+            )
     ax.set_xlabel("validation accuracy")
     ax.set_ylabel(f"{metric.replace('_', ' ')} ({'higher' if SELECTABLE_METRICS[metric] else 'lower'} is better)")
     ax.set_title("λ selection: accuracy vs explanation score")

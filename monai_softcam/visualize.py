@@ -119,10 +119,7 @@ def _case_tiles(case: GalleryCase) -> tuple[list[np.ndarray], list[str]]:
 
 
 def render_gallery(
-    cases: Sequence[GalleryCase],
-    tile: int | None = 160,
-    cases_per_row: int = 1,
-    caption_chars: int | None = None,
+    cases: Sequence[GalleryCase], tile: int | None = 160, cases_per_row: int = 1, caption_chars: int | None = None
 ) -> Any:
     """A PIL image with one strip of tiles per case (the image, then each of its maps, every tile
     captioned above), ``cases_per_row`` strips side by side.
@@ -201,7 +198,9 @@ def evidence_gallery(
         image = torch.as_tensor(image).float()
         maps = upsample_map(torch.as_tensor(maps).float(), image.shape[1:])
         mask = None if masks is None or masks[i] is None else torch.as_tensor(masks[i])[0] > 0
-        captions = [f"{name}{'' if probs is None else f' p={float(probs[i][c]):.2f}'}" for c, name in enumerate(class_names)]
+        captions = [
+            f"{name}{'' if probs is None else f' p={float(probs[i][c]):.2f}'}" for c, name in enumerate(class_names)
+        ]
         title = "image" if labels is None else f"label: {class_names[int(labels[i])]}"
         cases.append(GalleryCase(image, title, [list(zip(captions, maps))], mask))
     return render_gallery(cases, tile=tile, cases_per_row=cases_per_row)

@@ -31,7 +31,7 @@ if ! python -c "import torch" >/dev/null 2>&1; then
 fi
 
 STAMP="$VENV/.monai_softcam-installed"
-if [ ! -f "$STAMP" ] || [ "$ROOT/setup.py" -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
   echo "installing monai_softcam and its dependencies"
   quiet_pip install -q -e "$ROOT[test]"
   touch "$STAMP"

@@ -10,7 +10,6 @@ import sys
 import types
 
 import pytest
-
 from conftest import REPO_ROOT
 
 CONFIGS = os.path.join(REPO_ROOT, "bundle", "configs")
@@ -34,8 +33,9 @@ def bundle(run_id, configs, *overrides, check=True, timeout=600):
     """``python -m monai.bundle run <run_id>`` in a child process; fails the test with its output if it fails
     (unless ``check=False``)."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", repr(list(configs)), *overrides]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env(), capture_output=True, encoding="utf-8", errors="replace",
-                          timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env(), capture_output=True, encoding="utf-8", errors="replace", timeout=timeout
+    )
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -52,8 +52,9 @@ def run_bundle(run_id, configs, *overrides):
     overrides = parse_command_line(["monai/bundle/__main__.py", "run", run_id, *map(str, overrides)]).overrides
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        workflow = ConfigWorkflow(config_file=list(configs), run_id=run_id, logging_file=False, workflow_type=None,
-                                  **overrides)  # fmt: skip
+        workflow = ConfigWorkflow(
+            config_file=list(configs), run_id=run_id, logging_file=False, workflow_type=None, **overrides
+        )
         workflow.initialize()
         workflow.run()
         workflow.finalize()
@@ -63,10 +64,26 @@ def run_bundle(run_id, configs, *overrides):
 def torchscript_export(ts, models, inference, meta_file, *overrides):
     """The documented TorchScript export (MONAI's ``ckpt_export``) of ``models/model.pt``, with the
     trained task ``models/task.json`` embedded; fails the test with the output if it fails."""
-    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", str(ts),
-           "--ckpt_file", os.path.join(models, "model.pt"), "--meta_file", str(meta_file),
-           "--config_file", repr([str(inference), os.path.join(models, "task.json")]), *overrides]  # fmt: skip
-    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env(), capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "--net_id",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        os.path.join(models, "model.pt"),
+        "--meta_file",
+        str(meta_file),
+        "--config_file",
+        repr([str(inference), os.path.join(models, "task.json")]),
+        *overrides,
+    ]
+    done = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env(), capture_output=True, encoding="utf-8", errors="replace", timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 

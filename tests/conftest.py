@@ -9,6 +9,15 @@ REPO_ROOT = os.path.dirname(TESTS_DIR)
 SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
 sys.path.insert(0, TESTS_DIR)
 
+
+def package_requirements() -> list[str]:
+    """monai_softcam's dependencies as ``pyproject.toml`` declares them (``[project] dependencies``)."""
+    import tomllib
+
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        return list(tomllib.load(f)["project"]["dependencies"])
+
+
 # one thread per process when pytest-xdist runs tests in parallel worker processes (bash scripts/test.sh
 # does, one worker per core): the workers share the cores instead of oversubscribing them
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -44,5 +53,9 @@ def trained_bundle_3d(tmp_path_factory):
     from bundle_helpers import TRAIN, bundle
 
     root = tmp_path_factory.mktemp("trained_bundle_3d") / "b"
-    configs = [TRAIN, os.path.join(REPO_ROOT, "configs", "demo3d.yaml"), os.path.join(TESTS_DIR, "configs", "tiny3d.yaml")]
+    configs = [
+        TRAIN,
+        os.path.join(REPO_ROOT, "configs", "demo3d.yaml"),
+        os.path.join(TESTS_DIR, "configs", "tiny3d.yaml"),
+    ]
     return str(root), bundle("training", configs, "--bundle_root", str(root))

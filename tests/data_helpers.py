@@ -6,7 +6,6 @@ import csv
 import os
 
 import numpy as np
-
 from conftest import SHARED_DIR
 
 UPSTREAM = os.path.join(SHARED_DIR, "upstream_csv")
@@ -58,10 +57,10 @@ def write_dicom(
 
 def write_png(path: str, pixels: np.ndarray) -> str:
     """PNG of (rows, cols) or (rows, cols, 3) uint8/uint16 pixels."""
-    import SimpleITK as sitk
+    import SimpleITK
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    sitk.WriteImage(sitk.GetImageFromArray(pixels, isVector=pixels.ndim == 3), path)
+    SimpleITK.WriteImage(SimpleITK.GetImageFromArray(pixels, isVector=pixels.ndim == 3), path)
     return path
 
 
@@ -119,23 +118,28 @@ def oct_scan(rows: int, cols: int, seed: int) -> np.ndarray:
     return rng.integers(0, 120, size=(rows, cols), dtype=np.uint8)
 
 
-def write_dicom_series(folder: str, volume_kji: np.ndarray, spacing=(0.8, 0.7, 2.5), origin=(-40.0, 30.0, 12.0),
-                       series_uid: str | None = None) -> list[str]:  # fmt: skip
+def write_dicom_series(
+    folder: str,
+    volume_kji: np.ndarray,
+    spacing=(0.8, 0.7, 2.5),
+    origin=(-40.0, 30.0, 12.0),
+    series_uid: str | None = None,
+) -> list[str]:
     """One DICOM file per slice of an int16 volume ((K, J, I) = slices, rows, columns), axial, LPS
     geometry (``spacing``: column, row, slice), with the tags a series reader sorts by."""
     import locale
 
-    import SimpleITK as sitk
+    import SimpleITK
     from pydicom.uid import generate_uid
 
     saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's DICOM writer leaves the process in the "C" locale
     os.makedirs(folder, exist_ok=True)
     series_uid = series_uid or generate_uid()
-    writer = sitk.ImageFileWriter()
+    writer = SimpleITK.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     paths = []
     for k, plane in enumerate(volume_kji.astype(np.int16)):
-        image = sitk.GetImageFromArray(plane)
+        image = SimpleITK.GetImageFromArray(plane)
         image.SetSpacing((float(spacing[0]), float(spacing[1])))
         tags = {
             "0008|0060": "CT",
@@ -162,11 +166,11 @@ def resample_with_itk(moving_path: str, reference_path: str) -> np.ndarray:
     """The image of ``moving_path`` (e.g. a compact evidence map) linearly resampled onto the voxel
     grid of ``reference_path`` by SimpleITK, which reads both files' geometry itself (an
     independent check of world-space placement), as a (x, y[, z]) array."""
-    import SimpleITK as sitk
+    import SimpleITK
 
-    reference = sitk.ReadImage(reference_path)
-    moving = sitk.ReadImage(moving_path)
+    reference = SimpleITK.ReadImage(reference_path)
+    moving = SimpleITK.ReadImage(moving_path)
     if reference.GetDimension() == 3 and moving.GetDimension() == 2 and reference.GetSize()[2] == 1:
         reference = reference[:, :, 0]  # a 2D image in a 3D container (DICOM): its plane
-    out = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out).T
+    out = SimpleITK.Resample(moving, reference, SimpleITK.Transform(), SimpleITK.sitkLinear, 0.0, SimpleITK.sitkFloat32)
+    return SimpleITK.GetArrayFromImage(out).T

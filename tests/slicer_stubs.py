@@ -26,8 +26,8 @@ import shlex
 import sys
 import types
 import typing
-import xml.etree.ElementTree as ET
 from unittest import mock
+from xml.etree import ElementTree
 
 import numpy as np
 
@@ -350,13 +350,23 @@ def _export_segments_to_labelmap(segmentation_node, ids, labelmap, reference) ->
     return True
 
 
-NODE_CLASSES = {name: type(name, (Node,), {}) for name in
-                ("vtkMRMLScalarVolumeNode", "vtkMRMLTableNode", "vtkMRMLScriptedModuleNode", "vtkMRMLSliceCompositeNode")}  # fmt: skip
-NODE_CLASSES["vtkMRMLLabelMapVolumeNode"] = type("vtkMRMLLabelMapVolumeNode", (NODE_CLASSES["vtkMRMLScalarVolumeNode"],), {})
+NODE_CLASSES = {
+    name: type(name, (Node,), {})
+    for name in (
+        "vtkMRMLScalarVolumeNode",
+        "vtkMRMLTableNode",
+        "vtkMRMLScriptedModuleNode",
+        "vtkMRMLSliceCompositeNode",
+    )
+}
+NODE_CLASSES["vtkMRMLLabelMapVolumeNode"] = type(
+    "vtkMRMLLabelMapVolumeNode", (NODE_CLASSES["vtkMRMLScalarVolumeNode"],), {}
+)
 NODE_CLASSES["vtkMRMLSegmentationNode"] = type(
-    "vtkMRMLSegmentationNode", (Node,),
+    "vtkMRMLSegmentationNode",
+    (Node,),
     {"GetSegmentation": lambda self: self.__dict__.setdefault("segmentation", Segmentation())},
-)  # fmt: skip
+)
 NODE_CLASSES["vtkMRMLScalarVolumeDisplayNode"] = type("vtkMRMLScalarVolumeDisplayNode", (DisplayNode,), {})
 
 
@@ -547,11 +557,16 @@ def parameterNodeWrapper(cls):
             self.parameterNode.EndModify(previous)
 
         def connectGui(self, gui) -> int:
-            widgets = {w.property("SlicerParameterName"): w for w in vars(gui).values()
-                       if isinstance(w, Widget) and w.property("SlicerParameterName")}  # fmt: skip
+            widgets = {
+                w.property("SlicerParameterName"): w
+                for w in vars(gui).values()
+                if isinstance(w, Widget) and w.property("SlicerParameterName")
+            }
             for name in widgets:
                 if name not in parameters:
-                    raise ValueError(f"Cannot find a param with the given name: {name}\n  Found parameters {list(parameters)}")
+                    raise ValueError(
+                        f"Cannot find a param with the given name: {name}\n  Found parameters {list(parameters)}"
+                    )
             connectors = {name: _connector(widget, parameters[name]) for name, widget in widgets.items()}
             tag = self._next_tag
             object.__setattr__(self, "_next_tag", tag + 1)
@@ -621,6 +636,7 @@ def _connector(widget, parameter: _Parameter) -> _Connector:
         # ctkPathLineEditToPathConnector: currentPathChanged; read Path(currentPath); write currentPath = str(value)
         def write(value):
             widget.currentPath = str(value)
+
         return _Connector(widget, "currentPathChanged", lambda: datatype(widget.currentPath), write)
     if kind == "ctkSliderWidget" and datatype in (float, int):
         # QDoubleSpinBoxCtkSliderWidgetToFloatIntConnector: needs bounds; sets the range from WithinRange
@@ -630,10 +646,13 @@ def _connector(widget, parameter: _Parameter) -> _Connector:
 
         def write(value):
             widget.value = value
+
         return _Connector(widget, "valueChanged", lambda: datatype(widget.value), write)
     if kind in ("QCheckBox", "ctkCheckBox") and datatype is bool:
+
         def write(value):
             widget.checked = value
+
         return _Connector(widget, "stateChanged", lambda: bool(widget.checked), write)
     if kind in ("QComboBox", "ctkComboBox") and datatype in (int, float, str, bool):
         # QComboBoxToStringableConnector: requires Choice; fills the box with the choices
@@ -647,11 +666,14 @@ def _connector(widget, parameter: _Parameter) -> _Connector:
             if value not in options:
                 raise ValueError(f"Unable to find value {value} in choices {options}")
             widget.currentIndex = options.index(value)
+
         return _Connector(widget, "currentIndexChanged", lambda: options[widget.currentIndex], write)
     if kind == "QLineEdit" and datatype is str:
+
         def write(value):
             if widget.text != value:
                 widget.text = value
+
         return _Connector(widget, "textChanged", lambda: widget.text, write)
     if kind == "qMRMLNodeComboBox" and isinstance(datatype, type) and issubclass(datatype, Node):
         widget.nodeTypes = [datatype.__name__]
@@ -929,8 +951,20 @@ class qMRMLTableView(Widget):
         self.table_node = node
 
 
-WIDGETS = {cls.__name__: cls for cls in (ctkPathLineEdit, ctkSliderWidget, QCheckBox, QComboBox, QLineEdit,
-                                          qMRMLNodeComboBox, QPushButton, QProgressBar, qMRMLTableView)}  # fmt: skip
+WIDGETS = {
+    cls.__name__: cls
+    for cls in (
+        ctkPathLineEdit,
+        ctkSliderWidget,
+        QCheckBox,
+        QComboBox,
+        QLineEdit,
+        qMRMLNodeComboBox,
+        QPushButton,
+        QProgressBar,
+        qMRMLTableView,
+    )
+}
 
 
 def _ui_properties(element) -> dict:
@@ -941,8 +975,11 @@ def _ui_properties(element) -> dict:
         if value.tag == "set":
             flags = 0
             for part in (value.text or "").split("|"):
-                flags |= {"ctkPathLineEdit::Dirs": 0x001, "ctkPathLineEdit::Files": 0x002,
-                          "ctkPathLineEdit::Readable": 0x010}.get(part.strip(), 0)  # fmt: skip
+                flags |= {
+                    "ctkPathLineEdit::Dirs": 0x001,
+                    "ctkPathLineEdit::Files": 0x002,
+                    "ctkPathLineEdit::Readable": 0x010,
+                }.get(part.strip(), 0)
             props[name] = flags
         elif value.tag == "stringlist":
             props[name] = [s.text or "" for s in value]
@@ -964,7 +1001,7 @@ class UI(types.SimpleNamespace):
 
     def __init__(self, ui_file: str) -> None:
         widgets = {}
-        for element in ET.parse(ui_file).iter("widget"):
+        for element in ElementTree.parse(ui_file).iter("widget"):
             name = element.get("name")
             if name:
                 cls = WIDGETS.get(element.get("class"), Widget)
@@ -973,7 +1010,7 @@ class UI(types.SimpleNamespace):
 
 
 # ------------------------------------------------------------------------------- slicer, qt, vtk, ctk
-class ScriptedLoadableModule:
+class ScriptedLoadableModule:  # noqa: B903 (Slicer's ScriptedLoadableModule is a plain class)
     def __init__(self, parent) -> None:
         self.parent = parent
 
@@ -1061,8 +1098,15 @@ def _pip_install(calls: list):
 
 
 def _set_slice_viewer_layers(slicer):
-    def setSliceViewerLayers(background="keep-current", foreground="keep-current", label="keep-current",
-                             foregroundOpacity=None, labelOpacity=None, fit=False, rotateToVolumePlane=False):  # fmt: skip
+    def setSliceViewerLayers(
+        background="keep-current",
+        foreground="keep-current",
+        label="keep-current",
+        foregroundOpacity=None,
+        labelOpacity=None,
+        fit=False,
+        rotateToVolumePlane=False,
+    ):
         """Base/Python/slicer/util.py setSliceViewerLayers: sets every vtkMRMLSliceCompositeNode (none
         without views); rotateToVolumePlane dereferences slicer.app.layoutManager() unguarded
         (AttributeError when it is None); fit is guarded."""
@@ -1122,7 +1166,12 @@ def install() -> types.SimpleNamespace:
     slicer.util = util
 
     scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest):
+    for cls in (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleWidget,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+    ):
         setattr(scripted, cls.__name__, cls)
     slicer.ScriptedLoadableModule = scripted
 
@@ -1145,8 +1194,15 @@ def install() -> types.SimpleNamespace:
     vtk.vtkDoubleArray = DataArray
     vtk.vtkCommand = types.SimpleNamespace(ModifiedEvent=MODIFIED_EVENT)
 
-    modules = {"slicer": slicer, "slicer.util": util, "slicer.ScriptedLoadableModule": scripted,
-               "slicer.parameterNodeWrapper": wrapper, "qt": qt, "ctk": ctk, "vtk": vtk}  # fmt: skip
+    modules = {
+        "slicer": slicer,
+        "slicer.util": util,
+        "slicer.ScriptedLoadableModule": scripted,
+        "slicer.parameterNodeWrapper": wrapper,
+        "qt": qt,
+        "ctk": ctk,
+        "vtk": vtk,
+    }
     sys.modules.update(modules)
     if MODULE_DIR not in sys.path:
         sys.path.insert(0, MODULE_DIR)
@@ -1154,6 +1210,15 @@ def install() -> types.SimpleNamespace:
 
 
 def uninstall() -> None:
-    for name in ("slicer", "slicer.util", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.packaging",
-                 "qt", "ctk", "vtk", "SoftCAM"):  # fmt: skip
+    for name in (
+        "slicer",
+        "slicer.util",
+        "slicer.ScriptedLoadableModule",
+        "slicer.parameterNodeWrapper",
+        "slicer.packaging",
+        "qt",
+        "ctk",
+        "vtk",
+        "SoftCAM",
+    ):
         sys.modules.pop(name, None)

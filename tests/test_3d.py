@@ -11,14 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_helpers import CONFIGS, EVALUATE, INFERENCE, TRAIN, bundle, torchscript_export
 from conftest import REPO_ROOT
 from data_helpers import write_dicom_series
-from bundle_helpers import CONFIGS, EVALUATE, INFERENCE, TRAIN, bundle, torchscript_export
 
 from monai_softcam.data import DicomSeriesReader, list_images
 from monai_softcam.inferers import EvidenceSlidingWindowInferer
-from monai_softcam.networks import SoftCAM
-from monai_softcam.networks import upsample_map
+from monai_softcam.networks import SoftCAM, upsample_map
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -42,8 +41,17 @@ def test_3d_preset_trains_evaluates_and_infers_with_the_volumes_geometry(trained
     bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", root, *data3d)
     assert os.path.isfile(os.path.join(root, "eval", "metrics_test.csv"))
     explain = os.path.join(CONFIGS, "explain.yaml")
-    bundle("explain_eval", [TRAIN, EVALUATE, explain], "--bundle_root", root, *data3d,
-           "--explain#methods", "['softcam','gradcam']", "--explain#sanity_cases", "1")  # fmt: skip
+    bundle(
+        "explain_eval",
+        [TRAIN, EVALUATE, explain],
+        "--bundle_root",
+        root,
+        *data3d,
+        "--explain#methods",
+        "['softcam','gradcam']",
+        "--explain#sanity_cases",
+        "1",
+    )
     with open(os.path.join(root, "eval", "explanations_test", "report.json")) as f:
         assert json.load(f)["images"] == 8
     proc = bundle("inference", [INFERENCE], "--bundle_root", root, "--spatial_dims", "2", check=False)
@@ -61,8 +69,20 @@ def test_3d_preset_trains_evaluates_and_infers_with_the_volumes_geometry(trained
         csv.writer(f).writerows([["filename"], ["big.nii.gz"], ["series"]])
 
     out = tmp_path / "infer"
-    bundle("inference", [INFERENCE], "--bundle_root", root, "--dataset_dir", str(data),
-           "--input_path", str(data / "inputs.csv"), "--output_dir", str(out), "--sliding_window", "true")  # fmt: skip
+    bundle(
+        "inference",
+        [INFERENCE],
+        "--bundle_root",
+        root,
+        "--dataset_dir",
+        str(data),
+        "--input_path",
+        str(data / "inputs.csv"),
+        "--output_dir",
+        str(out),
+        "--sliding_window",
+        "true",
+    )
     with open(out / "predictions.csv") as f:
         rows = {os.path.basename(r["image"]): r for r in csv.DictReader(f)}
     assert sorted(rows) == ["big.nii.gz", "series"]
@@ -76,7 +96,9 @@ def test_3d_preset_trains_evaluates_and_infers_with_the_volumes_geometry(trained
         for cls in ("no_lesion", "lesion"):
             saved = nib.load(os.path.join(row["evidence_maps"], f"{stem}_evidence_{cls}.nii.gz"))
             assert saved.shape == tuple(grid)  # the stitched map at the network's resolution
-            np.testing.assert_allclose(saved.affine, expected_affine @ scale, atol=1e-4)  # on the volume, in world space
+            np.testing.assert_allclose(
+                saved.affine, expected_affine @ scale, atol=1e-4
+            )  # on the volume, in world space
             # completeness on the whole input: the logit is the mean of the stitched map (area-pooled
             # to cells that do not divide the input exactly: close, not equal)
             values = np.asarray(saved.dataobj, dtype=np.float64)
@@ -102,8 +124,11 @@ def test_dicom_series_reader_stacks_one_series_and_names_bad_folders(tmp_path):
     reader = DicomSeriesReader()
     array, meta = reader.get_data(reader.read(str(tmp_path / "ct")))
     np.testing.assert_array_equal(array, np.transpose(series, (2, 1, 0)))  # (x, y, z) = (column, row, slice)
-    np.testing.assert_allclose(meta["affine"], LPS_TO_RAS @ np.array(
-        [[0.6, 0, 0, 5.0], [0, 0.9, 0, -7.0], [0, 0, 3.0, 100.0], [0, 0, 0, 1]]), atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        meta["affine"],
+        LPS_TO_RAS @ np.array([[0.6, 0, 0, 5.0], [0, 0.9, 0, -7.0], [0, 0, 3.0, 100.0], [0, 0, 0, 1]]),
+        atol=1e-4,
+    )
     assert list_images(str(tmp_path / "ct")) == [{"image": str(tmp_path / "ct")}]  # the folder is one volume
 
     with pytest.raises(ValueError, match="cannot be used as a 2D image"):
@@ -119,8 +144,14 @@ def test_dicom_series_reader_stacks_one_series_and_names_bad_folders(tmp_path):
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_sliding_window_map_equals_the_direct_map_where_the_input_fits_one_window(spatial_dims):
     size = [64, 64] if spatial_dims == 2 else [32, 32, 32]
-    net = SoftCAM("resnet18", spatial_dims=spatial_dims, in_channels=1, num_classes=3, return_maps=True,
-                  backbone_kwargs={"widen_factor": 0.25}).eval()  # fmt: skip
+    net = SoftCAM(
+        "resnet18",
+        spatial_dims=spatial_dims,
+        in_channels=1,
+        num_classes=3,
+        return_maps=True,
+        backbone_kwargs={"widen_factor": 0.25},
+    ).eval()
     x = torch.randn(2, 1, *size)
     with torch.no_grad():
         direct = net(x)
@@ -138,19 +169,30 @@ def test_sliding_window_map_equals_the_direct_map_where_the_input_fits_one_windo
     wide = torch.randn(1, 1, size[0] * 2, *size[1:])
     with torch.no_grad():
         halves = [net(wide[:, :, : size[0]]), net(wide[:, :, size[0] :])]
-        stitched = EvidenceSlidingWindowInferer(size, sw_batch_size=1, overlap=0.0, maps="input")(wide, net)["evidence_maps"]
+        stitched = EvidenceSlidingWindowInferer(size, sw_batch_size=1, overlap=0.0, maps="input")(wide, net)[
+            "evidence_maps"
+        ]
         on_grid = EvidenceSlidingWindowInferer(size, sw_batch_size=1, overlap=0.0)(wide, net)["evidence_maps"]
     cells = halves[0]["evidence_maps"].shape[2]
     assert on_grid.shape[2:] == (2 * cells, *halves[0]["evidence_maps"].shape[3:])
-    for half, grid_half, out in zip((stitched[:, :, : size[0]], stitched[:, :, size[0] :]),
-                                    (on_grid[:, :, :cells], on_grid[:, :, cells:]), halves):  # fmt: skip
+    for half, grid_half, out in zip(
+        (stitched[:, :, : size[0]], stitched[:, :, size[0] :]), (on_grid[:, :, :cells], on_grid[:, :, cells:]), halves
+    ):
         torch.testing.assert_close(half[0], upsample_map(out["evidence_maps"][0], size), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(grid_half[0], out["evidence_maps"][0], atol=2e-4, rtol=1e-4)  # float32 sums of 32^3 voxels
+        torch.testing.assert_close(
+            grid_half[0], out["evidence_maps"][0], atol=2e-4, rtol=1e-4
+        )  # float32 sums of 32^3 voxels
 
 
 def test_sliding_window_needs_evidence_maps():
-    net = SoftCAM("resnet18", spatial_dims=2, in_channels=1, num_classes=2, return_maps=False,
-                  backbone_kwargs={"widen_factor": 0.25}).eval()  # fmt: skip
+    net = SoftCAM(
+        "resnet18",
+        spatial_dims=2,
+        in_channels=1,
+        num_classes=2,
+        return_maps=False,
+        backbone_kwargs={"widen_factor": 0.25},
+    ).eval()
     with pytest.raises(TypeError, match="return_maps=True"):
         EvidenceSlidingWindowInferer([32, 32])(torch.randn(1, 1, 40, 40), net)
     with pytest.raises(ValueError, match="does not match a 2D window"):

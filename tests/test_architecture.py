@@ -130,7 +130,8 @@ class _Collector(ast.NodeVisitor):
         self.generic_visit(node)
         self.depth -= 1
 
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _function
+    # ast.NodeVisitor dispatches on these names
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _function  # noqa: N815
 
     def _add(self, node: ast.stmt, targets: list[str]) -> None:
         lines = range(node.lineno, (node.end_lineno or node.lineno) + 1)
@@ -138,16 +139,18 @@ class _Collector(ast.NodeVisitor):
         text = " ".join(ast.unparse(node).split())
         self.imports.append(Import(self.module, self.path, node.lineno, text, tuple(targets), self.depth > 0, comment))
 
-    def visit_Import(self, node: ast.Import) -> None:
+    def visit_Import(self, node: ast.Import) -> None:  # noqa: N802,B906 (ast.NodeVisitor's name; no child imports)
         self._add(node, [alias.name for alias in node.names])
 
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:  # noqa: N802,B906 (ast.NodeVisitor's name; leaf)
         if node.module == "__future__":
             return
         if node.level:
             package = self.module.split(".") if self.package else self.module.split(".")[:-1]
             if node.level - 1 > len(package) - 1:
-                raise AssertionError(f"{self.path}:{node.lineno}: relative import beyond the top package: {ast.unparse(node)}")
+                raise AssertionError(
+                    f"{self.path}:{node.lineno}: relative import beyond the top package: {ast.unparse(node)}"
+                )
             base = ".".join(package[: len(package) - (node.level - 1)] + ([node.module] if node.module else []))
         else:
             base = node.module or ""
@@ -229,7 +232,9 @@ def test_no_import_from_a_higher_layer():
                 f"{_where(imp)}: {imp.module} (layer {own}) imports {t} (layer {theirs}); a module may import its own "
                 "layer and lower ones only (move the shared code down, or pass it in as an argument)"
             )
-    assert not bad, f"{len(bad)} import(s) from a higher layer (see LAYERS in tests/test_architecture.py):\n" + "\n".join(bad)
+    assert (
+        not bad
+    ), f"{len(bad)} import(s) from a higher layer (see LAYERS in tests/test_architecture.py):\n" + "\n".join(bad)
 
 
 def _graph() -> dict[str, dict[str, Import]]:

@@ -7,13 +7,17 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
 
 
 def _run(script, *args):
-    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", script), *args],
-                          capture_output=True, encoding="utf-8", errors="replace", timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "benchmarks", script), *args],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -37,17 +41,36 @@ def test_export_agreement_benchmark_runs(tmp_path):
 @pytest.mark.slow
 def test_explanation_cost_benchmark_runs(tmp_path):
     out = tmp_path / "cost.md"
-    _run("explanation_cost.py", "--backbones", "resnet10", "--sizes", "32", "--batches", "1", "--repeats", "1",
-         "--spatial_dims", "2", "--out", str(out))  # fmt: skip
+    _run(
+        "explanation_cost.py",
+        "--backbones",
+        "resnet10",
+        "--sizes",
+        "32",
+        "--batches",
+        "1",
+        "--repeats",
+        "1",
+        "--spatial_dims",
+        "2",
+        "--out",
+        str(out),
+    )
     text = out.read_text(encoding="utf-8")
     assert "CPU (" in text and "threads), torch " in text  # the machine the numbers come from
-    assert f"`python benchmarks/explanation_cost.py --backbones resnet10 --sizes 32 --batches 1 --repeats 1 " \
-           f"--spatial_dims 2 --out {out}`" in text  # the exact command
+    assert (
+        f"`python benchmarks/explanation_cost.py --backbones resnet10 --sizes 32 --batches 1 --repeats 1 "
+        f"--spatial_dims 2 --out {out}`" in text
+    )  # the exact command
     rows = [line for line in text.splitlines() if line.startswith("| resnet10")]
     assert [r.split("|")[4].strip() for r in rows] == [
-        "black box (logits)", "SoftCAM (logits + all maps)", "Grad-CAM, one class", "Grad-CAM, all classes",
-        "Grad-CAM++, one class", "occlusion, one class",
-    ]  # fmt: skip
+        "black box (logits)",
+        "SoftCAM (logits + all maps)",
+        "Grad-CAM, one class",
+        "Grad-CAM, all classes",
+        "Grad-CAM++, one class",
+        "occlusion, one class",
+    ]
 
 
 @pytest.mark.slow
@@ -83,8 +106,11 @@ def test_machine_line_names_the_gpu_and_its_versions(monkeypatch):
     sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
     from _common import describe_machine
 
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device: types.SimpleNamespace(name="NVIDIA H100", total_memory=80 * 2**30))  # fmt: skip
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda device: types.SimpleNamespace(name="NVIDIA H100", total_memory=80 * 2**30),
+    )
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
     assert describe_machine("cuda") == f"NVIDIA H100 (80 GiB), CUDA 12.8, cuDNN 91002, torch {torch.__version__}"
@@ -115,8 +141,13 @@ def test_explanation_cost_refuses_a_gpu_that_is_not_there():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is here")
-    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "benchmarks", "explanation_cost.py"), "--device", "cuda"],
-                          capture_output=True, encoding="utf-8", errors="replace", timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "explanation_cost.py"), "--device", "cuda"],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
     assert proc.returncode == 2 and "--device cuda: torch sees no GPU here" in proc.stderr
 
 
@@ -126,7 +157,10 @@ def test_inference_throughput_benchmark_runs(tmp_path):
     _run("inference_throughput.py", "--quick", "--images", "2", "--out", str(out))
     rows = [line for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("| 2 ")]
     assert [r.split("|")[2].strip() for r in rows] == [
-        "bare read + forward", "inference (default: compact maps + overlay)", "inference, no overlay (--overlays false)",
-        "inference, full-resolution maps"] * 2  # fmt: skip
+        "bare read + forward",
+        "inference (default: compact maps + overlay)",
+        "inference, no overlay (--overlays false)",
+        "inference, full-resolution maps",
+    ] * 2
     assert all("KB" in r.split("|")[5] for r in rows[1:4] + rows[5:])  # map bytes written are measured
     assert [r.split("|")[6].strip() == "-" for r in rows[1:4]] == [False, True, False]  # overlays or none

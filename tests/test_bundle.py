@@ -14,25 +14,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
-
-from bundle_helpers import (
-    CONFIGS,
-    EVALUATE,
-    EXPLAIN,
-    INFERENCE,
-    MULTI_GPU,
-    TINY,
-    TRAIN,
-    bundle,
-    last_line,
-    run_bundle,
-    torchscript_export,
-    train,
-)
+from bundle_helpers import CONFIGS, EVALUATE, EXPLAIN, INFERENCE, MULTI_GPU, TINY, TRAIN, bundle
 from bundle_helpers import env as _env
+from bundle_helpers import last_line, run_bundle, torchscript_export, train
 from conftest import REPO_ROOT
 from data_helpers import resample_with_itk, write_png
+from monai.data import MetaTensor
 
 
 @pytest.fixture
@@ -59,9 +46,15 @@ def test_training_writes_checkpoints_tensorboard_metrics_and_report(trained):
     # the evidence maps are assessed too: localisation on the lesion images (the others have empty masks)
     lesions = sum(r["bin_target"] == "1" for r in csv.DictReader(open(root / "data" / "demo" / "val.csv")))
     explained = report["explanation_metrics"]
-    assert explained["activation_precision"]["n"] == lesions and explained["activation_precision"]["n_excluded"] == 12 - lesions
+    assert (
+        explained["activation_precision"]["n"] == lesions
+        and explained["activation_precision"]["n_excluded"] == 12 - lesions
+    )
     assert explained["consistency"]["n"] == 12 and explained["completeness_error"]["mean"] < 1e-4
-    assert "activation_precision" in {r["metric"] for r in rows} and "evidence maps (mean [95 % CI], images):" in proc.stdout
+    assert (
+        "activation_precision" in {r["metric"] for r in rows}
+        and "evidence maps (mean [95 % CI], images):" in proc.stdout
+    )
     # the run ends by printing the metrics and where the model and maps are
     assert "val metrics (12 images)" in proc.stdout and "model.pt" in proc.stdout
     assert "evidence_maps_val.png" in proc.stdout
@@ -76,10 +69,7 @@ def test_training_writes_checkpoints_tensorboard_metrics_and_report(trained):
     assert "evidence_maps" in events.Tags()["images"]
 
 
-@pytest.mark.parametrize(
-    "configs,workflow_type",
-    [([TRAIN, TINY], "train"), ([INFERENCE], "infer")],
-)
+@pytest.mark.parametrize("configs,workflow_type", [([TRAIN, TINY], "train"), ([INFERENCE], "infer")])
 def test_check_properties(configs, workflow_type, trained):
     from monai.bundle import ConfigWorkflow
 
@@ -146,8 +136,18 @@ def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_pa
     nifti_affine = _write_inputs(folder)
     out, full = tmp_path / "out", tmp_path / "full"
     run_bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", folder, "--output_dir", str(out))
-    run_bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", folder, "--output_dir", str(full),
-           "--full_resolution_maps", "true")  # fmt: skip
+    run_bundle(
+        "inference",
+        [INFERENCE],
+        "--bundle_root",
+        str(root),
+        "--input_path",
+        folder,
+        "--output_dir",
+        str(full),
+        "--full_resolution_maps",
+        "true",
+    )
     rows = {os.path.basename(r["image"]): r for r in csv.DictReader(open(out / "predictions.csv"))}
     full_rows = {os.path.basename(r["image"]): r for r in csv.DictReader(open(full / "predictions.csv"))}
     assert set(rows) == set(full_rows) == {"a.png", "b.nii.gz"}
@@ -172,7 +172,9 @@ def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_pa
         probs = np.array([float(row["prob_no_lesion"]), float(row["prob_lesion"])])
         np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(), atol=1e-5)
         # the old way: upsample onto the network's input, then undo the resize (Invertd)
-        upsampled = MetaTensor(upsample_map(raw, x.shape[1:]), meta=dict(x.meta), applied_operations=x.applied_operations)
+        upsampled = MetaTensor(
+            upsample_map(raw, x.shape[1:]), meta=dict(x.meta), applied_operations=x.applied_operations
+        )
         old = preprocessing.inverse({"image": upsampled})["image"].numpy()
         for c, cls in enumerate(("no_lesion", "lesion")):
             compact_path = os.path.join(row["evidence_maps"], f"{name}_evidence_{cls}.nii.gz")
@@ -204,8 +206,18 @@ def test_inference_maps_have_input_geometry_and_reproduce_logits(trained, tmp_pa
 def test_resume_after_sigkill_completes_planned_epochs(tmp_path):
     root = tmp_path / "resume"
     args = ["--demo_data#num_train", "96", "--epochs", "5"]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr([TRAIN, TINY]),
-           "--bundle_root", str(root), *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        repr([TRAIN, TINY]),
+        "--bundle_root",
+        str(root),
+        *args,
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_file = root / "models" / "training_state.pt"
     deadline = time.time() + 300
@@ -238,9 +250,24 @@ def test_early_stopping_ends_the_run_and_is_not_resumed(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     root = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle",
-           "run", "training", "--config_file", repr([TRAIN, TINY, MULTI_GPU]), "--bundle_root", str(root)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        repr([TRAIN, TINY, MULTI_GPU]),
+        "--bundle_root",
+        str(root),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert torch.load(root / "models" / "training_state.pt", weights_only=True)["trainer"]["epoch"] == 2
     metrics = json.load(open(root / "eval" / "metrics_val.json"))["metrics"]
@@ -257,12 +284,16 @@ def test_checkpoint_of_another_network_is_refused_by_name(trained, tmp_path):
     parser = ConfigParser()
     parser.read_config([TRAIN, TINY])
     other = tmp_path / "other.pt"
-    for overrides, expected in (({"class_names": ["a", "b", "c"]}, "head.evidence.weight: checkpoint (3, 128, 1, 1) vs network (2, 128, 1, 1)"),
-                                ({"backbone": "resnet10"}, "shape mismatch")):  # fmt: skip
+    for overrides, expected in (
+        ({"class_names": ["a", "b", "c"]}, "head.evidence.weight: checkpoint (3, 128, 1, 1) vs network (2, 128, 1, 1)"),
+        ({"backbone": "resnet10"}, "shape mismatch"),
+    ):
         config = ConfigParser(parser.get())
         config.update({"bundle_root": str(root), **overrides})
         torch.save(config.get_parsed_content("task").network().state_dict(), other)
-        proc = bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root), "--checkpoint", str(other), check=False)
+        proc = bundle(
+            "evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root), "--checkpoint", str(other), check=False
+        )
         assert proc.returncode != 0
         assert f"checkpoint {other} does not fit the network SoftCAM(backbone=resnet18" in proc.stderr
         assert expected in proc.stderr
@@ -271,19 +302,40 @@ def test_checkpoint_of_another_network_is_refused_by_name(trained, tmp_path):
 
 def test_override_or_preset_contradicting_the_trained_task_is_refused_by_name(trained):
     root, _ = trained
-    proc = bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root), "--class_names", "['a','b','c']", check=False)
+    proc = bundle(
+        "evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root), "--class_names", "['a','b','c']", check=False
+    )
     assert proc.returncode != 0
-    assert ("--class_names on the command line sets class_names to ['a', 'b', 'c'], but the trained model's class_names "
-            "is ['no_lesion', 'lesion']") in last_line(proc.stderr)  # fmt: skip
+    assert (
+        "--class_names on the command line sets class_names to ['a', 'b', 'c'], but the trained model's class_names "
+        "is ['no_lesion', 'lesion']"
+    ) in last_line(proc.stderr)
     oct_preset = os.path.join(REPO_ROOT, "configs", "oct.yaml")
-    proc = bundle("inference", [INFERENCE, oct_preset], "--bundle_root", str(root), "--dataset_dir", str(root / "data" / "demo"),
-                  "--input_path", str(root / "data" / "demo" / "images"), check=False)  # fmt: skip
+    proc = bundle(
+        "inference",
+        [INFERENCE, oct_preset],
+        "--bundle_root",
+        str(root),
+        "--dataset_dir",
+        str(root / "data" / "demo"),
+        "--input_path",
+        str(root / "data" / "demo" / "images"),
+        check=False,
+    )
     assert proc.returncode != 0
     assert f"{oct_preset} sets image_size to [496, 496], but the trained model's image_size is [32, 32]" in proc.stderr
     assert str(root / "models" / "task.json") in proc.stderr
     # the same values as the task are accepted (the preset a model was trained with may be repeated)
-    run_bundle("inference", [INFERENCE, TINY], "--bundle_root", str(root), "--input_path", str(root / "data" / "demo" / "images"),
-           "--output_dir", str(root / "eval" / "again"))  # fmt: skip
+    run_bundle(
+        "inference",
+        [INFERENCE, TINY],
+        "--bundle_root",
+        str(root),
+        "--input_path",
+        str(root / "data" / "demo" / "images"),
+        "--output_dir",
+        str(root / "eval" / "again"),
+    )
     # in-process, as the Model Zoo's tests and MONAI apps run a bundle: the workflow's arguments are checked alike
     from monai.bundle import ConfigWorkflow
 
@@ -291,15 +343,28 @@ def test_override_or_preset_contradicting_the_trained_task_is_refused_by_name(tr
     from monai_softcam.utils import find_user_error
 
     for configs, kind in (([TRAIN, EVALUATE], "eval"), ([INFERENCE], "infer")):
-        workflow = ConfigWorkflow(config_file=configs, workflow_type=kind, bundle_root=str(root), logging_file=False,
-                                  class_names=["a", "b", "c"], output_dir=str(root / "eval" / "refused"))  # fmt: skip
+        workflow = ConfigWorkflow(
+            config_file=configs,
+            workflow_type=kind,
+            bundle_root=str(root),
+            logging_file=False,
+            class_names=["a", "b", "c"],
+            output_dir=str(root / "eval" / "refused"),
+        )
         with pytest.raises(Exception) as raised:
-            workflow.initialize()
-            workflow.run()
+            _initialize_and_run(workflow)
         error = find_user_error(raised.value)
         assert isinstance(error, TaskError), raised.value
-        assert "sets class_names to ['a', 'b', 'c'], but the trained model's class_names is ['no_lesion', 'lesion']" in str(error)
+        assert (
+            "sets class_names to ['a', 'b', 'c'], but the trained model's class_names is ['no_lesion', 'lesion']"
+            in str(error)
+        )
     assert not os.path.exists(root / "eval" / "refused")
+
+
+def _initialize_and_run(workflow) -> None:
+    workflow.initialize()
+    workflow.run()
 
 
 @pytest.mark.slow
@@ -325,14 +390,18 @@ def test_exports_and_the_slicer_module_read_the_trained_task(trained, tmp_path):
     for source in (folder, ts):
         info = BundleInfo.read(str(source))
         assert (info.image_size, info.class_names, info.spatial_dims) == ([32, 32], ["no_lesion", "lesion"], 2), source
-    with pytest.raises(BundleError, match="sets image_size to \\[496, 496\\], but the trained model's image_size is \\[32, 32\\]"):
+    with pytest.raises(
+        BundleError, match="sets image_size to \\[496, 496\\], but the trained model's image_size is \\[32, 32\\]"
+    ):
         BundleInfo.read(str(folder), [os.path.join(REPO_ROOT, "configs", "oct.yaml")])
 
 
 def test_inference_before_training_says_to_train_first(tmp_path):
     proc = bundle("inference", [INFERENCE], "--bundle_root", str(tmp_path / "fresh"), check=False)
     assert proc.returncode != 0
-    assert last_line(proc.stderr).startswith(f"error: no trained model in {tmp_path / 'fresh' / 'models'}: task.json not found. Train first")
+    assert last_line(proc.stderr).startswith(
+        f"error: no trained model in {tmp_path / 'fresh' / 'models'}: task.json not found. Train first"
+    )
     assert "--input_path" in proc.stderr
 
 
@@ -340,7 +409,8 @@ def test_missing_dataset_dir_and_unknown_key(tmp_path):
     proc = train(tmp_path / "b", "--dataset_dir", str(tmp_path / "nope"), check=False)
     assert proc.returncode != 0
     assert last_line(proc.stderr) == (
-        f"error: dataset_dir does not exist or is not a folder: {tmp_path / 'nope'} (set it with --dataset_dir /path)")
+        f"error: dataset_dir does not exist or is not a folder: {tmp_path / 'nope'} (set it with --dataset_dir /path)"
+    )
     proc = train(tmp_path / "b", "--epoch", "3", check=False)
     assert proc.returncode != 0
     assert "unknown config key(s) in the command line: --epoch (did you mean --epochs" in last_line(proc.stderr)
@@ -364,18 +434,39 @@ def test_unreadable_image_is_named_and_leaves_no_report(trained, tmp_path):
     for name in ("demo_00001.png", "demo_00002.png"):
         shutil.copy(copy / "data" / "demo" / "images" / name, folder / name)
     out = tmp_path / "out"
-    proc = bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", str(folder),
-                  "--output_dir", str(out), check=False)  # fmt: skip
+    proc = bundle(
+        "inference",
+        [INFERENCE],
+        "--bundle_root",
+        str(root),
+        "--input_path",
+        str(folder),
+        "--output_dir",
+        str(out),
+        check=False,
+    )
     assert proc.returncode != 0 and "1 problem(s) in the inference input" in proc.stderr
     assert last_line(proc.stderr).strip().startswith(f"inference input {folder / 'bad.png'}: unreadable image (")
     assert not os.path.exists(out)  # no map, no predictions: nothing that would look complete
     # with skip_bad: the good inputs are run, the bad one is listed
-    proc = run_bundle("inference", [INFERENCE], "--bundle_root", str(root), "--input_path", str(folder),
-                  "--output_dir", str(out), "--skip_bad", "true")  # fmt: skip
+    proc = run_bundle(
+        "inference",
+        [INFERENCE],
+        "--bundle_root",
+        str(root),
+        "--input_path",
+        str(folder),
+        "--output_dir",
+        str(out),
+        "--skip_bad",
+        "true",
+    )
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert sorted(os.path.basename(r["image"]) for r in rows) == ["demo_00001.png", "demo_00002.png"]
     skipped = list(csv.DictReader(open(out / "skipped_inference.csv")))
-    assert [os.path.basename(r["image"]) for r in skipped] == ["bad.png"] and "unreadable image" in skipped[0]["problem"]
+    assert [os.path.basename(r["image"]) for r in skipped] == ["bad.png"] and "unreadable image" in skipped[0][
+        "problem"
+    ]
 
 
 def _parsed(configs, **overrides):
@@ -406,7 +497,11 @@ def test_inference_config_matches_training_config(trained):
     saved = json.load(open(root / "models" / "task.json"))
     for parser, key in ((infer_p, "trained_task"), (eval_p, "trained_task"), (train_p, "task")):
         task = parser.get_parsed_content(key)
-        assert [task.class_names, task.image_size, task.backbone] == [saved["class_names"], saved["image_size"], saved["backbone"]]
+        assert [task.class_names, task.image_size, task.backbone] == [
+            saved["class_names"],
+            saved["image_size"],
+            saved["backbone"],
+        ]
     trained_net, infer_net = train_p.get_parsed_content("network_def"), infer_p.get_parsed_content("network_def")
     assert trained_net.state_dict().keys() == infer_net.state_dict().keys()
     item = {"image": str(root / "data" / "demo" / "images" / "demo_00001.png")}
@@ -438,9 +533,13 @@ def test_network_def_needs_no_data(tmp_path):
 def test_import_leaves_the_excepthook_alone():
     """Importing the package (as Slicer does) changes no process-wide state; a bundle run installs the
     hook in its first step (test_missing_dataset_dir_and_unknown_key: the error is the last line)."""
-    code = ("import sys; hook = sys.excepthook; import monai_softcam, monai_softcam.bundle, monai_softcam.task; "
-            "assert sys.excepthook is hook; monai_softcam.bundle.start(); assert sys.excepthook is not hook; print('ok')")  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; hook = sys.excepthook; import monai_softcam, monai_softcam.bundle, monai_softcam.task; "
+        "assert sys.excepthook is hook; monai_softcam.bundle.start(); assert sys.excepthook is not hook; print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
@@ -462,7 +561,9 @@ def test_mlflow_tracking(trained, tmp_path):
     assert len(losses) == 6 and all(0 < m.value < 10 for m in losses)  # 2 epochs x 3 iterations
     for name in ("accuracy", "auc", "sensitivity"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], name
-    assert any(a.path.startswith("config_") and a.path.endswith(".json") for a in client.list_artifacts(run.info.run_id))
+    assert any(
+        a.path.startswith("config_") and a.path.endswith(".json") for a in client.list_artifacts(run.info.run_id)
+    )
 
 
 # yes/no keys that reach a function of ours as they are: it reads them with as_flag itself (tested below)
@@ -484,9 +585,21 @@ def test_every_yes_no_key_reads_the_command_lines_false_as_no(tmp_path):
     from monai_softcam.utils import find_user_error
 
     texts = {path: open(path).read() for path in sorted(glob.glob(os.path.join(CONFIGS, "*.yaml")))}
-    flags = {key for text in texts.values() for key, value in (yaml.safe_load(text) or {}).items() if isinstance(value, bool)}
-    assert {"amp", "channels_last", "cudnn_benchmark", "distributed", "dicom_window", "sliding_window",
-            "full_resolution_maps", "overlays", "onnx_dynamic_spatial", "resume"} <= flags  # fmt: skip
+    flags = {
+        key for text in texts.values() for key, value in (yaml.safe_load(text) or {}).items() if isinstance(value, bool)
+    }
+    assert {
+        "amp",
+        "channels_last",
+        "cudnn_benchmark",
+        "distributed",
+        "dicom_window",
+        "sliding_window",
+        "full_resolution_maps",
+        "overlays",
+        "onnx_dynamic_spatial",
+        "resume",
+    } <= flags
     # a yes/no key reaches code only as an argument (that code reads it as a flag), never as a condition
     for path, text in texts.items():
         for line in text.splitlines():
@@ -501,7 +614,9 @@ def test_every_yes_no_key_reads_the_command_lines_false_as_no(tmp_path):
             assert _parsed([TRAIN, EVALUATE], amp=value).get_parsed_content(item) is expected, (item, value)
         assert _parsed([INFERENCE], amp=value).get_parsed_content("evaluator#amp") is expected
         assert _parsed([TRAIN], dicom_window=value).get_parsed_content("task").dicom_window is expected
-        assert _parsed([INFERENCE], sliding_window=value).get_parsed_content("dataloader#batch_size") == (1 if expected else 8)
+        assert _parsed([INFERENCE], sliding_window=value).get_parsed_content("dataloader#batch_size") == (
+            1 if expected else 8
+        )
         start(cudnn_benchmark=value)
         assert torch.backends.cudnn.benchmark is expected
         image = write_png(str(tmp_path / "x.png"), np.zeros((16, 12), np.uint8))
@@ -609,7 +724,19 @@ def test_auto_statistics_disk_cache_and_progressive_sampling_through_the_bundle(
     out = tmp_path / "auto"
     shutil.copytree(root / "data", out / "data")
     auto = ("--intensity_mean", "auto", "--intensity_std", "auto")
-    proc = run_bundle("training", [TRAIN, TINY], "--bundle_root", str(out), *auto, "--epochs", "1", "--cache", "disk", "--sampling", "progressive")
+    proc = run_bundle(
+        "training",
+        [TRAIN, TINY],
+        "--bundle_root",
+        str(out),
+        *auto,
+        "--epochs",
+        "1",
+        "--cache",
+        "disk",
+        "--sampling",
+        "progressive",
+    )
     task = json.load(open(out / "models" / "task.json"))  # the trained task holds the measured values
     mean, std = task["intensity_mean"], task["intensity_std"]
     assert len(mean) == len(std) == 1 and 0 < std[0] < 1 and mean != [0.502]
@@ -621,7 +748,6 @@ def test_auto_statistics_disk_cache_and_progressive_sampling_through_the_bundle(
     assert json.load(open(out / "eval" / "metrics_test.json"))["metrics"]["n"] == 12
     run_bundle("inference", [INFERENCE], "--bundle_root", str(out), *auto, "--output_dir", str(tmp_path / "inf"))
     assert len(list(csv.DictReader(open(tmp_path / "inf" / "predictions.csv")))) == 12
-
 
 
 @pytest.mark.slow
@@ -637,24 +763,45 @@ def test_explain_eval_report_compares_softcam_with_a_black_box(trained, tmp_path
     state = torch.load(tmp_path / "blackbox" / "models" / "model.pt", weights_only=True)
     assert "fc.weight" in state and not any(k.startswith("head.") for k in state)
     comparison = os.path.join(REPO_ROOT, "configs", "demo_comparison.yaml")
-    light = ("--explain#options", "{'integrated_gradients': {'steps': 4}, 'scorecam': {'batch_size': 64}}",
-             "--explain#sanity_cases", "2")  # fmt: skip
-    proc = run_bundle("explain_eval", [TRAIN, EVALUATE, EXPLAIN, comparison], "--bundle_root", str(tmp_path / "sparse"), *data, *light)
+    light = (
+        "--explain#options",
+        "{'integrated_gradients': {'steps': 4}, 'scorecam': {'batch_size': 64}}",
+        "--explain#sanity_cases",
+        "2",
+    )
+    proc = run_bundle(
+        "explain_eval", [TRAIN, EVALUATE, EXPLAIN, comparison], "--bundle_root", str(tmp_path / "sparse"), *data, *light
+    )
     out = tmp_path / "report"
-    for name in ("report.json", "report.csv", "cases.csv", "faithfulness.png", "sanity.png", "sanity.csv", "gallery.png",
-                 "index.html", "table.md"):  # fmt: skip
+    for name in (
+        "report.json",
+        "report.csv",
+        "cases.csv",
+        "faithfulness.png",
+        "sanity.png",
+        "sanity.csv",
+        "gallery.png",
+        "index.html",
+        "table.md",
+    ):
         assert os.path.getsize(out / name) > 100, name
     report = json.load(open(out / "report.json"))
     assert set(report["classification"]) == {"softcam_sparse", "softcam_dense", "blackbox"}
-    assert set(report["explanation"]["blackbox"]) == {"gradcam", "integrated_gradients", "guided_backprop", "scorecam",
-                                                      "layercam"}  # the paper's five  # fmt: skip
+    assert set(report["explanation"]["blackbox"]) == {
+        "gradcam",
+        "integrated_gradients",
+        "guided_backprop",
+        "scorecam",
+        "layercam",
+    }  # the paper's five
     test_rows = list(csv.DictReader(open(root / "data" / "demo" / "test.csv")))
     healthy = sum(r["bin_target"] == "0" for r in test_rows)
     cases = list(csv.DictReader(open(out / "cases.csv")))
     correct_everywhere = {
-        i for i in range(len(test_rows))
+        i
+        for i in range(len(test_rows))
         if all(int(c["predicted"]) == int(c["label"]) for c in cases if int(c["case"]) == i)
-    }  # fmt: skip
+    }
     for methods in report["explanation"].values():
         for metrics in methods.values():
             ap = metrics["activation_precision"]
@@ -664,13 +811,18 @@ def test_explain_eval_report_compares_softcam_with_a_black_box(trained, tmp_path
             assert metrics["deletion_auc"]["higher_is_better"] is False
             # the paper's protocol beside it: the same images for localisation, the diseased ones for deletion
             assert metrics["paper_activation_precision"]["n"] == len(test_rows) - healthy
-            assert metrics["paper_deletion_auc"]["n"] == report["paper_deletion_images"] <= report["faithfulness_images"]
+            assert (
+                metrics["paper_deletion_auc"]["n"] == report["paper_deletion_images"] <= report["faithfulness_images"]
+            )
     assert report["paper_deletion_images"] == sum(test_rows[i]["bin_target"] == "1" for i in correct_everywhere)
     sanity = list(csv.DictReader(open(out / "sanity.csv")))
     assert {(r["model"], r["method"]) for r in sanity if r["layer"] == "original"} == {
-        (m, k) for m, methods in report["explanation"].items() for k in methods}  # fmt: skip
+        (m, k) for m, methods in report["explanation"].items() for k in methods
+    }
     page = open(out / "index.html").read()
-    assert all(name in page for name in ("faithfulness.png", "sanity.png", "gallery.png", "report.csv", "softcam_dense"))
+    assert all(
+        name in page for name in ("faithfulness.png", "sanity.png", "gallery.png", "report.csv", "softcam_dense")
+    )
     assert "explanation report (12 images" in proc.stdout
     tables = open(out / "table.md", encoding="utf-8").read().split("\n\n")
     assert tables[0] == "This project's protocol:" and tables[2] == "The paper's protocol:"

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 from ignite.engine import Engine
 from ignite.handlers import Checkpoint, DiskSaver
 
@@ -22,8 +23,6 @@ from monai_softcam.checkpoint import (
     unwrap_state_dict,
 )
 from monai_softcam.networks import PretrainedWeightsError, SoftCAM
-
-from conftest import REPO_ROOT
 
 
 def _net() -> torch.nn.Module:

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from data_helpers import write_csv, write_dicom, write_png
+
 from monai_softcam.data import (
     BalancedSampler,
     CSVDataSpec,
@@ -36,12 +36,23 @@ def _touch(*paths):
 def test_spec_reads_labels_masks_boxes_and_templates(tmp_path):
     root = str(tmp_path)
     _touch(f"{root}/img/a.dcm", f"{root}/img/b.dcm", f"{root}/img/m.png")
-    write_csv(f"{root}/train.csv", ["filename", "label", "mask", "x", "y", "w", "h"],
-              [["a.png", "1", "m.png", "10", "20", "30", "40"], ["b.png", "0", "", "", "", "", ""]])  # fmt: skip
-    spec = CSVDataSpec(mask_column="mask", box_columns=["x", "y", "w", "h"], image_root="img", image_template="{stem}.dcm")
+    write_csv(
+        f"{root}/train.csv",
+        ["filename", "label", "mask", "x", "y", "w", "h"],
+        [["a.png", "1", "m.png", "10", "20", "30", "40"], ["b.png", "0", "", "", "", "", ""]],
+    )
+    spec = CSVDataSpec(
+        mask_column="mask", box_columns=["x", "y", "w", "h"], image_root="img", image_template="{stem}.dcm"
+    )
     items = spec.datalist("train", root, num_classes=2)
     assert items == [
-        {"image": f"{root}/img/a.dcm", "row": 2, "label": 1, "mask": f"{root}/img/m.png", "boxes": [[10.0, 20.0, 30.0, 40.0]]},
+        {
+            "image": f"{root}/img/a.dcm",
+            "row": 2,
+            "label": 1,
+            "mask": f"{root}/img/m.png",
+            "boxes": [[10.0, 20.0, 30.0, 40.0]],
+        },
         {"image": f"{root}/img/b.dcm", "row": 3, "label": 0, "boxes": []},
     ]
     assert spec.datalist("train", root, annotations=False)[0] == {"image": f"{root}/img/a.dcm", "row": 2, "label": 1}
@@ -121,12 +132,19 @@ def test_rows_per_box_are_merged_and_holdout_splits_are_stable(tmp_path):
             rows.append([f"p{i}", "", "", "", "", "0"])
     write_csv(f"{root}/labels.csv", ["patientId", "x", "y", "width", "height", "Target"], rows)
     spec = CSVDataSpec(
-        train_csv="labels.csv", val_csv="labels.csv", test_csv="labels.csv", image_column="patientId",
-        group_column="patientId", label_column="Target", box_columns=["x", "y", "width", "height"],
-        image_root="imgs", image_template="{value}.dcm", holdout={"val": 0.2, "test": 0.2},
-    )  # fmt: skip
+        train_csv="labels.csv",
+        val_csv="labels.csv",
+        test_csv="labels.csv",
+        image_column="patientId",
+        group_column="patientId",
+        label_column="Target",
+        box_columns=["x", "y", "width", "height"],
+        image_root="imgs",
+        image_template="{value}.dcm",
+        holdout={"val": 0.2, "test": 0.2},
+    )
     parts = {s: spec.datalist(s, root, num_classes=2) for s in ("train", "val", "test")}
-    names = [set(i["image"] for i in parts[s]) for s in parts]
+    names = [{i["image"] for i in parts[s]} for s in parts]
     assert sum(map(len, names)) == 60 and len(set.union(*names)) == 60  # disjoint, complete
     assert 20 <= len(parts["train"]) <= 50 and parts["val"] and parts["test"]
     merged = next(i for s in parts.values() for i in s if i["image"].endswith("/p0.dcm"))
@@ -174,8 +192,9 @@ def test_dicom_written_monochrome_bits_rescale_rgb(tmp_path):
     np.testing.assert_allclose(np.diag(meta["affine"])[:2], [-0.1, -0.2])  # column spacing along x; LPS -> RAS
     m1, _ = _read(reader, write_dicom(str(tmp_path / "m1.dcm"), 4095 - stored, "MONOCHROME1", bits_stored=12))
     np.testing.assert_allclose(m1, m2, atol=1e-6)  # MONOCHROME1 looks like MONOCHROME2
-    ct, _ = _read(reader, write_dicom(str(tmp_path / "ct.dcm"), stored, bits_stored=12, slope=0.5, intercept=-1024,
-                                      modality="CT"))  # fmt: skip
+    ct, _ = _read(
+        reader, write_dicom(str(tmp_path / "ct.dcm"), stored, bits_stored=12, slope=0.5, intercept=-1024, modality="CT")
+    )
     np.testing.assert_allclose(ct, stored.T * 0.5 - 1024, rtol=1e-6)  # CT keeps Hounsfield units
     colour = np.zeros((8, 10, 3), np.uint8)
     colour[..., 1] = 255
@@ -187,10 +206,15 @@ def test_dicom_written_monochrome_bits_rescale_rgb(tmp_path):
         _read(reader, str(tmp_path / "bad.dcm"))
 
 
-@pytest.mark.parametrize("name,shape,dtype", [
-    ("g8.png", (30, 40), np.uint8), ("g16.png", (30, 40), np.uint16),
-    ("rgb8.png", (30, 40, 3), np.uint8), ("rgb16.png", (30, 40, 3), np.uint16),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,shape,dtype",
+    [
+        ("g8.png", (30, 40), np.uint8),
+        ("g16.png", (30, 40), np.uint16),
+        ("rgb8.png", (30, 40, 3), np.uint8),
+        ("rgb16.png", (30, 40, 3), np.uint16),
+    ],
+)
 def test_png_8_16_bit_grey_rgb_through_load_input(tmp_path, name, shape, dtype):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, np.iinfo(dtype).max, size=shape, dtype=dtype)
@@ -218,16 +242,16 @@ def test_every_listed_extension_has_a_reader(tmp_path):
 
 
 def test_jpeg_and_nrrd_geometry(tmp_path):
-    import SimpleITK as sitk
+    import SimpleITK
 
     reader = SimpleITKReader()
     write_png(str(tmp_path / "a.jpg"), np.full((12, 16, 3), 200, np.uint8))
     arr, meta = _read(reader, str(tmp_path / "a.jpg"))
     assert arr.shape == (16, 12, 3) and abs(float(arr.mean()) - 200 / 255) < 0.01  # photographs: [0, 1]
-    volume = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))  # z, y, x
+    volume = SimpleITK.GetImageFromArray(np.zeros((4, 5, 6), np.int16))  # z, y, x
     volume.SetSpacing((0.5, 0.8, 2.0))
     volume.SetOrigin((10.0, 20.0, 30.0))
-    sitk.WriteImage(volume, str(tmp_path / "v.nrrd"))
+    SimpleITK.WriteImage(volume, str(tmp_path / "v.nrrd"))
     arr, meta = _read(reader, str(tmp_path / "v.nrrd"))
     assert arr.shape == (6, 5, 4)
     np.testing.assert_allclose(meta["affine"], [[-0.5, 0, 0, -10], [0, -0.8, 0, -20], [0, 0, 2, 30], [0, 0, 0, 1]])
@@ -256,10 +280,12 @@ def test_box_follows_the_image_through_crop_resize_and_augmentation(tmp_path):
     bright = image > 0.5
     iou = (bright & mask).sum() / (bright | mask).sum()
     assert iou > 0.9, iou
-    augment = Compose([
-        RandRotated(keys=["image", "mask"], range_x=3.14, prob=1.0, mode=["bilinear", "nearest"]),
-        RandFlipd(keys=["image", "mask"], spatial_axis=0, prob=1.0),
-    ])  # fmt: skip
+    augment = Compose(
+        [
+            RandRotated(keys=["image", "mask"], range_x=3.14, prob=1.0, mode=["bilinear", "nearest"]),
+            RandFlipd(keys=["image", "mask"], spatial_axis=0, prob=1.0),
+        ]
+    )
     augment.set_random_state(3)
     moved = augment(dict(loaded))
     bright, mask = moved["image"][0] > 0.5, moved["mask"][0] > 0.5
@@ -270,7 +296,9 @@ def test_box_outside_image_and_mask_size_mismatch_are_named(tmp_path):
     path = write_png(str(tmp_path / "small.png"), np.zeros((20, 30), np.uint8))
     with pytest.raises(RuntimeError) as err:
         load_input([16, 16])({"image": path, "boxes": [[25.0, 5.0, 10.0, 5.0]]})
-    assert "small.png: box [x=25, y=5, width=10, height=5] lies outside the image of 30 x 20 pixels" in str(err.value.__cause__)
+    assert "small.png: box [x=25, y=5, width=10, height=5] lies outside the image of 30 x 20 pixels" in str(
+        err.value.__cause__
+    )
     image = torch.zeros(1, 30, 20)
     with pytest.raises(ValueError, match="does not match the image"):
         BoxesToMaskd()({"image": image, "mask": torch.zeros(1, 10, 10), "boxes": []})

@@ -38,7 +38,9 @@ def _collected(seed: int, paper: bool) -> Collected:
         probs[model] = torch.stack([1 - p, p], dim=1)
     values, curves = {}, {}
     for k, pair in enumerate(PAIRS):
-        names = ["activation_precision", "pointing_game", "topk_precision"] + (["paper_activation_precision"] if paper else [])
+        names = ["activation_precision", "pointing_game", "topk_precision"] + (
+            ["paper_activation_precision"] if paper else []
+        )
         values[pair] = {}
         for name in names:
             v = (torch.rand(n, generator=g) * 0.5 + 0.1 * k).float()
@@ -46,8 +48,15 @@ def _collected(seed: int, paper: bool) -> Collected:
         start = torch.rand(n, 1, generator=g) * 0.2 + 0.8
         decay = torch.linspace(1.0, 0.0, 5)[None] ** (1 + k)
         curves[pair] = {"deletion": start * decay, "insertion": start * (1 - decay)}
-    return Collected(pairs=list(PAIRS), labels=labels, explained_class=1, settings={"topk": 5}, probs=probs,
-                     values=values, curves=curves)  # fmt: skip
+    return Collected(
+        pairs=list(PAIRS),
+        labels=labels,
+        explained_class=1,
+        settings={"topk": 5},
+        probs=probs,
+        values=values,
+        curves=curves,
+    )
 
 
 def _report(seed: int, paper: bool) -> dict:
@@ -80,8 +89,12 @@ def test_table_has_every_model_method_and_metric_with_dashes_for_what_a_report_l
     for variant, report in (("small", small), ("multifocal", multifocal)):
         cls = report["classification"]
         row = next(line for line in lines if line.startswith(f"| {variant} | 16 | "))  # the classification line
-        assert row == f"| {variant} | 16 | " + " | ".join(
-            f"{cls[m]['accuracy']:.3f} | {cls[m]['auc']:.3f}" for m, _ in PAIRS) + " |"  # fmt: skip
+        assert (
+            row
+            == f"| {variant} | 16 | "
+            + " | ".join(f"{cls[m]['accuracy']:.3f} | {cls[m]['auc']:.3f}" for m, _ in PAIRS)
+            + " |"
+        )
         for model, method in PAIRS:
             values = report["explanation"][model][method]
             expected = [_cell(values[m]) if m in values else "-" for m in TABLE_METRICS]
@@ -101,8 +114,11 @@ def test_paired_rows_are_softcam_minus_each_other_pair_once(reports, tmp_path):
     pairs = list(dict.fromkeys((f"{r['model']}/{r['method']}", r["versus"]) for r in paired))
     # the report also has dense minus sparse: the negative of sparse minus dense, left out
     assert ("softcam_dense/softcam", "softcam_sparse/softcam") in {(r["softcam"], r["versus"]) for r in small["paired"]}
-    assert pairs == [("softcam_sparse/softcam", "softcam_dense/softcam"), ("softcam_sparse/softcam", "blackbox/gradcam"),
-                     ("softcam_dense/softcam", "blackbox/gradcam")]  # fmt: skip
+    assert pairs == [
+        ("softcam_sparse/softcam", "softcam_dense/softcam"),
+        ("softcam_sparse/softcam", "blackbox/gradcam"),
+        ("softcam_dense/softcam", "blackbox/gradcam"),
+    ]
     source = {(r["softcam"], r["versus"], r["metric"]): r for r in small["paired"]}
     text = write_comparison({"small": small}, str(tmp_path))
     lines = text.splitlines()
@@ -119,7 +135,8 @@ def test_paired_rows_are_softcam_minus_each_other_pair_once(reports, tmp_path):
     row = next(r for r in paired if r["versus"] == "blackbox/gradcam" and r["metric"] == "deletion_auc")
     expected = source[(f"{row['model']}/{row['method']}", "blackbox/gradcam", "deletion_auc")]
     assert (row["mean"], row["ci_low"], row["ci_high"], row["n"], row["p_value"]) == pytest.approx(
-        (expected["mean"], expected["ci_low"], expected["ci_high"], expected["n"], expected["p_value"]))  # fmt: skip
+        (expected["mean"], expected["ci_low"], expected["ci_high"], expected["n"], expected["p_value"])
+    )
     assert row["higher_is_better"] is False and 0 < row["p_value"] <= 1
 
 
@@ -145,7 +162,11 @@ def test_csv_keeps_one_row_per_variant_model_method_and_metric(reports, tmp_path
                     assert float(r["mean"]) == pytest.approx(summary["mean"]) and int(r["n"]) == summary["n"]
             if r["section"] == "classification" and r["metric"] == "auc":
                 assert float(r["mean"]) == pytest.approx(report["classification"][r["model"]]["auc"])
-    ap = [r for r in rows if r["variant"] == "small" and r["section"] == "explanation" and r["metric"] == "activation_precision"]
+    ap = [
+        r
+        for r in rows
+        if r["variant"] == "small" and r["section"] == "explanation" and r["metric"] == "activation_precision"
+    ]
     assert {int(r["n"]) for r in ap} == {8} and {int(r["n_excluded"]) for r in ap} == {8}  # healthy images excluded
 
 
@@ -153,7 +174,9 @@ def test_a_metric_nobody_measured_is_a_dash_not_nan(reports):
     report = json.loads(json.dumps(reports[0]["small"]))
     report["explanation"]["blackbox"]["gradcam"]["deletion_auc"].update(mean=float("nan"), n=0)
     rows = combine_reports({"small": report})
-    row = next(r for r in rows if r["model"] == "blackbox" and r["metric"] == "deletion_auc" and r["section"] == "explanation")
+    row = next(
+        r for r in rows if r["model"] == "blackbox" and r["metric"] == "deletion_auc" and r["section"] == "explanation"
+    )
     assert row["mean"] is None and row["n"] is None
     assert not any(isinstance(v, float) and math.isnan(v) for r in rows for v in r.values())
 
@@ -172,13 +195,18 @@ def test_command_line_writes_both_files_and_prints_the_table(reports, tmp_path, 
 
 
 def _script(*args, env=None, timeout=30):
-    return subprocess.run(["bash", SCRIPT, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env)  # fmt: skip
+    return subprocess.run(
+        ["bash", SCRIPT, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--fast"], "unknown option '--fast'"), (["--quick", "a", "b"], "one OUTPUT_DIR only"), (["-x"], "unknown option")],
+    [
+        (["--fast"], "unknown option '--fast'"),
+        (["--quick", "a", "b"], "one OUTPUT_DIR only"),
+        (["-x"], "unknown option"),
+    ],
 )
 def test_script_refuses_bad_arguments_before_any_work(args, message):
     proc = _script(*args)
@@ -195,10 +223,14 @@ def test_script_refuses_a_variant_without_a_preset_and_prints_its_usage():
 
 
 # 32-px images, a few dozen of them, one epoch; every costly part of the report at its minimum
-TINY_TRAIN = ("--image_size [32,32] --demo_data#radius [3.0,5.0] --demo_data#num_train 24 --demo_data#num_val 12 "
-              "--demo_data#num_test 16 --epochs 1 --batch_size 8")  # fmt: skip
-TINY_REPORT = ("--explain#options#integrated_gradients#steps 2 --explain#sanity_cases 1 --explain#gallery_cases 2 "
-               "--explain#deletion_steps 3")  # fmt: skip
+TINY_TRAIN = (
+    "--image_size [32,32] --demo_data#radius [3.0,5.0] --demo_data#num_train 24 --demo_data#num_val 12 "
+    "--demo_data#num_test 16 --epochs 1 --batch_size 8"
+)
+TINY_REPORT = (
+    "--explain#options#integrated_gradients#steps 2 --explain#sanity_cases 1 --explain#gallery_cases 2 "
+    "--explain#deletion_steps 3"
+)
 
 
 @pytest.mark.slow
@@ -207,9 +239,14 @@ def test_script_end_to_end_on_tiny_data(tmp_path):
     with the paper's five post-hoc methods against the lesion masks, and the combined table."""
     if sys.prefix == sys.base_prefix:
         pytest.skip("the script sets up a virtual environment; run the tests inside one, which it then reuses")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "DEMO_COMPARISON_VARIANTS": "shortcut",
-           "DEMO_COMPARISON_TRAIN_OVERRIDES": TINY_TRAIN, "DEMO_COMPARISON_REPORT_OVERRIDES": TINY_REPORT,
-           "MONAI_SOFTCAM_VENV": sys.prefix}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "DEMO_COMPARISON_VARIANTS": "shortcut",
+        "DEMO_COMPARISON_TRAIN_OVERRIDES": TINY_TRAIN,
+        "DEMO_COMPARISON_REPORT_OVERRIDES": TINY_REPORT,
+        "MONAI_SOFTCAM_VENV": sys.prefix,
+    }
     proc = _script("--quick", str(tmp_path / "out"), env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "out"
@@ -217,7 +254,13 @@ def test_script_end_to_end_on_tiny_data(tmp_path):
         assert json.load(open(out / "shortcut" / model / "eval" / "metrics_test.json"))["metrics"]["n"] == 16
     report = json.load(open(out / "shortcut" / "report" / "report.json"))
     assert list(report["explanation"]) == ["softcam_sparse", "softcam_dense", "blackbox"]
-    assert list(report["explanation"]["blackbox"]) == ["gradcam", "integrated_gradients", "guided_backprop", "scorecam", "layercam"]
+    assert list(report["explanation"]["blackbox"]) == [
+        "gradcam",
+        "integrated_gradients",
+        "guided_backprop",
+        "scorecam",
+        "layercam",
+    ]
     assert report["settings"]["deletion_steps"] == 3
     test_rows = list(csv.DictReader(open(out / "shortcut" / "data" / "test.csv")))
     lesions = sum(r["bin_target"] == "1" for r in test_rows)

@@ -5,8 +5,8 @@ import warnings
 
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT
+
 from monai_softcam.data.demo import DemoDataConfig, ensure_demo_dataset, generate_demo_dataset, render_sample
 
 SMALL = dict(size=64, num_train=6, num_val=4, num_test=4)
@@ -130,7 +130,12 @@ def test_bad_config():
 def test_command_line(tmp_path, capsys):
     from monai_softcam.__main__ import main
 
-    assert main(["demo-data", str(tmp_path / "d"), "--size", "40", "--num_train", "2", "--num_val", "1", "--num_test", "1"]) == 0
+    assert (
+        main(
+            ["demo-data", str(tmp_path / "d"), "--size", "40", "--num_train", "2", "--num_val", "1", "--num_test", "1"]
+        )
+        == 0
+    )
     assert os.path.isfile(tmp_path / "d" / "test.csv")
     assert main(["demo-data", str(tmp_path / "d")]) == 2  # never overwrites
     assert "already exists" in capsys.readouterr().err
@@ -156,7 +161,14 @@ def _sample_digest(cfg, indices):
     parts = []
     for i in indices:
         s = render_sample(cfg, i)
-        parts += [np.round(s.image * 255).astype(np.uint8).tobytes(), s.mask.tobytes(), s.box, s.label, s.target, s.distractors]
+        parts += [
+            np.round(s.image * 255).astype(np.uint8).tobytes(),
+            s.mask.tobytes(),
+            s.box,
+            s.label,
+            s.target,
+            s.distractors,
+        ]
     return _digest(*parts)
 
 
@@ -253,7 +265,9 @@ def test_small_lesions_take_their_contrast_from_small_contrast():
     checked = 0
     for i in range(12):
         a, b = render_sample(one, i), render_sample(two, i)
-        np.testing.assert_array_equal(render_sample(one, i, with_lesion=False).image, render_sample(two, i, with_lesion=False).image)
+        np.testing.assert_array_equal(
+            render_sample(one, i, with_lesion=False).image, render_sample(two, i, with_lesion=False).image
+        )
         if not a.label:
             continue
         base = render_sample(one, i, with_lesion=False).image
@@ -263,7 +277,9 @@ def test_small_lesions_take_their_contrast_from_small_contrast():
         assert la[a.mask].max() <= 1.5 * one.background_std + 1e-6
         c = render_sample(brighter_distractors, i)
         cb = render_sample(brighter_distractors, i, with_lesion=False).image
-        np.testing.assert_allclose((c.image - cb)[free & (cb < 1.0) & (c.image < 1.0)], la[free & (cb < 1.0) & (c.image < 1.0)], atol=2e-6)
+        np.testing.assert_allclose(
+            (c.image - cb)[free & (cb < 1.0) & (c.image < 1.0)], la[free & (cb < 1.0) & (c.image < 1.0)], atol=2e-6
+        )
         checked += 1
     assert checked >= 3
 
@@ -273,8 +289,9 @@ def test_multifocal_masks_are_the_union_and_boxes_parse(tmp_path):
 
     from monai_softcam.data import CSVDataSpec
 
-    cfg = DemoDataConfig(variant="multifocal", size=64, num_train=24, num_val=8, num_test=8, radius=(3.0, 6.0),
-                         lesion_fraction=0.7)  # fmt: skip
+    cfg = DemoDataConfig(
+        variant="multifocal", size=64, num_train=24, num_val=8, num_test=8, radius=(3.0, 6.0), lesion_fraction=0.7
+    )
     out = tmp_path / "multi"
     paths = generate_demo_dataset(str(out), cfg, progress=False)
     rows = [r for split in ("train", "val", "test") for r in csv.DictReader(open(paths[split]))]
@@ -302,15 +319,24 @@ def test_multifocal_masks_are_the_union_and_boxes_parse(tmp_path):
         assert [float(row[k]) for k in ("x", "y", "width", "height")] == union_box
     assert set(counts) == {1, 2, 3, 4}
     # the data spec reads the CSVs (extra columns are ignored), the single box columns too
-    spec = CSVDataSpec(train_csv="train.csv", val_csv="val.csv", test_csv="test.csv", image_column="filename",
-                       label_column="bin_target", mask_column="mask", box_columns=["x", "y", "width", "height"])  # fmt: skip
+    spec = CSVDataSpec(
+        train_csv="train.csv",
+        val_csv="val.csv",
+        test_csv="test.csv",
+        image_column="filename",
+        label_column="bin_target",
+        mask_column="mask",
+        box_columns=["x", "y", "width", "height"],
+    )
     items = spec.datalist("train", str(out), num_classes=2)
     assert [len(item["boxes"]) for item in items] == [1 if r["x"] else 0 for r in rows[:24]]
     assert all(os.path.isfile(item["mask"]) for item in items)
     # 3D: ellipsoids, a box of 6 numbers per lesion
     cfg3 = DemoDataConfig(spatial_dims=3, size=32, variant="multifocal", radius=(3.0, 6.0), lesion_fraction=1.0)
     samples = [render_sample(cfg3, i) for i in range(6)]
-    assert all(1 <= s.n_lesions <= 4 and len(s.boxes[0]) == 6 for s in samples) and max(s.n_lesions for s in samples) > 1
+    assert (
+        all(1 <= s.n_lesions <= 4 and len(s.boxes[0]) == 6 for s in samples) and max(s.n_lesions for s in samples) > 1
+    )
 
 
 def test_shortcut_marker_follows_the_label_in_train_and_val_only(tmp_path):
@@ -359,7 +385,7 @@ def test_shortcut_dataset_writes_marker_masks(tmp_path):
         rows = list(csv.DictReader(open(paths[split])))
         assert list(rows[0])[-3:] == ["mask", "marker", "marker_mask"]
         for row in rows:
-            i = int(row["filename"][len("images/demo_"):-4])
+            i = int(row["filename"][len("images/demo_") : -4])
             sample = render_sample(cfg, i)
             assert sample.split == split and int(row["marker"]) == sample.marker
             marker = np.asarray(Image.open(out / row["marker_mask"])) > 0
@@ -368,10 +394,12 @@ def test_shortcut_dataset_writes_marker_masks(tmp_path):
             assert np.all(image[marker] == 242)  # round(0.95 * 255)
             assert bool(marker.any()) == bool(sample.marker)
     # 3D: a cube of map_stride voxels in one of the 8 corners
-    cfg3 = DemoDataConfig(spatial_dims=3, size=32, variant="shortcut", radius=(3.0, 6.0), num_train=4, num_val=1, num_test=1)
+    cfg3 = DemoDataConfig(
+        spatial_dims=3, size=32, variant="shortcut", radius=(3.0, 6.0), num_train=4, num_val=1, num_test=1
+    )
     paths = generate_demo_dataset(str(tmp_path / "shortcut3d"), cfg3, progress=False)
     rows = list(csv.DictReader(open(paths["train"])))
-    for i, row in enumerate(rows):
+    for row in rows:
         marker = nib.load(str(tmp_path / "shortcut3d" / row["marker_mask"])).get_fdata() > 0
         assert int(row["marker"]) == int(marker.any())
         if marker.any():
@@ -384,7 +412,9 @@ def test_variant_fingerprints_and_reuse(tmp_path):
     from monai_softcam.data.demo import _fingerprint
 
     base = DemoDataConfig(**SMALL)
-    prints = {v: _fingerprint(DemoDataConfig(**SMALL, variant=v)) for v in ("default", "small", "multifocal", "shortcut")}
+    prints = {
+        v: _fingerprint(DemoDataConfig(**SMALL, variant=v)) for v in ("default", "small", "multifocal", "shortcut")
+    }
     assert len(set(prints.values())) == 4
     shortcut = DemoDataConfig(**SMALL, variant="shortcut")
     assert _fingerprint(DemoDataConfig(**SMALL, variant="shortcut", shortcut_correlation=0.7)) != prints["shortcut"]
@@ -401,19 +431,21 @@ def test_variant_fingerprints_and_reuse(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"variant": "tiny"}, "variant must be one of default, small, multifocal, shortcut, got 'tiny'"),
-     ({"shortcut_correlation": 1.5}, r"shortcut_correlation must be a number in \[0, 1\], got 1.5"),
-     ({"shortcut_correlation": -0.1}, r"shortcut_correlation must be a number in \[0, 1\], got -0.1"),
-     ({"shortcut_correlation": "high"}, r"shortcut_correlation must be a number in \[0, 1\], got 'high'"),
-     ({"map_stride": 0}, "map_stride must be an integer >= 1, got 0"),
-     ({"max_lesions": 0}, "max_lesions must be an integer >= 1, got 0"),
-     ({"small_diameter": (2.0, 1.0)}, "small_diameter must be a range"),
-     ({"small_diameter": 1.0}, "small_diameter must be a range"),
-     ({"small_contrast": (3.0, 2.0)}, "small_contrast must be a range"),
-     ({"small_contrast": "bright"}, "small_contrast must be a range"),
-     ({"variant": "small", "map_stride": 32}, "size must be >= 4 \\* the largest small-lesion radius"),
-     ({"variant": "shortcut", "map_stride": 40}, "size must be >= 3 \\* map_stride")],
-)  # fmt: skip
+    [
+        ({"variant": "tiny"}, "variant must be one of default, small, multifocal, shortcut, got 'tiny'"),
+        ({"shortcut_correlation": 1.5}, r"shortcut_correlation must be a number in \[0, 1\], got 1.5"),
+        ({"shortcut_correlation": -0.1}, r"shortcut_correlation must be a number in \[0, 1\], got -0.1"),
+        ({"shortcut_correlation": "high"}, r"shortcut_correlation must be a number in \[0, 1\], got 'high'"),
+        ({"map_stride": 0}, "map_stride must be an integer >= 1, got 0"),
+        ({"max_lesions": 0}, "max_lesions must be an integer >= 1, got 0"),
+        ({"small_diameter": (2.0, 1.0)}, "small_diameter must be a range"),
+        ({"small_diameter": 1.0}, "small_diameter must be a range"),
+        ({"small_contrast": (3.0, 2.0)}, "small_contrast must be a range"),
+        ({"small_contrast": "bright"}, "small_contrast must be a range"),
+        ({"variant": "small", "map_stride": 32}, "size must be >= 4 \\* the largest small-lesion radius"),
+        ({"variant": "shortcut", "map_stride": 40}, "size must be >= 3 \\* map_stride"),
+    ],
+)
 def test_bad_variant_settings_name_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DemoDataConfig(**kwargs)
@@ -451,8 +483,10 @@ def test_variant_presets_make_their_own_demo_data(variant, tmp_path):
         assert json.load(open(os.path.join(demo_dir, "demo.json")))["config"]["variant"] == variant
     assert not os.path.exists(default.get_parsed_content("demo_dir"))
     # merged after evaluate.yaml or inference.yaml (which have no demo generator) it reads as well
-    for configs in ([train, os.path.join(REPO_ROOT, "bundle", "configs", "evaluate.yaml"), preset],
-                    [os.path.join(REPO_ROOT, "bundle", "configs", "inference.yaml"), preset]):  # fmt: skip
+    for configs in (
+        [train, os.path.join(REPO_ROOT, "bundle", "configs", "evaluate.yaml"), preset],
+        [os.path.join(REPO_ROOT, "bundle", "configs", "inference.yaml"), preset],
+    ):
         parser = ConfigParser()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MONAI: "+demo_data ... copying instead" without train.yaml

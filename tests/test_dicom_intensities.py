@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk
+import SimpleITK
 from data_helpers import write_dicom, write_png
 
 from monai_softcam.data.readers import DicomReader, dicom_intensities, effective_range
@@ -27,7 +27,7 @@ def _read(path, **kwargs):
 
 def _gdcm(path):
     """SimpleITK's own decode, as (x, y) = (column, row) like the reader."""
-    return sitk.GetArrayFromImage(sitk.ReadImage(path))[0].T.astype(np.float64)
+    return SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(path))[0].T.astype(np.float64)
 
 
 def test_signed_image_without_rescale_keeps_its_contrast(tmp_path):
@@ -56,7 +56,9 @@ def test_rescale_gives_hounsfield_units_for_ct_and_the_unit_range_otherwise(tmp_
     cr = write_dicom(str(tmp_path / "cr.dcm"), stored, bits_stored=12, slope=2.0, intercept=100.0)
     out = _read(cr)
     np.testing.assert_allclose(out, (_gdcm(cr) - 100) / (2 * 4095), rtol=1e-5)  # the 12-bit range, rescaled
-    inverted = write_dicom(str(tmp_path / "m1.dcm"), 4095 - stored, "MONOCHROME1", bits_stored=12, slope=2.0, intercept=100.0)
+    inverted = write_dicom(
+        str(tmp_path / "m1.dcm"), 4095 - stored, "MONOCHROME1", bits_stored=12, slope=2.0, intercept=100.0
+    )
     np.testing.assert_allclose(_read(inverted), out, atol=1e-6)  # MONOCHROME1 still looks like MONOCHROME2
 
 
@@ -94,7 +96,9 @@ def test_palette_colour_becomes_rgb():
     out = _read(path)
     assert out.shape == (ds.Columns, ds.Rows, 3) and 0 <= out.min() and out.max() <= 1
     rgb = pydicom.pixels.apply_color_lut(ds.pixel_array, ds)
-    np.testing.assert_allclose(out, np.transpose(rgb, (1, 0, 2)) / (255.0 if rgb.dtype == np.uint8 else 65535.0), atol=1e-6)
+    np.testing.assert_allclose(
+        out, np.transpose(rgb, (1, 0, 2)) / (255.0 if rgb.dtype == np.uint8 else 65535.0), atol=1e-6
+    )
     assert dicom_intensities(ds, ds.pixel_array).shape == rgb.shape
 
 
@@ -104,11 +108,19 @@ def test_16_bit_png_with_12_bit_data_keeps_its_contrast(tmp_path):
     np.testing.assert_allclose(out.numpy()[0], pixels.T / 4095, atol=1e-6)
 
 
-@pytest.mark.parametrize("values,bits,signed,expected", [
-    ([0, 255], 8, False, (0, 255)), ([0, 10], 8, False, (0, 255)),  # 8-bit data: the full range
-    ([0, 4095], 16, False, (0, 4095)), ([0, 4096], 16, False, (0, 8191)), ([3, 200], 16, False, (0, 255)),
-    ([-400, 599], 16, True, (-1024, 1023)), ([0, 3000], 16, True, (0, 4095)), ([-32768, 0], 16, True, (-32768, 32767)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "values,bits,signed,expected",
+    [
+        ([0, 255], 8, False, (0, 255)),
+        ([0, 10], 8, False, (0, 255)),  # 8-bit data: the full range
+        ([0, 4095], 16, False, (0, 4095)),
+        ([0, 4096], 16, False, (0, 8191)),
+        ([3, 200], 16, False, (0, 255)),
+        ([-400, 599], 16, True, (-1024, 1023)),
+        ([0, 3000], 16, True, (0, 4095)),
+        ([-32768, 0], 16, True, (-32768, 32767)),
+    ],
+)
 def test_effective_range(values, bits, signed, expected):
     assert effective_range(np.asarray(values), bits, signed) == expected
 
@@ -126,8 +138,9 @@ def test_the_window_option_is_a_task_key_and_the_frame_an_input_option(tmp_path)
     plain = Task(["a", "b"], 2, 1, [20, 20])
     windowed = Task(["a", "b"], 2, 1, [20, 20], dicom_window=True)
     np.testing.assert_allclose(plain.load_input()({"image": path})["image"][0], hu, rtol=1e-5)
-    np.testing.assert_allclose(windowed.load_input()({"image": path})["image"][0],
-                               np.clip((hu - 39.5) / 399 + 0.5, 0, 1), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        windowed.load_input()({"image": path})["image"][0], np.clip((hu - 39.5) / 399 + 0.5, 0, 1), atol=1e-5
+    )
     saved = windowed.save(str(tmp_path / "task.json"))
     assert Task.read(str(tmp_path / "task.json")) == saved
     old = {k: v for k, v in saved.to_dict().items() if k != "dicom_window"}

@@ -72,9 +72,9 @@ def _read(path, **kwargs):
 
 def _sitk_affine_ras(path):
     """SimpleITK's (GDCM's) geometry of the file, as a RAS affine (SimpleITK gives LPS)."""
-    import SimpleITK as sitk
+    import SimpleITK
 
-    image = sitk.ReadImage(str(path))
+    image = SimpleITK.ReadImage(str(path))
     n = image.GetDimension()
     lps = np.eye(4)
     lps[:n, :n] = np.asarray(image.GetDirection()).reshape(n, n) * np.asarray(image.GetSpacing())[None, :]
@@ -172,8 +172,13 @@ def test_missing_spacing_and_orientation_warn_only_for_cross_sectional_modalitie
 
 def test_non_square_oblique_pixels_keep_their_geometry_as_simpleitk(tmp_path, caplog):
     c, s = np.cos(0.3), np.sin(0.3)
-    ds = _dataset(modality="CT", PixelSpacing=[0.5, 0.25], ImageOrientationPatient=[c, s, 0, -s, c, 0],
-                  ImagePositionPatient=[-12.5, 30.0, 7.0], SliceThickness=2.0)  # fmt: skip
+    ds = _dataset(
+        modality="CT",
+        PixelSpacing=[0.5, 0.25],
+        ImageOrientationPatient=[c, s, 0, -s, c, 0],
+        ImagePositionPatient=[-12.5, 30.0, 7.0],
+        SliceThickness=2.0,
+    )
     path = _save(ds, tmp_path / "oblique.dcm")
     with caplog.at_level(logging.WARNING, logger="monai_softcam"):
         array, meta = _read(path)
@@ -227,11 +232,20 @@ def _volume(frames=4):
 
 def test_classic_multi_frame_grey_2d_needs_a_frame_3d_is_a_volume(tmp_path):
     frames = _volume()
-    ds = _dataset(frames, modality="CT", PixelSpacing=[0.7, 0.6], ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
-                  ImagePositionPatient=[10.0, -20.0, 5.0], SliceThickness=2.5)  # fmt: skip
+    ds = _dataset(
+        frames,
+        modality="CT",
+        PixelSpacing=[0.7, 0.6],
+        ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+        ImagePositionPatient=[10.0, -20.0, 5.0],
+        SliceThickness=2.5,
+    )
     path = _save(ds, tmp_path / "classic.dcm")
-    with pytest.raises(InputError, match=r"classic.dcm: multi-frame DICOM \(4 frames\) cannot be used as a 2D image; "
-                                         r"choose one with --dicom_frame <0..3>"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"classic.dcm: multi-frame DICOM \(4 frames\) cannot be used as a 2D image; "
+        r"choose one with --dicom_frame <0..3>",
+    ):
         _read(path)
     two_d, meta = _read(path, frame=2)
     _same_picture(two_d, frames[2].T)

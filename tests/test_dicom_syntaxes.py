@@ -18,10 +18,10 @@ import os
 import numpy as np
 import pydicom
 import pytest
+from data_helpers import write_dicom
 from pydicom import uid
 from pydicom.encaps import encapsulate
 
-from data_helpers import write_dicom
 from monai_softcam.data.readers import DICOM_DECODERS, DicomReader, decode_dicom_pixels
 from monai_softcam.utils import InputError
 
@@ -75,13 +75,13 @@ def _sitk_jpeg_lossless(source: str, path: str, syntax: str) -> str:
     """JPEG Lossless written by SimpleITK's GDCM writer (process 14, selection value 1). For the general
     process-14 syntax the same stream is labelled process 14, as GDCM itself writes it (predictor 1
     is one of process 14's predictors)."""
-    import SimpleITK as sitk
+    import SimpleITK
 
-    writer = sitk.ImageFileWriter()
+    writer = SimpleITK.ImageFileWriter()
     writer.SetFileName(path)
     writer.SetUseCompression(True)
     writer.SetCompressor("JPEG")  # GDCMImageIO: JPEG Lossless SV1 (its only JPEG)
-    writer.Execute(sitk.ReadImage(source))
+    writer.Execute(SimpleITK.ReadImage(source))
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == uid.JPEGLosslessSV1
     if syntax != uid.JPEGLosslessSV1:
@@ -129,10 +129,20 @@ CASES = {
     "jpeg_lossless_p14": (JPEG_PROCESS14, _sitk_jpeg_lossless, {}, ("u8", "u12", "u16"), True),
     "jpegls_lossless": (uid.JPEGLSLossless, _compressed, {"encoding_plugin": "pyjpegls"}, ("u8", "u12", "u16"), True),
     "jpegls_near": (
-        uid.JPEGLSNearLossless, _compressed, {"encoding_plugin": "pyjpegls", "jls_error": 2}, ("u8", "u12", "u16"), False
+        uid.JPEGLSNearLossless,
+        _compressed,
+        {"encoding_plugin": "pyjpegls", "jls_error": 2},
+        ("u8", "u12", "u16"),
+        False,
     ),
     "j2k_lossless": (uid.JPEG2000Lossless, _compressed, {"encoding_plugin": "pylibjpeg"}, ("u8", "u12", "u16"), True),
-    "j2k_lossy": (uid.JPEG2000, _compressed, {"encoding_plugin": "pylibjpeg", "j2k_cr": [4]}, ("u8", "u12", "u16"), False),
+    "j2k_lossy": (
+        uid.JPEG2000,
+        _compressed,
+        {"encoding_plugin": "pylibjpeg", "j2k_cr": [4]},
+        ("u8", "u12", "u16"),
+        False,
+    ),
 }
 PARAMS = [pytest.param(name, depth, id=f"{name}-{depth}") for name, case in CASES.items() for depth in case[3]]
 
@@ -153,10 +163,10 @@ def corpus(tmp_path_factory):
 
 def _gdcm(path: str) -> np.ndarray:
     """The independent decode: SimpleITK (GDCM) reading the same file, as stored values (rows, cols)."""
-    import SimpleITK as sitk
+    import SimpleITK
 
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return sitk.GetArrayFromImage(sitk.ReadImage(path)).reshape(int(ds.Rows), int(ds.Columns))
+    return SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(path)).reshape(int(ds.Rows), int(ds.Columns))
 
 
 @pytest.mark.parametrize("name, depth", PARAMS)

@@ -122,6 +122,7 @@ def test_one_probability_rule_softmax_or_sigmoid_for_one_output():
     torch.testing.assert_close(probabilities(torch.tensor([[0.0], [2.0]])), torch.sigmoid(torch.tensor([[0.0], [2.0]])))
     with pytest.raises(ValueError, match=r"expects logits \[B, C\], got shape \(3,\)"):
         probabilities(torch.zeros(3))
+
     # occlusion and the deletion curve read the model's confidence through it: a one-output model
     # is read as the sigmoid, not as a softmax over a single column (which is always 1)
     class OneOutput(nn.Module):
@@ -141,8 +142,10 @@ def test_explainers_leave_the_models_mode_alone():
     """MONAI's CAM and occlusion restore the mode of the module they wrap; ours must report the
     model's own mode, or an evaluated model comes back in training mode (batch-dependent BatchNorm)."""
     x = torch.rand(2, 1, 64, 64)
-    options = {"occlusion": {"mask_size": 32},
-               "scorecam": {"target_layer": "backbone.features.layer1", "batch_size": 64}}  # fmt: skip
+    options = {
+        "occlusion": {"mask_size": 32},
+        "scorecam": {"target_layer": "backbone.features.layer1", "batch_size": 64},
+    }
     new_methods = ("layercam", "scorecam", "guided_backprop")
     for training in (False, True):
         net = SoftCAM("resnet10", in_channels=1, num_classes=2).train(training)
@@ -162,7 +165,10 @@ def test_explainers_leave_the_models_mode_alone():
 
 def test_baselines_run_on_softcam_and_black_box_models():
     x = torch.rand(2, 1, 64, 64)
-    for model in (SoftCAM("resnet10", in_channels=1, num_classes=2, return_maps=True), BlackBox("resnet10", in_channels=1, num_classes=2)):
+    for model in (
+        SoftCAM("resnet10", in_channels=1, num_classes=2, return_maps=True),
+        BlackBox("resnet10", in_channels=1, num_classes=2),
+    ):
         model.eval()
         for name in ("gradcam", "gradcam++", "layercam"):
             maps = make_explainer(name, model)(x, torch.tensor([0, 1]))
@@ -299,9 +305,13 @@ def test_scorecam_weights_are_a_softmax_of_masked_input_scores_over_channels():
 
 def _tiny_relu_net(inplace=True):
     net = nn.Sequential(
-        nn.Conv2d(1, 2, 1), nn.ReLU(inplace=inplace), nn.Conv2d(2, 2, 1), nn.ReLU(inplace=inplace),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )  # fmt: skip
+        nn.Conv2d(1, 2, 1),
+        nn.ReLU(inplace=inplace),
+        nn.Conv2d(2, 2, 1),
+        nn.ReLU(inplace=inplace),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([1.0, -0.5]).view(2, 1, 1, 1))
         net[0].bias.copy_(torch.tensor([0.0, 0.1]))

@@ -124,8 +124,13 @@ def test_explanation_values_is_every_metric_under_one_name(shape):
     torch.manual_seed(0)
     dims = len(shape)
     maps = torch.randn(3, *shape)
-    masks = torch.cat([_box(shape, [2] * dims, [8] * dims), _box(shape, [6] * dims, [10] * dims),
-                       torch.zeros(1, *shape, dtype=torch.bool)])  # fmt: skip
+    masks = torch.cat(
+        [
+            _box(shape, [2] * dims, [8] * dims),
+            _box(shape, [6] * dims, [10] * dims),
+            torch.zeros(1, *shape, dtype=torch.bool),
+        ]
+    )
     positive = torch.tensor([True, False, True])
     values = explanation_values(maps, masks[:, None], positive, topk=3, patch_size=5, stride=2, pointing_tolerance=1)
     expected = {
@@ -164,13 +169,16 @@ def test_ignite_metric_reports_the_means_of_explanation_values():
     masks = torch.zeros(4, 1, 24, 24)
     masks[:2, :, 4:12, 4:12] = 1
     labels = torch.tensor([1, 0, 1, 0])
-    metric = ExplanationMetrics(output_transform=lambda out: out, explained_class=1, topk=2, patch_size=5, stride=3,
-                                pointing_tolerance=2)  # fmt: skip
+    metric = ExplanationMetrics(
+        output_transform=lambda out: out, explained_class=1, topk=2, patch_size=5, stride=3, pointing_tolerance=2
+    )
     metric.reset()
     metric.update((maps[:3], masks[:3], labels[:3], None))
     metric.update((list(maps[3:]), list(masks[3:]), labels[3:], None))
     results = metric.compute()
-    expected = explanation_values(maps[:, 1], masks, labels == 1, topk=2, patch_size=5, stride=2 + 1, pointing_tolerance=2)
+    expected = explanation_values(
+        maps[:, 1], masks, labels == 1, topk=2, patch_size=5, stride=2 + 1, pointing_tolerance=2
+    )
     expected["mean_abs_evidence"] = maps[:, 1].abs().flatten(1).mean(1)  # the maps' size, beside the metrics
     assert list(metric.values) == list(expected)
     for name, v in expected.items():
@@ -243,7 +251,9 @@ def test_deletion_and_insertion_on_a_model_that_reads_one_region():
 
 
 def test_ignite_metric_over_batches():
-    metric = ExplanationMetrics(output_transform=lambda out, batch: out, explained_class=1, topk=1, patch_size=4, stride=2)
+    metric = ExplanationMetrics(
+        output_transform=lambda out, batch: out, explained_class=1, topk=1, patch_size=4, stride=2
+    )
     engine = Engine(lambda e, batch: batch)
     metric.attach(engine, "activation_precision")
     mask = _box((32, 32), (0, 0), (16, 16))[0]
@@ -263,7 +273,9 @@ def test_ignite_metric_over_batches():
 def test_explanation_output_reads_evaluator_output_and_batch():
     from monai_softcam.metrics.explanation import explanation_output
 
-    outputs = [{"evidence_maps": torch.zeros(2, 4, 4), "label": torch.tensor(i), "logits": torch.zeros(2)} for i in (0, 1)]
+    outputs = [
+        {"evidence_maps": torch.zeros(2, 4, 4), "label": torch.tensor(i), "logits": torch.zeros(2)} for i in (0, 1)
+    ]
     batch = [{"mask": torch.zeros(1, 8, 8), "image": torch.zeros(1, 8, 8)} for _ in range(2)]
     maps, masks, labels, logits = explanation_output(outputs, batch)
     assert len(maps) == len(masks) == len(logits) == 2 and [int(v) for v in labels] == [0, 1]

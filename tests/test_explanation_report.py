@@ -23,17 +23,39 @@ def test_report_on_3d_volumes_with_two_models(tmp_path):
     masks = torch.zeros(4, 1, 24, 24, 24)
     masks[:2, :, 4:10, 4:10, 4:10] = 1  # two "lesion" volumes, two healthy ones (empty masks)
     images[:2] += masks[:2]
-    loader = [{"image": images[:3], "label": torch.tensor([1, 1, 0]), "mask": masks[:3]},
-              {"image": images[3:], "label": torch.tensor([0]), "mask": masks[3:]}]  # fmt: skip
+    loader = [
+        {"image": images[:3], "label": torch.tensor([1, 1, 0]), "mask": masks[:3]},
+        {"image": images[3:], "label": torch.tensor([0]), "mask": masks[3:]},
+    ]
     kwargs = {"widen_factor": 0.25, "conv1_t_stride": 1, "no_max_pool": True}
     models = [
-        {"name": "softcam", "network": SoftCAM("resnet10", 3, 1, 2, return_maps=True, backbone_kwargs=kwargs),
-         "methods": ["softcam", "gradcam"]},
-        {"name": "blackbox", "network": BlackBox("resnet10", 3, 1, 2, backbone_kwargs=kwargs), "methods": ["gradcam++"]},
-    ]  # fmt: skip
-    report = explanation_report(models, loader, str(tmp_path), ["healthy", "lesion"], explained_class=1, topk=2,
-                                topk_patch=6, topk_stride=3, pointing_tolerance=1, deletion_patch=8, deletion_steps=3,
-                                gallery_cases=2, sanity_cases=2, progress=False)  # fmt: skip
+        {
+            "name": "softcam",
+            "network": SoftCAM("resnet10", 3, 1, 2, return_maps=True, backbone_kwargs=kwargs),
+            "methods": ["softcam", "gradcam"],
+        },
+        {
+            "name": "blackbox",
+            "network": BlackBox("resnet10", 3, 1, 2, backbone_kwargs=kwargs),
+            "methods": ["gradcam++"],
+        },
+    ]
+    report = explanation_report(
+        models,
+        loader,
+        str(tmp_path),
+        ["healthy", "lesion"],
+        explained_class=1,
+        topk=2,
+        topk_patch=6,
+        topk_stride=3,
+        pointing_tolerance=1,
+        deletion_patch=8,
+        deletion_steps=3,
+        gallery_cases=2,
+        sanity_cases=2,
+        progress=False,
+    )
     assert report["images"] == 4
     ap = report["explanation"]["softcam"]["softcam"]["activation_precision"]
     assert (ap["n"], ap["n_excluded"]) == (2, 2)
@@ -63,8 +85,15 @@ class FullResolutionSoftCAM(nn.Module):
         return {"logits": maps.flatten(2).mean(2), "evidence_maps": maps}
 
 
-SETTINGS = {"topk": 2, "topk_patch": 7, "topk_stride": 3, "pointing_tolerance": 2, "deletion_patch": 8,
-            "deletion_steps": 2, "deletion_baseline": 0.0}  # fmt: skip
+SETTINGS = {
+    "topk": 2,
+    "topk_patch": 7,
+    "topk_stride": 3,
+    "pointing_tolerance": 2,
+    "deletion_patch": 8,
+    "deletion_steps": 2,
+    "deletion_baseline": 0.0,
+}
 
 
 @pytest.mark.parametrize("coarse", [False, True])
@@ -75,20 +104,34 @@ def test_report_and_evaluation_metric_give_the_same_per_image_values(coarse):
     masks[:3, :, 6:18, 8:20] = 1
     images[:3] += masks[:3]
     labels = torch.tensor([1, 1, 1, 0, 0])
-    loader = [{"image": images[:3], "label": labels[:3], "mask": masks[:3]},
-              {"image": images[3:], "label": labels[3:], "mask": masks[3:]}]  # fmt: skip
+    loader = [
+        {"image": images[:3], "label": labels[:3], "mask": masks[:3]},
+        {"image": images[3:], "label": labels[3:], "mask": masks[3:]},
+    ]
     if coarse:
         network = SoftCAM("resnet18", 2, 1, 2, return_maps=True, backbone_kwargs={"widen_factor": 0.25})
     else:
         network = FullResolutionSoftCAM()
     network.eval()
-    collected = collect([{"name": "m", "network": network, "methods": ["softcam"]}], loader, SETTINGS, explained_class=1,
-                        gallery_cases=0, sanity_cases=0, progress=False)  # fmt: skip
+    collected = collect(
+        [{"name": "m", "network": network, "methods": ["softcam"]}],
+        loader,
+        SETTINGS,
+        explained_class=1,
+        gallery_cases=0,
+        sanity_cases=0,
+        progress=False,
+    )
     report_values = collected.values[("m", "softcam")]
 
-    metric = ExplanationMetrics(explained_class=1, topk=SETTINGS["topk"], patch_size=SETTINGS["topk_patch"],
-                                stride=SETTINGS["topk_stride"], pointing_tolerance=SETTINGS["pointing_tolerance"],
-                                protocol="both")  # fmt: skip
+    metric = ExplanationMetrics(
+        explained_class=1,
+        topk=SETTINGS["topk"],
+        patch_size=SETTINGS["topk_patch"],
+        stride=SETTINGS["topk_stride"],
+        pointing_tolerance=SETTINGS["pointing_tolerance"],
+        protocol="both",
+    )
     engine = Engine(lambda e, batch: {"label": batch["label"], **network(batch["image"])})
     metric.attach(engine, "activation_precision")
     engine.run(loader, max_epochs=1)
@@ -102,15 +145,23 @@ def test_report_and_evaluation_metric_give_the_same_per_image_values(coarse):
         torch.testing.assert_close(metric.values[name], report_values[name], rtol=0, atol=0, equal_nan=True, msg=name)
     assert metric.values["completeness_error"].max() < 1e-5
     aggregated = aggregate(collected, ["healthy", "lesion"])
-    assert set(aggregated.per_case[("m", "softcam")]) == set(report_values) | {"deletion_auc", "insertion_auc",
-                                                                               "paper_deletion_auc"}
-    assert {n for n in report_values if n.startswith("paper_")} == {"paper_activation_precision", "paper_topk_precision",
-                                                                   "paper_topk_precision_tp", "paper_topk_patches"}
+    assert set(aggregated.per_case[("m", "softcam")]) == set(report_values) | {
+        "deletion_auc",
+        "insertion_auc",
+        "paper_deletion_auc",
+    }
+    assert {n for n in report_values if n.startswith("paper_")} == {
+        "paper_activation_precision",
+        "paper_topk_precision",
+        "paper_topk_precision_tp",
+        "paper_topk_patches",
+    }
     # both are explanation_values of the explained class's maps
     with torch.no_grad():
         out = network(images)
-    direct = explanation_values(out["evidence_maps"][:, 1], masks, labels == 1, topk=2, patch_size=7, stride=3,
-                                pointing_tolerance=2)  # fmt: skip
+    direct = explanation_values(
+        out["evidence_maps"][:, 1], masks, labels == 1, topk=2, patch_size=7, stride=3, pointing_tolerance=2
+    )
     for name in direct:
         torch.testing.assert_close(metric.values[name], direct[name], rtol=0, atol=0, equal_nan=True, msg=name)
 
@@ -131,7 +182,9 @@ def test_gallery_groups_share_a_colour_scale_and_3d_shows_the_first_groups_stron
     other[4, 4, 1] = 9.0  # the second group's evidence: slice 1, not shown
     mask = torch.zeros(8, 8, 8, dtype=torch.bool)
     mask[5:7, 5:7, 5] = True
-    case = GalleryCase(image, "a very long title indeed", [[("strong", strong), ("half", half)], [("other", other)]], mask)
+    case = GalleryCase(
+        image, "a very long title indeed", [[("strong", strong), ("half", half)], [("other", other)]], mask
+    )
     picture = render_gallery([case, GalleryCase(image[..., 0], "2D", [])], tile=None, caption_chars=4)
     assert picture.size == (4 * 8, 2 * (8 + 14) + 6)
     s, h, o = (_tile(picture, 0, k, 8) for k in (1, 2, 3))
@@ -148,7 +201,9 @@ def test_evidence_gallery_is_the_renderer_with_one_group_of_class_maps():
     image, maps = torch.rand(1, 16, 16), torch.randn(2, 4, 4)
     mask = torch.zeros(1, 16, 16)
     mask[0, 2:9, 3:7] = 1
-    picture = evidence_gallery([image], [maps], ["a", "b"], labels=[1], probs=[torch.tensor([0.25, 0.75])], masks=[mask], tile=32)
+    picture = evidence_gallery(
+        [image], [maps], ["a", "b"], labels=[1], probs=[torch.tensor([0.25, 0.75])], masks=[mask], tile=32
+    )
     up = torch.nn.functional.interpolate(maps[None], size=(16, 16), mode="bilinear", align_corners=False)[0]
     case = GalleryCase(image, "label: b", [[("a p=0.25", up[0]), ("b p=0.75", up[1])]], mask[0] > 0)
     assert np.array_equal(np.asarray(picture), np.asarray(render_gallery([case], tile=32)))

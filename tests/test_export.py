@@ -53,12 +53,17 @@ def _max_diff(a, b):
 )
 def test_eager_torchscript_and_onnx_agree(backbone, spatial_dims, size, kwargs, grid, tmp_path):
     net = _with_running_stats(
-        SoftCAM(backbone, spatial_dims=spatial_dims, in_channels=2, num_classes=3, return_maps=True, backbone_kwargs=kwargs)
+        SoftCAM(
+            backbone, spatial_dims=spatial_dims, in_channels=2, num_classes=3, return_maps=True, backbone_kwargs=kwargs
+        )
     )
     scripted = _scripted_round_trip(net, tmp_path / "model.ts")
     report = export_onnx(net, tmp_path / "model.onnx", spatial_size=size)
     assert report["outputs"] == [LOGITS, EVIDENCE_MAPS] and report["input"] == "image"
-    assert all(v <= ATOL for v in report["max_abs_diff"].values()) and set(report["max_abs_diff"]) == {LOGITS, EVIDENCE_MAPS}
+    assert all(v <= ATOL for v in report["max_abs_diff"].values()) and set(report["max_abs_diff"]) == {
+        LOGITS,
+        EVIDENCE_MAPS,
+    }
     assert all(v > 0 for v in report["max_abs_value"].values())
 
     import onnxruntime as ort
@@ -103,7 +108,9 @@ def test_scripted_logits_only_form_and_black_box(cls, tmp_path):
 
 @needs_onnx
 def test_black_box_onnx_has_logits_only_and_network_is_left_as_it_was(tmp_path):
-    net = _with_running_stats(BlackBox("resnet18", spatial_dims=2, in_channels=1, num_classes=2, backbone_kwargs=QUARTER))
+    net = _with_running_stats(
+        BlackBox("resnet18", spatial_dims=2, in_channels=1, num_classes=2, backbone_kwargs=QUARTER)
+    )
     net.train()
     report = export_onnx(net, tmp_path / "sub" / "bb.onnx", spatial_size=(64, 64))
     assert report["outputs"] == [LOGITS] and report["max_abs_diff"][LOGITS] <= ATOL
@@ -123,7 +130,9 @@ def test_black_box_onnx_has_logits_only_and_network_is_left_as_it_was(tmp_path):
 
 @needs_onnx
 def test_onnx_dynamic_spatial_axes(tmp_path):
-    net = _with_running_stats(SoftCAM("resnet18", spatial_dims=2, in_channels=1, num_classes=2, backbone_kwargs=STRIDE8))
+    net = _with_running_stats(
+        SoftCAM("resnet18", spatial_dims=2, in_channels=1, num_classes=2, backbone_kwargs=STRIDE8)
+    )
     export_onnx(net, tmp_path / "any_size.onnx", spatial_size=(32, 32), dynamic_spatial=True)
     x = torch.randn(1, 1, 40, 72)  # another size than the export's example
     net.return_maps = True
@@ -147,7 +156,9 @@ def test_onnx_export_refuses_torchscript_and_other_modules(tmp_path):
         export_onnx(torch.jit.script(net), tmp_path / "m.onnx", spatial_size=(64, 64))
     with pytest.raises(TypeError, match="SoftCAM or BlackBox networks, got Linear"):
         export_onnx(nn.Linear(2, 2), tmp_path / "m.onnx", spatial_size=(64, 64))
-    with pytest.raises(ValueError, match=r"spatial_size must have spatial_dims=2 entries \(the network's\), got \[64, 64, 64\]"):
+    with pytest.raises(
+        ValueError, match=r"spatial_size must have spatial_dims=2 entries \(the network's\), got \[64, 64, 64\]"
+    ):
         export_onnx(net, tmp_path / "m.onnx", spatial_size=(64, 64, 64))
     with pytest.raises(ValueError, match=r"too small for resnet18: every spatial size must be >= 32, got \(16, 64\)"):
         export_onnx(net, tmp_path / "m.onnx", spatial_size=(16, 64))
@@ -172,7 +183,9 @@ def test_onnx_export_of_an_untraceable_backbone_is_a_clear_error(tmp_path):
     net = SoftCAM("resnet18", spatial_dims=2, in_channels=1, num_classes=2, backbone_kwargs=QUARTER)
     net.backbone.features = _DataDependentTrunk(1, net.backbone.out_channels)
     assert net.eval()(torch.randn(1, 1, 64, 64)).shape == (1, 2)  # eager is fine
-    with pytest.raises(RuntimeError, match=r"ONNX export of SoftCAM\(resnet18, spatial_dims=2\) failed: .*traceable by torch.export"):
+    with pytest.raises(
+        RuntimeError, match=r"ONNX export of SoftCAM\(resnet18, spatial_dims=2\) failed: .*traceable by torch.export"
+    ):
         export_onnx(net, tmp_path / "m.onnx", spatial_size=(64, 64))
     assert not os.path.exists(tmp_path / "m.onnx")
 
@@ -183,7 +196,9 @@ def test_onnx_export_of_an_untraceable_backbone_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("cls", [SoftCAM, BlackBox])
 def test_wrong_channel_count_names_expected_and_got(cls):
     net = cls("resnet18", spatial_dims=2, in_channels=3, num_classes=2, backbone_kwargs=QUARTER).eval()
-    match = r"expects input x of shape \[B, 3, H, W\] \(4 dimensions\), got \(2, 1, 64, 64\): 1 input channels, expected 3"
+    match = (
+        r"expects input x of shape \[B, 3, H, W\] \(4 dimensions\), got \(2, 1, 64, 64\): 1 input channels, expected 3"
+    )
     with pytest.raises(ValueError, match=match):
         net(torch.zeros(2, 1, 64, 64))
     # the same message from the TorchScript model (TorchScript re-raises it as torch.jit.Error)
@@ -200,12 +215,17 @@ def test_wrong_channel_count_names_expected_and_got(cls):
     [
         ("resnet18", 2, QUARTER, (1, 1, 31, 64), r"every spatial size must be >= 32, got \(31, 64\)"),
         ("resnet18", 3, STRIDE8, (1, 1, 8, 7, 8), r"every spatial size must be >= 8, got \(8, 7, 8\)"),
-        ("resnet18", 3, {**STRIDE8, "conv1_t_stride": (1, 1, 2)}, (1, 1, 8, 8, 8),
-         r"the spatial sizes must be >= \(8, 8, 16\), got \(8, 8, 8\)"),
+        (
+            "resnet18",
+            3,
+            {**STRIDE8, "conv1_t_stride": (1, 1, 2)},
+            (1, 1, 8, 8, 8),
+            r"the spatial sizes must be >= \(8, 8, 16\), got \(8, 8, 8\)",
+        ),
         ("vgg11", 2, SMALL_VGG, (1, 1, 64, 31), r"every spatial size must be >= 32, got \(64, 31\)"),
         ("densenet121", 2, {}, (1, 1, 28, 28), r"every spatial size must be >= 32, got \(28, 28\)"),
     ],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("cls", [SoftCAM, BlackBox])
 def test_input_below_minimum_size_names_size_and_minimum(cls, backbone, spatial_dims, kwargs, shape, match):
     net = cls(backbone, spatial_dims=spatial_dims, in_channels=1, num_classes=2, backbone_kwargs=kwargs).eval()
@@ -224,7 +244,9 @@ def test_input_below_minimum_size_names_size_and_minimum(cls, backbone, spatial_
 
 def test_minimum_size_check_is_scriptable_and_the_backbones_really_fail_below_it():
     net = SoftCAM("vgg11", spatial_dims=2, in_channels=1, num_classes=2, backbone_kwargs=SMALL_VGG).eval()
-    with pytest.raises(torch.jit.Error, match=r"ValueError: input x is too small for vgg11: every spatial size must be >= 32"):
+    with pytest.raises(
+        torch.jit.Error, match=r"ValueError: input x is too small for vgg11: every spatial size must be >= 32"
+    ):
         torch.jit.script(net)(torch.zeros(1, 1, 31, 31))
     # without the check, the trunks themselves fail just below their minimum: VGG's five pools empty the grid,
     # DenseNet's three transitions after a stride-4 stem do so below 29 px

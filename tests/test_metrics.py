@@ -85,16 +85,18 @@ def test_ignite_metric_accumulates_decollated_outputs_and_names_each_metric():
         [{"pred": probs[i], "label": labels[i : i + 1]} for i in range(4, 8)],
     ]
     engine = Engine(lambda e, batch: batch)
-    metric = ClassificationMetrics(2, output_transform=lambda out: ([o["pred"] for o in out], [o["label"] for o in out]))
+    metric = ClassificationMetrics(
+        2, output_transform=lambda out: ([o["pred"] for o in out], [o["label"] for o in out])
+    )
     metric.attach(engine, "accuracy")
     engine.run(batches, max_epochs=1)
     assert engine.state.metrics["accuracy"] == pytest.approx(6 / 8)
     assert engine.state.metrics["auc"] == pytest.approx(14 / 16)
     assert metric.report["confusion_matrix"] == [[3, 1], [1, 3]] and metric.report["n"] == 8
+    bad = ClassificationMetrics(2, output_transform=lambda out: ([o["pred"] for o in out], [o["label"] for o in out]))
+    other = Engine(lambda e, batch: batch)
+    bad.attach(other, "classification")
     with pytest.raises(ValueError, match="attach ClassificationMetrics under one of its metric names"):
-        bad = ClassificationMetrics(2, output_transform=lambda out: ([o["pred"] for o in out], [o["label"] for o in out]))
-        other = Engine(lambda e, batch: batch)
-        bad.attach(other, "classification")
         other.run(batches, max_epochs=1)
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import yaml
 from bundle_helpers import EVALUATE, TINY, TRAIN, run_bundle
-from conftest import REPO_ROOT, SHARED_DIR
+from conftest import REPO_ROOT, SHARED_DIR, package_requirements
 
 BUNDLE = os.path.join(REPO_ROOT, "bundle")
 SCHEMA = os.path.join(SHARED_DIR, "monai_schema", "meta_schema_20240725.json")
@@ -36,7 +36,20 @@ def _run(*commands, timeout=300):
     procs = []
     for args in commands:
         cmd = [sys.executable, "-m", "monai.bundle", *args]
-        procs.append((cmd, subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")))
+        procs.append(
+            (
+                cmd,
+                subprocess.Popen(
+                    cmd,
+                    cwd=REPO_ROOT,
+                    env=_env(),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    encoding="utf-8",
+                    errors="replace",
+                ),
+            )
+        )
     outputs = []
     for cmd, proc in procs:
         out, err = proc.communicate(timeout=timeout)
@@ -59,7 +72,8 @@ def _parser(root, configs=("inference.yaml",)):
 @pytest.fixture(scope="module")
 def zoo_bundle(tmp_path_factory):
     """A copy of bundle/ (configs, docs, LICENSE, large_files.yml) with a freshly initialised models/model.pt
-    (a plain state dict, as training writes it; batch-norm statistics randomised so that comparisons are not trivial)."""
+    (a plain state dict, as training writes it; batch-norm statistics randomised so that comparisons are not trivial).
+    """
     root = tmp_path_factory.mktemp("zoo") / "softcam_demo"
     shutil.copytree(os.path.join(BUNDLE, "configs"), root / "configs")
     shutil.copytree(os.path.join(BUNDLE, "docs"), root / "docs")
@@ -83,7 +97,13 @@ def zoo_bundle(tmp_path_factory):
 
 
 def test_required_files_version_and_large_files():
-    for name in ("LICENSE", "configs/metadata.json", "configs/inference.yaml", "configs/logging.conf", "docs/README.md"):
+    for name in (
+        "LICENSE",
+        "configs/metadata.json",
+        "configs/inference.yaml",
+        "configs/logging.conf",
+        "docs/README.md",
+    ):
         assert os.path.isfile(os.path.join(BUNDLE, name)), f"bundle/{name} is missing"
     meta = json.load(open(os.path.join(BUNDLE, "configs", "metadata.json")))
     assert meta["version"] in meta["changelog"], f"version {meta['version']} is not in the changelog"
@@ -115,7 +135,9 @@ def test_metadata_verifies_offline_against_the_zoo_schema(schema, tmp_path):
     assert meta["schema"].endswith("/meta_schema_20240725.json")
     outputs = meta["network_data_format"]["outputs"]
     assert set(outputs) == {"pred"}  # one tensor: the evidence maps, whose spatial mean is the logits
-    classes = yaml.safe_load(open(os.path.join(BUNDLE, "configs", "train.yaml")))["class_names"]  # the demo task it describes
+    classes = yaml.safe_load(open(os.path.join(BUNDLE, "configs", "train.yaml")))[
+        "class_names"
+    ]  # the demo task it describes
     assert outputs["pred"]["num_channels"] == len(classes) and outputs["pred"]["spatial_shape"] == [12, 12]
     # the check can fail: a metadata file without a required key, or with a wrongly typed one, is refused
     for broken in ({k: v for k, v in meta.items() if k != "network_data_format"}, {**meta, "version": 2}):
@@ -173,23 +195,35 @@ def test_network_inputs_and_outputs_match_metadata(zoo_bundle):
 @pytest.mark.slow
 def test_export_round_trip_torchscript_and_onnx(zoo_bundle):
     pytest.importorskip("onnxruntime", reason="the ONNX extra: pip install 'monai_softcam[onnx]'")
-    from monai_softcam.export import run_onnx
     from monai_softcam.checkpoint import load_weights
+    from monai_softcam.export import run_onnx
 
     configs, models = zoo_bundle / "configs", zoo_bundle / "models"
     # the documented commands (docs/README.md), with this bundle's paths
     _, onnx_out = _run(
-        ["ckpt_export", "--net_id", "network_def", "--filepath", str(models / "model.ts"),
-         "--ckpt_file", str(models / "model.pt"), "--meta_file", str(configs / "metadata.json"),
-         "--config_file", repr([str(configs / "inference.yaml"), str(models / "task.json")])],
+        [
+            "ckpt_export",
+            "--net_id",
+            "network_def",
+            "--filepath",
+            str(models / "model.ts"),
+            "--ckpt_file",
+            str(models / "model.pt"),
+            "--meta_file",
+            str(configs / "metadata.json"),
+            "--config_file",
+            repr([str(configs / "inference.yaml"), str(models / "task.json")]),
+        ],
         ["run", "export_onnx", "--config_file", repr([str(configs / "inference.yaml"), str(configs / "export.yaml")])],
-    )  # fmt: skip
+    )
     assert f"wrote {models / 'model.onnx'} outputs ['logits', 'evidence_maps']" in onnx_out
 
     extra = {"metadata.json": "", "inference.json": "", "task.json": ""}
     ts = torch.jit.load(str(models / "model.ts"), _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == json.load(open(configs / "metadata.json"))["version"]
-    assert json.loads(extra["task.json"])["image_size"] == json.load(open(models / "task.json"))["image_size"]  # the task travels
+    assert (
+        json.loads(extra["task.json"])["image_size"] == json.load(open(models / "task.json"))["image_size"]
+    )  # the task travels
     assert json.loads(extra["inference.json"])["network_def"]["maps_only"] is True
 
     parser = _parser(zoo_bundle)
@@ -209,9 +243,19 @@ def zoo_pre_commit(root, tmp_path, monkeypatch):
     """Run the hooks of the Model Zoo's .pre-commit-config.yaml (pre-commit-hooks v4.6), with its
     arguments, on a copy of every file under ``root`` (the fixers rewrite what they fix); return
     {hook: exit status}. ``forbid-new-submodules`` needs a git diff, and a bundle holds no submodule."""
-    from pre_commit_hooks import check_added_large_files, check_case_conflict, check_docstring_first
-    from pre_commit_hooks import check_executables_have_shebangs, check_toml, check_yaml, detect_private_key
-    from pre_commit_hooks import end_of_file_fixer, mixed_line_ending, pretty_format_json, trailing_whitespace_fixer
+    from pre_commit_hooks import (
+        check_added_large_files,
+        check_case_conflict,
+        check_docstring_first,
+        check_executables_have_shebangs,
+        check_toml,
+        check_yaml,
+        detect_private_key,
+        end_of_file_fixer,
+        mixed_line_ending,
+        pretty_format_json,
+        trailing_whitespace_fixer,
+    )
 
     root = pathlib.Path(root)
     copies = []
@@ -231,7 +275,9 @@ def zoo_pre_commit(root, tmp_path, monkeypatch):
         "check-yaml": check_yaml.main(of(".yaml", ".yml")),
         "check-docstring-first": check_docstring_first.main(of(".py")),
         # pre-commit hands this hook the executable files only (its `types: [text, executable]`)
-        "check-executables-have-shebangs": check_executables_have_shebangs.main([c for c in copies if os.access(c, os.X_OK)]),
+        "check-executables-have-shebangs": check_executables_have_shebangs.main(
+            [c for c in copies if os.access(c, os.X_OK)]
+        ),
         "check-toml": check_toml.main(of(".toml")),
         "check-case-conflict": check_case_conflict.main(copies),
         "check-added-large-files": check_added_large_files.main(["--maxkb=1024", "--enforce-all", *copies]),
@@ -245,7 +291,7 @@ def test_the_zoos_pre_commit_hooks_accept_the_bundle(tmp_path, monkeypatch):
     """JSON as `pretty-format-json --no-sort-keys --indent=4` writes it, YAML that parses, no trailing
     whitespace, a newline at the end of every file, nothing over 1 MB, ... on every file of bundle/."""
     results = zoo_pre_commit(BUNDLE, tmp_path / "copy", monkeypatch)
-    assert results == {hook: 0 for hook in results}
+    assert results == dict.fromkeys(results, 0)
     # the check can fail: the JSON hook refuses a 2-space metadata.json
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "metadata.json").write_text(json.dumps({"a": [1, 2]}, indent=2) + "\n")
@@ -254,23 +300,23 @@ def test_the_zoos_pre_commit_hooks_accept_the_bundle(tmp_path, monkeypatch):
 
 def test_metadata_versions_meet_the_packages_floors():
     """The Zoo installs `name==version` for the metadata's versions (ci/get_bundle_requirements.py):
-    each is a package monai_softcam needs, at or above its setup.py floor. (That they have wheels for
+    each is a package monai_softcam needs, at or above its pyproject.toml floor. (That they have wheels for
     Python 3.10-3.13 was checked with pip install --dry-run --python-version, see the README.)"""
-    import ast
-
     from packaging.requirements import Requirement
 
-    tree = ast.parse(open(os.path.join(REPO_ROOT, "setup.py"), encoding="utf-8").read())
-    keyword = next(n for n in ast.walk(tree) if isinstance(n, ast.keyword) and n.arg == "install_requires")
-    floors = {Requirement(ast.literal_eval(e)).name.lower(): Requirement(ast.literal_eval(e)) for e in keyword.value.elts}
+    floors = {Requirement(r).name.lower(): Requirement(r) for r in package_requirements()}
     meta = json.load(open(os.path.join(BUNDLE, "configs", "metadata.json")))
-    pinned = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"],
-              **meta["required_packages_version"]}  # fmt: skip
+    pinned = {
+        "monai": meta["monai_version"],
+        "torch": meta["pytorch_version"],
+        "numpy": meta["numpy_version"],
+        **meta["required_packages_version"],
+    }
     assert "monai_softcam" not in pinned  # not on PyPI: the Zoo could not install it
     for name, version in pinned.items():
         requirement = floors.get(name.lower())
-        assert requirement is not None, f"{name} is pinned in metadata.json but is not a dependency in setup.py"
-        assert requirement.specifier.contains(version), f"{name}=={version} is below setup.py's {requirement}"
+        assert requirement is not None, f"{name} is pinned in metadata.json but is not a dependency in pyproject.toml"
+        assert requirement.specifier.contains(version), f"{name}=={version} is below pyproject.toml's {requirement}"
     assert set(floors) - {n.lower() for n in pinned} == set()  # every dependency is pinned for the Zoo
 
 
@@ -279,8 +325,15 @@ NAME = "lesion_synthetic_softcam_classification"
 
 
 def _cli(*args, cwd=REPO_ROOT):
-    return subprocess.run([sys.executable, "-m", "monai_softcam", *args], cwd=cwd, env=_env(), capture_output=True,
-                          encoding="utf-8", errors="replace", timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "monai_softcam", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -297,9 +350,19 @@ def packaged(trained_demo, tmp_path_factory):
     zoo = tmp_path_factory.mktemp("model-zoo")  # the Zoo's layout: models/<name>, ci/unit_tests/test_<name>.py
     (zoo / "ci" / "unit_tests").mkdir(parents=True)
     models = trained_demo / "models"
-    done = _cli("package-bundle", "--ckpt_dir", str(models), "--out", str(zoo / "models" / NAME), "--name", NAME,
-                "--url", f"model.pt={(models / 'model.pt').as_uri()}",
-                "--unit_test", str(zoo / "ci" / "unit_tests" / f"test_{NAME}.py"))  # fmt: skip
+    done = _cli(
+        "package-bundle",
+        "--ckpt_dir",
+        str(models),
+        "--out",
+        str(zoo / "models" / NAME),
+        "--name",
+        NAME,
+        "--url",
+        f"model.pt={(models / 'model.pt').as_uri()}",
+        "--unit_test",
+        str(zoo / "ci" / "unit_tests" / f"test_{NAME}.py"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"wrote the Model Zoo bundle {NAME}" in done.stdout
     return zoo, zoo / "models" / NAME
@@ -313,10 +376,23 @@ def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema
 
     _, root = packaged
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    assert {"LICENSE", "large_files.yml", "docs/README.md", "configs/metadata.json", "configs/inference.yaml",
-            "configs/train.yaml", "configs/evaluate.yaml", "configs/logging.conf", "models/task.json",
-            "scripts/__init__.py", "scripts/task.py", "scripts/networks/softcam.py"} <= set(files)  # fmt: skip
-    assert not any(f.endswith((".pt", ".ts", ".onnx", ".pyc")) for f in files)  # the weights are downloaded, not shipped
+    assert {
+        "LICENSE",
+        "large_files.yml",
+        "docs/README.md",
+        "configs/metadata.json",
+        "configs/inference.yaml",
+        "configs/train.yaml",
+        "configs/evaluate.yaml",
+        "configs/logging.conf",
+        "models/task.json",
+        "scripts/__init__.py",
+        "scripts/task.py",
+        "scripts/networks/softcam.py",
+    } <= set(files)
+    assert not any(
+        f.endswith((".pt", ".ts", ".onnx", ".pyc")) for f in files
+    )  # the weights are downloaded, not shipped
     assert max((root / f).stat().st_size for f in files) < 1024 * 1024
     # scripts/ is the package, file for file
     package = pathlib.Path(REPO_ROOT) / "monai_softcam"
@@ -327,8 +403,12 @@ def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema
 
     (entry,) = yaml.safe_load(open(root / "large_files.yml"))["large_files"]
     model_pt = trained_demo / "models" / "model.pt"
-    assert entry == {"path": "models/model.pt", "url": model_pt.as_uri(), "hash_type": "sha256",
-                     "hash_val": hashlib.sha256(model_pt.read_bytes()).hexdigest()}  # fmt: skip
+    assert entry == {
+        "path": "models/model.pt",
+        "url": model_pt.as_uri(),
+        "hash_type": "sha256",
+        "hash_val": hashlib.sha256(model_pt.read_bytes()).hexdigest(),
+    }
     # the configs import the packaged copy and describe this model: train.yaml's task keys are the saved task's
     for config in ("train.yaml", "inference.yaml"):  # (evaluate.yaml is merged after train.yaml, which imports)
         text = (root / "configs" / config).read_text()
@@ -338,21 +418,35 @@ def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema
     assert {k: train[k] for k in TASK_KEYS} == {k: getattr(task, k) for k in TASK_KEYS}
     assert train["image_size"] == [32, 32]  # the model's, not the bundle's 96
     packaged_task = json.load(open(root / "models" / "task.json"))
-    assert packaged_task["trained_with"]["config_files"] == ["train.yaml", "tiny.yaml"]  # names, no paths of this machine
+    assert packaged_task["trained_with"]["config_files"] == [
+        "train.yaml",
+        "tiny.yaml",
+    ]  # names, no paths of this machine
     # metadata: valid for the Zoo, this model's shapes and its evaluation figures
     meta_file = str(root / "configs" / "metadata.json")
     verify_metadata(meta_file=meta_file, filepath=schema)
     meta = json.load(open(meta_file))
     report = json.load(open(trained_demo / "eval" / "metrics_test.json"))
     assert meta["eval_metrics"]["test_accuracy"] == round(report["metrics"]["accuracy"], 4)
-    assert meta["eval_metrics"]["val_auc"] == round(json.load(open(trained_demo / "eval" / "metrics_val.json"))["metrics"]["auc"], 4)
-    assert meta["eval_metrics"]["test_activation_precision"] == round(report["explanation_metrics"]["activation_precision"]["mean"], 4)
+    assert meta["eval_metrics"]["val_auc"] == round(
+        json.load(open(trained_demo / "eval" / "metrics_val.json"))["metrics"]["auc"], 4
+    )
+    assert meta["eval_metrics"]["test_activation_precision"] == round(
+        report["explanation_metrics"]["activation_precision"]["mean"], 4
+    )
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32]
     assert meta["network_data_format"]["outputs"]["pred"]["spatial_shape"] == [4, 4]  # stride 8 at 32 px
     assert meta["version"] == "0.1.0" and list(meta["changelog"]) == ["0.1.0"]
     readme = (root / "docs" / "README.md").read_text()
-    for section in ("### **Authors**", "### **Tags**", "## **Model Description**", "## **System Configuration**",
-                    "**TensorRT:**", "## **Performance**", entry["hash_val"]):  # fmt: skip
+    for section in (
+        "### **Authors**",
+        "### **Tags**",
+        "## **Model Description**",
+        "## **System Configuration**",
+        "**TensorRT:**",
+        "## **Performance**",
+        entry["hash_val"],
+    ):
         assert section in readme
     assert f"| accuracy | {report['metrics']['accuracy']:.4f} |" in readme
 
@@ -361,17 +455,26 @@ def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema
 def test_packaged_bundle_passes_the_zoos_pre_commit(packaged, tmp_path, monkeypatch):
     _, root = packaged
     results = zoo_pre_commit(root, tmp_path / "copy", monkeypatch)
-    assert results == {hook: 0 for hook in results}
+    assert results == dict.fromkeys(results, 0)
 
 
 def _without_monai_softcam(args, cwd):
     """``python -m monai.bundle <args>`` in ``cwd`` with the installed monai_softcam made unimportable."""
-    code = ("import runpy, sys; sys.modules['monai_softcam'] = None; sys.argv = ['monai.bundle', *sys.argv[1:]]; "
-            "runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)")  # fmt: skip
+    code = (
+        "import runpy, sys; sys.modules['monai_softcam'] = None; sys.argv = ['monai.bundle', *sys.argv[1:]]; "
+        "runpy.run_module('monai.bundle', run_name='__main__', alter_sys=True)"
+    )
     env = _env()
     env["PYTHONPATH"] = ""
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, encoding="utf-8",
-                          errors="replace", timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -385,14 +488,36 @@ def test_packaged_bundle_runs_where_monai_softcam_is_not_installed(packaged, tmp
     shutil.copytree(root, work)
     blocked = _without_monai_softcam(["download_large_files", "--bundle_path", "."], work)
     assert blocked.returncode == 0 and (work / "models" / "model.pt").is_file(), blocked.stderr[-3000:]
-    check = _without_monai_softcam(["verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
-                                    "--config_file", "configs/inference.yaml", "--device", "cpu"], work)  # fmt: skip
+    check = _without_monai_softcam(
+        [
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.yaml",
+            "--device",
+            "cpu",
+        ],
+        work,
+    )
     assert check.returncode == 0, check.stderr[-3000:]
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)).save(images / "a.png")
-    infer = _without_monai_softcam(["run", "inference", "--config_file", "configs/inference.yaml", "--input_path",
-                                    str(images), "--output_dir", str(tmp_path / "out")], work)  # fmt: skip
+    infer = _without_monai_softcam(
+        [
+            "run",
+            "inference",
+            "--config_file",
+            "configs/inference.yaml",
+            "--input_path",
+            str(images),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        work,
+    )
     assert infer.returncode == 0, infer.stderr[-3000:]
     assert (tmp_path / "out" / "predictions.csv").is_file()
     assert (tmp_path / "out" / "maps" / "a" / "a_evidence_lesion.nii.gz").is_file()
@@ -401,8 +526,19 @@ def test_packaged_bundle_runs_where_monai_softcam_is_not_installed(packaged, tmp
     (tmp_path / "repo_bundle" / "models").mkdir()
     shutil.copy(work / "models" / "model.pt", tmp_path / "repo_bundle" / "models")
     shutil.copy(work / "models" / "task.json", tmp_path / "repo_bundle" / "models")
-    unpackaged = _without_monai_softcam(["run", "inference", "--config_file", "configs/inference.yaml", "--input_path",
-                                         str(images), "--output_dir", str(tmp_path / "out2")], tmp_path / "repo_bundle")  # fmt: skip
+    unpackaged = _without_monai_softcam(
+        [
+            "run",
+            "inference",
+            "--config_file",
+            "configs/inference.yaml",
+            "--input_path",
+            str(images),
+            "--output_dir",
+            str(tmp_path / "out2"),
+        ],
+        tmp_path / "repo_bundle",
+    )
     assert unpackaged.returncode != 0 and "monai_softcam" in unpackaged.stderr
 
 
@@ -425,9 +561,21 @@ def test_the_zoos_unit_test_pattern_on_the_packaged_bundle(packaged):
     )
     env = _env()
     env["PYTHONPATH"] = ""  # scripts/ only: the test puts the bundle folder on the path itself
-    done = subprocess.run([sys.executable, "-c", "import sys, runpy; sys.modules['monai_softcam'] = None; sys.path.append('ci/unit_tests'); "
-                           f"runpy.run_path('ci/unit_tests/test_{NAME}.py', run_name='__main__')", "-v"],
-                          cwd=zoo, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, runpy; sys.modules['monai_softcam'] = None; sys.path.append('ci/unit_tests'); "
+            f"runpy.run_path('ci/unit_tests/test_{NAME}.py', run_name='__main__')",
+            "-v",
+        ],
+        cwd=zoo,
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     started = [line.split()[0] for line in done.stderr.splitlines() if line.startswith("test_") and " ... " in line]
     assert started == ["test_train_config", "test_train_eval_config", "test_infer_config"]  # the Zoo's order
@@ -446,7 +594,11 @@ def test_packaging_refuses_bad_input_and_writes_nothing(trained_demo, tmp_path):
         last = [line for line in done.stderr.splitlines() if line.strip()][-1]
         assert last.startswith("error: ") and match in last, last
         assert not target.exists() or sorted(os.listdir(target)) == ["keep.txt"]
-        assert not any(p.name.startswith(f".{NAME}.partial") for p in target.parent.glob(".*")) if target.parent.exists() else True
+        assert (
+            not any(p.name.startswith(f".{NAME}.partial") for p in target.parent.glob(".*"))
+            if target.parent.exists()
+            else True
+        )
 
     refused(models, match="no URL for models/model.pt")
     refused(models, "--url", "model.pt=", match="--url model.pt= has an empty URL")
@@ -458,10 +610,20 @@ def test_packaging_refuses_bad_input_and_writes_nothing(trained_demo, tmp_path):
     task = json.load(open(other / "task.json"))
     task["class_names"] = ["a", "b", "c"]
     json.dump(task, open(other / "task.json", "w"))
-    refused(other, "--url", f"model.pt={(other / 'model.pt').as_uri()}", match=f"checkpoint {other / 'model.pt'} does not fit the network")
+    refused(
+        other,
+        "--url",
+        f"model.pt={(other / 'model.pt').as_uri()}",
+        match=f"checkpoint {other / 'model.pt'} does not fit the network",
+    )
     # evaluation figures that cannot be read, or of another model
-    refused(models, *url, "--metrics", str(trained_demo / "eval" / "metrics_test.json").replace("eval", "nowhere"),
-            match="is not a readable metrics_<split>.json")  # fmt: skip
+    refused(
+        models,
+        *url,
+        "--metrics",
+        str(trained_demo / "eval" / "metrics_test.json").replace("eval", "nowhere"),
+        match="is not a readable metrics_<split>.json",
+    )
     report = json.load(open(trained_demo / "eval" / "metrics_test.json"))
     report["model"] = str(tmp_path / "elsewhere" / "model.pt")
     json.dump(report, open(tmp_path / "metrics_test.json", "w"))
@@ -473,8 +635,14 @@ def test_packaging_refuses_bad_input_and_writes_nothing(trained_demo, tmp_path):
     task["trained_with"]["overrides"]["dataset_dir"] = "/data/rsna"
     json.dump(task, open(mine / "task.json", "w"))
     json.dump({**report, "model": str(mine / "model.pt")}, open(tmp_path / "metrics_mine.json", "w"))
-    refused(mine, "--url", f"model.pt={(mine / 'model.pt').as_uri()}", "--metrics", str(tmp_path / "metrics_mine.json"),
-            match="describe it with --metadata FILE")  # fmt: skip
+    refused(
+        mine,
+        "--url",
+        f"model.pt={(mine / 'model.pt').as_uri()}",
+        "--metrics",
+        str(tmp_path / "metrics_mine.json"),
+        match="describe it with --metadata FILE",
+    )
     # a target folder that is not empty is left as it is
     out.mkdir(parents=True)
     (out / "keep.txt").write_text("mine")
@@ -495,8 +663,10 @@ def test_the_slicer_module_runs_a_packaged_zoo_bundle(packaged, tmp_path, monkey
     _, root = packaged
     work = tmp_path / NAME
     shutil.copytree(root, work)
-    shutil.copy(pathlib.Path(yaml.safe_load(open(root / "large_files.yml"))["large_files"][0]["url"][len("file://"):]),
-                work / "models" / "model.pt")  # as downloaded
+    shutil.copy(
+        pathlib.Path(yaml.safe_load(open(root / "large_files.yml"))["large_files"][0]["url"][len("file://") :]),
+        work / "models" / "model.pt",
+    )  # as downloaded
     monkeypatch.delenv("PYTHONPATH", raising=False)  # the child finds scripts/ through the module's own path
     info = BundleInfo.read(str(work))
     assert info.code_path == str(work) and info.class_names == ["no_lesion", "lesion"] and info.image_size == [32, 32]
@@ -510,8 +680,19 @@ def test_the_slicer_module_runs_a_packaged_zoo_bundle(packaged, tmp_path, monkey
 
     (tmp_path / "in").mkdir()
     Image.fromarray((image[0] * 255).round().astype(np.uint8)).save(tmp_path / "in" / "img.png")
-    done = _without_monai_softcam(["run", "inference", "--config_file", "configs/inference.yaml", "--input_path",
-                                   str(tmp_path / "in"), "--output_dir", str(tmp_path / "out")], work)  # fmt: skip
+    done = _without_monai_softcam(
+        [
+            "run",
+            "inference",
+            "--config_file",
+            "configs/inference.yaml",
+            "--input_path",
+            str(tmp_path / "in"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        work,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = csv.DictReader(open(tmp_path / "out" / "predictions.csv"))
     assert results[0].probabilities["lesion"] == pytest.approx(float(row["prob_lesion"]), abs=0.02)  # 8-bit rounding

@@ -5,23 +5,35 @@ import pytest
 import torch
 import torch.nn as nn
 
-from monai_softcam.networks import (
-    EVIDENCE_MAPS,
-    LOGITS,
-    BlackBox,
-    SoftCAM,
-    available_backbones,
-    build_backbone,
-)
+from monai_softcam.networks import EVIDENCE_MAPS, LOGITS, BlackBox, SoftCAM, available_backbones, build_backbone
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "torchvision_reference.pt")
 ALL = available_backbones()
 EXPECTED = {
-    "resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "densenet121", "densenet169", "densenet201", "seresnet50",
-    "efficientnet-b0", "efficientnet-b1", "efficientnet-b2", "efficientnet-b3", "efficientnet-b4",
-    "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
-}  # fmt: skip
+    "resnet10",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "seresnet50",
+    "efficientnet-b0",
+    "efficientnet-b1",
+    "efficientnet-b2",
+    "efficientnet-b3",
+    "efficientnet-b4",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "vgg11_bn",
+    "vgg13_bn",
+    "vgg16_bn",
+    "vgg19_bn",
+}
 
 
 def test_registry_has_every_required_backbone():
@@ -77,9 +89,13 @@ def test_output_stride_as_in_paper(name, size, grid):
 
 def test_resnet_stride_options_3d():
     net = SoftCAM(
-        "resnet18", spatial_dims=3, in_channels=1, num_classes=2, return_maps=True,
+        "resnet18",
+        spatial_dims=3,
+        in_channels=1,
+        num_classes=2,
+        return_maps=True,
         backbone_kwargs={"conv1_t_stride": 1, "no_max_pool": True, "widen_factor": 0.25},
-    ).eval()  # fmt: skip
+    ).eval()
     with torch.no_grad():
         maps = net(torch.zeros(1, 1, 32, 40, 48))[EVIDENCE_MAPS]
     assert tuple(maps.shape[2:]) == (4, 5, 6)  # output stride 8
@@ -129,10 +145,13 @@ def test_vgg_black_box_default_is_the_classic_head(spatial_dims, size):
     assert not torch.equal(bb(x), bb(x))
 
 
-@pytest.mark.parametrize("spatial_dims,shapes", [
-    (2, [(2, 3, 1, 1), (1, 2, 5, 9), (1, 2, 7, 7), (1, 2, 16, 30), (1, 1, 224, 100)]),
-    (3, [(2, 3, 1, 1, 1), (1, 2, 2, 5, 9), (1, 2, 7, 7, 7), (1, 2, 15, 16, 30)]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "spatial_dims,shapes",
+    [
+        (2, [(2, 3, 1, 1), (1, 2, 5, 9), (1, 2, 7, 7), (1, 2, 16, 30), (1, 1, 224, 100)]),
+        (3, [(2, 3, 1, 1, 1), (1, 2, 2, 5, 9), (1, 2, 7, 7, 7), (1, 2, 15, 16, 30)]),
+    ],
+)
 def test_classic_pool_equals_torch_adaptive_average_pool(spatial_dims, shapes):
     from monai_softcam.networks.vgg import AdaptiveAvgPool
 
@@ -157,7 +176,9 @@ def test_classic_black_box_exports_to_onnx(tmp_path):
     from monai_softcam.export import export_onnx, run_onnx
 
     for spatial_dims, size, other in [(3, (32, 32, 64), None), (2, (64, 96), (300, 200))]:
-        bb = BlackBox("vgg11", spatial_dims=spatial_dims, in_channels=1, num_classes=2, backbone_kwargs={"fc_width": 16})
+        bb = BlackBox(
+            "vgg11", spatial_dims=spatial_dims, in_channels=1, num_classes=2, backbone_kwargs={"fc_width": 16}
+        )
         path = tmp_path / f"bb{spatial_dims}d.onnx"
         report = export_onnx(bb.eval(), path, spatial_size=size, dynamic_spatial=other is not None)
         assert report["outputs"] == [LOGITS] and report["max_abs_diff"][LOGITS] <= 1e-4
@@ -170,7 +191,9 @@ def test_classic_black_box_exports_to_onnx(tmp_path):
 
 def test_black_box_head_choices():
     assert BlackBox("resnet18", backbone_kwargs={"widen_factor": 0.25}).head_type == "gap"
-    with pytest.raises(ValueError, match=r"head='classic' \(7x7 pool \+ FC6/FC7/FC8\) needs a VGG backbone, got 'resnet18'"):
+    with pytest.raises(
+        ValueError, match=r"head='classic' \(7x7 pool \+ FC6/FC7/FC8\) needs a VGG backbone, got 'resnet18'"
+    ):
         BlackBox("resnet18", head="classic")
     with pytest.raises(ValueError, match=r"head must be one of \['classic', 'gap'\] or None, got 'fc'"):
         BlackBox("vgg11", head="fc")
@@ -219,7 +242,9 @@ def test_softcam_checkpoint_initialises_the_classic_black_box_trunk(tmp_path):
     softcam = SoftCAM("vgg11", spatial_dims=2, in_channels=1, num_classes=2, backbone_kwargs={"fc_width": 16})
     path = str(tmp_path / "softcam.pt")
     torch.save(softcam.state_dict(), path)  # backbone.neck.* (the 1x1 FC6/FC7) have no place in the black box
-    bb = BlackBox("vgg11", spatial_dims=2, in_channels=1, num_classes=2, pretrained=path, backbone_kwargs={"fc_width": 16})
+    bb = BlackBox(
+        "vgg11", spatial_dims=2, in_channels=1, num_classes=2, pretrained=path, backbone_kwargs={"fc_width": 16}
+    )
     for key, value in softcam.backbone.features.state_dict().items():
         torch.testing.assert_close(bb.backbone.features.state_dict()[key], value)
 
@@ -241,7 +266,9 @@ def test_gap_head_checkpoint_in_a_classic_black_box_is_a_clear_error(tmp_path):
     assert f"does not fit the network {network}" in message
     assert "missing keys (4): classifier.0.weight, classifier.0.bias, classifier.3.weight, classifier.3.bias" in message
     assert "unexpected keys (4): backbone.neck.0.weight, backbone.neck.0.bias, backbone.neck.3.weight" in message
-    load_weights(BlackBox("vgg11", spatial_dims=2, in_channels=1, num_classes=2, head="gap", backbone_kwargs=kwargs), path)
+    load_weights(
+        BlackBox("vgg11", spatial_dims=2, in_channels=1, num_classes=2, head="gap", backbone_kwargs=kwargs), path
+    )
 
 
 def test_classic_head_runs_from_the_output_backwards_in_layer_groups():
@@ -307,8 +334,7 @@ def test_build_backbone_reports_channels():
 
 
 def test_register_a_users_own_backbone():
-    from monai_softcam.networks import Backbone, get_backbone_spec, register_backbone
-    from monai_softcam.networks import backbones
+    from monai_softcam.networks import Backbone, backbones, get_backbone_spec, register_backbone
 
     def tiny(spatial_dims, in_channels, width=4):
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
@@ -319,7 +345,9 @@ def test_register_a_users_own_backbone():
         assert get_backbone_spec("tiny_test").description == "a 1-layer test trunk"
         with pytest.raises(ValueError, match="backbone 'tiny_test' is already registered"):
             register_backbone("tiny_test", tiny)
-        net = SoftCAM("tiny_test", spatial_dims=3, in_channels=2, num_classes=3, backbone_kwargs={"width": 5}, return_maps=True)
+        net = SoftCAM(
+            "tiny_test", spatial_dims=3, in_channels=2, num_classes=3, backbone_kwargs={"width": 5}, return_maps=True
+        )
         assert (net.backbone.name, net.backbone.spatial_dims, net.backbone.in_channels) == ("tiny_test", 3, 2)
         out = net(torch.zeros(1, 2, 8, 8, 8))
         assert out[LOGITS].shape == (1, 3) and out[EVIDENCE_MAPS].shape == (1, 3, 2, 2, 2)

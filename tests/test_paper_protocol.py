@@ -32,17 +32,25 @@ def test_reference_settings_scale_with_the_image():
         paper_point_grid((16, 16), 33, 8)
 
 
-@pytest.mark.parametrize("src, dst", [((16, 16), (60, 60)), ((60, 60), (512, 512)), ((96, 96), (46, 46)), ((12, 20), (33, 7))])
+@pytest.mark.parametrize(
+    "src, dst", [((16, 16), (60, 60)), ((60, 60), (512, 512)), ((96, 96), (46, 46)), ((12, 20), (33, 7))]
+)
 def test_cubic_resize_is_opencvs_inter_cubic(src, dst):
     maps = np.random.default_rng(0).normal(size=(2, *src)).astype(np.float32)
     ours = cubic_resize(torch.from_numpy(maps), dst).numpy()
-    theirs = np.stack([cv2.resize(m, (dst[1], dst[0]), interpolation=cv2.INTER_CUBIC) for m in maps])  # cv2: (width, height)
+    theirs = np.stack(
+        [cv2.resize(m, (dst[1], dst[0]), interpolation=cv2.INTER_CUBIC) for m in maps]
+    )  # cv2: (width, height)
     np.testing.assert_allclose(ours, theirs, atol=1e-4)  # OpenCV computes its weights in float32
 
 
 def test_paper_upsample_goes_through_the_point_grid_only_from_coarser_maps():
     coarse = torch.randn(1, 16, 16)
-    via = cv2.resize(cv2.resize(coarse[0].numpy(), (60, 60), interpolation=cv2.INTER_CUBIC), (512, 512), interpolation=cv2.INTER_CUBIC)
+    via = cv2.resize(
+        cv2.resize(coarse[0].numpy(), (60, 60), interpolation=cv2.INTER_CUBIC),
+        (512, 512),
+        interpolation=cv2.INTER_CUBIC,
+    )
     np.testing.assert_allclose(paper_upsample(coarse, (512, 512), (60, 60))[0].numpy(), via, atol=1e-4)
     fine = torch.randn(1, 128, 128)  # finer than the point grid: straight to the image grid
     direct = cv2.resize(fine[0].numpy(), (512, 512), interpolation=cv2.INTER_CUBIC)
@@ -72,7 +80,9 @@ def test_paper_activation_precision_is_the_references_pipeline_on_opencv():
     masks[2] = 0  # an empty mask: NaN, as every localisation metric
     ours = paper_activation_precision(torch.from_numpy(maps), torch.from_numpy(masks), (60, 60), dilation=9)
     for b in range(2):
-        up = cv2.resize(cv2.resize(maps[b], (60, 60), interpolation=cv2.INTER_CUBIC), (512, 512), interpolation=cv2.INTER_CUBIC)
+        up = cv2.resize(
+            cv2.resize(maps[b], (60, 60), interpolation=cv2.INTER_CUBIC), (512, 512), interpolation=cv2.INTER_CUBIC
+        )
         a = np.maximum(up, 0)
         a = (a - a.min()) / (a.max() - a.min())
         grown = cv2.dilate(masks[b], np.ones((9, 9), np.uint8))
@@ -108,12 +118,24 @@ def test_topk_counts_point_values_above_the_threshold_with_the_references_suppre
     for k, threshold in [(5, 1.0), (30, 1.0), (30, 4.0), (3, -10.0)]:
         hits, found = paper_topk_counts(torch.from_numpy(maps), torch.from_numpy(masks), k, 33, 8, threshold)
         for b in range(4):
-            assert (float(hits[b]), float(found[b])) == _reference_topk(maps[b], covered[b], k, threshold, 4), (k, threshold, b)
+            assert (float(hits[b]), float(found[b])) == _reference_topk(maps[b], covered[b], k, threshold, 4), (
+                k,
+                threshold,
+                b,
+            )
     # the block is the reference's asymmetric one: rows r-2..r+1, columns c-1..c+2
     one = np.zeros((1, 60, 60), np.float32)
     one[0, 30, 30] = 9.0
-    for (r, c), chosen in [((31, 30), False), ((32, 30), True), ((30, 32), False), ((30, 33), True), ((28, 30), False),
-                           ((27, 30), True), ((30, 29), False), ((30, 28), True)]:  # fmt: skip
+    for (r, c), chosen in [
+        ((31, 30), False),
+        ((32, 30), True),
+        ((30, 32), False),
+        ((30, 33), True),
+        ((28, 30), False),
+        ((27, 30), True),
+        ((30, 29), False),
+        ((30, 28), True),
+    ]:
         m = one.copy()
         m[0, r, c] = 8.0
         _, found = paper_topk_counts(torch.from_numpy(m), torch.zeros(1, 512, 512, dtype=torch.bool), 5, 33, 8, 1.0)
@@ -127,8 +149,16 @@ def test_paper_values_pool_and_the_tp_variant():
     maps[2, 10, 10] = 0.5  # below the threshold: no patch, NaN
     masks = torch.zeros(3, 512, 512, dtype=torch.bool)
     masks[:, 85:100, 85:100] = True
-    values = paper_values(maps, masks, predicted=torch.tensor([True, False, True]), topk=5, patch_size=33, stride=8,
-                          threshold=1.0, dilation=1)  # fmt: skip
+    values = paper_values(
+        maps,
+        masks,
+        predicted=torch.tensor([True, False, True]),
+        topk=5,
+        patch_size=33,
+        stride=8,
+        threshold=1.0,
+        dilation=1,
+    )
     assert values["paper_topk_precision"][:2].tolist() == [0.5, 1.0] and torch.isnan(values["paper_topk_precision"][2])
     assert values["paper_topk_patches"].tolist() == [2.0, 1.0, 0.0]
     pooled = summarize(values["paper_topk_precision"], weights=values["paper_topk_patches"])
@@ -159,7 +189,9 @@ def test_explanation_values_protocols_and_the_ignite_metric():
     metric.update((evidence, masks, torch.tensor([1, 1, 0, 0]), evidence.flatten(2).mean(2)))
     result = metric.compute()
     v = metric.values
-    assert result["paper_topk_precision"] == pytest.approx(summarize(v["paper_topk_precision"], weights=v["paper_topk_patches"])["mean"], nan_ok=True)
+    assert result["paper_topk_precision"] == pytest.approx(
+        summarize(v["paper_topk_precision"], weights=v["paper_topk_patches"])["mean"], nan_ok=True
+    )
     assert "activation_precision" not in result and result["explanation_excluded"] == 2
 
 
@@ -179,9 +211,13 @@ def test_paper_deletion_ranks_tiles_by_max_and_scores_accuracy():
     by_max, _ = _tile_order(maps, 8, "max")
     by_mean, _ = _tile_order(maps, 8, "mean")
     assert by_max[0, 0] == 1 * 4 + 1 and by_mean[0, 0] == 2 * 4 + 2
-    correct = deletion_curve(_BrightTile(), images, maps, torch.tensor([1]), patch_size=8, steps=3, rank="max", score="correct")
+    correct = deletion_curve(
+        _BrightTile(), images, maps, torch.tensor([1]), patch_size=8, steps=3, rank="max", score="correct"
+    )
     assert correct.tolist() == [[1.0, 0.0, 0.0, 0.0]]  # assigned to class 1 until the first tile goes
-    late = deletion_curve(_BrightTile(), images, maps, torch.tensor([1]), patch_size=8, steps=3, rank="mean", score="correct")
+    late = deletion_curve(
+        _BrightTile(), images, maps, torch.tensor([1]), patch_size=8, steps=3, rank="mean", score="correct"
+    )
     assert late.tolist() == [[1.0, 1.0, 0.0, 0.0]]
     with pytest.raises(ValueError, match="score"):
         deletion_curve(_BrightTile(), images, maps, torch.tensor([1]), score="accuracy")
@@ -194,7 +230,9 @@ def test_paper_values_in_3d_find_the_lesion():
     maps[:, 1, 1, 1] = 5.0  # evidence in the cell over the lesion
     masks = torch.zeros(2, 1, 32, 32, 32, dtype=torch.bool)
     masks[0, :, 8:16, 8:16, 8:16] = True
-    values = paper_values(maps, masks, torch.tensor([True, True]), topk=3, patch_size=4, stride=2, threshold=1.0, dilation=3)
+    values = paper_values(
+        maps, masks, torch.tensor([True, True]), topk=3, patch_size=4, stride=2, threshold=1.0, dilation=3
+    )
     assert values["paper_topk_precision"][0] == 1.0 and values["paper_topk_patches"][0] >= 1
     assert values["paper_activation_precision"][0] > 0.5
     assert torch.isnan(values["paper_activation_precision"][1])  # empty mask

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT
 from data_helpers import UPSTREAM, fundus_photo, head_csv, oct_scan, write_csv, write_dicom, write_png, xray_with_boxes
+
 from monai_softcam.__main__ import main as cli
 from monai_softcam.data import check_data
 
@@ -35,11 +35,19 @@ def _pick(source, target, label, per_class):
 # split CSVs: (folder in upstream_csv, {split: file}, label column, rows taken per class)
 SOURCES = {
     "fundus": ("kaggle", {s: f"kaggle_gradable_{s}.csv" for s in ("train", "val", "test")}, "onset1", {"0": 3, "1": 2}),
-    "fundus_grades": ("kaggle", {s: f"kaggle_gradable_{s}.csv" for s in ("train", "val", "test")}, "level",
-                      {"0": 1, "1": 1, "2": 1, "3": 1, "4": 1}),  # fmt: skip
+    "fundus_grades": (
+        "kaggle",
+        {s: f"kaggle_gradable_{s}.csv" for s in ("train", "val", "test")},
+        "level",
+        {"0": 1, "1": 1, "2": 1, "3": 1, "4": 1},
+    ),
     "oct": ("Retinal_OCT", {s: f"{s}.csv" for s in ("train", "val", "test")}, "drusen", {"0": 3, "1": 2}),
-    "oct_4class": ("Retinal_OCT", {s: f"multiclass/{s}.csv" for s in ("train", "val", "test")}, "level",
-                   {"0": 1, "1": 1, "2": 1, "3": 1}),  # fmt: skip
+    "oct_4class": (
+        "Retinal_OCT",
+        {s: f"multiclass/{s}.csv" for s in ("train", "val", "test")},
+        "level",
+        {"0": 1, "1": 1, "2": 1, "3": 1},
+    ),
     "rsna": ("RSNA", {s: f"{s}.csv" for s in ("train", "val", "test")}, "bin_target", {"0": 2, "1": 3}),
 }
 # the config files merged after train.yaml / inference.yaml for each variant
@@ -66,7 +74,9 @@ def make_dataset(root, variant):
             elif variant == "oct":
                 write_png(os.path.join(root, row["filename"]), oct_scan(496, 512, i))
             elif variant == "oct_4class":
-                size = (int(row["height"]), int(row["width"])) if "height" in row else (496, 512)  # test.csv has no size
+                size = (
+                    (int(row["height"]), int(row["width"])) if "height" in row else (496, 512)
+                )  # test.csv has no size
                 write_png(os.path.join(root, row["filename"]), oct_scan(*size, i))
             else:  # RSNA: the challenge's 1024 x 1024 8-bit MONOCHROME2 DICOMs, named by patientId
                 boxes = [[float(row[k]) for k in ("x", "y", "width", "height")]] if row["x"] else []
@@ -80,8 +90,12 @@ def parse(configs, dataset_dir, tmp_path):
 
     parser = ConfigParser()
     parser.read_config(f=list(configs))
-    for key, value in (("bundle_root", tmp_path / "bundle"), ("dataset_dir", dataset_dir),
-                       ("output_dir", tmp_path / "bundle" / "eval"), ("ckpt_dir", tmp_path / "bundle" / "models")):  # fmt: skip
+    for key, value in (
+        ("bundle_root", tmp_path / "bundle"),
+        ("dataset_dir", dataset_dir),
+        ("output_dir", tmp_path / "bundle" / "eval"),
+        ("ckpt_dir", tmp_path / "bundle" / "models"),
+    ):
         if key in parser:
             parser[key] = str(value)
     parser["device"] = "$torch.device('cpu')"
@@ -133,7 +147,7 @@ def test_preset_reads_the_real_split_csvs(preset_data):
     expected = (loaded.expand(3, *size) - mean.view(-1, 1, 1)) / std.view(-1, 1, 1)
     assert torch.allclose(image, expected, atol=1e-5)
     # the data check finds nothing wrong
-    assert check_data([c for c in configs[1:]], dataset_dir, progress=False, out=lambda s: None) == 0
+    assert check_data(list(configs[1:]), dataset_dir, progress=False, out=lambda s: None) == 0
 
 
 def test_preset_test_csv_is_valid_inference_input(preset_data):
@@ -271,8 +285,13 @@ def test_check_data_command_reports_every_planted_problem(tmp_path, capsys):
     assert f"file not found: {images / stem(picked['train'][0])}.dcm" in out
     assert f"unreadable image {images / stem(picked['train'][1])}.dcm" in out
     assert f"{data / 'val.csv'} row 2 column 'bin_target': label 2 is not one of the classes" in out
-    assert f"{data / 'val.csv'} row {val.index(positive) + 2}: box [x=900" in out and "lies outside the image of 1024 x 1024" in out
-    assert f"{data / 'val.csv'} row {len(val) + 1}: image {val[1]['filename']!r} is listed again (first at row 3)" in out
+    assert (
+        f"{data / 'val.csv'} row {val.index(positive) + 2}: box [x=900" in out
+        and "lies outside the image of 1024 x 1024" in out
+    )
+    assert (
+        f"{data / 'val.csv'} row {len(val) + 1}: image {val[1]['filename']!r} is listed again (first at row 3)" in out
+    )
     assert f"{data / 'test.csv'} row {len(test) + 1}: image is also in the train split" in out
     listed = list(csv.DictReader(open(report)))
     assert len(listed) == 6 and {r["split"] for r in listed} == {"train", "val", "test"}
@@ -283,7 +302,10 @@ def test_check_data_command_reports_every_planted_problem(tmp_path, capsys):
         csv.writer(f).writerow(["filename", "x", "y", "width", "height"])
     with open(data / "test.csv", "w", newline="") as f:
         csv.writer(f).writerow(["filename", "x", "y", "width", "height", "type", "bin_target", "target"])
-    assert cli(["check-data", "--config", config, "--dataset_dir", str(data), "--splits", "val", "test", "--no-images"]) == 1
+    assert (
+        cli(["check-data", "--config", config, "--dataset_dir", str(data), "--splits", "val", "test", "--no-images"])
+        == 1
+    )
     out = capsys.readouterr().out
     assert f"{data / 'val.csv'}: no column 'bin_target'" in out
     assert f"{data / 'test.csv'}: the test split is empty" in out
@@ -301,10 +323,12 @@ def test_preset_without_dataset_dir_names_the_key(tmp_path):
 
 @pytest.mark.parametrize(
     "preset,augmentation",
-    [("fundus.yaml", ["RandZoomd", "RandFlipd", "RandFlipd", "RandColorJitterd", "RandRotated", "RandAffined"]),
-     ("oct.yaml", ["RandZoomd", "RandFlipd", "RandFlipd", "RandColorJitterd", "RandRotated", "RandAffined"]),
-     ("rsna.yaml", ["RandFlipd", "RandFlipd", "RandRotated", "RandColorJitterd"])],
-)  # fmt: skip
+    [
+        ("fundus.yaml", ["RandZoomd", "RandFlipd", "RandFlipd", "RandColorJitterd", "RandRotated", "RandAffined"]),
+        ("oct.yaml", ["RandZoomd", "RandFlipd", "RandFlipd", "RandColorJitterd", "RandRotated", "RandAffined"]),
+        ("rsna.yaml", ["RandFlipd", "RandFlipd", "RandRotated", "RandColorJitterd"]),
+    ],
+)
 def test_presets_reference_the_papers_optimiser_schedule_and_augmentation(preset, augmentation, tmp_path):
     """The paper's protocol is spelled once (train.yaml's optimizers and augmentations) and the
     presets pick it by reference: SGD with Nesterov momentum 0.9, weight decay 5e-4, the clipped

@@ -3,15 +3,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-
-from monai_softcam.networks import (
-    BlackBox,
-    PretrainedWeightsError,
-    SoftCAM,
-    build_backbone,
-    load_pretrained_backbone,
-)
 from torchvision_reference import make_weights, reference_input
+
+from monai_softcam.networks import BlackBox, PretrainedWeightsError, SoftCAM, build_backbone, load_pretrained_backbone
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "torchvision_reference.pt")
 
@@ -72,7 +66,9 @@ def test_wrong_architecture_lists_offending_keys(reference, tmp_path):
         SoftCAM("resnet50", num_classes=2, pretrained=path)
     msg = str(err.value)
     assert "resnet18.pth does not fit the network Backbone(backbone=resnet50, spatial_dims=2, in_channels=3)" in msg
-    assert "shape mismatch" in msg and "layer1.0.conv1.weight: checkpoint (64, 64, 3, 3) vs network (64, 64, 1, 1)" in msg
+    assert (
+        "shape mismatch" in msg and "layer1.0.conv1.weight: checkpoint (64, 64, 3, 3) vs network (64, 64, 1, 1)" in msg
+    )
     assert "missing keys" in msg and "features.layer1.0.conv3.weight" in msg
 
 

@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_helpers import INFERENCE, bundle
 from conftest import REPO_ROOT, TESTS_DIR
 from PIL import Image
-from bundle_helpers import INFERENCE, bundle
 
 from monai_softcam.regions import BEYOND_INPUT, axis_overlap, cell_coverage, region_evidence, shares_by_class
 from monai_softcam.transforms import EvidenceGridd, RegionEvidenced, load_input
@@ -160,7 +160,9 @@ def test_crop_resize_leaves_part_of_the_input_out_of_view(tmp_path):
     with pytest.raises(InputError, match=f"no label map for input {path} in the regions folder {folder}"):
         RegionEvidenced("evidence_maps", str(folder), ["a", "b"], inputs=[{"image": path}])
     with pytest.raises(ConfigError, match="one label map .* but the input has 2 images"):
-        RegionEvidenced("evidence_maps", str(tmp_path / "case.png"), ["a", "b"], inputs=[{"image": path}, {"image": "b"}])
+        RegionEvidenced(
+            "evidence_maps", str(tmp_path / "case.png"), ["a", "b"], inputs=[{"image": path}, {"image": "b"}]
+        )
 
 
 def _read(path):
@@ -207,8 +209,18 @@ def test_3d_oblique_anisotropic_regions_share_the_logits_exactly(tmp_path, subpr
     nib.save(nib.Nifti1Image(labels, ijk_to_ras), label_path)
 
     out = tmp_path / "cli"
-    bundle("inference", [INFERENCE, KNOWN_3D], "--bundle_root", info.path, "--input_path", path,
-           "--output_dir", str(out), "--regions", label_path)  # fmt: skip
+    bundle(
+        "inference",
+        [INFERENCE, KNOWN_3D],
+        "--bundle_root",
+        info.path,
+        "--input_path",
+        path,
+        "--output_dir",
+        str(out),
+        "--regions",
+        label_path,
+    )
     rows = _check_against_predictions(out, "ct.nii.gz")
     assert [r["region"] for r in rows[::2]] == ["outside", "label_1", "label_2"]
     lesion = {r["region"]: float(r["share_of_logit"]) for r in rows if r["class"] == "lesion"}
@@ -245,8 +257,18 @@ def test_2d_oblique_slice_regions_share_the_logits_exactly(tmp_path, subprocess_
     nib.save(nib.Nifti1Image(labels, ijk_to_ras), str(folder / "slice.nii.gz"))  # a folder: named after the input
 
     out = tmp_path / "cli"
-    bundle("inference", [INFERENCE, KNOWN_2D], "--bundle_root", info.path, "--input_path", path,
-           "--output_dir", str(out), "--regions", str(folder))  # fmt: skip
+    bundle(
+        "inference",
+        [INFERENCE, KNOWN_2D],
+        "--bundle_root",
+        info.path,
+        "--input_path",
+        path,
+        "--output_dir",
+        str(out),
+        "--regions",
+        str(folder),
+    )
     rows = _check_against_predictions(out, "slice.nii.gz")
     lesion = {r["region"]: float(r["share_of_logit"]) for r in rows if r["class"] == "lesion"}
     assert set(lesion) == {"outside", "label_1", "label_3"}

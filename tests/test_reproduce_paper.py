@@ -11,7 +11,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import REPO_ROOT
 from data_helpers import UPSTREAM, fundus_photo, oct_scan, write_dicom, write_png, xray_with_boxes
 
@@ -22,32 +21,73 @@ GRIDS = {"lambda1": [1e-5, 1e-3], "lambda2": [1e-5, 1e-3]}
 # (upstream folder, {split: file}, header, rows): real rows, verbatim; train and val the first two of
 # each class, test the first of each (the report's Score-CAM runs once per channel and image)
 DATASETS = {
-    "rsna": ("RSNA", {s: f"{s}.csv" for s in ("train", "val", "test")},
-             "filename,x,y,width,height,type,bin_target,target", {
-        "train": ["fa98b567-cb73-4b3a-8c10-dd5c7fd470d2.png,,,,,Train,0,0",
-                  "2f8fbfdc-56db-4eca-bf64-3c9a0637e28c.png,,,,,Train,0,0",
-                  "8bb961eb-7baa-4bcc-b92b-bce2538f7cf6.png,49.0,270.0,318.0,574.0,Train,1,2",
-                  "470595fa-5702-4009-9b56-88549ad8c560.png,583.0,437.0,238.0,253.0,Train,1,2"],
-        "val": ["d3a76ad6-faf0-4bd1-8b84-57dedbde959d.png,,,,,Val,0,0",
+    "rsna": (
+        "RSNA",
+        {s: f"{s}.csv" for s in ("train", "val", "test")},
+        "filename,x,y,width,height,type,bin_target,target",
+        {
+            "train": [
+                "fa98b567-cb73-4b3a-8c10-dd5c7fd470d2.png,,,,,Train,0,0",
+                "2f8fbfdc-56db-4eca-bf64-3c9a0637e28c.png,,,,,Train,0,0",
+                "8bb961eb-7baa-4bcc-b92b-bce2538f7cf6.png,49.0,270.0,318.0,574.0,Train,1,2",
+                "470595fa-5702-4009-9b56-88549ad8c560.png,583.0,437.0,238.0,253.0,Train,1,2",
+            ],
+            "val": [
+                "d3a76ad6-faf0-4bd1-8b84-57dedbde959d.png,,,,,Val,0,0",
                 "5fee7685-a1eb-4be4-8054-e550d86f863b.png,,,,,Val,0,0",
                 "afb87feb-0409-42d0-b5cf-7e6a820f67c0.png,519.0,260.0,191.0,379.0,Val,1,2",
-                "ed09e414-bcdd-4342-aab8-3b286a54facf.png,637.0,425.0,221.0,446.0,Val,1,2"],
-        "test": ["942fab2b-4338-457a-9005-c7b18ea41798.png,,,,,Test,0,0",
-                 "4b048bdc-0a0a-43ed-aa0d-5971e433874b.png,637.0,276.0,188.0,282.0,Test,1,2"]}),
-    "fundus": ("kaggle", {s: f"kaggle_gradable_{s}.csv" for s in ("train", "val", "test")},
-               "image,level,ungradability_MEAN,ungradability_MEDIAN,Usage,onset1,onset2,filename", {
-        "train": ["17_left,0,0.13508295,0.055363655,,0,0,17_left.png", "20_left,0,0.32070032,0.26276863,,0,0,20_left.png",
-                  "82_left,2,0.20640019,0.22330138,,1,1,82_left.png", "114_left,1,0.19628781,0.119887546,,1,0,114_left.png"],
-        "val": ["23_left,0,0.38409734,0.3340985,,0,0,23_left.png", "57_left,0,0.35255247,0.36480027,,0,0,57_left.png",
-                "30_left,1,0.19837241,0.13484989,,1,0,30_left.png", "534_left,2,0.2986783,0.24507563,,1,1,534_left.png"],
-        "test": ["13_left,0,0.14335817,0.10312028,,0,0,13_left.png", "40_left,2,0.13357164,0.093864515,,1,1,40_left.png"]}),
-    "oct": ("Retinal_OCT", {s: f"{s}.csv" for s in ("train", "val", "test")}, "patient_id,filename,type,drusen", {
-        "train": ["8073694,train/NORMAL/NORMAL-8073694-15.png,Train,0", "7420981,train/NORMAL/NORMAL-7420981-6.png,Train,0",
-                  "9072701,train/DRUSEN/DRUSEN-9072701-25.png,Train,1", "5371222,train/DRUSEN/DRUSEN-5371222-7.png,Train,1"],
-        "val": ["8076847,train/NORMAL/NORMAL-8076847-10.png,Val,0", "1597239,train/NORMAL/NORMAL-1597239-58.png,Val,0",
-                "2257047,train/DRUSEN/DRUSEN-2257047-22.png,Val,1", "9642260,train/DRUSEN/DRUSEN-9642260-18.png,Val,1"],
-        "test": ["6969,test/NORMAL/NORMAL-6969-1.png,Test,0", "8196333,test/DRUSEN/DRUSEN-8196333-1.png,Test,1"]}),
-}  # fmt: skip
+                "ed09e414-bcdd-4342-aab8-3b286a54facf.png,637.0,425.0,221.0,446.0,Val,1,2",
+            ],
+            "test": [
+                "942fab2b-4338-457a-9005-c7b18ea41798.png,,,,,Test,0,0",
+                "4b048bdc-0a0a-43ed-aa0d-5971e433874b.png,637.0,276.0,188.0,282.0,Test,1,2",
+            ],
+        },
+    ),
+    "fundus": (
+        "kaggle",
+        {s: f"kaggle_gradable_{s}.csv" for s in ("train", "val", "test")},
+        "image,level,ungradability_MEAN,ungradability_MEDIAN,Usage,onset1,onset2,filename",
+        {
+            "train": [
+                "17_left,0,0.13508295,0.055363655,,0,0,17_left.png",
+                "20_left,0,0.32070032,0.26276863,,0,0,20_left.png",
+                "82_left,2,0.20640019,0.22330138,,1,1,82_left.png",
+                "114_left,1,0.19628781,0.119887546,,1,0,114_left.png",
+            ],
+            "val": [
+                "23_left,0,0.38409734,0.3340985,,0,0,23_left.png",
+                "57_left,0,0.35255247,0.36480027,,0,0,57_left.png",
+                "30_left,1,0.19837241,0.13484989,,1,0,30_left.png",
+                "534_left,2,0.2986783,0.24507563,,1,1,534_left.png",
+            ],
+            "test": [
+                "13_left,0,0.14335817,0.10312028,,0,0,13_left.png",
+                "40_left,2,0.13357164,0.093864515,,1,1,40_left.png",
+            ],
+        },
+    ),
+    "oct": (
+        "Retinal_OCT",
+        {s: f"{s}.csv" for s in ("train", "val", "test")},
+        "patient_id,filename,type,drusen",
+        {
+            "train": [
+                "8073694,train/NORMAL/NORMAL-8073694-15.png,Train,0",
+                "7420981,train/NORMAL/NORMAL-7420981-6.png,Train,0",
+                "9072701,train/DRUSEN/DRUSEN-9072701-25.png,Train,1",
+                "5371222,train/DRUSEN/DRUSEN-5371222-7.png,Train,1",
+            ],
+            "val": [
+                "8076847,train/NORMAL/NORMAL-8076847-10.png,Val,0",
+                "1597239,train/NORMAL/NORMAL-1597239-58.png,Val,0",
+                "2257047,train/DRUSEN/DRUSEN-2257047-22.png,Val,1",
+                "9642260,train/DRUSEN/DRUSEN-9642260-18.png,Val,1",
+            ],
+            "test": ["6969,test/NORMAL/NORMAL-6969-1.png,Test,0", "8196333,test/DRUSEN/DRUSEN-8196333-1.png,Test,1"],
+        },
+    ),
+}
 
 
 def make_dataset(root, dataset):
@@ -87,8 +127,15 @@ def test_the_stand_in_csvs_are_rows_of_the_real_ones(dataset):
 def _run(*args, cwd=REPO_ROOT, timeout=900):
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run(["bash", SCRIPT, *map(str, args)], cwd=cwd, env=env, capture_output=True, encoding="utf-8",
-                          errors="replace", timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        ["bash", SCRIPT, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+    )
 
 
 # the smallest run of the protocol: one epoch, 2 values per sweep, no randomisation check (it runs
@@ -99,9 +146,28 @@ SIZE = {"rsna": 32, "fundus": 64, "oct": 64}
 
 
 def tiny(dataset):
-    return ["--epochs", "1", "--image_size", repr([SIZE[dataset]] * 2), "--batch_size", "4", "--num_workers", "0",
-            "--device", "cpu", "--lambda1_grid", repr(GRIDS["lambda1"]), "--lambda2_grid", repr(GRIDS["lambda2"]),
-            "--explain#sanity_cases", "0", "--explain#gallery_cases", "2", "--explain#deletion_steps", "3"]  # fmt: skip
+    return [
+        "--epochs",
+        "1",
+        "--image_size",
+        repr([SIZE[dataset]] * 2),
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--lambda1_grid",
+        repr(GRIDS["lambda1"]),
+        "--lambda2_grid",
+        repr(GRIDS["lambda2"]),
+        "--explain#sanity_cases",
+        "0",
+        "--explain#gallery_cases",
+        "2",
+        "--explain#deletion_steps",
+        "3",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -121,19 +187,28 @@ def stand_in(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "args,message",
-    [(["--data", "{data}"], "error: --dataset is missing: one of rsna, fundus, oct"),
-     (["--dataset", "chexpert", "--data", "{data}"], "error: --dataset 'chexpert' is not one of rsna, fundus, oct"),
-     (["--dataset", "rsna"], "error: --data is missing: the folder with the rsna split CSVs"),
-     (["--dataset", "rsna", "--data", "{data}/train.csv"], "error: --data '{data}/train.csv' is not a folder"),
-     (["--dataset", "rsna", "--data"], "error: --data needs a value"),
-     (["--dataset", "rsna", "--data", "{data}", "--lambda1_grid", "[1e-4, -1]"],
-      "error: --lambda1_grid must be a non-empty list of numbers >= 0"),
-     (["--dataset", "rsna", "--data", "{data}", "--lambda2_grid", "[]"], "error: --lambda2_grid must be a non-empty list"),
-     (["--dataset", "rsna", "--data", "{data}", "--ckpt_dir", "/tmp/x"], "error: --ckpt_dir is set by this script"),
-     (["--dataset", "rsna", "--data", "{data}", "--tune_settings#search_space", "{}"],
-      "error: --tune_settings#search_space: give the sweeps with --lambda1_grid and --lambda2_grid"),
-     (["--dataset", "rsna", "--data", "{data}", "epochs"], "error: unexpected argument 'epochs'")],
-)  # fmt: skip
+    [
+        (["--data", "{data}"], "error: --dataset is missing: one of rsna, fundus, oct"),
+        (["--dataset", "chexpert", "--data", "{data}"], "error: --dataset 'chexpert' is not one of rsna, fundus, oct"),
+        (["--dataset", "rsna"], "error: --data is missing: the folder with the rsna split CSVs"),
+        (["--dataset", "rsna", "--data", "{data}/train.csv"], "error: --data '{data}/train.csv' is not a folder"),
+        (["--dataset", "rsna", "--data"], "error: --data needs a value"),
+        (
+            ["--dataset", "rsna", "--data", "{data}", "--lambda1_grid", "[1e-4, -1]"],
+            "error: --lambda1_grid must be a non-empty list of numbers >= 0",
+        ),
+        (
+            ["--dataset", "rsna", "--data", "{data}", "--lambda2_grid", "[]"],
+            "error: --lambda2_grid must be a non-empty list",
+        ),
+        (["--dataset", "rsna", "--data", "{data}", "--ckpt_dir", "/tmp/x"], "error: --ckpt_dir is set by this script"),
+        (
+            ["--dataset", "rsna", "--data", "{data}", "--tune_settings#search_space", "{}"],
+            "error: --tune_settings#search_space: give the sweeps with --lambda1_grid and --lambda2_grid",
+        ),
+        (["--dataset", "rsna", "--data", "{data}", "epochs"], "error: unexpected argument 'epochs'"),
+    ],
+)
 def test_bad_arguments_exit_2_naming_the_argument(args, message, stand_in, tmp_path):
     data = stand_in("rsna")
     done = _run(*[a.replace("{data}", data) for a in args], "--out", tmp_path / "out", timeout=120)
@@ -152,11 +227,15 @@ def test_a_sweep_without_a_finished_trial_stops_the_protocol_naming_the_log(tmp_
     missing = data / "stage_2_train_images" / "fa98b567-cb73-4b3a-8c10-dd5c7fd470d2.dcm"  # the first train image
     os.remove(missing)
     out = tmp_path / "out"
-    done = _run("--dataset", "rsna", "--data", data, "--out", out, *tiny("rsna"), "--lambda1_grid", "[1e-4]", timeout=300)
+    done = _run(
+        "--dataset", "rsna", "--data", data, "--out", out, *tiny("rsna"), "--lambda1_grid", "[1e-4]", timeout=300
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     log = out / "tune_sparse" / "trial_000" / "train.log"
-    assert (f"error: the sparse λ selection selected no trial (did every trial fail?): see {out}/tune_sparse/results.md "
-            f"and {log}") in done.stderr
+    assert (
+        f"error: the sparse λ selection selected no trial (did every trial fail?): see {out}/tune_sparse/results.md "
+        f"and {log}"
+    ) in done.stderr
     assert str(missing) in done.stderr.strip().splitlines()[-1]  # the trial's own error line
     assert not (out / "tune_dense").exists()
 
@@ -195,8 +274,19 @@ def test_the_dry_run_commands_resolve_on_the_stand_in_data(dataset, stand_in, tm
     from monai_softcam.bundle import check_overrides
 
     data, out = stand_in(dataset), tmp_path / "out"
-    done = _run("--dataset", dataset, "--data", data, "--out", out, "--dry_run", *tiny(dataset),
-                "--tune_settings#epsilon", "0.05", timeout=300)  # fmt: skip
+    done = _run(
+        "--dataset",
+        dataset,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--dry_run",
+        *tiny(dataset),
+        "--tune_settings#epsilon",
+        "0.05",
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert not out.exists()
     commands = _commands(done.stdout)
@@ -233,8 +323,10 @@ def test_the_dry_run_commands_resolve_on_the_stand_in_data(dataset, stand_in, tm
             assert parser.get_parsed_content("penalty") == {"lambda1": 0.0, "lambda2": 0.0}
             image = parser.get_parsed_content("train#dataset")[0]["image"]
             assert tuple(image.shape) == (3, SIZE[dataset], SIZE[dataset])
-    assert spaces == [("tune_sparse", {"penalty#lambda1": GRIDS["lambda1"], "penalty#lambda2": [0.0]}),
-                      ("tune_dense", {"penalty#lambda1": [0.0], "penalty#lambda2": GRIDS["lambda2"]})]  # fmt: skip
+    assert spaces == [
+        ("tune_sparse", {"penalty#lambda1": GRIDS["lambda1"], "penalty#lambda2": [0.0]}),
+        ("tune_dense", {"penalty#lambda1": [0.0], "penalty#lambda2": GRIDS["lambda2"]}),
+    ]
 
 
 def _finite(value):
@@ -246,10 +338,14 @@ SLOW = os.environ.get("MONAI_SOFTCAM_SLOW_TESTS") == "1"
 
 @pytest.mark.parametrize(
     "dataset",
-    ["rsna",  # VGG-16 and the opacity boxes: the localisation metrics too
-     pytest.param("fundus", marks=pytest.mark.skipif(not SLOW, reason="about 2 min more: MONAI_SOFTCAM_SLOW_TESTS=1")),
-     pytest.param("oct", marks=pytest.mark.skipif(not SLOW, reason="about 2 min more: MONAI_SOFTCAM_SLOW_TESTS=1"))],
-)  # fmt: skip
+    [
+        "rsna",  # VGG-16 and the opacity boxes: the localisation metrics too
+        pytest.param(
+            "fundus", marks=pytest.mark.skipif(not SLOW, reason="about 2 min more: MONAI_SOFTCAM_SLOW_TESTS=1")
+        ),
+        pytest.param("oct", marks=pytest.mark.skipif(not SLOW, reason="about 2 min more: MONAI_SOFTCAM_SLOW_TESTS=1")),
+    ],
+)
 @pytest.mark.slow
 def test_the_protocol_end_to_end(dataset, stand_in, tmp_path):
     out = tmp_path / "out"
@@ -273,16 +369,25 @@ def test_the_protocol_end_to_end(dataset, stand_in, tmp_path):
     for model in ("softcam_sparse", "softcam_dense", "blackbox"):
         report = json.load(open(out / "eval" / model / "metrics_test.json"))
         metrics, explained = report["metrics"], report.get("explanation_metrics", {})
-        assert _finite(metrics["accuracy"]) and _finite(metrics["auc"]) and metrics["n"] == len(DATASETS[dataset][3]["test"])
+        assert (
+            _finite(metrics["accuracy"])
+            and _finite(metrics["auc"])
+            and metrics["n"] == len(DATASETS[dataset][3]["test"])
+        )
         if model != "blackbox":  # SoftCAM's maps, in both protocols
-            names = ["consistency", "gini"] + (["activation_precision", "paper_activation_precision"] if dataset == "rsna" else [])
+            names = ["consistency", "gini"] + (
+                ["activation_precision", "paper_activation_precision"] if dataset == "rsna" else []
+            )
             assert all(_finite(explained[n]["mean"]) for n in names), explained
     assert os.path.isfile(out / "blackbox" / "models" / "model.pt")
 
     report = json.load(open(out / "report" / "report.json"))
     assert list(report["classification"]) == ["softcam_sparse", "softcam_dense", "blackbox"]
     assert {m: list(methods) for m, methods in report["explanation"].items()} == {
-        "softcam_sparse": ["softcam"], "softcam_dense": ["softcam"], "blackbox": POSTHOC}
+        "softcam_sparse": ["softcam"],
+        "softcam_dense": ["softcam"],
+        "blackbox": POSTHOC,
+    }
     for model, methods in report["explanation"].items():
         assert _finite(report["classification"][model]["auc"])
         for method, values in methods.items():

@@ -8,7 +8,6 @@ stand-ins of tests/slicer_stubs.py."""
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import shutil
@@ -16,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, TESTS_DIR
+from conftest import REPO_ROOT, TESTS_DIR, package_requirements
 
 MODULE_SOURCE = os.path.join(REPO_ROOT, "slicer_extension", "SoftCAM")
 
@@ -28,15 +27,11 @@ def _cmake_list(name: str) -> list[str]:
     return [entry.replace("${MODULE_NAME}", "SoftCAM") for entry in body.split()]
 
 
-def _setup_requirements() -> list[str]:
-    tree = ast.parse(open(os.path.join(REPO_ROOT, "setup.py"), encoding="utf-8").read())
-    keyword = next(n for n in ast.walk(tree) if isinstance(n, ast.keyword) and n.arg == "install_requires")
-    return [ast.literal_eval(e) for e in keyword.value.elts]
-
-
 def test_the_cmake_lists_name_every_file_and_the_requirements_are_monai_softcams():
     scripts = _cmake_list("MODULE_PYTHON_SCRIPTS")
-    library = sorted(f"SoftCAMLib/{f}" for f in os.listdir(os.path.join(MODULE_SOURCE, "SoftCAMLib")) if f.endswith(".py"))
+    library = sorted(
+        f"SoftCAMLib/{f}" for f in os.listdir(os.path.join(MODULE_SOURCE, "SoftCAMLib")) if f.endswith(".py")
+    )
     assert sorted(s for s in scripts if s.startswith("SoftCAMLib/")) == library  # none forgotten, none stale
     for entry in scripts + _cmake_list("MODULE_PYTHON_RESOURCES"):
         assert os.path.isfile(os.path.join(MODULE_SOURCE, entry)), entry
@@ -44,7 +39,7 @@ def test_the_cmake_lists_name_every_file_and_the_requirements_are_monai_softcams
     sys.path.insert(0, MODULE_SOURCE)
     from SoftCAMLib import TORCH_REQUIREMENT, requirements
 
-    setup = _setup_requirements()
+    setup = package_requirements()
     assert TORCH_REQUIREMENT in setup  # the same floor as the package's
     assert requirements() == [r for r in setup if not r.startswith("torch")]
 
@@ -56,8 +51,17 @@ def test_the_installed_layout_runs_the_module_self_test_on_its_own(tmp_path):
     for entry in _cmake_list("MODULE_PYTHON_SCRIPTS") + _cmake_list("MODULE_PYTHON_RESOURCES"):
         os.makedirs(layout / os.path.dirname(entry), exist_ok=True)
         shutil.copy(os.path.join(MODULE_SOURCE, entry), layout / entry)
-    subprocess.run(["cmake", f"-DSOFTCAM_SOURCE_ROOT={REPO_ROOT}", f"-DSOFTCAM_DESTINATION={layout}", "-P",
-                    os.path.join(MODULE_SOURCE, "CopyRuntime.cmake")], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "cmake",
+            f"-DSOFTCAM_SOURCE_ROOT={REPO_ROOT}",
+            f"-DSOFTCAM_DESTINATION={layout}",
+            "-P",
+            os.path.join(MODULE_SOURCE, "CopyRuntime.cmake"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert (layout / "monai_softcam" / "networks" / "softcam.py").is_file()
     assert (layout / "Resources" / "bundle" / "configs" / "inference.yaml").is_file()
 
@@ -72,8 +76,15 @@ def test_the_installed_layout_runs_the_module_self_test_on_its_own(tmp_path):
         "print('self-test passed')\n"
     )
     env = dict(os.environ, SOFTCAM_MODULE_DIR=str(layout), PYTHONPATH=TESTS_DIR)  # no source tree on the path
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, encoding="utf-8",
-                          errors="replace", timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+    )
     assert proc.returncode == 0 and "self-test passed" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
 
 

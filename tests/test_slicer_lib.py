@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_helpers import INFERENCE, bundle
 from conftest import REPO_ROOT, TESTS_DIR
 from data_helpers import resample_with_itk, write_dicom, write_png
-from bundle_helpers import INFERENCE, bundle
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "slicer_extension", "SoftCAM"))
 
@@ -108,7 +108,7 @@ def test_3d_volume_lps_and_ras_geometry_match_the_bundle_on_the_same_file(tmp_pa
     Slicer holds it, given once with its RAS matrix (nibabel) and once with the LPS geometry
     SimpleITK/DICOM report: identical probabilities and maps, the bundle's map files carry the
     volume's own matrix, and the evidence sits on the bright cube in RAS."""
-    import SimpleITK as sitk
+    import SimpleITK
 
     info = _known_bundle(tmp_path, KNOWN_3D)
     array_ijk = np.full((40, 30, 24), 0.1, np.float32)
@@ -118,7 +118,9 @@ def test_3d_volume_lps_and_ras_geometry_match_the_bundle_on_the_same_file(tmp_pa
     nib.save(nib.Nifti1Image(array_ijk, ijk_to_ras), path)
 
     out = tmp_path / "cli"
-    bundle("inference", [INFERENCE, KNOWN_3D], "--bundle_root", info.path, "--input_path", path, "--output_dir", str(out))
+    bundle(
+        "inference", [INFERENCE, KNOWN_3D], "--bundle_root", info.path, "--input_path", path, "--output_dir", str(out)
+    )
     with open(out / "predictions.csv") as f:
         cli = next(csv.DictReader(f))
     compact = os.path.join(cli["evidence_maps"], "ct_evidence_lesion.nii.gz")
@@ -126,17 +128,19 @@ def test_3d_volume_lps_and_ras_geometry_match_the_bundle_on_the_same_file(tmp_pa
     cli_map = resample_with_itk(compact, path)  # placed on the volume's grid in world space, by ITK
 
     ras = run_inference(info, Volume(np.transpose(array_ijk, (2, 1, 0)), ijk_to_ras, name="ct"))
-    itk = sitk.ReadImage(path)  # LPS geometry, (K, J, I) array: what a DICOM series gives
+    itk = SimpleITK.ReadImage(path)  # LPS geometry, (K, J, I) array: what a DICOM series gives
     direction = np.asarray(itk.GetDirection()).reshape(3, 3)
     ijk_to_lps = geometry_matrix(itk.GetOrigin(), itk.GetSpacing(), direction)
-    lps = run_inference(info, Volume.from_lps(sitk.GetArrayFromImage(itk), ijk_to_lps, name="ct"))
+    lps = run_inference(info, Volume.from_lps(SimpleITK.GetArrayFromImage(itk), ijk_to_lps, name="ct"))
 
     np.testing.assert_allclose(lps.ijk_to_ras, ijk_to_ras, atol=1e-4)
     for result in (ras, lps):
         for name in info.class_names:
             assert result.probabilities[name] == pytest.approx(float(cli[f"prob_{name}"]), abs=1e-5)
             # the bundle saw our geometry: its map grid is stretched over the volume's voxels
-            np.testing.assert_allclose(result.map_affines[name], ijk_to_ras @ _stretch((40, 30, 24), (8, 8, 8)), atol=1e-4)
+            np.testing.assert_allclose(
+                result.map_affines[name], ijk_to_ras @ _stretch((40, 30, 24), (8, 8, 8)), atol=1e-4
+            )
         np.testing.assert_allclose(result.maps["lesion"], np.transpose(cli_map, (2, 1, 0)), atol=1e-5)
 
     kji = np.argwhere(_hot(lps.maps["lesion"]))
@@ -162,8 +166,16 @@ def test_files_loaded_in_slicer_give_the_bundles_results(tmp_path, subprocess_en
     write_png(str(data / "photo.png"), photo)
 
     out = tmp_path / "cli"
-    bundle("inference", [INFERENCE, KNOWN_2D, str(three)], "--bundle_root", info.path, "--input_path", str(data),
-           "--output_dir", str(out))  # fmt: skip
+    bundle(
+        "inference",
+        [INFERENCE, KNOWN_2D, str(three)],
+        "--bundle_root",
+        info.path,
+        "--input_path",
+        str(data),
+        "--output_dir",
+        str(out),
+    )
     with open(out / "predictions.csv") as f:
         cli = {os.path.basename(r["image"]): r for r in csv.DictReader(f)}
 
@@ -200,8 +212,13 @@ def test_bad_bundles_and_volumes_get_clear_errors(tmp_path):
     # a checkpoint of another network (3 classes): refused, naming the mismatching tensors
     from monai_softcam.networks import SoftCAM
 
-    other = SoftCAM("resnet18", spatial_dims=2, in_channels=1, num_classes=3,
-                    backbone_kwargs={"widen_factor": 0.25, "conv1_t_stride": 1, "no_max_pool": True})  # fmt: skip
+    other = SoftCAM(
+        "resnet18",
+        spatial_dims=2,
+        in_channels=1,
+        num_classes=3,
+        backbone_kwargs={"widen_factor": 0.25, "conv1_t_stride": 1, "no_max_pool": True},
+    )
     torch.save(other.state_dict(), os.path.join(folder, "models", "model.pt"))
     with pytest.raises(BundleError, match="(?s)model.pt.*shape"):
         info.check_weights()
@@ -234,14 +251,32 @@ def test_a_torchscript_export_runs_like_its_bundle(tmp_path):
     folder = write_test_bundle(str(tmp_path / "bundle"))
     ts = str(tmp_path / "model.ts")
     configs = os.path.join(folder, "configs")
-    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", ts,
-               "--ckpt_file", os.path.join(folder, "models", "model.pt"), "--meta_file", os.path.join(configs, "metadata.json"),
-               "--config_file", repr([os.path.join(configs, "inference.yaml"), os.path.join(folder, "models", "task.json")]),
-               "--bundle_root", folder]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "--net_id",
+        "network_def",
+        "--filepath",
+        ts,
+        "--ckpt_file",
+        os.path.join(folder, "models", "model.pt"),
+        "--meta_file",
+        os.path.join(configs, "metadata.json"),
+        "--config_file",
+        repr([os.path.join(configs, "inference.yaml"), os.path.join(folder, "models", "task.json")]),
+        "--bundle_root",
+        folder,
+    ]
     proc = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info, exported = BundleInfo.read(folder), BundleInfo.read(ts)
-    assert exported.torchscript == ts and exported.class_names == info.class_names and "inference.json" in exported.config_files[0]
+    assert (
+        exported.torchscript == ts
+        and exported.class_names == info.class_names
+        and "inference.json" in exported.config_files[0]
+    )
     exported.check_weights()  # nothing to check: the export holds its weights
     image = np.random.default_rng(0).uniform(0, 1, (1, 50, 70)).astype(np.float32)
     expected = run_inference(info, Volume(image, np.eye(4), name="img"))
@@ -277,7 +312,7 @@ def test_cancel_stops_a_subprocess_run(tmp_path, subprocess_env):
 
 
 def test_export_writes_maps_with_the_volume_geometry_and_probabilities(tmp_path):
-    import SimpleITK as sitk
+    import SimpleITK
 
     info = _known_bundle(tmp_path, KNOWN_3D)
     ijk_to_ras = geometry_matrix([5.0, -3.0, 2.0], [0.9, 1.2, 2.0], _rotation([0, 0, 1], 30))
@@ -286,10 +321,12 @@ def test_export_writes_maps_with_the_volume_geometry_and_probabilities(tmp_path)
     nrrd = export_result(result, str(tmp_path / "export"), "nrrd")
     nifti = export_result(result, str(tmp_path / "export_nii"), "nii.gz")
     assert [os.path.basename(p) for p in nrrd] == [
-        "case_1_evidence_no_lesion.nrrd", "case_1_evidence_lesion.nrrd", "case_1_probabilities.csv"
-    ]  # fmt: skip
-    image = sitk.ReadImage(nrrd[1])
-    np.testing.assert_allclose(sitk.GetArrayFromImage(image), result.maps["lesion"], atol=1e-6)
+        "case_1_evidence_no_lesion.nrrd",
+        "case_1_evidence_lesion.nrrd",
+        "case_1_probabilities.csv",
+    ]
+    image = SimpleITK.ReadImage(nrrd[1])
+    np.testing.assert_allclose(SimpleITK.GetArrayFromImage(image), result.maps["lesion"], atol=1e-6)
     lps = geometry_matrix(image.GetOrigin(), image.GetSpacing(), np.asarray(image.GetDirection()).reshape(3, 3))
     np.testing.assert_allclose(LPS_TO_RAS @ lps, ijk_to_ras, atol=1e-5)
     saved = nib.load(nifti[1])
@@ -334,5 +371,7 @@ def test_missing_requirements_are_found_without_importing(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "distribution", distribution)
     assert missing_requirements() == ["torch>=2.3", "monai>=1.4", "SimpleITK>=2.2"]
     real_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "monai_softcam" else real_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "monai_softcam" else real_spec(name, *a)
+    )
     assert missing_requirements()[-1] == "monai_softcam"

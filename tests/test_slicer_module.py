@@ -34,7 +34,9 @@ def test_importing_the_module_installs_and_computes_nothing():
         "print('ok')\n"
     )
     env = dict(os.environ, PYTHONPATH=TESTS_DIR + os.pathsep + REPO_ROOT)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
@@ -56,7 +58,11 @@ def _volume_node(scene, name, shape, matrix):
 
 
 def _map_nodes(scene, source):
-    return [n for n in scene.nodes if n.attributes.get("SoftCAM.source") == source.GetID() and "SoftCAM.class" in n.attributes]
+    return [
+        n
+        for n in scene.nodes
+        if n.attributes.get("SoftCAM.source") == source.GetID() and "SoftCAM.class" in n.attributes
+    ]
 
 
 def _run_widget(widget):
@@ -98,7 +104,9 @@ def test_widget_drives_logic_in_process_and_in_a_subprocess(slicer_env, tmp_path
     expected = run_inference(BundleInfo.read(folder, [KNOWN_2D]), Volume(source.array, matrix, name="chest"))
     table = params.resultTable  # the result lives in the scene, referred to by the parameter node
     maps = widget.logic.mapNodes(table)
-    assert sorted(maps) == ["lesion", "no_lesion"] and maps == {n.attributes["SoftCAM.class"]: n for n in _map_nodes(scene, source)}
+    assert sorted(maps) == ["lesion", "no_lesion"] and maps == {
+        n.attributes["SoftCAM.class"]: n for n in _map_nodes(scene, source)
+    }
     assert maps["lesion"].name == "chest evidence lesion"
     for name, node in maps.items():
         np.testing.assert_array_equal(node.matrix, matrix)  # the source's IJK-to-RAS, unchanged
@@ -106,7 +114,9 @@ def test_widget_drives_logic_in_process_and_in_a_subprocess(slicer_env, tmp_path
         display = node.GetDisplayNode()
         assert display.window_level[1] == 0 and display.color == "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
     assert [c.name for c in table.table.columns] == ["class", "probability", "logit (mean evidence)"]
-    assert table.table.columns[1].values == pytest.approx([expected.probabilities[c] for c in ["no_lesion", "lesion"]], abs=1e-6)
+    assert table.table.columns[1].values == pytest.approx(
+        [expected.probabilities[c] for c in ["no_lesion", "lesion"]], abs=1e-6
+    )
     shown = util.setSliceViewerLayers.call_args.kwargs
     assert shown["background"] is source and shown["foreground"] is maps[expected.predicted_class]
     assert ui.classComboBox.items == ["no_lesion", "lesion"] and ui.probabilityTableView.table_node is table
@@ -121,8 +131,10 @@ def test_widget_drives_logic_in_process_and_in_a_subprocess(slicer_env, tmp_path
     ui.exportFormatComboBox.currentIndex = 0  # NRRD
     ui.exportButton.click()
     assert sorted(os.listdir(tmp_path / "export")) == [
-        "chest_evidence_lesion.nrrd", "chest_evidence_no_lesion.nrrd", "chest_probabilities.csv"
-    ]  # fmt: skip
+        "chest_evidence_lesion.nrrd",
+        "chest_evidence_no_lesion.nrrd",
+        "chest_probabilities.csv",
+    ]
 
     ui.subprocessCheckBox.checked = True  # the default: same result from a child process
     _run_widget(widget)
@@ -253,7 +265,9 @@ def test_packages_install_as_lists_torch_through_pytorch_utils_with_a_floor(slic
 
     torch_utils = types.ModuleType("PyTorchUtils")
     installs = []
-    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(installTorch=lambda **kw: installs.append(kw) or "torch")
+    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(
+        installTorch=lambda **kw: installs.append(kw) or "torch"
+    )
     packaging = types.ModuleType("slicer.packaging")
     packaging.load_requirements = lambda path: ["loaded", path]
     ensured = []
@@ -263,7 +277,9 @@ def test_packages_install_as_lists_torch_through_pytorch_utils_with_a_floor(slic
     del fakes.pip_calls[:]
     logic.installRequirements([TORCH_REQUIREMENT, "monai>=1.4"])
     assert installs == [{"askConfirmation": False, "torchVersionRequirement": ">=2.3"}] and not fakes.pip_calls
-    assert ensured == [(["loaded", REQUIREMENTS_FILE], {"prompt_install": False, "requester": "SoftCAM", "skip_in_testing": False})]
+    assert ensured == [
+        (["loaded", REQUIREMENTS_FILE], {"prompt_install": False, "requester": "SoftCAM", "skip_in_testing": False})
+    ]
     assert "monai>=1.4" in requirements() and not any(r.startswith("torch") for r in requirements())
     with pytest.raises(RuntimeError, match="reinstall the SoftCAM extension"):
         logic.installRequirements(["monai_softcam"])
@@ -314,8 +330,13 @@ def test_bad_input_gives_a_message_and_no_nodes(slicer_env, tmp_path):
 
     from monai_softcam.networks import SoftCAM as SoftCAMNet
 
-    other = SoftCAMNet("resnet18", spatial_dims=2, in_channels=3, num_classes=2,
-                       backbone_kwargs={"widen_factor": 0.25, "conv1_t_stride": 1, "no_max_pool": True})  # fmt: skip
+    other = SoftCAMNet(
+        "resnet18",
+        spatial_dims=2,
+        in_channels=3,
+        num_classes=2,
+        backbone_kwargs={"widen_factor": 0.25, "conv1_t_stride": 1, "no_max_pool": True},
+    )
     torch.save(other.state_dict(), os.path.join(folder, "models", "model.pt"))
     attempt("does not fit the network")
     util.errorDisplay.reset_mock()
@@ -325,8 +346,14 @@ def test_bad_input_gives_a_message_and_no_nodes(slicer_env, tmp_path):
     # a failure half-way through making the nodes removes those already made
     from SoftCAMLib import InferenceResult
 
-    result = InferenceResult("image", ["a", "b"], {"a": 0.4, "b": 0.6}, {"a": 0.0, "b": 0.4},
-                             {"a": np.zeros((1, 40, 40), np.float32), "b": None}, np.eye(4))  # fmt: skip
+    result = InferenceResult(
+        "image",
+        ["a", "b"],
+        {"a": 0.4, "b": 0.6},
+        {"a": 0.0, "b": 0.4},
+        {"a": np.zeros((1, 40, 40), np.float32), "b": None},
+        np.eye(4),
+    )
     real = util.updateVolumeFromArray
 
     def fail_on_none(node, array):
@@ -394,7 +421,9 @@ def test_region_evidence_per_segment_adds_up_to_each_logit_and_follows_the_segme
     labels = np.where(block, 1, 0) + np.where(corner & ~block, 2, 0)
     expected = {(r["region"], r["class"]): r for r in region_table(result, labels, {1: "bright block", 2: "corner"})}
     for row in rows():
-        assert row["share of the logit"] == pytest.approx(expected[(row["region"], row["class"])]["share_of_logit"], abs=1e-9)
+        assert row["share of the logit"] == pytest.approx(
+            expected[(row["region"], row["class"])]["share_of_logit"], abs=1e-9
+        )
 
     before = lesion["bright block"]["share of the logit"]
     segmentation.GetSegmentation().SetMask(lesion_id, np.zeros_like(block))  # erase the segment

@@ -7,20 +7,19 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT
+from data_helpers import write_dicom, write_dicom_series
 from ignite.engine import Engine
 
 from monai_softcam.bundle import bundle_root, check_overrides, parse_command_line, prepare_dataset
-from monai_softcam.data import DataListError, image_stem, list_images, read_csv_datalist
 from monai_softcam.checkpoint import CheckpointError, load_weights
+from monai_softcam.data import DataListError, image_stem, list_images, read_csv_datalist
 from monai_softcam.handlers import BestModelSaver, TrainingCheckpoint
 from monai_softcam.networks import SoftCAM
 from monai_softcam.optim import ClippedCosineLR
 from monai_softcam.transforms import AdaptChannelsd, preprocessing
 from monai_softcam.utils import ConfigError, as_flag, atomic_open
 from monai_softcam.visualize import evidence_gallery, overlay
-
-from conftest import REPO_ROOT
-from data_helpers import write_dicom, write_dicom_series
 
 
 def test_clipped_cosine_schedule():
@@ -49,7 +48,9 @@ def _csv(path, rows, header=("filename", "label", "mask")):
 def test_read_csv_datalist_shortcut(tmp_path):
     (tmp_path / "a.png").write_bytes(b"x")
     path = _csv(tmp_path / "one.csv", [["a.png", "1", ""]])
-    assert read_csv_datalist(path, str(tmp_path), num_classes=2) == [{"image": str(tmp_path / "a.png"), "row": 2, "label": 1}]
+    assert read_csv_datalist(path, str(tmp_path), num_classes=2) == [
+        {"image": str(tmp_path / "a.png"), "row": 2, "label": 1}
+    ]
     with pytest.raises(DataListError, match=r"one.csv row 2 column 'label': label 3 is not one of the classes"):
         read_csv_datalist(_csv(tmp_path / "one.csv", [["a.png", "3", ""]]), str(tmp_path), num_classes=2)
 
@@ -67,13 +68,13 @@ def test_list_images_folder_csv_file(tmp_path):
 
 
 def test_list_images_takes_every_reader_format_and_dicom_files_without_extension(tmp_path):
-    import SimpleITK as sitk
+    import SimpleITK
 
     from monai_softcam.transforms import load_input
 
-    grey = sitk.GetImageFromArray(np.arange(12, dtype=np.uint8).reshape(3, 4))
-    sitk.WriteImage(grey, str(tmp_path / "a.bmp"))
-    sitk.WriteImage(sitk.Cast(grey, sitk.sitkFloat32), str(tmp_path / "b.nhdr"))  # header + b.raw
+    grey = SimpleITK.GetImageFromArray(np.arange(12, dtype=np.uint8).reshape(3, 4))
+    SimpleITK.WriteImage(grey, str(tmp_path / "a.bmp"))
+    SimpleITK.WriteImage(SimpleITK.Cast(grey, SimpleITK.sitkFloat32), str(tmp_path / "b.nhdr"))  # header + b.raw
     write_dicom(str(tmp_path / "1.2.826.0.1.7"), np.zeros((3, 4), np.uint16))  # a PACS export: no extension
     (tmp_path / "c").write_bytes(b"\0" * 200)  # no image name, no DICOM preamble
     assert sorted(os.listdir(tmp_path)) == ["1.2.826.0.1.7", "a.bmp", "b.nhdr", "b.raw", "c"]
@@ -92,11 +93,15 @@ def test_list_images_takes_every_reader_format_and_dicom_files_without_extension
 
 
 def test_list_images_names_the_inference_input_csv(tmp_path):
-    with pytest.raises(DataListError, match=f"^inference input CSV not found: {re.escape(str(tmp_path / 'test.csv'))}$"):
+    with pytest.raises(
+        DataListError, match=f"^inference input CSV not found: {re.escape(str(tmp_path / 'test.csv'))}$"
+    ):
         list_images(str(tmp_path / "test.csv"))
     path = _csv(tmp_path / "test.csv", [["gone.png", "1", ""]])
     where = re.escape(path)
-    with pytest.raises(DataListError, match=rf"1 problem\(s\) in the inference input CSV {where}:\n  {where} row 2: file not found"):
+    with pytest.raises(
+        DataListError, match=rf"1 problem\(s\) in the inference input CSV {where}:\n  {where} row 2: file not found"
+    ):
         list_images(path)
     with pytest.raises(DataListError, match="the inference input CSV is empty"):
         list_images(_csv(tmp_path / "empty.csv", []))
@@ -109,7 +114,11 @@ def test_image_stem_is_the_one_rule_for_stems_and_case_names(tmp_path):
     assert image_stem("d.webp") == "d" and image_stem("1.2.840.113619.5") == "1.2.840.113619.5"  # a DICOM UID
     assert image_stem("IM0001") == "IM0001"
     saver = SaveEvidenceMapsd("maps", str(tmp_path), ["a", "b"])
-    assert [saver._unique_name(p) for p in ("/x/scan.nii.gz", "/y/scan.nii.gz", "/x/1.2.3")] == ["scan", "scan_2", "1.2.3"]
+    assert [saver._unique_name(p) for p in ("/x/scan.nii.gz", "/y/scan.nii.gz", "/x/1.2.3")] == [
+        "scan",
+        "scan_2",
+        "1.2.3",
+    ]
 
 
 def test_adapt_channels():
@@ -118,7 +127,11 @@ def test_adapt_channels():
     assert AdaptChannelsd("image", 3)({"image": torch.rand(4, 4, 4)})["image"].shape == (3, 4, 4)  # RGBA
     with pytest.raises(ValueError, match="image has 3 channel\\(s\\) but the network expects 1"):
         AdaptChannelsd("image", 1)({"image": torch.rand(3, 4, 4)})
-    assert AdaptChannelsd("image", 1, allow_rgb_to_grey=True)({"image": torch.rand(3, 4, 4)})["image"].shape == (1, 4, 4)
+    assert AdaptChannelsd("image", 1, allow_rgb_to_grey=True)({"image": torch.rand(3, 4, 4)})["image"].shape == (
+        1,
+        4,
+        4,
+    )
 
 
 def test_preprocessing_normalises_and_resizes(tmp_path):
@@ -145,7 +158,11 @@ def test_load_weights_names_the_mismatch(tmp_path):
     path = str(tmp_path / "m.pt")
     torch.save(src.state_dict(), path)
     load_weights(SoftCAM("resnet10", num_classes=3), path)
-    with pytest.raises(ValueError, match=r"m.pt does not fit the network SoftCAM\(backbone=resnet10, num_classes=2.*head.evidence.weight: checkpoint \(3, 512, 1, 1\) vs network \(2, 512, 1, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"m.pt does not fit the network SoftCAM\(backbone=resnet10, num_classes=2.*"
+        r"head.evidence.weight: checkpoint \(3, 512, 1, 1\) vs network \(2, 512, 1, 1\)",
+    ):
         load_weights(SoftCAM("resnet10", num_classes=2), path)
     with pytest.raises(FileNotFoundError, match="model checkpoint not found"):
         load_weights(src, str(tmp_path / "none.pt"))
@@ -169,7 +186,9 @@ def test_best_model_saver_and_training_checkpoint_round_trip(tmp_path):
     trainer.state.epoch, trainer.state.iteration, trainer.state.max_epochs = 3, 30, 10
     ckpt._save(trainer)
     fresh_saver = BestModelSaver("accuracy", str(tmp_path / "best.pt"), net)
-    resumed = TrainingCheckpoint(str(tmp_path / "state.pt"), {"model": net, "optimizer": opt, "best": fresh_saver}, resume=True)
+    resumed = TrainingCheckpoint(
+        str(tmp_path / "state.pt"), {"model": net, "optimizer": opt, "best": fresh_saver}, resume=True
+    )
     other = Engine(lambda e, b: None)
     other.state.max_epochs = 10
     resumed._load(other)
@@ -193,8 +212,20 @@ def test_atomic_open_keeps_old_file_on_failure(tmp_path):
 
 
 def test_cli_parsing_and_override_check(tmp_path):
-    argv = ["/x/monai/bundle/__main__.py", "run", "training", "--config_file", "['bundle/configs/train.yaml','x.yaml']",
-            "--epochs", "3", "--penalty#lambda1=0.1", "--train::dataloader::num_workers", "2", "--tracking", "mlflow"]  # fmt: skip
+    argv = [
+        "/x/monai/bundle/__main__.py",
+        "run",
+        "training",
+        "--config_file",
+        "['bundle/configs/train.yaml','x.yaml']",
+        "--epochs",
+        "3",
+        "--penalty#lambda1=0.1",
+        "--train::dataloader::num_workers",
+        "2",
+        "--tracking",
+        "mlflow",
+    ]
     cli = parse_command_line(argv)
     assert cli.config_files == ["bundle/configs/train.yaml", "x.yaml"]
     assert cli.overrides == {"epochs": 3, "penalty#lambda1": 0.1, "train#dataloader#num_workers": 2}
@@ -233,7 +264,9 @@ def test_overlay_colours_signed_evidence():
     assert rgb[0, 0, 0] > rgb[0, 0, 2]  # red where positive
     assert rgb[1, 0, 2] > rgb[1, 0, 0]  # blue where negative
     assert (rgb[3, 0] == 0).all()  # zero evidence leaves the (black) image as it is
-    picture = evidence_gallery([image, image], [evidence[None].repeat(2, 1, 1)] * 2, ["a", "b"], cases_per_row=2, tile=32)
+    picture = evidence_gallery(
+        [image, image], [evidence[None].repeat(2, 1, 1)] * 2, ["a", "b"], cases_per_row=2, tile=32
+    )
     assert picture.size[0] == 2 * 3 * 32 + 6
 
 
@@ -270,8 +303,19 @@ def test_a_user_error_under_wrappers_is_printed_last(capsys, monkeypatch):
 def test_yes_no_settings_read_the_command_lines_strings():
     """``--resume false`` reaches the config as the string "false" (Fire reads only True/False as
     booleans): it must mean no, not yes."""
-    for value, expected in [(True, True), ("true", True), ("True", True), ("yes", True), (1, True),
-                            (False, False), ("false", False), ("FALSE", False), ("no", False), ("0", False), (0, False)]:  # fmt: skip
+    for value, expected in [
+        (True, True),
+        ("true", True),
+        ("True", True),
+        ("yes", True),
+        (1, True),
+        (False, False),
+        ("false", False),
+        ("FALSE", False),
+        ("no", False),
+        ("0", False),
+        (0, False),
+    ]:
         assert as_flag(value, "resume") is expected, value
     for bad in ("maybe", 2, None, ""):
         with pytest.raises(ConfigError, match="resume must be true or false"):

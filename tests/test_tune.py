@@ -34,8 +34,11 @@ def test_the_reference_rule_best_explanation_within_epsilon_of_the_best_accuracy
     assert select_trial(rows, "activation_precision", 0.0)["number"] == 0  # epsilon 0: the most accurate
     assert select_trial(rows, "activation_precision", 0.06)["number"] == 2
     # a lower-is-better metric is minimised; ties go to the higher accuracy, then the earlier trial
-    errors = [{"number": 0, "accuracy": 0.9, "completeness_error": 0.2}, {"number": 1, "accuracy": 0.91, "completeness_error": 0.2},
-              {"number": 2, "accuracy": 0.91, "completeness_error": 0.2}]  # fmt: skip
+    errors = [
+        {"number": 0, "accuracy": 0.9, "completeness_error": 0.2},
+        {"number": 1, "accuracy": 0.91, "completeness_error": 0.2},
+        {"number": 2, "accuracy": 0.91, "completeness_error": 0.2},
+    ]
     assert select_trial(errors, "completeness_error", 0.05)["number"] == 1
     assert select_trial([], "gini", 0.01) is None
 
@@ -45,12 +48,27 @@ def test_the_reference_rule_best_explanation_within_epsilon_of_the_best_accuracy
     [
         ({"search_space": {}}, "search_space is empty"),
         ({"search_space": {"penalty#lambda1": []}}, r"search_space#penalty#lambda1 is an empty list"),
-        ({"search_space": {"penalty#lambda1": [0.0]}, "metric": "accuracy_of_maps"}, "metric 'accuracy_of_maps' is not a metric"),
+        (
+            {"search_space": {"penalty#lambda1": [0.0]}, "metric": "accuracy_of_maps"},
+            "metric 'accuracy_of_maps' is not a metric",
+        ),
         ({"search_space": {"penalty#lambda1": [0.0]}, "epsilon": -0.01}, "epsilon must be a number >= 0"),
-        ({"search_space": {"penalty#lambda1": {"low": 1e-5, "high": 1e-2, "log": True}}}, "grid needs a list of values"),
-        ({"search_space": {"penalty#lambda1": {"low": 1e-5, "high": 1e-2}}, "sampler": "tpe"}, "needs a number of trials"),
-        ({"search_space": {"penalty#lambda1": {"low": 0.0, "high": 1e-2, "log": True}}, "sampler": "tpe", "n_trials": 3},
-         "low > 0 with log"),
+        (
+            {"search_space": {"penalty#lambda1": {"low": 1e-5, "high": 1e-2, "log": True}}},
+            "grid needs a list of values",
+        ),
+        (
+            {"search_space": {"penalty#lambda1": {"low": 1e-5, "high": 1e-2}}, "sampler": "tpe"},
+            "needs a number of trials",
+        ),
+        (
+            {
+                "search_space": {"penalty#lambda1": {"low": 0.0, "high": 1e-2, "log": True}},
+                "sampler": "tpe",
+                "n_trials": 3,
+            },
+            "low > 0 with log",
+        ),
         ({"search_space": {"penalty#lambda1": [0.0]}, "sampler": "anneal"}, "sampler must be one of grid, tpe, random"),
     ],
 )
@@ -60,8 +78,20 @@ def test_bad_settings_are_refused_by_key(kwargs, match):
 
 
 def _tune_command(tmp_path, *extra):
-    return [sys.executable, "-m", "monai.bundle", "run", "tune", "--config_file", repr([TRAIN, TINY, TUNE]),
-            "--bundle_root", str(tmp_path), "--tune_settings#search_space", repr({"penalty#lambda1": GRID}), *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "tune",
+        "--config_file",
+        repr([TRAIN, TINY, TUNE]),
+        "--bundle_root",
+        str(tmp_path),
+        "--tune_settings#search_space",
+        repr({"penalty#lambda1": GRID}),
+        *extra,
+    ]
 
 
 def _env():
@@ -72,10 +102,21 @@ def _env():
 
 
 def test_an_unknown_search_key_is_refused_before_any_training(tmp_path):
-    done = subprocess.run(_tune_command(tmp_path, "--tune_settings#search_space", "{'penalty#lambda3': [0.0]}"),
-                          cwd=REPO_ROOT, env=_env(), capture_output=True, encoding="utf-8", errors="replace", timeout=300)  # fmt: skip
+    done = subprocess.run(
+        _tune_command(tmp_path, "--tune_settings#search_space", "{'penalty#lambda3': [0.0]}"),
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
     assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1].startswith("error: tune_settings#search_space#penalty#lambda3 is not a key")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: tune_settings#search_space#penalty#lambda3 is not a key")
+    )
     assert not (tmp_path / "eval" / "tune" / "trial_000").exists()
 
 
@@ -103,8 +144,9 @@ def _training_children(folder):
 def test_a_study_killed_with_sigkill_resumes_keeping_finished_trials(tmp_path):
     tune_dir = tmp_path / "eval" / "tune"
     db = tune_dir / "study.db"
-    proc = subprocess.Popen(_tune_command(tmp_path), cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _tune_command(tmp_path), cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     try:  # kill the tune process once trial 0 has finished and trial 1 is training
         while time.time() < deadline:
@@ -132,8 +174,15 @@ def test_a_study_killed_with_sigkill_resumes_keeping_finished_trials(tmp_path):
         time.sleep(0.2)
     assert not _training_children(tune_dir / "trial_001")
 
-    resumed = subprocess.run(_tune_command(tmp_path), cwd=REPO_ROOT, env=_env(), capture_output=True, encoding="utf-8",
-                             errors="replace", timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        _tune_command(tmp_path),
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "trial 1 was interrupted" in resumed.stdout
     trials = _trials(db)
@@ -156,10 +205,25 @@ def test_two_workers_share_one_study(tmp_path):
     """Two worker processes on one storage (as one per GPU would be) split the grid between them."""
     grid = [0.0, 1e-4, 1e-3, 1e-2]
     db = tmp_path / "shared.db"
-    command = _tune_command(tmp_path, "--tune_settings#search_space", repr({"penalty#lambda1": grid}),
-                            "--tune_settings#storage", f"sqlite:///{db}")  # fmt: skip
-    start = lambda: subprocess.Popen(command, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE,  # noqa: E731
-                                     stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")  # fmt: skip
+    command = _tune_command(
+        tmp_path,
+        "--tune_settings#search_space",
+        repr({"penalty#lambda1": grid}),
+        "--tune_settings#storage",
+        f"sqlite:///{db}",
+    )
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            encoding="utf-8",
+            errors="replace",
+        )
+
     workers = [start()]
     deadline = time.time() + 120
     while not (tmp_path / "eval" / "tune" / "trial_000").exists() and time.time() < deadline:

@@ -40,8 +40,19 @@ SMALL = os.environ.get("TUTORIAL_SIZE") == "small"
 ROOT = os.environ.get("TUTORIAL_DIR") or tempfile.mkdtemp(prefix="softcam_tutorial_")
 settings = {"bundle_root": ROOT, "device": "cpu"}
 # the small size: 32-px images, fewer of them, two epochs (training only: later runs read the trained task)
-small = {"image_size": [32, 32], "epochs": 2, "batch_size": 8, "demo_data#num_train": 24, "demo_data#num_val": 12,
-         "demo_data#num_test": 12, "demo_data#radius": [3.0, 5.0]} if SMALL else {}
+small = (
+    {
+        "image_size": [32, 32],
+        "epochs": 2,
+        "batch_size": 8,
+        "demo_data#num_train": 24,
+        "demo_data#num_val": 12,
+        "demo_data#num_test": 12,
+        "demo_data#radius": [3.0, 5.0],
+    }
+    if SMALL
+    else {}
+)
 print("bundle folder:", ROOT)
 
 # %% [markdown]
@@ -56,8 +67,14 @@ print("bundle folder:", ROOT)
 # %%
 def run(run_id, configs, workflow_type, **overrides):
     """Run one run id of the bundle in this process (initialize, run, finalize)."""
-    workflow = ConfigWorkflow(config_file=[os.path.join(CONFIGS, c) for c in configs], workflow_type=workflow_type,
-                              run_id=run_id, logging_file=False, **settings, **overrides)
+    workflow = ConfigWorkflow(
+        config_file=[os.path.join(CONFIGS, c) for c in configs],
+        workflow_type=workflow_type,
+        run_id=run_id,
+        logging_file=False,
+        **settings,
+        **overrides,
+    )
     workflow.initialize()
     workflow.run()
     workflow.finalize()
@@ -129,13 +146,19 @@ float((out["logits"] - out["evidence_maps"].flatten(2).mean(2)).abs().max())
 # writes `report.json`, tables, curves, a gallery and an `index.html`.
 
 # %%
-run("explain_eval", ["train.yaml", "evaluate.yaml", "explain.yaml"], "eval",
-    **{"explain#methods": ["softcam", "gradcam"], "explain#sanity_cases": 1, "explain#gallery_cases": 2})
+run(
+    "explain_eval",
+    ["train.yaml", "evaluate.yaml", "explain.yaml"],
+    "eval",
+    **{"explain#methods": ["softcam", "gradcam"], "explain#sanity_cases": 1, "explain#gallery_cases": 2},
+)
 report = json.load(open(os.path.join(ROOT, "eval", "explanations_test", "report.json")))
 for method in ("softcam", "gradcam"):
     values = report["explanation"]["softcam"][method]
-    print(f"{method:>8}: activation precision {values['activation_precision']['mean']:.3f}, "
-          f"pointing game {values['pointing_game']['mean']:.3f}, deletion AUC {values['deletion_auc']['mean']:.3f}")
+    print(
+        f"{method:>8}: activation precision {values['activation_precision']['mean']:.3f}, "
+        f"pointing game {values['pointing_game']['mean']:.3f}, deletion AUC {values['deletion_auc']['mean']:.3f}"
+    )
 
 # %%
 plt.figure(figsize=(8, 4))
@@ -158,8 +181,13 @@ out_dir = os.path.join(ROOT, "eval", "inference_regions")
 run("inference", ["inference.yaml"], "infer", input_path=case["image"], regions=case["mask"], output_dir=out_dir)
 rows = list(csv.DictReader(open(os.path.join(out_dir, "regions.csv"))))
 for row in rows:
-    print(f"{row['class']:>9} {row['region']:>8}: share of the logit {float(row['share_of_logit']):+.3f} "
-          f"(logit {float(row['logit']):+.3f})")
+    print(
+        f"{row['class']:>9} {row['region']:>8}: share of the logit {float(row['share_of_logit']):+.3f} "
+        f"(logit {float(row['logit']):+.3f})"
+    )
 lesion_rows = [r for r in rows if r["class"] == "lesion"]
-print("sum of the shares - logit:", round(sum(float(r["share_of_logit"]) for r in lesion_rows) - float(lesion_rows[0]["logit"]), 6))
+print(
+    "sum of the shares - logit:",
+    round(sum(float(r["share_of_logit"]) for r in lesion_rows) - float(lesion_rows[0]["logit"]), 6),
+)
 assert np.isclose(sum(float(r["share_of_logit"]) for r in lesion_rows), float(lesion_rows[0]["logit"]), atol=1e-4)

@@ -25,9 +25,7 @@ from .readers import default_readers, quiet_reader_setup, reader_for
 __all__ = ["check_data", "load_check_settings"]
 
 
-def load_check_settings(
-    configs: Sequence[str], dataset_dir: str
-) -> tuple[CSVDataSpec, list[str], int, dict[str, Any]]:
+def load_check_settings(configs: Sequence[str], dataset_dir: str) -> tuple[CSVDataSpec, list[str], int, dict[str, Any]]:
     """(data spec, class names, spatial dims, DICOM reader options) from merged config files, with
     ``dataset_dir`` set; the reader options are the configs' ``dicom_frame`` and ``dicom_window``,
     so that check-data reads every file as training will."""
@@ -62,14 +60,24 @@ def _image_problems(item: dict[str, Any], where: str, loader: Callable) -> list[
     for x, y, w, h in item.get("boxes", []):
         if x + w > spatial[0] + 0.5 or y + h > spatial[1] + 0.5:
             problems.append(
-                Problem(where, f"box [x={x:g}, y={y:g}, width={w:g}, height={h:g}] lies outside the image of "
-                        f"{' x '.join(map(str, spatial))} pixels", item["image"])  # fmt: skip
+                Problem(
+                    where,
+                    f"box [x={x:g}, y={y:g}, width={w:g}, height={h:g}] lies outside the image of "
+                    f"{' x '.join(map(str, spatial))} pixels",
+                    item["image"],
+                )
             )
     if "mask" in item:
         try:
             mask = loader(item["mask"])
             if tuple(mask.shape[1:]) != spatial:
-                problems.append(Problem(where, f"mask {item['mask']} has size {tuple(mask.shape[1:])}, the image {spatial}", item["image"]))
+                problems.append(
+                    Problem(
+                        where,
+                        f"mask {item['mask']} has size {tuple(mask.shape[1:])}, the image {spatial}",
+                        item["image"],
+                    )
+                )
         except Exception as err:
             problems.append(Problem(where, f"unreadable mask {item['mask']}: {_last_line(err)}", item["image"]))
     return problems
@@ -93,7 +101,9 @@ def check_data(
     spec, class_names, spatial_dims, reader_options = load_check_settings(configs, dataset_dir)
     num_classes = len(class_names) or None
     with quiet_reader_setup():
-        loader = LoadImage(reader=default_readers(spatial_dims, **reader_options), image_only=True, ensure_channel_first=True)
+        loader = LoadImage(
+            reader=default_readers(spatial_dims, **reader_options), image_only=True, ensure_channel_first=True
+        )
 
     def reader(path: str) -> Any:  # each file read by the reader its name calls for, no other tried
         return loader(path, reader_for(loader, path))
@@ -116,8 +126,13 @@ def check_data(
         for item in items:
             other = seen.setdefault(item["image"], split)
             if other != split:
-                problems.append(Problem(f"{spec.csv_path(split, dataset_dir)} row {item['row']}",
-                                        f"image is also in the {other} split", item["image"]))  # fmt: skip
+                problems.append(
+                    Problem(
+                        f"{spec.csv_path(split, dataset_dir)} row {item['row']}",
+                        f"image is also in the {other} split",
+                        item["image"],
+                    )
+                )
         counts = Counter(int(i["label"]) for i in items if i.get("label") is not None)
         balance = ", ".join(
             f"{class_names[c] if c < len(class_names) else c}: {counts[c]} ({100.0 * counts[c] / max(len(items), 1):.1f} %)"

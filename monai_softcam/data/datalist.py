@@ -26,14 +26,7 @@ from tqdm import tqdm
 from ..utils import InputError, as_flag, atomic_open
 from .readers import IMAGE_EXTENSIONS, dicom_series, image_stem, is_dicom_file, probe_image
 
-__all__ = [
-    "CSVDataSpec",
-    "DataListError",
-    "Problem",
-    "list_images",
-    "read_csv_datalist",
-    "resolve_under_root",
-]
+__all__ = ["CSVDataSpec", "DataListError", "Problem", "list_images", "read_csv_datalist", "resolve_under_root"]
 
 logger = logging.getLogger("monai_softcam")
 
@@ -129,11 +122,15 @@ class CSVDataSpec:
             unknown = set(self.holdout) - {"val", "test"}
             total = sum(float(v) for v in self.holdout.values())
             if unknown or not 0 <= total < 1:
-                raise ValueError(f"holdout takes fractions for 'val' and 'test' summing to less than 1, got {self.holdout}")
+                raise ValueError(
+                    f"holdout takes fractions for 'val' and 'test' summing to less than 1, got {self.holdout}"
+                )
         try:
             self.image_template.format(value="x", stem="x")
         except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"image_template may use {{value}} and {{stem}} only, got {self.image_template!r}") from err
+            raise ValueError(
+                f"image_template may use {{value}} and {{stem}} only, got {self.image_template!r}"
+            ) from err
 
     @property
     def has_annotations(self) -> bool:
@@ -173,7 +170,13 @@ class CSVDataSpec:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = list(reader.fieldnames or [])
-            wanted = [self.image_column, self.label_column, self.mask_column, self.group_column, *(self.box_columns or [])]
+            wanted = [
+                self.image_column,
+                self.label_column,
+                self.mask_column,
+                self.group_column,
+                *(self.box_columns or []),
+            ]
             absent = [c for c in wanted if c is not None and c not in columns]
             if absent:
                 raise DataListError(f"{csv_path}: no column {absent[0]!r}; the columns are {columns}")
@@ -221,10 +224,16 @@ class CSVDataSpec:
             if key in items:
                 first = items[key]
                 if not self.group_column:
-                    issues.append(Problem(where, f"image {value!r} is listed again (first at row {first['row']})", image))
+                    issues.append(
+                        Problem(where, f"image {value!r} is listed again (first at row {first['row']})", image)
+                    )
                 elif first.get("label") != item.get("label"):
                     issues.append(
-                        Problem(where, f"label {item.get('label')} differs from row {first['row']} of the same image ({first.get('label')})", image)
+                        Problem(
+                            where,
+                            f"label {item.get('label')} differs from row {first['row']} of the same image ({first.get('label')})",
+                            image,
+                        )
                     )
                 else:
                     first["boxes"] += item.get("boxes", [])
@@ -237,7 +246,9 @@ class CSVDataSpec:
                 bad_images.add(image)
         files = [(item, k) for item in items.values() for k in ("image", "mask") if k in item]
         if check_images and files:
-            files = tqdm(files, desc=f"checking {split} images", unit="file", disable=None if len(files) > 2000 else True)
+            files = tqdm(
+                files, desc=f"checking {split} images", unit="file", disable=None if len(files) > 2000 else True
+            )
         for item, k in files:
             message = _file_problem(item[k], check_images)
             if message:
@@ -299,8 +310,15 @@ class SplitLists:
 
     def datalist(self, split: str, annotations: bool = True) -> list[dict[str, Any]]:
         """The data list of ``split`` (``annotations=False``: without masks and boxes)."""
-        return self.spec.datalist(split, self.dataset_dir, num_classes=self.num_classes, skip_bad=self.skip_bad,
-                                  report_dir=self.report_dir, annotations=annotations, check_images=self.check_images)  # fmt: skip
+        return self.spec.datalist(
+            split,
+            self.dataset_dir,
+            num_classes=self.num_classes,
+            skip_bad=self.skip_bad,
+            report_dir=self.report_dir,
+            annotations=annotations,
+            check_images=self.check_images,
+        )
 
 
 def split_datalist(splits: SplitLists, split: str, annotations: bool = True) -> list[dict[str, Any]]:
@@ -309,7 +327,7 @@ def split_datalist(splits: SplitLists, split: str, annotations: bool = True) -> 
 
 
 def _file_problem(path: str, read_header: bool) -> str:
-    """"" when ``path`` exists (and, with ``read_header``, its header reads), else what is wrong."""
+    """ "" when ``path`` exists (and, with ``read_header``, its header reads), else what is wrong."""
     if not os.path.exists(path):
         return "file not found"
     return probe_image(path) if read_header else ""
@@ -329,8 +347,11 @@ def _keep_good(
     report = write_skipped_report(problems, folder, name)
     logger.warning(
         "skip_bad: %d problem(s) in %s; %d image(s) kept; every skipped row is listed in %s",
-        len(problems), what, len(items), report,
-    )  # fmt: skip
+        len(problems),
+        what,
+        len(items),
+        report,
+    )
     return items
 
 
@@ -391,7 +412,10 @@ def read_csv_datalist(
     """A data list from one CSV (a shortcut for :class:`CSVDataSpec` with that CSV as its train split)."""
     root = data_root if data_root is not None else os.path.dirname(os.path.abspath(csv_path))
     spec = CSVDataSpec(
-        train_csv=os.path.abspath(csv_path), image_column=image_column, label_column=label_column, mask_column=mask_column
+        train_csv=os.path.abspath(csv_path),
+        image_column=image_column,
+        label_column=label_column,
+        mask_column=mask_column,
     )
     return spec.datalist("train", root, num_classes=num_classes)
 
@@ -458,7 +482,9 @@ def _inference_inputs(
                 dicoms += 1
             elif name.lower().endswith(IMAGE_EXTENSIONS):
                 names.append(name)
-        if dicoms == len(names) and spatial_dims == 3:  # only DICOM files (or none): one series of several slices is one volume
+        if (
+            dicoms == len(names) and spatial_dims == 3
+        ):  # only DICOM files (or none): one series of several slices is one volume
             try:
                 if len(dicom_series(folder)) > 1 or not names:
                     return [{"image": folder}]
@@ -473,7 +499,9 @@ def _inference_inputs(
         if not os.path.isfile(csv_path):
             raise DataListError(f"inference input CSV not found: {csv_path}")
         spec = spec if spec is not None else CSVDataSpec()
-        unlabelled = replace(spec, train_csv=csv_path, label_column=None, mask_column=None, box_columns=None, holdout=None)
+        unlabelled = replace(
+            spec, train_csv=csv_path, label_column=None, mask_column=None, box_columns=None, holdout=None
+        )
         root = data_root if data_root is not None else os.path.dirname(csv_path)
         items, problems = unlabelled._scan_csv(csv_path, "train", root, None, False, what="the inference input CSV")
         if problems:

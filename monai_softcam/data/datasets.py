@@ -34,7 +34,9 @@ def make_dataset(
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     if cache == "memory":
-        return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(1, int(num_workers)), progress=False)
+        return CacheDataset(
+            data, transform, cache_rate=cache_rate, num_workers=max(1, int(num_workers)), progress=False
+        )
     if cache == "disk":
         if not cache_dir:
             raise ValueError("cache 'disk' needs a cache_dir")

@@ -202,12 +202,20 @@ class DemoDataConfig:
         self.contrast = tuple(float(c) for c in self.contrast)  # type: ignore[assignment]
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        if isinstance(self.map_stride, bool) or not isinstance(self.map_stride, (int, np.integer)) or self.map_stride < 1:
+        if (
+            isinstance(self.map_stride, bool)
+            or not isinstance(self.map_stride, (int, np.integer))
+            or self.map_stride < 1
+        ):
             raise ValueError(f"map_stride must be an integer >= 1, got {self.map_stride!r}")
         self.map_stride = int(self.map_stride)
         self.small_diameter = _positive_range(self.small_diameter, "small_diameter")
         self.small_contrast = _positive_range(self.small_contrast, "small_contrast")
-        if isinstance(self.max_lesions, bool) or not isinstance(self.max_lesions, (int, np.integer)) or self.max_lesions < 1:
+        if (
+            isinstance(self.max_lesions, bool)
+            or not isinstance(self.max_lesions, (int, np.integer))
+            or self.max_lesions < 1
+        ):
             raise ValueError(f"max_lesions must be an integer >= 1, got {self.max_lesions!r}")
         self.max_lesions = int(self.max_lesions)
         correlation = self.shortcut_correlation

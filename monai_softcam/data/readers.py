@@ -49,10 +49,10 @@ from typing import Any, Iterator, Sequence
 import nibabel
 import numpy as np
 import pydicom
-from pydicom.encaps import encapsulate, generate_frames
-from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from monai.data import ImageReader
 from monai.utils import MetaKeys, SpaceKeys
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 
 from ..utils import InputError
 
@@ -178,7 +178,7 @@ _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Doub
 
 
 def _pixel_data_problem(ds: Any, path: str) -> str:
-    """"" or what is wrong with the pixel data of ``ds`` (read whole, or with ``defer_size``): none at
+    """ "" or what is wrong with the pixel data of ``ds`` (read whole, or with ``defer_size``): none at
     all, or fewer bytes than Rows x Columns x SamplesPerPixel x BitsAllocated/8 x NumberOfFrames
     (uncompressed transfer syntaxes; the file's size bounds a deferred element)."""
     tag = next((t for t in _PIXEL_TAGS if t in ds), None)
@@ -237,22 +237,22 @@ class SimpleITKReader(ImageReader):
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
         """``(path, SimpleITK image)`` of the one file given; a ValueError for another format or an unreadable file."""
-        import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
+        import SimpleITK  # heavy: SimpleITK, loaded when an image needs it
 
         path = _single(data)
         if not self.verify_suffix(path):  # MONAI tries every given reader: leave other formats to theirs
             raise ValueError(f"{path}: not a {', '.join(SIMPLEITK_SUFFIXES)} file")
         try:
-            return path, sitk.ReadImage(path)
+            return path, SimpleITK.ReadImage(path)
         except RuntimeError as err:  # ITK's exception text is long; keep its first line
             raise ValueError(f"{path}: not a readable image ({str(err).strip().splitlines()[-1]})") from err
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         """The image as an array ``x, y (, z) [, c]`` (photos' unsigned integers mapped to [0, 1]) and its metadata."""
-        import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
+        import SimpleITK  # heavy: SimpleITK, loaded when an image needs it
 
         path, image = img
-        array = sitk.GetArrayViewFromImage(image)  # (z,) y, x [, c]
+        array = SimpleITK.GetArrayViewFromImage(image)  # (z,) y, x [, c]
         channels = image.GetNumberOfComponentsPerPixel() > 1
         spatial = image.GetDimension()
         order = list(range(spatial))[::-1] + ([spatial] if channels else [])
@@ -272,14 +272,16 @@ class SimpleITKReader(ImageReader):
 def dicom_series(folder: str) -> list[str]:
     """The files of the one DICOM series in ``folder``, sorted by position; a ValueError naming the
     folder if it holds no series or several."""
-    import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
+    import SimpleITK  # heavy: SimpleITK, loaded when an image needs it
 
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    ids = SimpleITK.ImageSeriesReader.GetGDCMSeriesIDs(folder)
     if not ids:
         raise ValueError(f"{folder}: no DICOM series in this folder")
     if len(ids) > 1:
-        raise ValueError(f"{folder}: {len(ids)} DICOM series in one folder ({', '.join(ids)}); give one series per folder")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, ids[0]))
+        raise ValueError(
+            f"{folder}: {len(ids)} DICOM series in one folder ({', '.join(ids)}); give one series per folder"
+        )
+    return list(SimpleITK.ImageSeriesReader.GetGDCMSeriesFileNames(folder, ids[0]))
 
 
 class DicomSeriesReader(SimpleITKReader):
@@ -301,7 +303,7 @@ class DicomSeriesReader(SimpleITKReader):
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
         """``(folder, SimpleITK volume)`` of the folder's one DICOM series; a ValueError for anything but a folder
         of one readable series, or for a series of several slices in 2D."""
-        import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
+        import SimpleITK  # heavy: SimpleITK, loaded when an image needs it
 
         path = _single(data)
         if not os.path.isdir(path):  # MONAI tries every given reader: leave files to the others
@@ -309,7 +311,7 @@ class DicomSeriesReader(SimpleITKReader):
         files = dicom_series(path)
         if len(files) > 1 and self.spatial_dims == 2:
             raise ValueError(f"{path}: a DICOM series of {len(files)} slices cannot be used as a 2D image")
-        reader = sitk.ImageSeriesReader()
+        reader = SimpleITK.ImageSeriesReader()
         reader.SetFileNames(files)
         try:
             return path, reader.Execute()
@@ -350,7 +352,11 @@ def _window(values: np.ndarray, ds: Any) -> np.ndarray | None:
         lut = ds.VOILUTSequence[0]
         count, first, bits = (int(v) for v in lut.LUTDescriptor)
         data = lut.LUTData
-        table = np.frombuffer(data, dtype="<u2") if isinstance(data, bytes) else np.asarray(data, dtype=np.float64).reshape(-1)
+        table = (
+            np.frombuffer(data, dtype="<u2")
+            if isinstance(data, bytes)
+            else np.asarray(data, dtype=np.float64).reshape(-1)
+        )
         table = table[: count or 65536].astype(np.float64)
         index = np.clip(np.round(values) - first, 0, len(table) - 1).astype(np.int64)
         return (table[index] / float(2**bits - 1)).astype(np.float32)
@@ -782,9 +788,9 @@ def probe_image(path: str) -> str:
         elif lower.endswith(NIFTI_SUFFIXES):
             nibabel.load(path)
         elif lower.endswith(SIMPLEITK_SUFFIXES):
-            import SimpleITK as sitk  # heavy: SimpleITK, loaded when an image needs it
+            import SimpleITK  # heavy: SimpleITK, loaded when an image needs it
 
-            reader = sitk.ImageFileReader()
+            reader = SimpleITK.ImageFileReader()
             reader.SetFileName(path)
             reader.ReadImageInformation()
         # other suffixes: left to MONAI's readers when the image is loaded

@@ -73,7 +73,9 @@ class BalancedSampler(DistributedSampler):
         return iter(torch.multinomial(self.weights(), self.num_samples, replacement=True, generator=g).tolist())
 
 
-def make_sampler(mode: str, datalist: Sequence[dict[str, Any]], distributed: bool = False, decay: float = 0.9, seed: int = 0):
+def make_sampler(
+    mode: str, datalist: Sequence[dict[str, Any]], distributed: bool = False, decay: float = 0.9, seed: int = 0
+):
     """The training sampler for a sampling ``mode`` (see :data:`SAMPLING_MODES`).
 
     ``instance`` gives a ``RandomSampler`` (what a data loader with ``shuffle=True`` makes itself)

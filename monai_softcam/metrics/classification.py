@@ -227,7 +227,9 @@ class ClassificationMetrics(Metric):
             probs = probs[:, None]
         probs = two_columns(probs)
         if probs.shape[1] != max(self.num_classes, 2):
-            raise ValueError(f"ClassificationMetrics expects {self.num_classes} class probabilities, got {probs.shape[1]}")
+            raise ValueError(
+                f"ClassificationMetrics expects {self.num_classes} class probabilities, got {probs.shape[1]}"
+            )
         self._probs.append(probs)
         self._labels.append(labels)
 
@@ -244,5 +246,7 @@ class ClassificationMetrics(Metric):
         """Put every metric in ``engine.state.metrics``; a ValueError if ``name`` is not one of them."""
         results = self.compute()
         if name not in results:
-            raise ValueError(f"attach ClassificationMetrics under one of its metric names {sorted(results)}, got {name!r}")
+            raise ValueError(
+                f"attach ClassificationMetrics under one of its metric names {sorted(results)}, got {name!r}"
+            )
         engine.state.metrics.update(results)

@@ -121,13 +121,30 @@ def is_paired(name: str) -> bool:
     descriptive values (:data:`DESCRIPTIVE`)."""
     return name not in WEIGHTS and name not in DESCRIPTIVE
 
+
 #: the metric names of each protocol (``consistency`` and ``gini`` belong to both)
 PROTOCOLS = {
-    "default": ("consistency", "gini", "activation_precision", "activation_sensitivity", "energy_pointing_game",
-                "pointing_game", "topk_precision", "deletion_auc", "insertion_auc"),
-    "paper": ("consistency", "gini", "paper_activation_precision", "paper_topk_precision", "paper_topk_precision_tp",
-              "paper_topk_patches", "paper_deletion_auc"),
-}  # fmt: skip
+    "default": (
+        "consistency",
+        "gini",
+        "activation_precision",
+        "activation_sensitivity",
+        "energy_pointing_game",
+        "pointing_game",
+        "topk_precision",
+        "deletion_auc",
+        "insertion_auc",
+    ),
+    "paper": (
+        "consistency",
+        "gini",
+        "paper_activation_precision",
+        "paper_topk_precision",
+        "paper_topk_precision_tp",
+        "paper_topk_patches",
+        "paper_deletion_auc",
+    ),
+}
 
 
 def _finite_maps(maps: Any) -> torch.Tensor:
@@ -238,7 +255,9 @@ def _pool_fns(spatial_dims: int) -> tuple[Callable, Callable]:
     raise ValueError(f"maps must be 2D or 3D, got {spatial_dims} spatial dimensions")
 
 
-def topk_localisation_precision(maps: Any, masks: Any, k: int = 30, patch_size: int = 33, stride: int = 8) -> torch.Tensor:
+def topk_localisation_precision(
+    maps: Any, masks: Any, k: int = 30, patch_size: int = 33, stride: int = 8
+) -> torch.Tensor:
     """Top-k localisation precision (the paper's metric), for every k from 1 to ``k``: ``[B, k]``.
 
     Patches of ``patch_size`` on a grid of step ``stride`` are scored by their mean evidence; the
@@ -255,7 +274,9 @@ def topk_localisation_precision(maps: Any, masks: Any, k: int = 30, patch_size: 
     scores = _flat(avg(maps[:, None], patch_size, stride=stride)[:, 0]).clone()
     hits = _flat(mx(masks[:, None].float(), patch_size, stride=stride)[:, 0] > 0)
     grid = avg(maps[:1, None], patch_size, stride=stride).shape[2:]
-    starts = torch.stack(torch.meshgrid(*[torch.arange(n, device=maps.device) * stride for n in grid], indexing="ij"), -1)
+    starts = torch.stack(
+        torch.meshgrid(*[torch.arange(n, device=maps.device) * stride for n in grid], indexing="ij"), -1
+    )
     starts = starts.reshape(-1, dims)
     found = torch.zeros(maps.shape[0], device=maps.device)
     good = torch.zeros(maps.shape[0], device=maps.device)
@@ -600,14 +621,30 @@ def explanation_values(
         return values
     masks = torch.as_tensor(masks, device=maps.device)
     if protocol in ("paper", "both"):
-        values.update(paper_values(maps, masks, predicted, topk=topk, patch_size=patch_size, stride=stride,
-                                   threshold=paper_threshold, dilation=dilation))  # fmt: skip
+        values.update(
+            paper_values(
+                maps,
+                masks,
+                predicted,
+                topk=topk,
+                patch_size=patch_size,
+                stride=stride,
+                threshold=paper_threshold,
+                dilation=dilation,
+            )
+        )
     if protocol == "paper":
         return values
     grid = tuple(masks.shape[-(maps.dim() - 1) :])
     if tuple(maps.shape[1:]) != grid:
-        if maps.dim() not in (3, 4) or masks.dim() not in (maps.dim(), maps.dim() + 1) or masks.shape[0] != maps.shape[0]:
-            raise ValueError(f"maps of shape {tuple(maps.shape)} cannot be brought to the grid of the masks {tuple(masks.shape)}")
+        if (
+            maps.dim() not in (3, 4)
+            or masks.dim() not in (maps.dim(), maps.dim() + 1)
+            or masks.shape[0] != maps.shape[0]
+        ):
+            raise ValueError(
+                f"maps of shape {tuple(maps.shape)} cannot be brought to the grid of the masks {tuple(masks.shape)}"
+            )
         maps = upsample_map(maps, grid)  # the samples ride in the channel axis
     values["activation_precision"] = activation_precision(maps, masks)
     values["activation_sensitivity"] = activation_sensitivity(maps, masks)
@@ -688,7 +725,9 @@ def deletion_curve(
 
     def point(batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            probs = torch.cat([probabilities(split_output(model(chunk))[0].float()) for chunk in batch.split(batch_size)])
+            probs = torch.cat(
+                [probabilities(split_output(model(chunk))[0].float()) for chunk in batch.split(batch_size)]
+            )
         if score == "correct":
             assigned = probs.argmax(dim=1) if probs.shape[1] > 1 else (probs[:, 0] > 0.5).long()
             return (assigned == target).float()
@@ -737,8 +776,9 @@ def _weighted_mean(v: torch.Tensor, w: torch.Tensor, dim: int = -1) -> torch.Ten
     return torch.where(total > 0, (v * w).sum(dim) / total.clamp(min=1e-300), torch.full_like(total, float("nan")))
 
 
-def bootstrap_ci(values: Any, level: float = 0.95, resamples: int = 2000, seed: int = 0,
-                 weights: Any = None) -> tuple[float, float]:  # fmt: skip
+def bootstrap_ci(
+    values: Any, level: float = 0.95, resamples: int = 2000, seed: int = 0, weights: Any = None
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean of the finite ``values`` (seeded);
     with ``weights``, of the weighted mean (a pooled ratio such as ``sum(hits) / sum(found)``:
     values ``hits / found``, weights ``found``), images resampled with their weights."""
@@ -755,8 +795,9 @@ def bootstrap_ci(values: Any, level: float = 0.95, resamples: int = 2000, seed: 
     return float(means.quantile(alpha)), float(means.quantile(1 - alpha))
 
 
-def paired_difference(a: Any, b: Any, level: float = 0.95, resamples: int = 2000, permutations: int = 10000,
-                      seed: int = 0) -> dict[str, float]:  # fmt: skip
+def paired_difference(
+    a: Any, b: Any, level: float = 0.95, resamples: int = 2000, permutations: int = 10000, seed: int = 0
+) -> dict[str, float]:
     """The paired comparison of two methods on the same images: ``d_i = a_i - b_i`` over the images
     where both are finite.
 
@@ -778,8 +819,13 @@ def paired_difference(a: Any, b: Any, level: float = 0.95, resamples: int = 2000
     signs = torch.randint(0, 2, (permutations, d.numel()), generator=generator, dtype=torch.float64) * 2 - 1
     observed = d.mean().abs()
     extreme = int(((signs * d).mean(dim=1).abs() >= observed - 1e-12).sum())
-    return {"mean": float(d.mean()), "ci_low": low, "ci_high": high, "n": int(d.numel()),
-            "p_value": (1 + extreme) / (1 + permutations)}  # fmt: skip
+    return {
+        "mean": float(d.mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "n": int(d.numel()),
+        "p_value": (1 + extreme) / (1 + permutations),
+    }
 
 
 def summarize(values: Any, level: float = 0.95, seed: int = 0, weights: Any = None) -> dict[str, float]:
@@ -797,6 +843,7 @@ def explanation_output(output: Any, batch: Any) -> tuple[Any, Any, Any, Any]:
     """``(evidence_maps, masks or None, labels, logits or None)`` from a MONAI evaluator's output and
     batch (decollated lists of dicts, or batched dicts). Masks come from the batch (the data), the
     rest from the output; evidence maps missing (a black box) gives ``None`` maps."""
+
     def column(source: Any, key: str) -> Any:
         if isinstance(source, dict):
             return source.get(key)
@@ -858,7 +905,12 @@ class ExplanationMetrics(Metric):
         device: str | torch.device = "cpu",
     ) -> None:
         if settings is not None:
-            explained_class, topk, patch_size, stride = settings.explained_class, settings.topk, settings.patch, settings.stride
+            explained_class, topk, patch_size, stride = (
+                settings.explained_class,
+                settings.topk,
+                settings.patch,
+                settings.stride,
+            )
             pointing_tolerance, protocol = settings.pointing_tolerance, settings.protocol
             paper_threshold, dilation = settings.paper_threshold, settings.dilation
         if protocol not in PROTOCOLS and protocol != "both":
@@ -894,10 +946,18 @@ class ExplanationMetrics(Metric):
             assigned = logits.argmax(dim=1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
             predicted = assigned == classes
         values = explanation_values(
-            chosen, None if masks is None else _stack(masks).to(maps.device), labels == classes, topk=self.topk,
-            patch_size=self.patch_size, stride=self.stride, pointing_tolerance=self.pointing_tolerance,
-            protocol=self.protocol, predicted=predicted, paper_threshold=self.paper_threshold, dilation=self.dilation,
-        )  # fmt: skip
+            chosen,
+            None if masks is None else _stack(masks).to(maps.device),
+            labels == classes,
+            topk=self.topk,
+            patch_size=self.patch_size,
+            stride=self.stride,
+            pointing_tolerance=self.pointing_tolerance,
+            protocol=self.protocol,
+            predicted=predicted,
+            paper_threshold=self.paper_threshold,
+            dilation=self.dilation,
+        )
         if logits is not None:
             values["completeness_error"] = completeness_error(logits, maps)
         # how large the maps are (logit units per cell), not how good: a penalty that shrinks maps lowers it
@@ -911,8 +971,12 @@ class ExplanationMetrics(Metric):
         # all ranks' samples, in rank order (uneven shards are padded for the exchange and cut back)
         self.values = {name: evenly_divisible_all_gather(torch.cat(parts)) for name, parts in self._values.items()}
         weight = lambda name: self.values.get(WEIGHTS[name]) if name in WEIGHTS else None  # noqa: E731
-        results = {f"{self.prefix}{name}": summarize(v, weights=weight(name))["mean"] for name, v in self.values.items()}
-        localisation = next((n for n in ("activation_precision", "paper_activation_precision") if n in self.values), None)
+        results = {
+            f"{self.prefix}{name}": summarize(v, weights=weight(name))["mean"] for name, v in self.values.items()
+        }
+        localisation = next(
+            (n for n in ("activation_precision", "paper_activation_precision") if n in self.values), None
+        )
         if localisation:
             results[f"{self.prefix}explanation_excluded"] = summarize(self.values[localisation])["n_excluded"]
         return results

@@ -9,8 +9,8 @@ from .backbones import (
     get_backbone_spec,
     register_backbone,
 )
-from .pretrained import PretrainedWeightsError, load_pretrained_backbone, read_state_dict
 from .outputs import EVIDENCE_MAPS, LOGITS, EvidenceOutputs, probabilities, split_output, upsample_map
+from .pretrained import PretrainedWeightsError, load_pretrained_backbone, read_state_dict
 from .softcam import BlackBox, EvidenceHead, SoftCAM
 from .vgg import VGG_CONFIGS, VGGFeatures, vgg_fc_block
 

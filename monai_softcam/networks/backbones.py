@@ -83,7 +83,9 @@ class Backbone(nn.Module):
         """``min_input_size`` as one integer per spatial axis (a ValueError if it has another length)."""
         sizes = [int(s) for s in ensure_tuple_rep(self.min_input_size, self.spatial_dims)]
         if any(s < 1 for s in sizes):
-            raise ValueError(f"min_input_size of backbone {self.name!r} must be >= 1 per axis, got {self.min_input_size!r}")
+            raise ValueError(
+                f"min_input_size of backbone {self.name!r} must be >= 1 per axis, got {self.min_input_size!r}"
+            )
         return sizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

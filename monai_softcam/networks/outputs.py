@@ -3,8 +3,8 @@
 A SoftCAM model with ``return_maps=True`` returns ``{LOGITS: [B, C], EVIDENCE_MAPS: [B, C, *grid]}``,
 with ``maps_only=True`` the maps alone (one tensor whose spatial mean is the logits: the bundle's
 ``network_def``, what the Model Zoo's checks and a TorchScript export see), which
-:class:`EvidenceOutputs` turns back into the dict; a black box returns logits. :func:`split_output` reads either; :func:`upsample_map` brings maps
-from the network's grid to an image grid (the one interpolation every consumer uses);
+:class:`EvidenceOutputs` turns back into the dict; a black box returns logits. :func:`split_output`
+reads either; :func:`upsample_map` brings maps from the network's grid to an image grid (the one interpolation every consumer uses);
 :func:`probabilities` turns logits into class probabilities (the one rule every consumer uses).
 """
 

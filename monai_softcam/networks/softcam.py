@@ -21,7 +21,6 @@ from .vgg import CLASSIC_POOL_SIZE, VGGFeatures, classic_pool, vgg_classifier, v
 __all__ = ["BLACK_BOX_HEADS", "BlackBox", "EvidenceHead", "SoftCAM", "LOGITS", "EVIDENCE_MAPS"]
 
 
-
 def _check_num_classes(num_classes: Any) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")

@@ -112,11 +112,7 @@ def vgg_fc_block(spatial_dims: int, in_channels: int = 512, width: int = 4096, d
 def vgg_fc_settings(block: nn.Module) -> tuple[int, int, float]:
     """``(in_channels, width, dropout)`` of a block built by :func:`vgg_fc_block` (a ValueError otherwise)."""
     layers = list(block.children()) if isinstance(block, nn.Sequential) else []
-    if (
-        len(layers) != 6
-        or not isinstance(layers[0], (nn.Conv2d, nn.Conv3d))
-        or not isinstance(layers[2], nn.Dropout)
-    ):
+    if len(layers) != 6 or not isinstance(layers[0], (nn.Conv2d, nn.Conv3d)) or not isinstance(layers[2], nn.Dropout):
         raise ValueError(f"expected VGG's FC6/FC7 block (vgg_fc_block), got {type(block).__name__}")
     return int(layers[0].in_channels), int(layers[0].out_channels), float(layers[2].p)
 

@@ -7,10 +7,10 @@ results back into nodes. Importing this file imports no torch/MONAI and installs
 
 import importlib
 import logging
-import tempfile
 import pathlib
 import shutil
 import sys
+import tempfile
 from typing import Annotated, Optional
 
 import numpy as np
@@ -44,9 +44,15 @@ DEVICES = ("auto", "cpu", "cuda")
 #: vtkSegmentation events (Libs/vtkSegmentationCore/vtkSegmentation.h): SourceRepresentationModified,
 #: SegmentAdded, SegmentRemoved, SegmentModified; the region table follows them
 SEGMENT_EVENTS = (62100, 62102, 62103, 62104)
-REGION_COLUMNS = (("region", "region"), ("class", "class"), ("evidence_sum", "evidence sum"),
-                  ("share_of_logit", "share of the logit"), ("mean_density", "mean evidence density"),
-                  ("size_mm", "area (mm2) or volume (mm3)"), ("in_view", "fraction in the map"))  # fmt: skip
+REGION_COLUMNS = (
+    ("region", "region"),
+    ("class", "class"),
+    ("evidence_sum", "evidence sum"),
+    ("share_of_logit", "share of the logit"),
+    ("mean_density", "mean evidence density"),
+    ("size_mm", "area (mm2) or volume (mm3)"),
+    ("in_view", "fraction in the map"),
+)
 
 
 class SoftCAM(ScriptedLoadableModule):
@@ -447,8 +453,11 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
             except ImportError:
                 slicer.util.pip_install([TORCH_REQUIREMENT])
             else:
-                floor = TORCH_REQUIREMENT[len("torch"):]
-                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=floor) is None:
+                floor = TORCH_REQUIREMENT[len("torch") :]
+                if (
+                    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=floor)
+                    is None
+                ):
                     raise RuntimeError("PyTorch was not installed")
         others = [m for m in missing if m != TORCH_REQUIREMENT]
         if others:
@@ -457,8 +466,12 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
             except ImportError:
                 slicer.util.pip_install(others)
             else:
-                packaging.pip_ensure(packaging.load_requirements(REQUIREMENTS_FILE), prompt_install=False,
-                                     requester="SoftCAM", skip_in_testing=False)  # fmt: skip
+                packaging.pip_ensure(
+                    packaging.load_requirements(REQUIREMENTS_FILE),
+                    prompt_install=False,
+                    requester="SoftCAM",
+                    skip_in_testing=False,
+                )
         importlib.invalidate_caches()
 
     @staticmethod
@@ -477,7 +490,9 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         presets = []
         for preset in (p.strip() for p in presetConfigs.split(";")):
             if preset:
-                presets.append(preset if pathlib.Path(preset).expanduser().is_absolute() else str(pathlib.Path(base) / preset))
+                presets.append(
+                    preset if pathlib.Path(preset).expanduser().is_absolute() else str(pathlib.Path(base) / preset)
+                )
         return BundleInfo.read(path, presets)
 
     @staticmethod
@@ -501,14 +516,18 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
             source_file=self.sourceFile(volumeNode),
         )
 
-    def startInference(self, bundle: BundleInfo, volumeNode, subprocess: bool = True, device: str = "auto", progress=None):
+    def startInference(
+        self, bundle: BundleInfo, volumeNode, subprocess: bool = True, device: str = "auto", progress=None
+    ):
         """Start an :class:`SoftCAMLib.InferenceJob` (a subprocess run returns at once: poll it)."""
         volume = self.volumeFromNode(volumeNode)
         mode = "subprocess" if subprocess else "inprocess"
         job = InferenceJob(bundle, volume, mode=mode, device=device, python=self.pythonExecutable(), progress=progress)
         return job.start()
 
-    def process(self, bundle: BundleInfo, volumeNode, subprocess: bool = True, device: str = "auto", opacity=0.5, threshold=0.0):
+    def process(
+        self, bundle: BundleInfo, volumeNode, subprocess: bool = True, device: str = "auto", opacity=0.5, threshold=0.0
+    ):
         """Run to the end (blocking) and show the result: for scripts and tests. Returns
         ``(result, table node)``."""
         result = self.startInference(bundle, volumeNode, subprocess, device).wait()
@@ -531,7 +550,8 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
             self._fillTable(table, result)
             for name in result.class_names:
                 node = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{sourceNode.GetName()} evidence {name}")
+                    "vtkMRMLScalarVolumeNode",
+                    slicer.mrmlScene.GenerateUniqueName(f"{sourceNode.GetName()} evidence {name}"),
                 )
                 created.append(node)
                 node.SetIJKToRASMatrix(matrix)
@@ -583,7 +603,8 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         for name in result.class_names:
             grid = np.asarray(result.grid_maps[name], dtype=np.float32)
             node = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{sourceNode.GetName()} evidence {name} (map grid)")
+                "vtkMRMLScalarVolumeNode",
+                slicer.mrmlScene.GenerateUniqueName(f"{sourceNode.GetName()} evidence {name} (map grid)"),
             )
             nodes.append(node)
             node.SetIJKToRASMatrix(matrix)
@@ -602,8 +623,11 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         if tableNode is None or tableNode.GetScene() is None:
             return {}
         nodes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-        return {n.GetAttribute("SoftCAM.class"): n for n in nodes if n.GetAttribute("SoftCAM.table") == tableNode.GetID()
-                and (n.GetAttribute("SoftCAM.grid") == "1") == grid}  # fmt: skip
+        return {
+            n.GetAttribute("SoftCAM.class"): n
+            for n in nodes
+            if n.GetAttribute("SoftCAM.table") == tableNode.GetID() and (n.GetAttribute("SoftCAM.grid") == "1") == grid
+        }
 
     def resultFromNodes(self, tableNode) -> InferenceResult:
         """The result ``tableNode`` stands for, read back from its nodes (for export)."""
@@ -649,7 +673,9 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         names = {i + 1: segmentation.GetSegment(ids.GetValue(i)).GetName() for i in range(ids.GetNumberOfValues())}
         labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
         try:
-            if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmap, source):
+            if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
+                segmentationNode, ids, labelmap, source
+            ):
                 raise ValueError(f"cannot export the segments of '{segmentationNode.GetName()}' to a labelmap")
             labels = slicer.util.arrayFromVolume(labelmap).copy()
         finally:
@@ -661,7 +687,8 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         rows = self.regionEvidence(tableNode, segmentationNode)
         if regionsTable is None or regionsTable.GetScene() is None:
             regionsTable = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{segmentationNode.GetName()} SoftCAM region evidence")
+                "vtkMRMLTableNode",
+                slicer.mrmlScene.GenerateUniqueName(f"{segmentationNode.GetName()} SoftCAM region evidence"),
             )
         table = regionsTable.GetTable()
         table.Initialize()
@@ -670,7 +697,9 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
             column.SetName(title)
             for row in rows:
                 value = row.get(key)
-                column.InsertNextValue(str(value) if key in ("region", "class") else float("nan") if value is None else float(value))
+                column.InsertNextValue(
+                    str(value) if key in ("region", "class") else float("nan") if value is None else float(value)
+                )
             table.AddColumn(column)
         regionsTable.Modified()
         return regionsTable
@@ -764,7 +793,9 @@ class SoftCAMTest(ScriptedLoadableModuleTest):
             self.assertEqual(array.shape, image.shape)
             np.testing.assert_allclose(array, second.maps[name], atol=1e-6)
             # completeness: the class logit is the mean of its map (up to the resampling to the image)
-            self.assertAlmostEqual(float(array.mean()), second.logits[name], delta=0.05 * (abs(second.logits[name]) + 1))
+            self.assertAlmostEqual(
+                float(array.mean()), second.logits[name], delta=0.05 * (abs(second.logits[name]) + 1)
+            )
         logic.updateDisplay(table, 0.7, 0.2)  # a slider change; then a scene close leaves nothing to update
         slicer.mrmlScene.Clear()
         logic.updateDisplay(table, 0.5, 0.0)

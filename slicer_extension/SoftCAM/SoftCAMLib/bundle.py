@@ -124,7 +124,9 @@ class BundleInfo:
             try:
                 return parser.get_parsed_content(key)
             except Exception as err:
-                raise BundleError(f"{files[-1] if len(files) > 1 else files[0]}: cannot read key '{key}' ({err})") from err
+                raise BundleError(
+                    f"{files[-1] if len(files) > 1 else files[0]}: cannot read key '{key}' ({err})"
+                ) from err
 
         # the trained task (<ckpt_dir>/task.json), checked against the presets given here
         # (inference.yaml's trained_task: a task key a preset sets must agree with the model's)

@@ -4,7 +4,7 @@
 The extension is self-sufficient: monai_softcam's source is installed beside the module (the
 extension's CMake copies it; from a source tree it is the tree itself), so only third-party
 packages come from pip: those of ``Resources/requirements.txt`` (monai_softcam's own
-``install_requires`` minus torch) and torch, which Slicer gets through the PyTorch extension.
+dependencies, ``pyproject.toml``, minus torch) and torch, which Slicer gets through the PyTorch extension.
 """
 
 from __future__ import annotations
@@ -14,10 +14,17 @@ import importlib.util
 import os
 import re
 
-__all__ = ["REQUIREMENTS_FILE", "TORCH_REQUIREMENT", "ensure_package_path", "missing_requirements", "module_dir",
-           "package_root", "requirements"]  # fmt: skip
+__all__ = [
+    "REQUIREMENTS_FILE",
+    "TORCH_REQUIREMENT",
+    "ensure_package_path",
+    "missing_requirements",
+    "module_dir",
+    "package_root",
+    "requirements",
+]
 
-#: torch's floor (monai_softcam's setup.py); given to PyTorchUtils as ``torchVersionRequirement``
+#: torch's floor (monai_softcam's pyproject.toml); given to PyTorchUtils as ``torchVersionRequirement``
 TORCH_REQUIREMENT = "torch>=2.3"
 
 

@@ -42,7 +42,14 @@ from .volume import (
     write_volume,
 )
 
-__all__ = ["InferenceError", "InferenceJob", "InferenceResult", "child_process_options", "export_result", "run_inference"]
+__all__ = [
+    "InferenceError",
+    "InferenceJob",
+    "InferenceResult",
+    "child_process_options",
+    "export_result",
+    "run_inference",
+]
 
 MODES = ("subprocess", "inprocess")
 
@@ -122,7 +129,11 @@ class InferenceJob:
         return os.path.join(self._work or "", "inference.log")
 
     def _overrides(self, input_path: str) -> dict[str, str]:
-        overrides = {"bundle_root": self.bundle.path, "input_path": input_path, "output_dir": os.path.join(self._work, "out")}
+        overrides = {
+            "bundle_root": self.bundle.path,
+            "input_path": input_path,
+            "output_dir": os.path.join(self._work, "out"),
+        }
         if self.device != "auto":
             overrides["device"] = f"$torch.device('{self.device}')"
         return overrides
@@ -141,13 +152,26 @@ class InferenceJob:
             return self
         overrides = self._overrides(input_path)
         if self.mode == "subprocess":
-            command = [self.python, "-m", "monai.bundle", "run", "inference", "--config_file", repr(self.bundle.config_files)]
+            command = [
+                self.python,
+                "-m",
+                "monai.bundle",
+                "run",
+                "inference",
+                "--config_file",
+                repr(self.bundle.config_files),
+            ]
             for key, value in overrides.items():
                 command += [f"--{key}", value]
             self._say("running the model (subprocess)")
             with open(self.log_path, "w") as log:
-                self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self._work,
-                                                 **child_process_options(self.bundle.code_path))  # fmt: skip
+                self._process = subprocess.Popen(
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self._work,
+                    **child_process_options(self.bundle.code_path),
+                )
             return self
         self._say("running the model")
         try:
@@ -306,7 +330,9 @@ def export_result(result: InferenceResult, folder: str, file_format: str = "nrrd
         raise ValueError(f"file_format must be 'nrrd' or 'nii.gz', got {file_format!r}")
     stem = safe_name(result.volume_name)
     paths = [
-        write_volume(os.path.join(folder, f"{stem}_evidence_{name}.{file_format}"), result.maps[name], result.ijk_to_ras)
+        write_volume(
+            os.path.join(folder, f"{stem}_evidence_{name}.{file_format}"), result.maps[name], result.ijk_to_ras
+        )
         for name in result.class_names
     ]
     row = {"volume": result.volume_name}

@@ -44,7 +44,10 @@ def region_table(
 
     A label map of another shape raises a :class:`~SoftCAMLib.VolumeError` naming both shapes.
     """
-    from monai_softcam.regions import region_evidence, voxel_size  # optional: installed on first use (Resources/requirements.txt)
+    from monai_softcam.regions import (  # optional: installed on first use (Resources/requirements.txt)
+        region_evidence,
+        voxel_size,
+    )
 
     if not result.grid_maps or result.map_to_input_index is None:
         raise VolumeError(

@@ -45,7 +45,9 @@ class VolumeError(ValueError):
     """A volume that the bundle cannot take (dimensions, channels) or a result that does not fit it."""
 
 
-def geometry_matrix(origin: Sequence[float], spacing: Sequence[float], direction: Sequence[Sequence[float]]) -> np.ndarray:
+def geometry_matrix(
+    origin: Sequence[float], spacing: Sequence[float], direction: Sequence[Sequence[float]]
+) -> np.ndarray:
     """The 4x4 index-to-physical matrix of an ITK-style geometry (direction columns are the axes)."""
     matrix = np.eye(4)
     matrix[:3, :3] = np.asarray(direction, dtype=float).reshape(3, 3) * np.asarray(spacing, dtype=float)[None, :]
@@ -120,7 +122,9 @@ class Volume:
             raise VolumeError(f"volume '{self.name}': colour (vector) volumes are not supported for 3D bundles")
         import torch  # optional: installed on first use (Resources/requirements.txt)
 
-        from monai_softcam.transforms import AdaptChannelsd  # optional: installed on first use (Resources/requirements.txt)
+        from monai_softcam.transforms import (
+            AdaptChannelsd,  # optional: installed on first use (Resources/requirements.txt)
+        )
 
         try:  # the bundle's own channel rule (grey -> 3 channels, RGBA -> RGB, ...)
             AdaptChannelsd(keys="image", channels=in_channels)({"image": torch.zeros(self.channels, 1)})
@@ -137,10 +141,10 @@ class Volume:
 
 
 def _sitk_image(volume: Volume, spatial_dims: int):
-    import SimpleITK as sitk  # optional: installed on first use (Resources/requirements.txt)
+    import SimpleITK  # optional: installed on first use (Resources/requirements.txt)
 
     array = volume.array[0] if spatial_dims == 2 else volume.array  # (J, I) / (K, J, I) [+ C]: ITK's numpy order
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=volume.components)
+    image = SimpleITK.GetImageFromArray(np.ascontiguousarray(array), isVector=volume.components)
     ijk_to_lps = LPS_TO_RAS @ volume.ijk_to_ras
     spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
     if spatial_dims == 3:
@@ -159,11 +163,11 @@ def write_exchange_file(volume: Volume, folder: str, spatial_dims: int) -> str:
     as Slicer holds them, e.g. CT in Hounsfield units)."""
     if volume.source_file and os.path.isfile(volume.source_file):
         return volume.source_file
-    import SimpleITK as sitk  # optional: installed on first use (Resources/requirements.txt)
+    import SimpleITK  # optional: installed on first use (Resources/requirements.txt)
 
     png = spatial_dims == 2 and volume.array.dtype.type in _PNG_TYPES and volume.channels in (1, 3, 4)
     path = os.path.join(folder, f"{safe_name(volume.name)}.{'png' if png else 'nrrd'}")
-    sitk.WriteImage(_sitk_image(volume, spatial_dims), path, useCompression=not png)
+    SimpleITK.WriteImage(_sitk_image(volume, spatial_dims), path, useCompression=not png)
     return path
 
 
@@ -179,7 +183,7 @@ def _map_grid(image, path: str) -> dict | None:
     for extension in image.header.extensions:
         try:
             content = json.loads(extension.get_content())
-        except (ValueError, UnicodeDecodeError):
+        except ValueError:  # UnicodeDecodeError is a ValueError
             continue
         if isinstance(content, dict) and MAP_GRID_EXTENSION in content:
             return content[MAP_GRID_EXTENSION]
@@ -207,8 +211,10 @@ def read_map_grid(path: str, volume: Volume) -> tuple[np.ndarray, np.ndarray, np
         data = data[..., 0]
     grid = _map_grid(image, path)
     if grid is not None and tuple(grid["input_shape"]) != expected:
-        raise VolumeError(f"{path}: map made for an input of (I, J[, K]) {tuple(grid['input_shape'])}, "
-                          f"not volume '{volume.name}' of (I, J, K) {volume.ijk_shape}")  # fmt: skip
+        raise VolumeError(
+            f"{path}: map made for an input of (I, J[, K]) {tuple(grid['input_shape'])}, "
+            f"not volume '{volume.name}' of (I, J, K) {volume.ijk_shape}"
+        )
     if grid is None and data.shape != expected:
         raise VolumeError(
             f"{path}: map of shape {data.shape} does not fit volume '{volume.name}' of (I, J, K) {volume.ijk_shape}"
@@ -226,7 +232,9 @@ def map_on_voxels(data: np.ndarray, to_input: np.ndarray, volume: Volume) -> np.
     if tuple(data.shape) != expected:
         import torch  # optional: installed on first use (Resources/requirements.txt)
 
-        from monai_softcam.transforms import resample_maps  # optional: installed on first use (Resources/requirements.txt)
+        from monai_softcam.transforms import (
+            resample_maps,  # optional: installed on first use (Resources/requirements.txt)
+        )
 
         # map index -> voxel index is the map's "affine" in voxel-index space, where the volume's is the identity
         data = resample_maps(torch.as_tensor(data)[None], to_input, np.eye(4), expected)[0].numpy()
@@ -258,9 +266,9 @@ def write_volume(path: str, array_kji: np.ndarray, ijk_to_ras: np.ndarray) -> st
         return path
     if not path.endswith(".nrrd"):
         raise ValueError(f"{path}: choose a .nrrd, .nii or .nii.gz file name")
-    import SimpleITK as sitk  # optional: installed on first use (Resources/requirements.txt)
+    import SimpleITK  # optional: installed on first use (Resources/requirements.txt)
 
-    sitk.WriteImage(_sitk_image(Volume(array_kji.astype(np.float32), ijk_to_ras), 3), path, useCompression=True)
+    SimpleITK.WriteImage(_sitk_image(Volume(array_kji.astype(np.float32), ijk_to_ras), 3), path, useCompression=True)
     return path
 
 
