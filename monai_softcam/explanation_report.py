@@ -17,7 +17,7 @@ Written to ``output_dir``:
 * ``table.md``: the headline table in Markdown (AUC; localisation and faithfulness per method);
 * ``paired.csv`` / ``paired.md``: each SoftCAM map against each other model/method on the same
   images: the mean per-image difference (SoftCAM minus the other), its 95 % bootstrap CI and a
-  paired sign-flip permutation test (:func:`~monai_softcam.metrics.explanation.paired_difference`);
+  paired sign-flip permutation test (:func:`~monai_softcam.metrics.statistics.paired_difference`);
 * ``index.html``: all of the above on one page.
 
 **Both protocols** are reported side by side (``table.md`` has a table for each):
@@ -25,7 +25,7 @@ Written to ``output_dir``:
 * this project's (``activation_precision``, ``pointing_game``, ``topk_precision``, ``deletion_auc``,
   ...): maps brought to the image grid bi/trilinearly, masks as annotated, top-k patches ranked by
   their mean, deletion tiles ranked by their mean, relative confidence on every image;
-* the paper's (``paper_*``, :mod:`monai_softcam.metrics.explanation`): each map upsampled cubically
+* the paper's (``paper_*``, :mod:`monai_softcam.metrics.paper`): each map upsampled cubically
   from the grid it was made on, masks dilated (``dilation``), top-k from the point values above a
   threshold with counts pooled over images (``paper_topk_precision``, and ``_tp`` on the images the
   model assigns to the explained class), and ``paper_deletion_auc``: deletion on the **diseased**
@@ -34,11 +34,11 @@ Written to ``output_dir``:
   confidence for more.
 
 The paper's top-k threshold is in raw map units, and each method has its own
-(``paper_topk_threshold``: a number for every method, or ``{method: number}`` with 0 for the
-methods not named). The reference's 1 is in SoftCAM's units: a cell of 1 adds ``1/N`` to the
+(``paper_thresholds``: a number for every method, or ``{method: number}`` with 0 for the
+methods not named; SoftCAM's is the settings' ``paper_threshold``). The reference's 1 is in SoftCAM's units: a cell of 1 adds ``1/N`` to the
 logit of an ``N``-cell map. Post-hoc maps have no such unit (Grad-CAM's are gradients times
 activations, Integrated Gradients' sum to the logit over the pixels, Score-CAM's are weights
-that sum to 1 over the channels), so by default (``{softcam: 1.0}``) they count every patch
+that sum to 1 over the channels), so by default they count every patch
 with positive evidence, the most lenient choice for them. On a ResNet, Grad-CAM equals
 ``ReLU(CAM - b)/N`` (``tests/test_equivalence.py``): a SoftCAM threshold of 1 corresponds to
 ``(1 - b)/N`` there.
@@ -67,7 +67,8 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -75,22 +76,13 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import load_weights
-from .explain import cascading_randomization, make_explainer, on_input_grid
+from .explain import make_explainer, on_input_grid
 from .metrics.classification import classification_report, two_columns
-from .metrics.explanation import (
-    HIGHER_IS_BETTER,
-    WEIGHTS,
-    ExplanationSettings,
-    curve_auc,
-    deletion_curve,
-    explanation_values,
-    is_paired,
-    paired_difference,
-    paper_point_grid,
-    paper_upsample,
-    paper_values,
-    summarize,
-)
+from .metrics.explanation import HIGHER_IS_BETTER, WEIGHTS, ExplanationSettings, explanation_values, is_paired
+from .metrics.faithfulness import curve_auc, deletion_curve
+from .metrics.paper import paper_point_grid, paper_upsample, paper_values
+from .metrics.sanity import cascading_randomization
+from .metrics.statistics import paired_difference, summarize
 from .networks.outputs import probabilities, split_output, upsample_map
 from .utils import atomic_open
 from .visualize import GalleryCase, render_gallery
@@ -103,6 +95,7 @@ __all__ = [
     "collect",
     "explanation_report",
     "markdown_table",
+    "method_thresholds",
     "paired_table",
     "write",
 ]
@@ -111,18 +104,8 @@ logger = logging.getLogger("monai_softcam")
 
 Pair = tuple[str, str]  # (model name, method name)
 CURVES = ("deletion", "insertion", "paper_deletion")
-#: the keyword arguments of :func:`explanation_report` that go to :func:`collect` as its settings
-SETTING_NAMES = (
-    "topk",
-    "topk_patch",
-    "topk_stride",
-    "pointing_tolerance",
-    "deletion_patch",
-    "deletion_steps",
-    "deletion_baseline",
-)
-#: the settings of the paper's protocol, and their defaults (see :func:`explanation_report`)
-PAPER_SETTINGS = {"paper_topk_threshold": {"softcam": 1.0}, "dilation": 1, "healthy_class": 0}
+#: the key of :func:`method_thresholds` for one threshold of every method
+ALL_METHODS = "*"
 
 
 def _methods_for(model: dict[str, Any]) -> list[str]:
@@ -159,7 +142,8 @@ class Collected:
         pairs: the ``(model, method)`` pairs, in the order of the models and their methods.
         labels: ``[N]`` true classes.
         explained_class: the setting the maps were computed with (None: each image's label).
-        settings: the metric settings (``topk``, ``topk_patch``, ...).
+        settings: the metric settings.
+        thresholds: the paper's top-k threshold per method (:func:`method_thresholds`).
         probs: per model, ``[N, max(C, 2)]`` class probabilities (one output read as ``[1 - p, p]``).
         values: per pair, the per-image values of :func:`~monai_softcam.metrics.explanation.explanation_values`.
         curves: per pair, ``"deletion"`` and ``"insertion"`` curves ``[N, points]``.
@@ -170,7 +154,8 @@ class Collected:
     pairs: list[Pair]
     labels: torch.Tensor
     explained_class: int | None
-    settings: dict[str, Any]
+    settings: ExplanationSettings
+    thresholds: dict[str, float]
     probs: dict[str, torch.Tensor]
     values: dict[Pair, dict[str, torch.Tensor]]
     curves: dict[Pair, dict[str, torch.Tensor]]
@@ -194,23 +179,14 @@ def explanation_report(
     dataloader: Any,
     output_dir: str,
     class_names: Sequence[str],
-    explained_class: int | None = None,
-    topk: int = 5,
-    topk_patch: int = 33,
-    topk_stride: int = 8,
-    pointing_tolerance: int = 15,
-    deletion_patch: int = 33,
-    deletion_steps: int = 14,
-    deletion_baseline: float = 0.0,
-    paper_topk_threshold: float | dict[str, float] | None = None,
-    dilation: int = 1,
-    healthy_class: int = 0,
+    settings: ExplanationSettings | None = None,
+    paper_thresholds: float | dict[str, float] | None = None,
     gallery_cases: int = 6,
     sanity_cases: int = 4,
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
-    settings: ExplanationSettings | None = None,
+    **legacy: Any,
 ) -> dict[str, Any]:
     """Assess every ``(model, method)`` pair on the images of ``dataloader``; write the report.
 
@@ -220,55 +196,47 @@ def explanation_report(
             (``softcam`` needs a SoftCAM network with ``return_maps=True``).
         dataloader: batches of ``{"image": [B, C, *S], "label": [B], "mask": [B, 1, *S] (optional)}``,
             preprocessed as for the network (masks on the image's grid).
-        explained_class: the class whose maps are assessed (e.g. 1: the lesion class); None: each
-            image's own label. Consistency counts that class's images as the positive ones.
-        topk: the ``k`` of the reported top-k localisation precision (``topk_precision``).
-        topk_patch: the side of a top-k patch, in pixels.
-        topk_stride: the step of the top-k patch grid.
-        pointing_tolerance: pixels around the annotation that still count as a hit in the pointing
-            game (Zhang et al. use 15 px at 224 px).
-        deletion_patch: the side of a deleted patch (:func:`~monai_softcam.metrics.explanation.deletion_curve`).
-        deletion_steps: the patches deleted one after the other.
-        deletion_baseline: the value a deleted patch gets.
-        paper_topk_threshold: the paper's top-k threshold per method (see above; None: ``{"softcam": 1.0}``).
-        dilation: the masks' dilation kernel of the paper's protocol (:func:`~monai_softcam.metrics.explanation.paper_dilation`).
-        healthy_class: the class whose images the paper's deletion leaves out.
+        class_names: one name per class.
+        settings: the metrics' :class:`~monai_softcam.metrics.explanation.ExplanationSettings` (the
+            bundle's ``explanation``, as its evaluation metric uses it): the explained class (None:
+            each image's own label; consistency counts that class's images as the positive ones),
+            top-k, patch (of the top-k and of deletion), stride, pointing tolerance, dilation,
+            deletion steps and baseline, the healthy class the paper's deletion leaves out, and
+            SoftCAM's top-k threshold. None: ``ExplanationSettings(explained_class=None, dilation=1)``.
+        paper_thresholds: the paper's top-k threshold of the other methods, in their raw units (see
+            above): one number for every method, or ``{method: number}`` (0 for the methods not
+            named; SoftCAM's is ``settings.paper_threshold`` unless named).
         gallery_cases: images in the picture.
         sanity_cases: images in the randomisation check.
-        settings: an :class:`~monai_softcam.metrics.explanation.ExplanationSettings` (the bundle's
-            ``explanation``, as its evaluation metric uses it): when given, it sets ``explained_class``,
-            ``topk``, ``topk_patch`` and ``deletion_patch`` (its ``patch``), ``topk_stride``,
-            ``pointing_tolerance``, ``dilation`` and SoftCAM's entry of ``paper_topk_threshold``.
+        device: where the models run.
+        seed: of the bootstrap, the permutation tests and the randomisation check.
+        progress: show a progress bar.
+        legacy: the older flat keywords (``explained_class``, ``topk``, ``topk_patch``,
+            ``topk_stride``, ``pointing_tolerance``, ``deletion_patch``, ``deletion_steps``,
+            ``deletion_baseline``, ``dilation``, ``healthy_class``; ``paper_topk_threshold`` for
+            ``paper_thresholds``), applied with a ``FutureWarning``.
 
     Returns the report dict (also in ``report.json``).
     """
-    if settings is not None:
-        explained_class, topk, topk_stride = settings.explained_class, settings.topk, settings.stride
-        topk_patch = deletion_patch = settings.patch
-        pointing_tolerance, dilation = settings.pointing_tolerance, settings.dilation
-        given = paper_topk_threshold if isinstance(paper_topk_threshold, dict) else {}
-        paper_topk_threshold = {"softcam": settings.paper_threshold, **given}
+    old_thresholds = legacy.pop("paper_topk_threshold", None)
+    if old_thresholds is not None:
+        warnings.warn(
+            "explanation_report(paper_topk_threshold=...) is deprecated: use paper_thresholds=...",
+            FutureWarning,
+            stacklevel=2,
+        )
+        if paper_thresholds is not None:
+            raise TypeError("explanation_report() got both 'paper_topk_threshold' and its new name 'paper_thresholds'")
+        paper_thresholds = old_thresholds
+    settings = ExplanationSettings.resolve(settings, legacy, "explanation_report", explained_class=None, dilation=1)
+    thresholds = method_thresholds(settings, paper_thresholds)
     start = time.time()
-    settings = {
-        "topk": topk,
-        "topk_patch": topk_patch,
-        "topk_stride": topk_stride,
-        "pointing_tolerance": pointing_tolerance,
-        "deletion_patch": deletion_patch,
-        "deletion_steps": deletion_steps,
-        "deletion_baseline": deletion_baseline,
-        "paper_topk_threshold": (
-            PAPER_SETTINGS["paper_topk_threshold"] if paper_topk_threshold is None else paper_topk_threshold
-        ),
-        "dilation": int(dilation),
-        "healthy_class": int(healthy_class),
-    }
     os.makedirs(output_dir, exist_ok=True)
     collected = collect(
         models,
         dataloader,
         settings,
-        explained_class=explained_class,
+        thresholds,
         gallery_cases=gallery_cases,
         sanity_cases=sanity_cases,
         device=device,
@@ -286,11 +254,26 @@ def explanation_report(
     return report
 
 
+def method_thresholds(settings: ExplanationSettings, given: float | dict[str, float] | None) -> dict[str, float]:
+    """The paper's top-k threshold per method: SoftCAM's is ``settings.paper_threshold``; ``given``
+    is one number for every method (SoftCAM's too) or ``{method: number}`` (0 for the methods not
+    named: every patch of positive evidence counts). A method absent from the dict gets 0."""
+    if given is None or isinstance(given, dict):
+        given = dict(given or {})
+        bad = {k: v for k, v in given.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+        if bad:
+            raise ValueError(f"paper_thresholds needs a number per method, got {bad}")
+        return {"softcam": float(settings.paper_threshold), **{k: float(v) for k, v in given.items()}}
+    if isinstance(given, (int, float)) and not isinstance(given, bool):
+        return {ALL_METHODS: float(given)}
+    raise ValueError(f"paper_thresholds must be a number or {{method: number}}, got {given!r}")
+
+
 def collect(
     models: Sequence[dict[str, Any]],
     dataloader: Any,
-    settings: dict[str, Any],
-    explained_class: int | None = None,
+    settings: ExplanationSettings,
+    thresholds: dict[str, float] | None = None,
     gallery_cases: int = 6,
     sanity_cases: int = 4,
     device: str | torch.device = "cpu",
@@ -298,13 +281,12 @@ def collect(
     progress: bool = True,
 ) -> Collected:
     """Step 1: run every model and method over ``dataloader`` (arguments as :func:`explanation_report`;
-    ``settings``: its keyword arguments of :data:`SETTING_NAMES`, and optionally of
-    :data:`PAPER_SETTINGS`), then the sanity check on the first ``sanity_cases`` images."""
-    missing = [k for k in SETTING_NAMES if k not in settings]
-    if missing:
-        raise ValueError(f"the report's settings lack {missing}")
-    settings = {**PAPER_SETTINGS, **settings}
-    threshold_of = _thresholds(settings["paper_topk_threshold"])
+    ``thresholds``: :func:`method_thresholds`, None for its default), then the sanity check on the
+    first ``sanity_cases`` images."""
+    thresholds = method_thresholds(settings, None) if thresholds is None else dict(thresholds)
+    threshold_of = lambda method: thresholds.get(ALL_METHODS, thresholds.get(method, 0.0))  # noqa: E731
+    explained_class = settings.explained_class
+    default_protocol = replace(settings, protocol="default")
     device = torch.device(device)
     prepared = _prepare_models(models, device)
     pairs = [(m["name"], method) for m in prepared for method in m["explainers"]]
@@ -325,9 +307,9 @@ def collect(
         labels_all.append(labels.cpu())
         batch_maps: dict[Pair, torch.Tensor] = {}
         softcam_all: torch.Tensor | None = None
-        diseased = labels != int(settings["healthy_class"])
+        diseased = labels != int(settings.healthy_class)
         spatial = images.shape[2:]
-        point_grid = paper_point_grid(spatial, min(int(settings["topk_patch"]), *spatial), int(settings["topk_stride"]))
+        point_grid = paper_point_grid(spatial, min(int(settings.patch), *spatial), int(settings.stride))
         for model in prepared:
             with torch.no_grad():
                 logits, all_maps = split_output(model["network"](images))
@@ -341,26 +323,18 @@ def collect(
                 maps = on_input_grid(native, spatial)
                 pair = (model["name"], method)
                 batch_maps[pair] = maps.cpu()
-                per_image = explanation_values(
-                    maps,
-                    masks,
-                    labels == classes,
-                    topk=settings["topk"],
-                    patch_size=settings["topk_patch"],
-                    stride=settings["topk_stride"],
-                    pointing_tolerance=settings["pointing_tolerance"],
-                )
+                per_image = explanation_values(maps, masks, labels == classes, default_protocol)
                 if masks is not None:
                     per_image.update(
                         paper_values(
                             native,
                             masks,
                             predicted,
-                            topk=settings["topk"],
-                            patch_size=settings["topk_patch"],
-                            stride=settings["topk_stride"],
-                            threshold=threshold_of(method),
-                            dilation=settings["dilation"],
+                            topk=settings.topk,
+                            patch=settings.patch,
+                            stride=settings.stride,
+                            paper_threshold=threshold_of(method),
+                            dilation=settings.dilation,
                         )
                     )
                 for name, v in per_image.items():
@@ -371,9 +345,9 @@ def collect(
                         images,
                         maps,
                         classes,
-                        settings["deletion_patch"],
-                        settings["deletion_steps"],
-                        settings["deletion_baseline"],
+                        settings.patch,
+                        settings.deletion_steps,
+                        settings.deletion_baseline,
                         insertion=kind == "insertion",
                     )
                     curves[pair][kind].append(curve)
@@ -403,7 +377,8 @@ def collect(
         pairs=pairs,
         labels=torch.cat(labels_all),
         explained_class=explained_class,
-        settings=dict(settings),
+        settings=settings,
+        thresholds=thresholds,
         probs={name: torch.cat(parts) for name, parts in probs.items()},
         values={pair: {name: torch.cat(parts) for name, parts in v.items()} for pair, v in values.items()},
         curves={pair: {kind: torch.cat(parts) for kind, parts in c.items()} for pair, c in curves.items()},
@@ -412,22 +387,10 @@ def collect(
     )
 
 
-def _thresholds(setting: Any) -> Any:
-    """``method -> threshold`` of the paper's top-k: one number for all, or ``{method: number}`` (0 for the others)."""
-    if isinstance(setting, dict):
-        bad = {k: v for k, v in setting.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
-        if bad:
-            raise ValueError(f"paper_topk_threshold needs a number per method, got {bad}")
-        return lambda method: float(setting.get(method, 0.0))
-    if isinstance(setting, (int, float)) and not isinstance(setting, bool):
-        return lambda method: float(setting)
-    raise ValueError(f"paper_topk_threshold must be a number or {{method: number}}, got {setting!r}")
-
-
 def _paper_deletion(network, images, maps, classes, diseased, settings, binary: bool) -> torch.Tensor:
     """The paper's deletion curve of the diseased images (NaN rows for the others): tiles ranked by
     their max, accuracy (two classes) or relative confidence (more)."""
-    curve = torch.full((images.shape[0], int(settings["deletion_steps"]) + 1), float("nan"))
+    curve = torch.full((images.shape[0], int(settings.deletion_steps) + 1), float("nan"))
     rows = diseased.nonzero().flatten()
     if rows.numel():
         part = deletion_curve(
@@ -435,9 +398,9 @@ def _paper_deletion(network, images, maps, classes, diseased, settings, binary: 
             images[rows],
             maps[rows],
             classes[rows],
-            settings["deletion_patch"],
-            settings["deletion_steps"],
-            settings["deletion_baseline"],
+            settings.patch,
+            settings.deletion_steps,
+            settings.deletion_baseline,
             rank="max",
             score="correct" if binary else "relative",
         )
@@ -471,7 +434,7 @@ def aggregate(collected: Collected, class_names: Sequence[str], seed: int = 0) -
         "images": int(labels.numel()),
         "faithfulness_images": int(correct_all.sum()),
         "explained_class": explained if explained is None else class_names[int(explained)],
-        "settings": dict(collected.settings),
+        "settings": {**collected.settings.to_dict(), "paper_thresholds": dict(collected.thresholds)},
         "classification": {name: _plain(classification_report(p, labels)) for name, p in collected.probs.items()},
         "explanation": {},
     }
@@ -496,9 +459,7 @@ def aggregate(collected: Collected, class_names: Sequence[str], seed: int = 0) -
             }
             for name, v in metrics.items()
         }
-    report["paper_deletion_images"] = int(
-        (correct_all & (labels != int(collected.settings.get("healthy_class", 0)))).sum()
-    )
+    report["paper_deletion_images"] = int((correct_all & (labels != int(collected.settings.healthy_class))).sum())
     report["curves"] = {f"{m}/{k}": v for (m, k), v in mean_curves.items()}
     report["sanity"] = collected.sanity
     report["paired"] = _paired(per_case, seed)
@@ -742,7 +703,7 @@ def _plot_curves(path: str, mean_curves, settings) -> None:
                 ax.plot(x, c[kind], marker="o", ms=3, label=f"{model} / {method}")
         ax.set_title(titles[kind], fontsize=10)
         ax.set_xlabel(
-            f"patches of {settings['deletion_patch']} px {'restored' if kind == 'insertion' else 'removed'}"
+            f"patches of {settings['patch']} px {'restored' if kind == 'insertion' else 'removed'}"
             + (", ranked by max" if kind == "paper_deletion" else "")
         )
         ax.set_ylabel("accuracy (2 classes) or min(p_i, p) / p" if kind == "paper_deletion" else "min(p_i, p) / p")

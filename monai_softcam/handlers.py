@@ -28,7 +28,7 @@ from .checkpoint import (
     unwrap_module,
 )
 from .metrics.classification import ClassificationMetrics
-from .metrics.explanation import summarize
+from .metrics.statistics import summarize
 from .utils import as_flag, atomic_open, barrier, is_main_process
 from .visualize import evidence_gallery
 

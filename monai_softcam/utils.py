@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import tempfile
-from typing import IO, Any, Iterator
+import warnings
+from typing import IO, Any, Callable, Iterator
 
 import torch.distributed as dist
 
 __all__ = [
+    "renamed_keywords",
     "ConfigError",
     "InputError",
     "MissingInputError",
@@ -131,3 +134,25 @@ def barrier() -> None:
     """Wait for every process of the group; nothing to wait for without one (a single process)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def renamed_keywords(**renames: str) -> Callable[[Callable], Callable]:
+    """Decorator: keyword arguments renamed ``old=new`` keep working under their old names, with a
+    ``FutureWarning`` naming the new one; giving both names is a ``TypeError``."""
+
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{func.__name__}() got both {old!r} and its new name {new!r}")
+                    warnings.warn(
+                        f"{func.__name__}({old}=...) is deprecated: use {new}=...", FutureWarning, stacklevel=2
+                    )
+                    kwargs[new] = kwargs.pop(old)
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -59,3 +59,11 @@ def trained_bundle_3d(tmp_path_factory):
         os.path.join(TESTS_DIR, "configs", "tiny3d.yaml"),
     ]
     return str(root), bundle("training", configs, "--bundle_root", str(root))
+
+
+def metric_settings(**given):
+    """An :class:`~monai_softcam.metrics.ExplanationSettings` with the neutral defaults of the metric
+    functions (each sample's label, no pointing tolerance, no dilation), ``given`` settings replacing them."""
+    from monai_softcam.metrics import ExplanationSettings
+
+    return ExplanationSettings(**{"explained_class": None, "pointing_tolerance": 0, "dilation": 1, **given})

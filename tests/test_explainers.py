@@ -17,13 +17,12 @@ from monai_softcam.explain import (
     OcclusionExplainer,
     ScoreCAMExplainer,
     SoftCAMExplainer,
-    cascading_randomization,
     default_target_layer,
-    layer_groups,
     make_explainer,
-    spearman,
 )
-from monai_softcam.metrics.explanation import deletion_curve, pointing_game
+from monai_softcam.metrics.faithfulness import deletion_curve
+from monai_softcam.metrics.localisation import pointing_game
+from monai_softcam.metrics.sanity import cascading_randomization, layer_groups, spearman
 from monai_softcam.networks import BlackBox, SoftCAM, probabilities
 from monai_softcam.networks.outputs import EvidenceOutputs, upsample_map
 
@@ -133,7 +132,7 @@ def test_one_probability_rule_softmax_or_sigmoid_for_one_output():
     x[:, :, :8] = 1.0
     occlusion = make_explainer("occlusion", OneOutput(), mask_size=8, mode=0.0)(x, 0)
     assert occlusion[0, :8].mean() > 0.05 and occlusion[0, :8].mean() > occlusion[0, 8:].mean()  # a softmax: all 0
-    curve = deletion_curve(OneOutput(), x, x[:, 0], torch.tensor([0]), patch_size=8, steps=2)
+    curve = deletion_curve(OneOutput(), x, x[:, 0], torch.tensor([0]), patch=8, steps=2)
     p = float(torch.sigmoid(torch.tensor(6.0)))
     assert curve[0, 0] == 1.0 and curve[0, 1] == pytest.approx(float(torch.sigmoid(torch.tensor(2.0))) / p, abs=1e-5)
 

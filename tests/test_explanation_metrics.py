@@ -4,25 +4,23 @@ import math
 
 import pytest
 import torch
+from conftest import metric_settings
 from ignite.engine import Engine
 
-from monai_softcam.metrics.explanation import (
-    HIGHER_IS_BETTER,
-    ExplanationMetrics,
+from monai_softcam.metrics.explanation import HIGHER_IS_BETTER, ExplanationMetrics, ExplanationSettings, explanation_values
+from monai_softcam.metrics.faithfulness import curve_auc, deletion_curve
+from monai_softcam.metrics.localisation import (
     _empty_to_nan,
     activation_consistency,
     activation_precision,
     activation_sensitivity,
     completeness_error,
-    curve_auc,
-    deletion_curve,
     energy_pointing_game,
-    explanation_values,
     gini,
     pointing_game,
-    summarize,
     topk_localisation_precision,
 )
+from monai_softcam.metrics.statistics import summarize
 from monai_softcam.networks import SoftCAM, upsample_map
 
 LOCALISATION = [activation_precision, activation_sensitivity, energy_pointing_game, pointing_game]
@@ -56,8 +54,8 @@ def test_map_on_the_mask_scores_best_and_off_the_mask_worst(shape):
     half[(0,) + tuple([19] * dims)] = 1.0  # the peak, outside the mask
     assert activation_sensitivity(half, mask).item() == pytest.approx(0.25)
     size = 5
-    assert topk_localisation_precision(on, mask, k=1, patch_size=size, stride=2)[0, 0] == 1.0
-    assert topk_localisation_precision(off, mask, k=1, patch_size=size, stride=2)[0, 0] == 0.0
+    assert topk_localisation_precision(on, mask, k=1, patch=size, stride=2)[0, 0] == 1.0
+    assert topk_localisation_precision(off, mask, k=1, patch=size, stride=2)[0, 0] == 0.0
 
 
 def test_topk_ranks_patches_and_suppresses_overlaps():
@@ -66,13 +64,13 @@ def test_topk_ranks_patches_and_suppresses_overlaps():
     heat[0, 2:10, 2:10] = 3.0  # strongest, inside
     heat[0, 40:48, 40:48] = 2.0  # outside
     heat[0, 5:13, 40:48] = 1.0  # inside
-    precision = topk_localisation_precision(heat, mask, k=3, patch_size=8, stride=2)
+    precision = topk_localisation_precision(heat, mask, k=3, patch=8, stride=2)
     assert precision[0].tolist() == pytest.approx([1.0, 0.5, 2 / 3])
     # more patches requested than fit: the precision of all that fit
-    many = topk_localisation_precision(heat, mask, k=80, patch_size=8, stride=8)  # only 8 x 8 = 64 patches fit
+    many = topk_localisation_precision(heat, mask, k=80, patch=8, stride=8)  # only 8 x 8 = 64 patches fit
     assert many.shape == (1, 80) and many[0, -1] == many[0, 63] == pytest.approx(24 / 64)
-    with pytest.raises(ValueError, match="patch_size 80 is larger"):
-        topk_localisation_precision(heat, mask, patch_size=80)
+    with pytest.raises(ValueError, match="patch 80 is larger"):
+        topk_localisation_precision(heat, mask, patch=80)
 
 
 def test_pointing_game_tolerance():
@@ -89,7 +87,7 @@ def test_empty_masks_are_excluded_and_counted_bad_input_is_named():
     for metric in LOCALISATION:
         values = metric(maps, mask)
         assert math.isfinite(values[0].item()) and math.isnan(values[1].item()), metric.__name__
-    assert torch.isnan(topk_localisation_precision(maps, mask, k=2, patch_size=4)[1]).all()
+    assert torch.isnan(topk_localisation_precision(maps, mask, k=2, patch=4)[1]).all()
     summary = summarize(activation_precision(maps, mask))
     assert (summary["n"], summary["n_excluded"]) == (1, 1)
     assert summary["ci_low"] <= summary["mean"] <= summary["ci_high"]
@@ -132,7 +130,9 @@ def test_explanation_values_is_every_metric_under_one_name(shape):
         ]
     )
     positive = torch.tensor([True, False, True])
-    values = explanation_values(maps, masks[:, None], positive, topk=3, patch_size=5, stride=2, pointing_tolerance=1)
+    values = explanation_values(
+        maps, masks[:, None], positive, metric_settings(topk=3, patch=5, stride=2, pointing_tolerance=1)
+    )
     expected = {
         "consistency": activation_consistency(maps, positive),
         "gini": gini(maps),
@@ -147,20 +147,20 @@ def test_explanation_values_is_every_metric_under_one_name(shape):
         assert v.shape == (3,) and v.dtype == torch.float32, name
         _same(v, expected[name])
     assert all(math.isnan(values[n][2]) for n in expected if n not in ("consistency", "gini"))  # empty mask
-    assert list(explanation_values(maps, None, positive)) == ["consistency", "gini"]
+    assert list(explanation_values(maps, None, positive, metric_settings())) == ["consistency", "gini"]
     # maps on a coarser grid: consistency and Gini as given, localisation on the masks' grid
     coarse = torch.randn(3, *[s // 4 for s in shape])
-    values = explanation_values(coarse, masks, positive, topk=3, patch_size=5, stride=2)
+    values = explanation_values(coarse, masks, positive, metric_settings(topk=3, patch=5, stride=2))
     up = upsample_map(coarse, shape)
     _same(values["gini"], gini(coarse))
     _same(values["consistency"], activation_consistency(coarse, positive))
     _same(values["activation_precision"], activation_precision(up, masks))
     _same(values["topk_precision"], topk_localisation_precision(up, masks, 3, 5, 2)[:, -1])
     # a patch larger than the maps is reduced to their smallest side
-    big = explanation_values(maps, masks, positive, topk=1, patch_size=1000, stride=2)["topk_precision"]
+    big = explanation_values(maps, masks, positive, metric_settings(topk=1, patch=1000, stride=2))["topk_precision"]
     _same(big, topk_localisation_precision(maps, masks, 1, min(shape), 2)[:, -1])
     with pytest.raises(ValueError, match=r"maps of shape \(3, 5\) cannot be brought to the grid of the masks"):
-        explanation_values(torch.randn(3, 5), masks, positive)
+        explanation_values(torch.randn(3, 5), masks, positive, metric_settings())
 
 
 def test_ignite_metric_reports_the_means_of_explanation_values():
@@ -170,14 +170,15 @@ def test_ignite_metric_reports_the_means_of_explanation_values():
     masks[:2, :, 4:12, 4:12] = 1
     labels = torch.tensor([1, 0, 1, 0])
     metric = ExplanationMetrics(
-        output_transform=lambda out: out, explained_class=1, topk=2, patch_size=5, stride=3, pointing_tolerance=2
+        output_transform=lambda out: out,
+        settings=metric_settings(explained_class=1, topk=2, patch=5, stride=3, pointing_tolerance=2),
     )
     metric.reset()
     metric.update((maps[:3], masks[:3], labels[:3], None))
     metric.update((list(maps[3:]), list(masks[3:]), labels[3:], None))
     results = metric.compute()
     expected = explanation_values(
-        maps[:, 1], masks, labels == 1, topk=2, patch_size=5, stride=2 + 1, pointing_tolerance=2
+        maps[:, 1], masks, labels == 1, metric_settings(topk=2, patch=5, stride=2 + 1, pointing_tolerance=2)
     )
     expected["mean_abs_evidence"] = maps[:, 1].abs().flatten(1).mean(1)  # the maps' size, beside the metrics
     assert list(metric.values) == list(expected)
@@ -226,15 +227,15 @@ def test_deletion_and_insertion_on_a_model_that_reads_one_region():
     wrong[:, 8:16, 8:16] = -1.0  # ranked last
     target = torch.tensor([1, 1])
     model = OneRegionModel()
-    good = deletion_curve(model, images, right, target, patch_size=8, steps=5)
-    bad = deletion_curve(model, images, wrong, target, patch_size=8, steps=5)
+    good = deletion_curve(model, images, right, target, patch=8, steps=5)
+    bad = deletion_curve(model, images, wrong, target, patch=8, steps=5)
     assert good.shape == (2, 6) and torch.allclose(good[:, 0], torch.ones(2))
     p0 = torch.sigmoid(torch.tensor(15.0))
     assert good[:, 1:].max() == pytest.approx(float(torch.sigmoid(torch.tensor(-5.0)) / p0), rel=1e-4)
     assert torch.allclose(bad, torch.ones(2, 6))
     assert (curve_auc(good) < 0.15).all() and (curve_auc(bad) == 1).all()
-    inserted = deletion_curve(model, images, right, target, patch_size=8, steps=5, insertion=True)
-    missed = deletion_curve(model, images, wrong, target, patch_size=8, steps=5, insertion=True)
+    inserted = deletion_curve(model, images, right, target, patch=8, steps=5, insertion=True)
+    missed = deletion_curve(model, images, wrong, target, patch=8, steps=5, insertion=True)
     assert torch.allclose(inserted[:, 1:], torch.ones(2, 5)) and (curve_auc(inserted) > 0.85).all()
     assert (curve_auc(missed) < 0.05).all()
     # 3D: the same with a cube
@@ -246,13 +247,13 @@ def test_deletion_and_insertion_on_a_model_that_reads_one_region():
     def reads_cube(x):
         return torch.stack([torch.zeros(x.shape[0]), 20 * x[:, :, :8, :8, :8].mean(dim=(1, 2, 3, 4)) - 5], 1)
 
-    curve = deletion_curve(reads_cube, volume, cube, torch.tensor([1]), patch_size=8, steps=2)
+    curve = deletion_curve(reads_cube, volume, cube, torch.tensor([1]), patch=8, steps=2)
     assert curve[0, 1] < 0.01
 
 
 def test_ignite_metric_over_batches():
     metric = ExplanationMetrics(
-        output_transform=lambda out, batch: out, explained_class=1, topk=1, patch_size=4, stride=2
+        output_transform=lambda out, batch: out, settings=metric_settings(explained_class=1, topk=1, patch=4, stride=2)
     )
     engine = Engine(lambda e, batch: batch)
     metric.attach(engine, "activation_precision")
@@ -287,7 +288,7 @@ def test_explanation_output_reads_evaluator_output_and_batch():
 
 
 def test_paired_difference_ci_and_permutation_test():
-    from monai_softcam.metrics.explanation import paired_difference
+    from monai_softcam.metrics.statistics import paired_difference
 
     rng = torch.Generator().manual_seed(0)
     b = torch.rand(200, generator=rng)
@@ -304,3 +305,28 @@ def test_paired_difference_ci_and_permutation_test():
     assert math.isnan(paired_difference(torch.full((3,), float("nan")), torch.ones(3))["p_value"])
     with pytest.raises(ValueError, match="one value per image"):
         paired_difference(torch.ones(3), torch.ones(4))
+
+
+def test_old_keyword_names_still_work_with_a_warning_and_settings_are_checked():
+    maps, mask = torch.rand(2, 16, 16), torch.zeros(2, 16, 16, dtype=torch.bool)
+    mask[:, 2:6, 2:6] = True
+    with pytest.warns(FutureWarning, match=r"topk_localisation_precision\(patch_size=...\) is deprecated: use patch="):
+        old = topk_localisation_precision(maps, mask, k=2, patch_size=4, stride=2)
+    torch.testing.assert_close(old, topk_localisation_precision(maps, mask, k=2, patch=4, stride=2), equal_nan=True)
+    with pytest.raises(TypeError, match="got both 'patch_size' and its new name 'patch'"):
+        topk_localisation_precision(maps, mask, patch_size=4, patch=4)
+    with pytest.warns(FutureWarning, match=r"ExplanationMetrics\(explained_class=..., patch_size=...\) is deprecated"):
+        metric = ExplanationMetrics(explained_class=1, patch_size=5)
+    assert (metric.settings.explained_class, metric.settings.patch, metric.settings.dilation) == (1, 5, 1)
+    with pytest.raises(TypeError, match=r"ExplanationMetrics\(\) got unexpected keyword argument\(s\) \['patchsize'\]"):
+        ExplanationMetrics(patchsize=5)
+    with pytest.raises(ValueError, match="topk_patch=5 contradicts patch=6|deletion_patch=6 contradicts patch=5"):
+        ExplanationSettings.resolve(None, {"topk_patch": 5, "deletion_patch": 6}, "explanation_report")
+    for bad, message in (
+        ({"dilation": 4}, "dilation must be an odd integer >= 1, got 4"),
+        ({"topk": 0}, "topk must be an integer >= 1, got 0"),
+        ({"patch": 2.5}, "patch must be an integer >= 1, got 2.5"),
+        ({"paper_threshold": float("nan")}, "paper_threshold must be a finite number, got nan"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            metric_settings(**bad)

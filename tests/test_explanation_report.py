@@ -4,11 +4,13 @@ the gallery renderer it shares with the evaluation's picture."""
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import metric_settings
 from ignite.engine import Engine
 
 from monai_softcam.explanation_report import aggregate, collect, explanation_report
@@ -45,13 +47,7 @@ def test_report_on_3d_volumes_with_two_models(tmp_path):
         loader,
         str(tmp_path),
         ["healthy", "lesion"],
-        explained_class=1,
-        topk=2,
-        topk_patch=6,
-        topk_stride=3,
-        pointing_tolerance=1,
-        deletion_patch=8,
-        deletion_steps=3,
+        settings=metric_settings(explained_class=1, topk=2, patch=6, stride=3, pointing_tolerance=1, deletion_steps=3),
         gallery_cases=2,
         sanity_cases=2,
         progress=False,
@@ -85,15 +81,7 @@ class FullResolutionSoftCAM(nn.Module):
         return {"logits": maps.flatten(2).mean(2), "evidence_maps": maps}
 
 
-SETTINGS = {
-    "topk": 2,
-    "topk_patch": 7,
-    "topk_stride": 3,
-    "pointing_tolerance": 2,
-    "deletion_patch": 8,
-    "deletion_steps": 2,
-    "deletion_baseline": 0.0,
-}
+SETTINGS = metric_settings(explained_class=1, topk=2, patch=7, stride=3, pointing_tolerance=2, deletion_steps=2)
 
 
 @pytest.mark.parametrize("coarse", [False, True])
@@ -117,21 +105,13 @@ def test_report_and_evaluation_metric_give_the_same_per_image_values(coarse):
         [{"name": "m", "network": network, "methods": ["softcam"]}],
         loader,
         SETTINGS,
-        explained_class=1,
         gallery_cases=0,
         sanity_cases=0,
         progress=False,
     )
     report_values = collected.values[("m", "softcam")]
 
-    metric = ExplanationMetrics(
-        explained_class=1,
-        topk=SETTINGS["topk"],
-        patch_size=SETTINGS["topk_patch"],
-        stride=SETTINGS["topk_stride"],
-        pointing_tolerance=SETTINGS["pointing_tolerance"],
-        protocol="both",
-    )
+    metric = ExplanationMetrics(settings=replace(SETTINGS, protocol="both"))
     engine = Engine(lambda e, batch: {"label": batch["label"], **network(batch["image"])})
     metric.attach(engine, "activation_precision")
     engine.run(loader, max_epochs=1)
@@ -160,7 +140,7 @@ def test_report_and_evaluation_metric_give_the_same_per_image_values(coarse):
     with torch.no_grad():
         out = network(images)
     direct = explanation_values(
-        out["evidence_maps"][:, 1], masks, labels == 1, topk=2, patch_size=7, stride=3, pointing_tolerance=2
+        out["evidence_maps"][:, 1], masks, labels == 1, metric_settings(topk=2, patch=7, stride=3, pointing_tolerance=2)
     )
     for name in direct:
         torch.testing.assert_close(metric.values[name], direct[name], rtol=0, atol=0, equal_nan=True, msg=name)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import metric_settings
 from ignite.engine import Engine
 
 from monai_softcam.metrics import (
@@ -135,7 +136,9 @@ def _metrics_of(shards):
     cls = ClassificationMetrics(2)
     cls.reset()
     cls.update((probs[shards[0]], labels[shards[0]]))
-    expl = ExplanationMetrics(output_transform=lambda o: o, explained_class=1, topk=1, patch_size=4, stride=2)
+    expl = ExplanationMetrics(
+        output_transform=lambda o: o, settings=metric_settings(explained_class=1, topk=1, patch=4, stride=2)
+    )
     expl.reset()
     s = shards[1]
     expl.update((maps[s], masks[s], map_labels[s], maps[s].flatten(2).mean(2)))

@@ -272,7 +272,7 @@ def test_gap_head_checkpoint_in_a_classic_black_box_is_a_clear_error(tmp_path):
 
 
 def test_classic_head_runs_from_the_output_backwards_in_layer_groups():
-    from monai_softcam.explain import layer_groups
+    from monai_softcam.metrics.sanity import layer_groups
 
     bb = BlackBox("vgg11", in_channels=1, num_classes=2, backbone_kwargs={"fc_width": 16})
     names = [n for n, _ in layer_groups(bb)]

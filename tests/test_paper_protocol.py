@@ -4,23 +4,21 @@ code uses for its resizing and dilation, and against hand-built maps whose answe
 import numpy as np
 import pytest
 import torch
+from conftest import metric_settings
 
-from monai_softcam.metrics.explanation import (
-    ExplanationMetrics,
-    _tile_order,
+from monai_softcam.metrics.explanation import ExplanationMetrics, explanation_values, is_paired
+from monai_softcam.metrics.faithfulness import _tile_order, deletion_curve
+from monai_softcam.metrics.paper import (
     cubic_resize,
-    deletion_curve,
     dilate_masks,
-    explanation_values,
-    is_paired,
     paper_activation_precision,
     paper_dilation,
     paper_point_grid,
     paper_topk_counts,
     paper_upsample,
     paper_values,
-    summarize,
 )
+from monai_softcam.metrics.statistics import summarize
 
 cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless, in the test extra) is the reference's resizer")
 
@@ -154,9 +152,9 @@ def test_paper_values_pool_and_the_tp_variant():
         masks,
         predicted=torch.tensor([True, False, True]),
         topk=5,
-        patch_size=33,
+        patch=33,
         stride=8,
-        threshold=1.0,
+        paper_threshold=1.0,
         dilation=1,
     )
     assert values["paper_topk_precision"][:2].tolist() == [0.5, 1.0] and torch.isnan(values["paper_topk_precision"][2])
@@ -175,16 +173,18 @@ def test_explanation_values_protocols_and_the_ignite_metric():
     masks = torch.zeros(4, 1, 64, 64)
     masks[:2, :, 10:30, 10:30] = 1
     positive = torch.tensor([True, True, False, False])
-    default = explanation_values(maps, masks, positive, patch_size=9, stride=2)
-    paper = explanation_values(maps, masks, positive, patch_size=9, stride=2, protocol="paper", dilation=3)
-    both = explanation_values(maps, masks, positive, patch_size=9, stride=2, protocol="both", dilation=3)
+    default = explanation_values(maps, masks, positive, metric_settings(patch=9, stride=2))
+    paper = explanation_values(maps, masks, positive, metric_settings(patch=9, stride=2, protocol="paper", dilation=3))
+    both = explanation_values(maps, masks, positive, metric_settings(patch=9, stride=2, protocol="both", dilation=3))
     assert not any(n.startswith("paper_") for n in default) and set(both) == set(default) | set(paper)
     assert "activation_precision" not in paper and "paper_activation_precision" in paper
     with pytest.raises(ValueError, match="protocol"):
-        explanation_values(maps, masks, positive, protocol="reference")
+        explanation_values(maps, masks, positive, metric_settings(protocol="reference"))
     with pytest.raises(ValueError, match="protocol"):
-        ExplanationMetrics(protocol="reference")
-    metric = ExplanationMetrics(explained_class=1, patch_size=9, stride=2, protocol="paper", dilation=3)
+        ExplanationMetrics(settings=metric_settings(protocol="reference"))
+    metric = ExplanationMetrics(
+        settings=metric_settings(explained_class=1, patch=9, stride=2, protocol="paper", dilation=3)
+    )
     evidence = torch.stack([-maps, maps], dim=1)
     metric.update((evidence, masks, torch.tensor([1, 1, 0, 0]), evidence.flatten(2).mean(2)))
     result = metric.compute()
@@ -212,11 +212,11 @@ def test_paper_deletion_ranks_tiles_by_max_and_scores_accuracy():
     by_mean, _ = _tile_order(maps, 8, "mean")
     assert by_max[0, 0] == 1 * 4 + 1 and by_mean[0, 0] == 2 * 4 + 2
     correct = deletion_curve(
-        _BrightTile(), images, maps, torch.tensor([1]), patch_size=8, steps=3, rank="max", score="correct"
+        _BrightTile(), images, maps, torch.tensor([1]), patch=8, steps=3, rank="max", score="correct"
     )
     assert correct.tolist() == [[1.0, 0.0, 0.0, 0.0]]  # assigned to class 1 until the first tile goes
     late = deletion_curve(
-        _BrightTile(), images, maps, torch.tensor([1]), patch_size=8, steps=3, rank="mean", score="correct"
+        _BrightTile(), images, maps, torch.tensor([1]), patch=8, steps=3, rank="mean", score="correct"
     )
     assert late.tolist() == [[1.0, 1.0, 0.0, 0.0]]
     with pytest.raises(ValueError, match="score"):
@@ -231,7 +231,7 @@ def test_paper_values_in_3d_find_the_lesion():
     masks = torch.zeros(2, 1, 32, 32, 32, dtype=torch.bool)
     masks[0, :, 8:16, 8:16, 8:16] = True
     values = paper_values(
-        maps, masks, torch.tensor([True, True]), topk=3, patch_size=4, stride=2, threshold=1.0, dilation=3
+        maps, masks, torch.tensor([True, True]), topk=3, patch=4, stride=2, paper_threshold=1.0, dilation=3
     )
     assert values["paper_topk_precision"][0] == 1.0 and values["paper_topk_patches"][0] >= 1
     assert values["paper_activation_precision"][0] > 0.5

@@ -9,7 +9,7 @@ from .backbones import (
     get_backbone_spec,
     register_backbone,
 )
-from .outputs import EVIDENCE_MAPS, LOGITS, EvidenceOutputs, probabilities, split_output, upsample_map
+from .outputs import EVIDENCE_MAPS, LOGITS, EvidenceOutputs, probabilities, split_output, upsample_map, upsample_maps
 from .pretrained import PretrainedWeightsError, load_pretrained_backbone, read_state_dict
 from .softcam import BlackBox, EvidenceHead, SoftCAM
 from .vgg import VGG_CONFIGS, VGGFeatures, vgg_fc_block
@@ -35,6 +35,7 @@ __all__ = [
     "register_backbone",
     "split_output",
     "upsample_map",
+    "upsample_maps",
     "EvidenceOutputs",
     "vgg_fc_block",
 ]

@@ -4,7 +4,8 @@ A SoftCAM model with ``return_maps=True`` returns ``{LOGITS: [B, C], EVIDENCE_MA
 with ``maps_only=True`` the maps alone (one tensor whose spatial mean is the logits: the bundle's
 ``network_def``, what the Model Zoo's checks and a TorchScript export see), which
 :class:`EvidenceOutputs` turns back into the dict; a black box returns logits. :func:`split_output`
-reads either; :func:`upsample_map` brings maps from the network's grid to an image grid (the one interpolation every consumer uses);
+reads either; :func:`upsample_maps` (a batch) and :func:`upsample_map` (one case) bring maps from the network's
+grid to an image grid (the one interpolation every consumer uses);
 :func:`probabilities` turns logits into class probabilities (the one rule every consumer uses).
 """
 
@@ -16,7 +17,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["EVIDENCE_MAPS", "LOGITS", "EvidenceOutputs", "probabilities", "split_output", "upsample_map"]
+__all__ = [
+    "EVIDENCE_MAPS",
+    "LOGITS",
+    "EvidenceOutputs",
+    "probabilities",
+    "split_output",
+    "upsample_map",
+    "upsample_maps",
+]
 
 #: keys of the dictionary a SoftCAM model returns when ``return_maps=True``
 LOGITS = "logits"
@@ -57,10 +66,20 @@ class EvidenceOutputs(nn.Module):
         return {LOGITS: out.flatten(2).mean(-1), EVIDENCE_MAPS: out}
 
 
+def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Interpolate a batch of ``[B, C, *grid]`` maps to ``[B, C, *size]`` (bi/trilinear by the length
+    of ``size``, cell centres aligned as in the network)."""
+    if maps.dim() != len(size) + 2 or len(size) not in (2, 3):
+        raise ValueError(
+            f"maps must be [B, C, *grid] with a 2D or 3D grid like size {tuple(size)}, got {tuple(maps.shape)}"
+        )
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    return F.interpolate(maps.float(), size=tuple(int(s) for s in size), mode=mode, align_corners=False)
+
+
 def upsample_map(evidence: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Interpolate ``[C, *grid]`` maps to ``[C, *size]`` (bi/trilinear, cell centres aligned as in the network)."""
-    mode = "bilinear" if evidence.dim() == 3 else "trilinear"
-    return F.interpolate(evidence[None].float(), size=tuple(int(s) for s in size), mode=mode, align_corners=False)[0]
+    """Interpolate one case's ``[C, *grid]`` maps to ``[C, *size]`` (:func:`upsample_maps`)."""
+    return upsample_maps(evidence[None], size)[0]
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:

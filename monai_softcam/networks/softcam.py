@@ -249,7 +249,7 @@ class BlackBox(_Classifier):
             self.backbone.out_channels = trunk_channels
             self.pool: nn.Module = classic_pool(self.spatial_dims, CLASSIC_POOL_SIZE)
             # fc (FC8) before classifier (FC6/FC7): the children run from the output backwards, as
-            # explain.layer_groups expects
+            # metrics.sanity.layer_groups expects
             self.fc = nn.Linear(width, self.num_classes)
             pooled_features = trunk_channels * CLASSIC_POOL_SIZE**self.spatial_dims  # 512 * 7 * 7 (* 7 in 3D)
             self.classifier: nn.Module = vgg_classifier(pooled_features, width, dropout)
