@@ -7,7 +7,12 @@ import torch
 from conftest import metric_settings
 from ignite.engine import Engine
 
-from monai_softcam.metrics.explanation import HIGHER_IS_BETTER, ExplanationMetrics, ExplanationSettings, explanation_values
+from monai_softcam.metrics.explanation import (
+    HIGHER_IS_BETTER,
+    ExplanationMetrics,
+    ExplanationSettings,
+    explanation_values,
+)
 from monai_softcam.metrics.faithfulness import curve_auc, deletion_curve
 from monai_softcam.metrics.localisation import (
     _empty_to_nan,
