@@ -33,15 +33,14 @@ Written to ``output_dir``:
   accuracy for two classes (is the image still assigned to its class?) and by relative
   confidence for more.
 
-The paper's top-k threshold is in raw map units, and each method has its own
-(``paper_thresholds``: a number for every method, or ``{method: number}`` with 0 for the
-methods not named; SoftCAM's is the settings' ``paper_threshold``). The reference's 1 is in
-SoftCAM's units: a cell of 1 adds ``1/N`` to the logit of an ``N``-cell map. Post-hoc maps have
-no such unit (Grad-CAM's are gradients times activations, Integrated Gradients' sum to the logit over the pixels, Score-CAM's are weights
-that sum to 1 over the channels), so by default they count every patch
-with positive evidence, the most lenient choice for them. On a ResNet, Grad-CAM equals
-``ReLU(CAM - b)/N`` (``tests/test_equivalence.py``): a SoftCAM threshold of 1 corresponds to
-``(1 - b)/N`` there.
+The paper's top-k threshold is in raw map units, and each method has its own (``paper_thresholds``:
+a number for every method, or ``{method: number}`` with 0 for the methods not named; SoftCAM's is
+the settings' ``paper_threshold``). The reference's 1 is in SoftCAM's units: a cell of 1 adds
+``1/N`` to the logit of an ``N``-cell map. Post-hoc maps have no such unit (Grad-CAM's are gradients
+times activations, Integrated Gradients' sum to the logit over the pixels, Score-CAM's are weights
+that sum to 1 over the channels), so by default they count every patch with positive evidence, the
+most lenient choice for them. On a ResNet, Grad-CAM equals ``ReLU(CAM - b)/N``
+(``tests/test_equivalence.py``): a SoftCAM threshold of 1 corresponds to ``(1 - b)/N`` there.
 
 Rules: localisation metrics use only images with a non-empty mask (the others are counted in
 ``n_excluded``); deletion and insertion use only the images that **every** compared model
