@@ -29,10 +29,11 @@ from .checkpoint import (
 )
 from .metrics.classification import ClassificationMetrics
 from .metrics.statistics import summarize
-from .utils import as_flag, atomic_open, barrier, is_main_process
+from .utils import BackgroundWriter, as_flag, atomic_open, barrier, is_main_process
 from .visualize import evidence_gallery
 
 __all__ = [
+    "WaitForWriter",
     "BestModelSaver",
     "EarlyStopping",
     "EvidenceGallery",
@@ -209,6 +210,19 @@ class EarlyStopping:
             return
         stopper = IgniteEarlyStopping(self.patience, lambda _: float(self.validator.state.metrics[self.metric]), engine)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), stopper)
+
+
+class WaitForWriter:
+    """Wait for a :class:`~monai_softcam.utils.BackgroundWriter` at the end of each epoch (before the
+    ``COMPLETED`` handlers, such as the predictions, write), so that a run ends only when every file
+    handed to the writer is written, and a failed one stops it naming the file."""
+
+    def __init__(self, writer: BackgroundWriter) -> None:
+        self.writer = writer
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to ``engine`` at ``EPOCH_COMPLETED``."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.writer.wait())
 
 
 class LearningRateLogger:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import queue
 import sys
 import tempfile
+import threading
 import warnings
 from typing import IO, Any, Callable, Iterator
 
 import torch.distributed as dist
 
 __all__ = [
+    "BackgroundWriter",
     "renamed_keywords",
     "ConfigError",
     "InputError",
@@ -156,3 +159,63 @@ def renamed_keywords(**renames: str) -> Callable[[Callable], Callable]:
         return wrapper
 
     return decorate
+
+
+class BackgroundWriter:
+    """Writes files off the caller's thread: each :meth:`submit`-ted job runs in one worker thread,
+    in order, with at most ``max_pending`` jobs waiting (a full queue makes :meth:`submit` wait, so
+    memory stays bounded when writing is slower than the work that feeds it).
+
+    A job that fails is reported by the file it was writing: the next :meth:`submit` or :meth:`wait`
+    raises an :class:`InputError` naming it (the first failure; the jobs after it still run).
+    :meth:`wait` returns when every job submitted so far is done. ``max_pending=0`` runs each job at
+    once in the caller's thread (no thread at all).
+    """
+
+    def __init__(self, max_pending: int = 8) -> None:
+        self.max_pending = int(max_pending)
+        if self.max_pending < 0:
+            raise ConfigError(f"max_pending must be >= 0, got {max_pending!r}")
+        self._jobs: queue.Queue = queue.Queue(maxsize=max(1, self.max_pending))
+        self._errors: list[tuple[str, BaseException]] = []
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _work(self) -> None:
+        while True:
+            label, job, args = self._jobs.get()
+            try:
+                job(*args)
+            except Exception as err:  # reported by the caller's next submit or wait
+                with self._lock:
+                    self._errors.append((label, err))
+            finally:
+                self._jobs.task_done()
+
+    def _raise_failure(self) -> None:
+        with self._lock:
+            if not self._errors:
+                return
+            label, err = self._errors[0]
+            self._errors.clear()
+        raise InputError(f"cannot write {label}: {err}") from err
+
+    def submit(self, label: str, job: Callable[..., Any], *args: Any) -> None:
+        """Run ``job(*args)`` in the worker thread; ``label`` (the file written) names it in errors."""
+        self._raise_failure()
+        if self.max_pending == 0:
+            try:
+                job(*args)
+            except Exception as err:
+                raise InputError(f"cannot write {label}: {err}") from err
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="monai_softcam-writer", daemon=True)
+            self._thread.start()
+        self._jobs.put((label, job, args))
+
+    def wait(self) -> None:
+        """Block until every submitted job is done; raise the first failure, naming its file."""
+        if self._thread is not None:
+            self._jobs.join()
+        self._raise_failure()

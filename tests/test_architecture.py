@@ -348,7 +348,7 @@ def test_the_checker_sees_what_it_should():
     assert {"monai_softcam", "monai_softcam.data.readers", "SoftCAMLib.volume", "SoftCAM"} <= set(MODULES)
     assert _layer("monai_softcam.networks.backbones") == 1 and _layer("monai_softcam.data") == 2
     assert _layer("SoftCAMLib.inference") == 7 and _layer("monai_softcam.nonexistent") is None
-    readers = [imp for imp in IMPORTS if imp.module == "monai_softcam.transforms"]
+    readers = [imp for imp in IMPORTS if imp.module == "monai_softcam.transforms.input"]
     assert any("monai_softcam.data.readers" in imp.targets for imp in readers)
     assert _cycles({"a": {"b": None}, "b": {"c": None}, "c": {"a": None}, "d": {"a": None}}) == [["a", "b", "c", "a"]]
     assert _cycles({"a": {"b": None}, "b": {}}) == []

@@ -581,7 +581,7 @@ def test_every_yes_no_key_reads_the_command_lines_false_as_no(tmp_path):
     from monai_softcam.bundle import place_network, start
     from monai_softcam.data import list_images
     from monai_softcam.task import Task
-    from monai_softcam.transforms import SaveEvidenceMapsd
+    from monai_softcam.transforms import SaveOverlayd
     from monai_softcam.utils import find_user_error
 
     texts = {path: open(path).read() for path in sorted(glob.glob(os.path.join(CONFIGS, "*.yaml")))}
@@ -635,9 +635,9 @@ def test_every_yes_no_key_reads_the_command_lines_false_as_no(tmp_path):
     conv = torch.nn.Conv2d(1, 1, 1)
     assert place_network(conv, "cpu", "false").weight.is_contiguous()
     assert place_network(conv, "cpu", "true").weight.is_contiguous(memory_format=torch.channels_last)
-    assert SaveEvidenceMapsd("maps", "unused", ["a", "b"], overlays="false").overlays is False
+    assert SaveOverlayd("maps", ["a", "b"], enabled="false").enabled is False
     with pytest.raises(ValueError, match="overlays must be true or false"):
-        SaveEvidenceMapsd("maps", "unused", ["a", "b"], overlays="off")
+        SaveOverlayd("maps", ["a", "b"], enabled="off")
     with pytest.raises(ValueError, match="check_images must be true or false"):
         list_images("unused", check_images="maybe")
 

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK
 from data_helpers import write_dicom, write_png
 
-from monai_softcam.data.readers import DicomReader, dicom_intensities, effective_range
+from monai_softcam.data.dicom import DicomReader, dicom_intensities, effective_range
 from monai_softcam.transforms import load_input
 
 PYDICOM_FILES = os.path.join(os.path.dirname(pydicom.data.__file__), "test_files")

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from monai_softcam.data import DicomReader, default_readers, list_images
-from monai_softcam.data.readers import _LPS_TO_RAS, is_dicom_file, probe_image
+from monai_softcam.data.dicom import is_dicom_file
+from monai_softcam.data.formats import _LPS_TO_RAS
+from monai_softcam.data.readers import probe_image
 from monai_softcam.utils import InputError
 
 PIXELS = (np.arange(6 * 8).reshape(6, 8) * 50).astype(np.uint16)  # rows, cols
@@ -20,9 +22,9 @@ CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch):
-    import monai_softcam.data.readers as readers
+    import monai_softcam.data.dicom as dicom
 
-    monkeypatch.setattr(readers, "_WARNED", set())  # one warning per file and process: forget between tests
+    monkeypatch.setattr(dicom, "_WARNED", set())  # one warning per file and process: forget between tests
 
 
 def _dataset(pixels=PIXELS, modality="CR", sop_class=CT_IMAGE, **attrs):

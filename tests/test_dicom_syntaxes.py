@@ -22,7 +22,7 @@ from data_helpers import write_dicom
 from pydicom import uid
 from pydicom.encaps import encapsulate
 
-from monai_softcam.data.readers import DICOM_DECODERS, DicomReader, decode_dicom_pixels
+from monai_softcam.data.dicom import DICOM_DECODERS, DicomReader, decode_dicom_pixels
 from monai_softcam.utils import InputError
 
 ROWS, COLS = 48, 64
@@ -266,7 +266,7 @@ def test_sequential_scan_header_fix(corpus):
     """Only a sequential JPEG whose scans say 0..0 is changed (pydicom's 12-bit Extended file is one)."""
     from pydicom.encaps import generate_frames
 
-    from monai_softcam.data.readers import _sequential_scans_fixed
+    from monai_softcam.data.dicom import _sequential_scans_fixed
 
     def stream(path):
         return next(generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=1))

@@ -323,3 +323,40 @@ def test_yes_no_settings_read_the_command_lines_strings():
     assert TrainingCheckpoint("unused.pt", {}, resume="false").resume is False
     with pytest.raises(ConfigError, match="resume"):
         TrainingCheckpoint("unused.pt", {}, resume="ture")
+
+
+def test_overlays_drawn_in_the_writer_thread_are_the_same_and_a_failure_names_the_file(tmp_path):
+    from monai.data import MetaTensor
+
+    from monai_softcam.transforms import SaveEvidenceMapsd, SaveOverlayd
+    from monai_softcam.utils import BackgroundWriter, InputError
+
+    def case(name: str) -> dict:
+        image = MetaTensor(torch.rand(1, 40, 30), affine=torch.eye(4))
+        image.meta["filename_or_obj"] = f"/in/{name}.png"
+        maps = MetaTensor(torch.randn(2, 5, 4), affine=torch.diag(torch.tensor([8.0, 7.5, 1.0, 1.0])))
+        maps.meta["filename_or_obj"] = f"/in/{name}.png"
+        return {"image": image, "evidence_maps": maps, "pred": torch.tensor([0.3, 0.7])}
+
+    torch.manual_seed(0)
+    cases = [case(f"c{i}") for i in range(5)]
+    pictures = {}
+    for mode, writer in (("direct", None), ("thread", BackgroundWriter(max_pending=2))):
+        save = SaveEvidenceMapsd("evidence_maps", str(tmp_path / mode), ["a", "b"])
+        overlay = SaveOverlayd("evidence_maps", ["a", "b"], overlay_size=16, writer=writer)
+        for c in cases:
+            overlay(save(c))
+        if writer is not None:
+            writer.wait()
+        pictures[mode] = [(tmp_path / mode / f"c{i}" / f"c{i}_overlay.png").read_bytes() for i in range(5)]
+    assert pictures["direct"] == pictures["thread"]
+    # a file that cannot be written stops the run at the next wait, naming it
+    writer = BackgroundWriter()
+    (tmp_path / "blocked").write_text("a file where the case folder should be")
+    overlay = SaveOverlayd("evidence_maps", ["a", "b"], writer=writer)
+    overlay({**cases[0], "evidence_maps_dir": str(tmp_path / "blocked" / "c0")})
+    with pytest.raises(InputError, match=r"cannot write .*blocked/c0/c0_overlay.png"):
+        writer.wait()
+    writer.wait()  # reported once
+    with pytest.raises(ValueError, match="SaveOverlayd needs evidence_maps_dir: put it after SaveEvidenceMapsd"):
+        overlay(cases[0])

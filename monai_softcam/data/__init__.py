@@ -13,15 +13,9 @@ from .datalist import (
 )
 from .datasets import CACHE_MODES, intensity_stats, make_dataset
 from .demo import DemoDataConfig, DemoSample, ensure_demo_dataset, generate_demo_dataset, render_sample
-from .readers import (
-    IMAGE_EXTENSIONS,
-    DicomReader,
-    DicomSeriesReader,
-    SimpleITKReader,
-    default_readers,
-    image_stem,
-    is_dicom_file,
-)
+from .dicom import DicomReader, is_dicom_file
+from .formats import IMAGE_EXTENSIONS, image_stem
+from .readers import DicomSeriesReader, SimpleITKReader, default_readers
 from .sampling import SAMPLING_MODES, BalancedSampler, make_sampler
 
 __all__ = [

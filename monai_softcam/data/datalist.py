@@ -24,7 +24,9 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from ..utils import InputError, as_flag, atomic_open
-from .readers import IMAGE_EXTENSIONS, dicom_series, image_stem, is_dicom_file, probe_image
+from .dicom import is_dicom_file
+from .formats import IMAGE_EXTENSIONS, image_stem
+from .readers import dicom_series, probe_image
 
 __all__ = ["CSVDataSpec", "DataListError", "Problem", "list_images", "read_csv_datalist", "resolve_under_root"]
 

@@ -1,0 +1,33 @@
+"""MONAI transforms for SoftCAM, shaped as MONAI's: input preparation (:mod:`.input`), intensity
+(:mod:`.intensity`), geometry (:mod:`.spatial`), the evidence-map outputs (:mod:`.evidence`), the
+overlay picture (:mod:`.overlay`) and the two recipes the bundle composes (:mod:`.pipelines`)."""
+
+from .evidence import MAP_GRID_EXTENSION, EvidenceGridd, RegionEvidenced, ResampleEvidenced, SaveEvidenceMapsd
+from .input import AdaptChannelsd, BoxesToMaskd, ReadImaged, load_input
+from .intensity import RandColorJitterd, normalize_input
+from .overlay import SaveOverlayd, overlay_picture
+from .pipelines import output_postprocessing, preprocessing
+from .spatial import FitToSized, fraction_of, map_grid_affine, map_to_input_index, resample_maps
+
+__all__ = [
+    "AdaptChannelsd",
+    "BoxesToMaskd",
+    "EvidenceGridd",
+    "FitToSized",
+    "MAP_GRID_EXTENSION",
+    "RandColorJitterd",
+    "ReadImaged",
+    "RegionEvidenced",
+    "ResampleEvidenced",
+    "SaveEvidenceMapsd",
+    "SaveOverlayd",
+    "fraction_of",
+    "load_input",
+    "map_grid_affine",
+    "map_to_input_index",
+    "normalize_input",
+    "output_postprocessing",
+    "overlay_picture",
+    "preprocessing",
+    "resample_maps",
+]
