@@ -165,6 +165,10 @@ def _capture(layer: nn.Module, store: list[torch.Tensor]) -> Iterator[None]:
         handle.remove()
 
 
+#: the dicts where ``nn.Module`` keeps its forward and backward hooks (those MONAI's CAMs register)
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_hooks")
+
+
 def on_input_grid(maps: torch.Tensor, spatial: Any) -> torch.Tensor:
     """``[B, *grid]`` maps brought to the input grid ``spatial`` bi/trilinearly (unchanged if they are on it)."""
     if tuple(maps.shape[1:]) == tuple(spatial):
@@ -172,7 +176,21 @@ def on_input_grid(maps: torch.Tensor, spatial: Any) -> torch.Tensor:
     return upsample_maps(maps[:, None], spatial)[:, 0]
 
 
-class _CoarseMap:
+class _Explainer:
+    """What every explainer shares: a context manager whose exit (or :meth:`close`) removes whatever
+    the explainer left on the model (hooks), so that the model is as it was given."""
+
+    def close(self) -> None:
+        """Remove what the explainer left on the model (nothing for most methods)."""
+
+    def __enter__(self) -> "_Explainer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _CoarseMap(_Explainer):
     """An explainer whose map lives on a coarser grid (SoftCAM's cells, a layer's grid): ``native``
     gives it there, calling the explainer brings it to the input grid bi/trilinearly
     (:func:`~monai_softcam.networks.outputs.upsample_map`). The paper's protocol upsamples the
@@ -185,7 +203,7 @@ class _CoarseMap:
         return on_input_grid(self.native(images, class_idx), images.shape[2:])
 
 
-class _PixelMap:
+class _PixelMap(_Explainer):
     """An explainer whose map is on the input grid already: ``native`` is the map itself."""
 
     def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
@@ -216,16 +234,30 @@ class GradCAMExplainer(_CoarseMap):
     """Grad-CAM (or Grad-CAM++ with ``plus=True``) from ``monai.visualize``, raw values, on
     ``target_layer`` (default :func:`default_target_layer`).
 
-    MONAI's hooks stay on the model (MONAI has no way to remove them), and a target layer with
-    ``inplace=True`` (VGG's pre-pool ReLU) is switched to ``inplace=False`` by MONAI (same values).
+    MONAI puts its hooks on the target layer (and switches a layer with ``inplace=True``, VGG's
+    pre-pool ReLU, to ``inplace=False``: same values) and keeps no handle to remove them; this
+    explainer notes what MONAI added and :meth:`close` (or leaving its ``with`` block) removes it.
     """
 
     def __init__(self, model: nn.Module, target_layer: str | None = None, plus: bool = False) -> None:
         wrapped = _Logits(model)
-        self.target_layer, _ = _layer(model, target_layer)
+        self.target_layer, self._module = _layer(model, target_layer)
         layer = f"model.{self.target_layer}"
         self.name = "gradcam++" if plus else "gradcam"
+        before = {name: set(getattr(self._module, name, {})) for name in _HOOK_DICTS}
+        self._inplace = self._module.__dict__.get("inplace")
         self.cam = (GradCAMpp if plus else GradCAM)(wrapped, target_layers=layer, postprocessing=lambda x: x)
+        self._added = {name: set(getattr(self._module, name, {})) - keys for name, keys in before.items()}
+
+    def close(self) -> None:
+        """Remove MONAI's hooks from the target layer and give it back its ``inplace``."""
+        for name, keys in self._added.items():
+            hooks = getattr(self._module, name, {})
+            for key in keys:
+                hooks.pop(key, None)
+        self._added = {}
+        if self._inplace is not None:
+            self._module.__dict__["inplace"] = self._inplace
 
     def native(self, images: torch.Tensor, class_idx: Any) -> torch.Tensor:
         """MONAI's Grad-CAM (or Grad-CAM++) map of each image's class ``[B, *grid]``, on ``target_layer``'s grid."""

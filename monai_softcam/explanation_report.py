@@ -281,13 +281,32 @@ def collect(
 ) -> Collected:
     """Step 1: run every model and method over ``dataloader`` (arguments as :func:`explanation_report`;
     ``thresholds``: :func:`method_thresholds`, None for its default), then the sanity check on the
-    first ``sanity_cases`` images."""
+    first ``sanity_cases`` images. Every explainer is closed at the end (its hooks leave the model)."""
     thresholds = method_thresholds(settings, None) if thresholds is None else dict(thresholds)
+    device = torch.device(device)
+    prepared = _prepare_models(models, device)
+    try:
+        return _collect(prepared, dataloader, settings, thresholds, gallery_cases, sanity_cases, device, seed, progress)
+    finally:
+        for model in prepared:
+            for explainer in model["explainers"].values():
+                explainer.close()
+
+
+def _collect(
+    prepared: list[dict[str, Any]],
+    dataloader: Any,
+    settings: ExplanationSettings,
+    thresholds: dict[str, float],
+    gallery_cases: int,
+    sanity_cases: int,
+    device: torch.device,
+    seed: int,
+    progress: bool,
+) -> Collected:
     threshold_of = lambda method: thresholds.get(ALL_METHODS, thresholds.get(method, 0.0))  # noqa: E731
     explained_class = settings.explained_class
     default_protocol = replace(settings, protocol="default")
-    device = torch.device(device)
-    prepared = _prepare_models(models, device)
     pairs = [(m["name"], method) for m in prepared for method in m["explainers"]]
     values: dict[Pair, dict[str, list[torch.Tensor]]] = {pair: {} for pair in pairs}
     curves: dict[Pair, dict[str, list[torch.Tensor]]] = {pair: {kind: [] for kind in CURVES} for pair in pairs}

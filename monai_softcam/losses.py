@@ -122,8 +122,8 @@ class SoftCAMLoss(nn.Module):
     ``forward(output, target)`` takes the model output (the ``{"logits", "evidence_maps"}`` dict of a
     :class:`~monai_softcam.networks.softcam.SoftCAM` built with ``return_maps=True``, a ``(logits, maps)``
     tuple, or logits alone when the penalty is zero) and integer class targets ``[B]`` or ``[B, 1]``.
-    With one output class it uses binary cross-entropy on that logit. After each call,
-    ``last_terms`` holds the detached ``{"ce", "penalty"}`` tensors for logging.
+    With one output class it uses binary cross-entropy on that logit. :meth:`terms` gives the two
+    terms apart (what :class:`~monai_softcam.handlers.LossTermsLogger` logs).
 
     Example::
 
@@ -153,10 +153,10 @@ class SoftCAMLoss(nn.Module):
         weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
         self.label_smoothing = label_smoothing
-        self.last_terms: dict[str, torch.Tensor] = {}
 
-    def forward(self, output: Any, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (binary for one class) plus the evidence penalty; records both in ``last_terms``."""
+    def terms(self, output: Any, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss's two terms, ``{"ce": cross-entropy (binary for one class), "penalty": the
+        evidence penalty (0 when inactive)}``; :meth:`forward` is their sum."""
         logits, maps = split_output(output)
         target = _class_indices(torch.as_tensor(target, device=logits.device), logits.shape[1])
         if logits.shape[1] == 1:
@@ -164,13 +164,15 @@ class SoftCAMLoss(nn.Module):
         else:
             ce = F.cross_entropy(logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing)
         if not self.penalty.active:
-            self.last_terms = {"ce": ce.detach(), "penalty": torch.zeros_like(ce.detach())}
-            return ce
+            return {"ce": ce, "penalty": torch.zeros_like(ce)}
         if maps is None:
             raise ValueError(
                 "SoftCAMLoss has a non-zero evidence penalty but the model output has no evidence maps: "
                 "build the SoftCAM network with return_maps=True"
             )
-        penalty = self.penalty(maps)
-        self.last_terms = {"ce": ce.detach(), "penalty": penalty.detach()}
-        return ce + penalty
+        return {"ce": ce, "penalty": self.penalty(maps)}
+
+    def forward(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (binary for one class) plus the evidence penalty (:meth:`terms`)."""
+        terms = self.terms(output, target)
+        return terms["ce"] + terms["penalty"] if self.penalty.active else terms["ce"]

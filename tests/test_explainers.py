@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import metric_settings
 
 from monai_softcam.explain import (
     EXPLAINERS,
@@ -431,3 +432,33 @@ def test_default_target_layer_is_layer4_for_resnet_and_the_pre_pool_block_for_vg
     finally:
         handle.remove()
     assert seen and all(tuple(s) == (4, 4) for s in seen)
+
+
+def test_gradcam_takes_its_hooks_off_the_model_when_closed():
+    """MONAI's CAMs keep no handle to their hooks: the explainer removes them itself, in a `with`
+    block or by close(), and the explanation report and the sanity check close every explainer."""
+    from monai_softcam.explanation_report import collect
+
+    net = SoftCAM("resnet10", in_channels=1, num_classes=2, return_maps=True).eval()
+    layer = dict(net.named_modules())[default_target_layer(net)]
+
+    def hooks() -> int:
+        return len(layer._forward_hooks) + len(layer._backward_hooks)
+
+    x = torch.rand(2, 1, 32, 32)
+    assert hooks() == 0
+    for plus in (False, True):
+        with GradCAMExplainer(net, plus=plus) as explainer:
+            assert hooks() == 2  # MONAI's forward and backward hooks, while in use
+            assert explainer(x, 1).shape == (2, 32, 32)
+        assert hooks() == 0
+    loader = [{"image": x, "label": torch.tensor([1, 0])}]
+    collect(
+        [{"name": "m", "network": net, "methods": ["gradcam", "gradcam++"]}],
+        loader,
+        metric_settings(patch=8),
+        gallery_cases=0,
+        sanity_cases=1,
+        progress=False,
+    )
+    assert hooks() == 0

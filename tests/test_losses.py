@@ -56,7 +56,8 @@ def test_softcam_loss_is_ce_plus_penalty_with_gradients_to_maps():
     loss = loss_fn({"logits": logits, "evidence_maps": maps}, target)
     ce = torch.nn.functional.cross_entropy(logits, target)
     assert loss.item() == pytest.approx(ce.item() + EvidencePenalty(0.1, 0.01)(maps).item(), rel=1e-6)
-    assert loss_fn.last_terms["penalty"].item() > 0
+    terms = loss_fn.terms({"logits": logits, "evidence_maps": maps}, target)
+    assert terms["penalty"].item() > 0 and loss.item() == pytest.approx((terms["ce"] + terms["penalty"]).item())
     loss.backward()
     assert maps.grad.abs().sum() > 0
     # tuple output and [B, 1] float targets are accepted too
@@ -84,3 +85,31 @@ def test_single_logit_uses_binary_cross_entropy():
     loss = SoftCAMLoss()(logits, torch.tensor([1, 0]))
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], torch.tensor([1.0, 0.0]))
     assert loss.item() == pytest.approx(expected.item())
+
+
+def test_loss_terms_logger_logs_the_epoch_means_of_the_terms_from_the_trainers_output():
+    from ignite.engine import Engine
+
+    from monai_softcam.handlers import LossTermsLogger
+
+    torch.manual_seed(0)
+    loss_fn = SoftCAMLoss(lambda1=0.1, lambda2=0.01)
+    batches = []
+    for _ in range(2):
+        maps = torch.randn(3, 2, 4, 4)
+        batches.append(({"logits": maps.flatten(2).mean(-1), "evidence_maps": maps}, torch.tensor([0, 1, 1])))
+
+    def decollated(engine, batch):
+        pred, label = batch
+        return [{"pred": {k: v[i] for k, v in pred.items()}, "label": label[i], "loss": 0.0} for i in range(3)]
+
+    logged = []
+    writer = type("Writer", (), {"add_scalar": lambda self, tag, value, step: logged.append((tag, value, step))})()
+    engine = Engine(decollated)
+    LossTermsLogger(loss_fn, writer).attach(engine)
+    engine.run(batches, max_epochs=1)
+    expected = {name: sum(float(loss_fn.terms(*b)[name]) for b in batches) / 2 for name in ("ce", "penalty")}
+    assert {tag: (value, step) for tag, value, step in logged} == {
+        "train_ce": (pytest.approx(expected["ce"]), 1),
+        "train_penalty": (pytest.approx(expected["penalty"]), 1),
+    }

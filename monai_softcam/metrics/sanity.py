@@ -44,6 +44,16 @@ def layer_groups(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return groups + list(reversed(stages))
 
 
+def _maps_of(
+    explainer: Callable[[torch.Tensor, Any], torch.Tensor], images: torch.Tensor, class_idx: Any
+) -> torch.Tensor:
+    """The explainer's maps; then it is closed (its hooks leave the model), if it can be."""
+    try:
+        return explainer(images, class_idx)
+    finally:
+        getattr(explainer, "close", lambda: None)()
+
+
 def cascading_randomization(
     model: nn.Module,
     make: Callable[[nn.Module], Callable[[torch.Tensor, Any], torch.Tensor]],
@@ -63,7 +73,7 @@ def cascading_randomization(
     ``"original"`` (1.0). For a map that depends on the model, the correlation drops as more
     layers are randomised; one that stays high is explaining the image, not the model.
     """
-    original_maps = make(model)(images, class_idx)
+    original_maps = _maps_of(make(model), images, class_idx)
     randomised = copy.deepcopy(model).eval()
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -73,7 +83,7 @@ def cascading_randomization(
             for module in block.modules():
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
-            maps = make(randomised)(images, class_idx)
+            maps = _maps_of(make(randomised), images, class_idx)
             a, b = (original_maps.abs(), maps.abs()) if absolute else (original_maps, maps)
             rho = spearman(a, b)
             rows.append(
