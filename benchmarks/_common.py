@@ -9,6 +9,8 @@ import subprocess
 import sys
 from typing import Sequence
 
+from monai_softcam.text import table
+
 
 def write_table(
     path: str,
@@ -23,20 +25,12 @@ def write_table(
     command that made it (``script`` with ``argv``, default the process's arguments), ``about``
     (machine and settings), then the table of ``columns`` and ready-made ``rows``."""
     command = " ".join(["python", f"benchmarks/{os.path.basename(script)}", *(sys.argv[1:] if argv is None else argv)])
-    lines = [
-        f"# {title}",
-        "",
-        f"`{command}`: {about}",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-        *rows,
-    ]
-    table = "\n".join(lines) + "\n"
-    print(table)
+    lines = [f"# {title}", "", f"`{command}`: {about}", ""]
+    text = "\n".join(lines) + "\n" + table(columns, []) + "".join(f"{row}\n" for row in rows)
+    print(text)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(table)
+        f.write(text)
     print("wrote", path)
 
 

@@ -31,6 +31,7 @@ import sys
 from typing import Any, Mapping, Sequence
 
 from .metrics.explanation import HIGHER_IS_BETTER, is_paired
+from .text import direction_arrow, table
 from .utils import MissingInputError, atomic_open
 
 __all__ = [
@@ -179,7 +180,8 @@ def _paired_metrics(metrics: Sequence[str]) -> list[str]:
 
 
 def _arrow(higher: bool | None) -> str:
-    return "" if higher is None else (" ↑" if higher else " ↓")
+    arrow = direction_arrow(higher)
+    return f" {arrow}" if arrow else ""
 
 
 def _interval(row: Mapping[str, Any], signed: bool = False) -> str:
@@ -189,11 +191,6 @@ def _interval(row: Mapping[str, Any], signed: bool = False) -> str:
     ci = "" if row["ci_low"] is None else f" [{f.format(row['ci_low'])}, {f.format(row['ci_high'])}]"
     p = "" if row["p_value"] is None else f" p={row['p_value']:.2g}"
     return f.format(row["mean"]) + ci + p
-
-
-def _table(head: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(out + ["| " + " | ".join(cells) + " |" for cells in lines]) + "\n"
 
 
 def _grouped(rows: Sequence[Mapping[str, Any]], section: str, key: Sequence[str]) -> dict[tuple, dict[str, Mapping]]:
@@ -227,12 +224,12 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str
     head = ["variant", "images"] + [
         f"{model} {'ROC AUC' if m == 'auc' else m}" for model in models for m in CLASSIFICATION_METRICS
     ]
-    text = "## Classification (the report's split)\n\n" + _table(head, lines)
+    text = "## Classification (the report's split)\n\n" + table(head, lines)
 
     explanation = _grouped(rows, "explanation", ("variant", "model", "method"))
     lines = [[*key, *(_interval(g[m]) if m in g else "-" for m in metrics)] for key, g in explanation.items()]
     head = ["variant", "model", "method"] + [names[m] + _arrow(directions[m]) for m in metrics]
-    text += "\n## Explanation metrics: mean [95 % bootstrap CI]\n\n" + _table(head, lines)
+    text += "\n## Explanation metrics: mean [95 % bootstrap CI]\n\n" + table(head, lines)
     text += _counts(explanation, metrics) + "\n-: not in the report, or no image to measure it on.\n"
 
     paired = _grouped(rows, "paired", ("variant", "model", "method", "versus"))
@@ -259,7 +256,7 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str
             else ""
         )
         + "\n\n"
-        + _table(head, lines)
+        + table(head, lines)
     )
     return text
 

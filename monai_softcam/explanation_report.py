@@ -83,6 +83,7 @@ from .metrics.paper import paper_point_grid, paper_upsample, paper_values
 from .metrics.sanity import cascading_randomization
 from .metrics.statistics import paired_difference, summarize
 from .networks.outputs import probabilities, split_output, upsample_map
+from .text import direction_arrow, table
 from .utils import atomic_open
 from .visualize import GalleryCase, render_gallery
 
@@ -509,14 +510,13 @@ PAPER_PAIRED_METRICS = ("paper_activation_precision", "paper_deletion_auc")
 
 
 def _arrow(name: str) -> str:
-    better = HIGHER_IS_BETTER.get(name)
-    return "" if better is None else ("↑" if better else "↓")
+    return direction_arrow(HIGHER_IS_BETTER.get(name))
 
 
 def paired_table(report: dict[str, Any], metrics: Sequence[str] = PAIRED_METRICS) -> str:
     """SoftCAM minus each other model/method, per image: mean difference [95 % CI] (p, n)."""
     head = ["SoftCAM", "versus"] + [f"Δ {m.replace('_', ' ')} {_arrow(m)}" for m in metrics]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     found: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for row in report.get("paired", []):
         found.setdefault((row["softcam"], row["versus"]), {})[row["metric"]] = row
@@ -529,8 +529,8 @@ def paired_table(report: dict[str, Any], metrics: Sequence[str] = PAIRED_METRICS
                 if not r or r["n"] == 0
                 else f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] (p={r['p_value']:.3g}, n={r['n']})"
             )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return table(head, rows)
 
 
 def write(output_dir: str, aggregated: Aggregated, collected: Collected, class_names: Sequence[str]) -> None:
@@ -679,7 +679,7 @@ PAPER_TABLE_METRICS = (
 def markdown_table(report: dict[str, Any], metrics: Sequence[str] = TABLE_METRICS) -> str:
     """The headline table: per model and method, the model's ROC AUC and each metric's mean [95 % CI]."""
     head = ["model", "method", "ROC AUC"] + [f"{m.replace('_', ' ')} {_arrow(m)}".strip() for m in metrics]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for model, methods in report["explanation"].items():
         for method, values in methods.items():
             cells = [model, method, f"{report['classification'][model]['auc']:.3f}"]
@@ -688,8 +688,8 @@ def markdown_table(report: dict[str, Any], metrics: Sequence[str] = TABLE_METRIC
                 cells.append(
                     "-" if not v or v["n"] == 0 else f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
                 )
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            rows.append(cells)
+    return table(head, rows)
 
 
 def _figure():

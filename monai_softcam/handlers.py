@@ -29,6 +29,7 @@ from .checkpoint import (
 )
 from .metrics.classification import ClassificationMetrics
 from .metrics.statistics import summarize
+from .text import format_value
 from .utils import BackgroundWriter, as_flag, atomic_open, barrier, is_main_process
 from .visualize import evidence_gallery
 
@@ -387,10 +388,6 @@ def _explanation_summaries(metric: Any) -> dict[str, dict[str, Any]]:
     return {name: summarize(values) for name, values in getattr(metric, "values", {}).items()}
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 class MetricsReport:
     """Write the classification metrics of an evaluation run to JSON and CSV, and print them (attach to an evaluator).
 
@@ -455,7 +452,9 @@ class MetricsReport:
                 writer.writerow([self.split, name, summary["mean"]])
         lines = [f"{self.split} metrics ({report.get('n', 0)} images):"]
         lines += [
-            f"  {name:<12} {_fmt(value)}" for name, value in report.items() if name not in ("n", "confusion_matrix")
+            f"  {name:<12} {format_value(value)}"
+            for name, value in report.items()
+            if name not in ("n", "confusion_matrix")
         ]
         matrix = report.get("confusion_matrix")
         if matrix:

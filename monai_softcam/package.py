@@ -55,6 +55,7 @@ from monai.bundle import ConfigParser
 from . import __version__
 from .checkpoint import load_weights
 from .task import TASK_FILE, TASK_KEYS, Task
+from .text import format_value
 from .utils import ConfigError
 
 __all__ = ["PackagingError", "package_bundle", "parse_urls", "zoo_unit_test"]
@@ -324,10 +325,6 @@ def _metadata(
     return meta
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def _readme(
     meta: Mapping[str, Any],
     task: Task,
@@ -378,7 +375,7 @@ def _readme(
             "| metric | value |",
             "|---|---|",
         ]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if k not in ("n", "confusion_matrix")]
+        lines += [f"| {k} | {format_value(v)} |" for k, v in metrics.items() if k not in ("n", "confusion_matrix")]
         for k, s in (report.get("explanation_metrics") or {}).items():
             lines.append(
                 f"| {k} (evidence maps) | {s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}], n={s['n']} |"

@@ -49,6 +49,7 @@ from monai.bundle import ConfigParser
 
 from .bundle import command_line
 from .metrics.explanation import HIGHER_IS_BETTER
+from .text import table
 from .utils import ConfigError, atomic_open
 
 __all__ = ["SELECTABLE_METRICS", "TuneSettings", "run_tune", "select_trial"]
@@ -403,11 +404,12 @@ def _markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], selecte
             return f"{value:.4g}" if abs(value) < 1e-2 and value != 0 else f"{value:.4f}"
         return "" if value is None else str(value)
 
-    lines = ["| " + " | ".join(c.split("#")[-1].replace("_", " ") for c in columns) + " |", "|" + "---|" * len(columns)]
+    head = [c.split("#")[-1].replace("_", " ") for c in columns]
+    lines = []
     for r in rows:
         mark = {"selected": "**yes**" if selected is not None and r["number"] == selected["number"] else ""}
-        lines.append("| " + " | ".join(mark.get(c, cell(r.get(c))) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append([mark.get(c, cell(r.get(c))) for c in columns])
+    return table(head, lines)
 
 
 def _pareto_plot(

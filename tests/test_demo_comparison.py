@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from conftest import metric_settings
 
 from monai_softcam.comparison import CSV_COLUMNS, TABLE_METRICS, combine_reports, main, write_comparison
 from monai_softcam.explanation_report import Collected, aggregate
@@ -52,7 +53,8 @@ def _collected(seed: int, paper: bool) -> Collected:
         pairs=list(PAIRS),
         labels=labels,
         explained_class=1,
-        settings={"topk": 5},
+        settings=metric_settings(explained_class=1),
+        thresholds={"softcam": 1.0},
         probs=probs,
         values=values,
         curves=curves,

@@ -90,10 +90,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..utils import InputError
+from .datalist import SPLITS
 
 __all__ = ["DemoDataConfig", "DemoSample", "ensure_demo_dataset", "generate_demo_dataset", "render_sample"]
 
-SPLITS = ("train", "val", "test")
 _SPLIT_TYPES = {"train": "Train", "val": "Val", "test": "Test"}
 DISTRACTOR_KINDS = ("ring", "streak", "dark_blob")
 VARIANTS = ("default", "small", "multifocal", "shortcut")
