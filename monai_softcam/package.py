@@ -480,9 +480,10 @@ def _large_files(ckpt_dir: str, urls: Mapping[str, str]) -> tuple[str, list[dict
 
 
 def _copy_package(target: str) -> None:
-    """The package's modules (no caches, no compiled files) as ``target`` (the bundle's ``scripts/``)."""
+    """The package's modules (no caches, no compiled files, no package data such as the Zoo's unit
+    test) as ``target`` (the bundle's ``scripts/``)."""
     for folder, dirs, files in os.walk(_PACKAGE_DIR):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "templates") and not d.startswith("."))
         rel = os.path.relpath(folder, _PACKAGE_DIR)
         os.makedirs(os.path.join(target, rel), exist_ok=True)
         for name in sorted(files):
@@ -602,103 +603,30 @@ def package_bundle(
     return out
 
 
+#: the Zoo's unit test of a packaged bundle, a linted Python file of the package (package data)
+ZOO_UNIT_TEST = os.path.join(_PACKAGE_DIR, "templates", "zoo_unit_test.py")
+
+
 def zoo_unit_test(name: str, task: Task) -> str:
     """The Zoo's unit test of the bundle ``name`` (``ci/unit_tests/test_<name>.py``): train, train + evaluate and
     inference through ``ConfigWorkflow`` and the Zoo's ``check_workflow(check_properties=True)``, on a small demo
-    dataset that the bundle's own generator writes, with the checkpoints in a temporary folder."""
+    dataset that the bundle's own generator writes, with the checkpoints in a temporary folder.
+
+    It is :data:`ZOO_UNIT_TEST` with its three marked lines filled in: the bundle's name, the test
+    class named after it, and (for images over 64 px a side) a smaller ``image_size`` for a quick run."""
     camel = "".join(part.capitalize() for part in name.split("_"))
-    # a quick run: at most 64 px (voxels) a side, demo images of 48
-    small = f'"image_size": {[min(s, 64) for s in task.image_size]},' if max(task.image_size) > 64 else ""
-    return f'''"""Model Zoo unit tests of the {name} bundle (written by monai_softcam package-bundle).
-
-Train, train + evaluate and inference run through ConfigWorkflow and the Zoo's check_workflow with
-check_properties=True, on a small demo dataset that the bundle's own generator writes; checkpoints
-and outputs go to a temporary folder (the bundle's models/ is left as downloaded).
-"""
-
-import os
-import shutil
-import sys
-import tempfile
-import unittest
-
-from monai.bundle import ConfigWorkflow
-from utils import check_workflow
-
-BUNDLE_ROOT = os.path.join("models", "{name}")
-CONFIGS = os.path.join(BUNDLE_ROOT, "configs")
-if os.path.abspath(BUNDLE_ROOT) not in sys.path:
-    sys.path.insert(0, os.path.abspath(BUNDLE_ROOT))  # the configs import the bundle's scripts/
-
-
-def test_order(name1, name2):
-    def order(name):
-        return 1 if "train" in name and "eval" not in name else 2 if "eval" in name else 3
-
-    return order(name1) - order(name2)
-
-
-class Test{camel}(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.work = tempfile.mkdtemp()
-        cls.override = {{
-            "bundle_root": BUNDLE_ROOT,
-            "demo_dir": os.path.join(cls.work, "demo"),
-            "ckpt_dir": os.path.join(cls.work, "models"),
-            "output_dir": os.path.join(cls.work, "eval"),
-            "epochs": 1,
-            "batch_size": 4,
-            "num_workers": 0,
-            "demo_data#size": 48,{small}
-            "demo_data#num_train": 8,
-            "demo_data#num_val": 4,
-            "demo_data#num_test": 4,
-        }}
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.work)
-
-    def workflow(self, workflow_type, configs, **override):
-        return ConfigWorkflow(
-            workflow_type=workflow_type,
-            config_file=[os.path.join(CONFIGS, c) for c in configs],
-            logging_file=os.path.join(CONFIGS, "logging.conf"),
-            meta_file=os.path.join(CONFIGS, "metadata.json"),
-            **override,
-        )
-
-    def train(self):
-        check_workflow(self.workflow("train", ["train.yaml"], **self.override), check_properties=True)
-        self.assertTrue(os.path.isfile(os.path.join(self.work, "models", "model.pt")))
-
-    def test_train_config(self):
-        self.train()
-
-    def test_train_eval_config(self):
-        if not os.path.isfile(os.path.join(self.work, "models", "model.pt")):
-            self.train()
-        # evaluate.yaml overrides train.yaml, so the workflow type stays "train", as in the Zoo's other tests
-        check_workflow(self.workflow("train", ["train.yaml", "evaluate.yaml"], **self.override), check_properties=True)
-        self.assertTrue(os.path.isfile(os.path.join(self.work, "eval", "metrics_test.json")))
-
-    def test_infer_config(self):
-        if not os.path.isfile(os.path.join(self.work, "models", "model.pt")):
-            self.train()
-        override = {{
-            "bundle_root": BUNDLE_ROOT,
-            "ckpt_dir": os.path.join(self.work, "models"),
-            "input_path": os.path.join(self.work, "demo", "test.csv"),
-            "dataset_dir": os.path.join(self.work, "demo"),
-            "output_dir": os.path.join(self.work, "inference"),
-        }}
-        check_workflow(self.workflow("infer", ["inference.yaml"], **override), check_properties=True)
-        self.assertTrue(os.path.isfile(os.path.join(self.work, "inference", "predictions.csv")))
-
-
-if __name__ == "__main__":
-    loader = unittest.TestLoader()
-    loader.sortTestMethodsUsing = test_order
-    unittest.main(testLoader=loader)
-'''
+    quick = {"image_size": [min(s, 64) for s in task.image_size]} if max(task.image_size) > 64 else {}
+    with open(ZOO_UNIT_TEST, encoding="utf-8") as f:
+        text = f.read()
+    for marker, line in (
+        ('BUNDLE_NAME = "bundle_name"', f"BUNDLE_NAME = {json.dumps(name)}"),
+        ("QUICK_TASK: dict = {}", f"QUICK_TASK: dict = {json.dumps(quick)}"),
+        ("class TestBundle(unittest.TestCase):", f"class Test{camel}(unittest.TestCase):"),
+    ):
+        lines = text.split("\n")
+        found = [i for i, old in enumerate(lines) if old.split("  #")[0] == marker]
+        if len(found) != 1:
+            raise PackagingError(f"{ZOO_UNIT_TEST}: expected one line '{marker}', found {len(found)}")
+        lines[found[0]] = line
+        text = "\n".join(lines)
+    return text.replace("the bundle_name bundle", f"the {name} bundle", 1)

@@ -89,7 +89,8 @@ def _modules() -> dict[str, tuple[str, bool]]:
             found[name] = (rel, False)
             continue
         for folder, dirs, files in os.walk(full):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+            # templates/: package data (the Zoo's unit test of a packaged bundle), not modules of the package
+            dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "templates") and not d.startswith("."))
             for file in sorted(files):
                 if not file.endswith(".py"):
                     continue

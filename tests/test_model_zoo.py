@@ -696,3 +696,27 @@ def test_the_slicer_module_runs_a_packaged_zoo_bundle(packaged, tmp_path, monkey
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = csv.DictReader(open(tmp_path / "out" / "predictions.csv"))
     assert results[0].probabilities["lesion"] == pytest.approx(float(row["prob_lesion"]), abs=0.02)  # 8-bit rounding
+
+
+def test_the_zoo_unit_test_template_is_a_python_file_that_imports_and_fills_in(tmp_path, monkeypatch):
+    """The template is package data, linted with the tree (scripts/lint.sh): it imports (the Zoo's
+    ci/unit_tests/utils.py stood in for), and package-bundle fills in its three marked lines."""
+    import importlib.util
+    import types
+
+    from monai_softcam.package import ZOO_UNIT_TEST, zoo_unit_test
+    from monai_softcam.task import Task
+
+    monkeypatch.setitem(sys.modules, "utils", types.SimpleNamespace(check_workflow=lambda *a, **k: None))
+    spec = importlib.util.spec_from_file_location("zoo_template", ZOO_UNIT_TEST)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tests = {n for n in dir(module.TestBundle) if n.startswith("test_")}
+    assert tests == {"test_train_config", "test_train_eval_config", "test_infer_config"}
+    assert module.BUNDLE_NAME == "bundle_name" and module.QUICK_TASK == {}
+
+    text = zoo_unit_test(NAME, Task(["a", "b"], 2, 1, [96, 96]))
+    compile(text, "test.py", "exec")
+    assert f'BUNDLE_NAME = "{NAME}"' in text and 'QUICK_TASK: dict = {"image_size": [64, 64]}' in text
+    assert "class TestLesionSyntheticSoftcamClassification(unittest.TestCase):" in text and "bundle_name" not in text
+    assert "QUICK_TASK: dict = {}" in zoo_unit_test(NAME, Task(["a", "b"], 2, 1, [32, 32]))
