@@ -1,216 +1,26 @@
-"""Ignite handlers of the SoftCAM workflows.
-
-Each handler has one ``attach(engine)`` and does one thing. Handlers that write files do so
-atomically (complete file or none) and only on the main process under ``torch.distributed``.
-"""
+"""Ignite handlers that write what a run produced: the evidence gallery, the metrics report, the
+predictions and region tables, and the wait for files written in the background. Files are written
+atomically (complete or none) and only on the main process under ``torch.distributed``."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
-import math
 import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import EarlyStopping as IgniteEarlyStopping
 
-from .checkpoint import (
-    CheckpointError,
-    load_state_checked,
-    load_weights,
-    portable_state_dict,
-    read_checkpoint,
-    save_checkpoint,
-    unwrap_module,
-)
-from .metrics.classification import ClassificationMetrics
-from .metrics.statistics import summarize
-from .text import format_value
-from .utils import BackgroundWriter, as_flag, atomic_open, barrier, is_main_process
-from .visualize import evidence_gallery
-
-__all__ = [
-    "WaitForWriter",
-    "BestModelSaver",
-    "EarlyStopping",
-    "EvidenceGallery",
-    "LearningRateLogger",
-    "LoadWeights",
-    "LossTermsLogger",
-    "MetricsReport",
-    "PredictionsWriter",
-    "RegionsWriter",
-    "TrainingCheckpoint",
-]
+from ..metrics.classification import ClassificationMetrics
+from ..metrics.statistics import summarize
+from ..text import format_value
+from ..utils import BackgroundWriter, atomic_open, is_main_process
+from ..visualize import evidence_gallery
 
 logger = logging.getLogger("monai_softcam")
-
-
-class LoadWeights:
-    """Load a model checkpoint when the engine starts (see :func:`monai_softcam.checkpoint.load_weights`).
-    ``path=None`` says that the network already holds its weights (a TorchScript export): nothing is loaded.
-    Under ``torch.distributed`` every process first waits for the others (the main one writes the checkpoint)."""
-
-    def __init__(self, path: str | None, model: torch.nn.Module) -> None:
-        self.path = path
-        self.model = model
-
-    def attach(self, engine: Engine) -> None:
-        """Attach to ``engine``: load the weights when it starts."""
-        engine.add_event_handler(Events.STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        if self.path is None:
-            logger.info("the network holds its own weights: no checkpoint loaded")
-            return
-        barrier()
-        load_weights(self.model, self.path)
-        logger.info("loaded model weights from %s", self.path)
-
-
-class BestModelSaver:
-    """Save the model's state dict (as CPU tensors) whenever a validation metric improves (attach to the evaluator).
-
-    Args:
-        metric_name: key in ``engine.state.metrics``; NaN values never count as an improvement.
-        path: file to (over)write atomically (:func:`~monai_softcam.checkpoint.save_checkpoint`) with
-            the model's :func:`~monai_softcam.checkpoint.portable_state_dict`.
-        model: the network (a DDP wrapper is unwrapped).
-        greater_is_better: direction of improvement.
-
-    The epoch recorded is the engine's: for a MONAI evaluator run by ``ValidationHandler``, the
-    trainer's epoch. Its state (best value and epoch) is part of the training checkpoint, so a resumed run keeps it.
-    Not ignite's ``Checkpoint``: with the fixed file name it removes the old best model before writing the new one.
-    """
-
-    def __init__(self, metric_name: str, path: str, model: torch.nn.Module, greater_is_better: bool = True) -> None:
-        self.metric_name = metric_name
-        self.path = path
-        self.model = model
-        self.sign = 1.0 if greater_is_better else -1.0
-        self.best: float | None = None
-        self.best_epoch = 0
-
-    def attach(self, engine: Engine) -> None:
-        """Attach to ``engine``: check ``metric_name`` after every epoch and save the model when it improves."""
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        value = engine.state.metrics.get(self.metric_name)
-        if value is None or not math.isfinite(float(value)):
-            return
-        value = float(value)
-        if self.best is not None and self.sign * value <= self.sign * self.best:
-            return
-        self.best = value
-        self.best_epoch = int(engine.state.epoch)
-        if is_main_process():
-            save_checkpoint(portable_state_dict(self.model), self.path)
-            logger.info("new best %s = %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.path)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The saver's state for the training checkpoint: best value and its epoch."""
-        return {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the best value and its epoch from :meth:`state_dict`'s output."""
-        self.best = state.get("best")
-        self.best_epoch = int(state.get("best_epoch", 0))
-
-
-class TrainingCheckpoint:
-    """The latest training state, saved after every epoch and optionally resumed from (attach to the trainer).
-
-    Args:
-        path: checkpoint file, (over)written atomically after each epoch and at the end.
-        objects: name -> object with ``state_dict``/``load_state_dict`` (model, optimizer, lr scheduler,
-            best-model savers, ...). The trainer's own progress (epoch, iteration) is added.
-        resume: load ``path`` when the trainer starts; without a checkpoint yet, training starts
-            from epoch 0 with a warning.
-
-    A SIGKILL at any point leaves either the previous or the new complete checkpoint. Resuming a
-    run that finished all its epochs trains on only if ``max_epochs`` grew; resuming one that stopped
-    early trains no further (and leaves its checkpoint as it was).
-    Not ignite's ``Checkpoint``: with the fixed file name it removes the previous state before writing the new one.
-    """
-
-    def __init__(self, path: str, objects: dict[str, Any], resume: bool = False) -> None:
-        self.path = path
-        self.objects = objects
-        self.resume = as_flag(resume, "resume")
-        self._stopped_early_before = False  # resumed a run that had already stopped early
-
-    def attach(self, engine: Engine) -> None:
-        """Attach to ``engine``: resume (if asked) when it starts, save after every epoch and at the end."""
-        engine.add_event_handler(Events.STARTED, self._load)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
-        engine.add_event_handler(Events.COMPLETED, self._save)
-
-    def _state(self, engine: Engine) -> dict[str, Any]:
-        state = {name: unwrap_module(obj).state_dict() for name, obj in self.objects.items()}
-        stopped = bool(engine.should_terminate) and engine.state.epoch < (engine.state.max_epochs or 0)
-        state["trainer"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration, "early_stopped": stopped}
-        return state
-
-    def _save(self, engine: Engine) -> None:
-        if is_main_process() and not self._stopped_early_before:
-            save_checkpoint(self._state(engine), self.path)
-
-    def _load(self, engine: Engine) -> None:
-        if not self.resume:
-            return
-        if not os.path.isfile(self.path):
-            logger.warning("resume requested but no checkpoint at %s yet: training starts at epoch 0", self.path)
-            return
-        state = read_checkpoint(self.path, "training checkpoint")
-        absent = [name for name in [*self.objects, "trainer"] if not isinstance(state, dict) or name not in state]
-        if absent:
-            raise CheckpointError(
-                f"training checkpoint {self.path} lacks {absent}; it was written by another configuration"
-            )
-        for name, obj in self.objects.items():
-            if name == "model":
-                load_state_checked(obj, state[name], self.path)
-            else:
-                unwrap_module(obj).load_state_dict(state[name])
-        progress = state["trainer"]
-        engine.state.iteration = int(progress["iteration"])
-        engine.state.epoch = int(progress["epoch"])
-        logger.info("resumed from %s at epoch %d of %s", self.path, engine.state.epoch, engine.state.max_epochs)
-        if progress.get("early_stopped"):
-            logger.info("that run had stopped early at epoch %d: nothing left to train", engine.state.epoch)
-            self._stopped_early_before = True
-            engine.state.epoch = max(engine.state.epoch, int(engine.state.max_epochs or 0))
-
-
-class EarlyStopping:
-    """Stop training when a validation metric has not improved for ``patience`` validations (attach
-    to the trainer, after the ``ValidationHandler``; ignite's ``EarlyStopping`` counts).
-
-    Args:
-        validator: the evaluator whose ``state.metrics[metric]`` is read after each validation.
-        patience: validations without improvement before the trainer stops; 0 (or less): never stops.
-        metric: the metric to watch (higher is better).
-        interval: the validation interval in epochs (the ``ValidationHandler``'s).
-    """
-
-    def __init__(self, validator: Engine, patience: int = 0, metric: str = "accuracy", interval: int = 1) -> None:
-        self.validator = validator
-        self.patience = int(patience)
-        self.metric = metric
-        self.interval = max(1, int(interval))
-
-    def attach(self, engine: Engine) -> None:
-        """Attach to ``engine``: ignite's ``EarlyStopping`` on ``metric`` every ``interval`` epochs (nothing if
-        ``patience <= 0``)."""
-        if self.patience <= 0:
-            return
-        stopper = IgniteEarlyStopping(self.patience, lambda _: float(self.validator.state.metrics[self.metric]), engine)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), stopper)
 
 
 class WaitForWriter:
@@ -224,65 +34,6 @@ class WaitForWriter:
     def attach(self, engine: Engine) -> None:
         """Attach to ``engine`` at ``EPOCH_COMPLETED``."""
         engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.writer.wait())
-
-
-class LearningRateLogger:
-    """Write the learning rate of every parameter group to TensorBoard at the start of each epoch."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, summary_writer: Any, tag: str = "learning_rate") -> None:
-        self.optimizer = optimizer
-        self.writer = summary_writer
-        self.tag = tag
-
-    def attach(self, engine: Engine) -> None:
-        """Attach to ``engine``: write the learning rates at the start of every epoch."""
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        for i, group in enumerate(self.optimizer.param_groups):
-            tag = self.tag if len(self.optimizer.param_groups) == 1 else f"{self.tag}/group{i}"
-            self.writer.add_scalar(tag, group["lr"], engine.state.epoch)
-
-
-class LossTermsLogger:
-    """Write the epoch means of the cross-entropy and evidence-penalty terms of
-    :class:`~monai_softcam.losses.SoftCAMLoss` to TensorBoard (tags ``train_ce``, ``train_penalty``),
-    computed by :meth:`~monai_softcam.losses.SoftCAMLoss.terms` (no gradients) from the trainer's
-    output: its ``pred`` (the network's output) and ``label``, batched or decollated."""
-
-    def __init__(self, loss_function: Any, summary_writer: Any) -> None:
-        self.loss_function = loss_function
-        self.writer = summary_writer
-        self._sums: dict[str, float] = {}
-        self._count = 0
-
-    def attach(self, engine: Engine) -> None:
-        """Attach to ``engine``: collect the loss terms after every iteration, write their means after every epoch."""
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
-
-    @staticmethod
-    def _batch(output: Any) -> tuple[Any, torch.Tensor]:
-        """``(pred, label)`` of the trainer's output, a decollated list stacked back into a batch."""
-        if isinstance(output, dict):
-            return output["pred"], output["label"]
-        preds, labels = [d["pred"] for d in output], torch.stack([torch.as_tensor(d["label"]) for d in output])
-        if isinstance(preds[0], dict):
-            return {k: torch.stack([p[k] for p in preds]) for k in preds[0]}, labels
-        return torch.stack(preds), labels
-
-    def _accumulate(self, engine: Engine) -> None:
-        pred, label = self._batch(engine.state.output)
-        with torch.no_grad():
-            terms = self.loss_function.terms(pred, label)
-        for name, value in terms.items():
-            self._sums[name] = self._sums.get(name, 0.0) + float(value)
-        self._count += 1
-
-    def _write(self, engine: Engine) -> None:
-        for name, total in self._sums.items():
-            self.writer.add_scalar(f"train_{name}", total / max(self._count, 1), engine.state.epoch)
-        self._sums, self._count = {}, 0
 
 
 class _CollectThenWrite:

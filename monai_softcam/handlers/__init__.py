@@ -1,0 +1,26 @@
+"""Ignite handlers of the SoftCAM workflows: training (:mod:`.training`) and what a run writes
+(:mod:`.outputs`). Each handler has one ``attach(engine)`` and does one thing."""
+
+from .outputs import EvidenceGallery, MetricsReport, PredictionsWriter, RegionsWriter, WaitForWriter
+from .training import (
+    BestModelSaver,
+    EarlyStopping,
+    LearningRateLogger,
+    LoadWeights,
+    LossTermsLogger,
+    TrainingCheckpoint,
+)
+
+__all__ = [
+    "BestModelSaver",
+    "EarlyStopping",
+    "EvidenceGallery",
+    "LearningRateLogger",
+    "LoadWeights",
+    "LossTermsLogger",
+    "MetricsReport",
+    "PredictionsWriter",
+    "RegionsWriter",
+    "TrainingCheckpoint",
+    "WaitForWriter",
+]
