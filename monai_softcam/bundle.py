@@ -1,16 +1,15 @@
 """What the bundle configs in ``bundle/configs`` call: the start of every run, paths, device, the trained task.
 
-This is the one module that reads the process's command line (:func:`command_line`, parsed once).
-Every run id of the bundle starts with :func:`start`, whether it runs from ``python -m monai.bundle
-run ...`` or in-process through MONAI's ``ConfigWorkflow`` (as the Model Zoo's tests and MONAI apps
-run bundles): the same checks run both ways, except the one that needs the command line itself
-(override ids that name no config key, a typo MONAI would add silently).
+This is the one module that reads the process's command line (:func:`~monai_softcam.bundle.command_line`, parsed
+once). Every run id of the bundle starts with :func:`~monai_softcam.bundle.start`, whether it runs from ``python
+-m monai.bundle run ...`` or in-process through MONAI's ``ConfigWorkflow`` (as the Model Zoo's tests and MONAI
+apps run bundles): the same checks run both ways, except the one that needs the command line itself (override
+ids that name no config key, a typo MONAI would add silently).
 
-The trained task (:func:`trained_task`) is checked by value, not by where a value came from: in
-``evaluate.yaml`` and ``inference.yaml`` a task key is ``null`` (as trained) unless a config file after
-them, an override on the command line or a ``ConfigWorkflow`` argument sets it, and then it must agree
-with the model's ``task.json``.
-"""
+The trained task (:func:`~monai_softcam.bundle.trained_task`) is checked by value, not by where a value came
+from: in ``evaluate.yaml`` and ``inference.yaml`` a task key is ``null`` (as trained) unless a config file after
+them, an override on the command line or a ``ConfigWorkflow`` argument sets it, and then it must agree with the
+model's ``task.json``."""
 
 from __future__ import annotations
 

@@ -1,18 +1,20 @@
 """Reading, checking and writing checkpoints: the one place where this package loads a file with
 ``torch.load`` and the one place where it saves one.
 
-* :func:`read_checkpoint` loads any checkpoint (``map_location="cpu"``, ``weights_only=True``);
-  :func:`read_state_dict` also unwraps a model's state dict from it (:func:`unwrap_state_dict`:
-  a ``{"state_dict"|"model"|"network": ...}`` wrapper, the DDP ``module.`` prefix).
-* :class:`StateMismatch` compares a state dict with a network and writes the one report of what
-  does not fit (missing, unexpected and shape-mismatched keys); :func:`load_state_checked` and
-  :func:`load_weights` use it, and so does the pretrained-backbone loader for its final message.
-* :func:`save_checkpoint` writes a file atomically (only on rank 0) with ignite's ``DiskSaver``;
-  :func:`portable_state_dict` gives a model's state dict that loads anywhere (CPU, contiguous).
+* :func:`~monai_softcam.checkpoint.read_checkpoint` loads any checkpoint (``map_location="cpu"``,
+  ``weights_only=True``); :func:`~monai_softcam.checkpoint.read_state_dict` also unwraps a model's state dict
+  from it (:func:`~monai_softcam.checkpoint.unwrap_state_dict`: a ``{"state_dict"|"model"|"network": ...}``
+  wrapper, the DDP ``module.`` prefix).
+* :class:`~monai_softcam.checkpoint.StateMismatch` compares a state dict with a network and writes the one
+  report of what does not fit (missing, unexpected and shape-mismatched keys);
+  :func:`~monai_softcam.checkpoint.load_state_checked` and :func:`~monai_softcam.checkpoint.load_weights` use
+  it, and so does the pretrained-backbone loader for its final message.
+* :func:`~monai_softcam.checkpoint.save_checkpoint` writes a file atomically (only on rank 0) with ignite's
+  ``DiskSaver``; :func:`~monai_softcam.checkpoint.portable_state_dict` gives a model's state dict that loads
+  anywhere (CPU, contiguous).
 
 A missing file raises :class:`FileNotFoundError`; anything else wrong with a file raises
-:class:`CheckpointError` (a ``ValueError``). Both messages name the file.
-"""
+:class:`~monai_softcam.checkpoint.CheckpointError` (a ``ValueError``). Both messages name the file."""
 
 from __future__ import annotations
 

@@ -7,28 +7,28 @@ float maps on the images' grid, where larger means more evidence for the class.
 it (SoftCAM's cells, the target layer's grid; the input grid for pixel attributions), from which
 calling the explainer upsamples bi/trilinearly:
 
-* :class:`SoftCAMExplainer`: SoftCAM's own evidence maps (signed, raw values), upsampled
+* :class:`~monai_softcam.explain.SoftCAMExplainer`: SoftCAM's own evidence maps (signed, raw values), upsampled
   bi/trilinearly; no extra pass: the maps come with the logits.
-* :class:`GradCAMExplainer`: MONAI's ``GradCAM`` / ``GradCAMpp`` on a named layer (default
-  :func:`default_target_layer`: ResNet's layer4 output, VGG's last block before its last max-pool),
-  **raw** (non-negative) values. MONAI's default post-processing maps (min, max) to (1, 0), i.e.
-  *inverts* the map; it is replaced by the identity here. Works on SoftCAM models too (their
-  logits are used).
-* :class:`LayerCAMExplainer`: LayerCAM (Jiang et al., 2021), ``ReLU(sum_k ReLU(dy_c/dA_k) * A_k)``
-  with element-wise (not channel-averaged) positive gradients, at the same default layer.
-* :class:`ScoreCAMExplainer`: Score-CAM (Wang et al., 2020), gradient-free: each channel of the
-  layer, upsampled and min-max normalised, masks the input; the masked inputs' class scores,
-  softmaxed over the channels, weight the channels. One forward pass per channel (batched).
-* :class:`OcclusionExplainer`: MONAI's ``OcclusionSensitivity``, as the drop in the class
-  probability when a region is occluded (``p - p_occluded``: positive where occluding hurts). The
-  class probabilities are a softmax over the model's outputs (sigmoid for one output); MONAI's
-  default activation chooses by the number of *image* channels, which is wrong for grey images.
-* :class:`IntegratedGradientsExplainer`: Captum's Integrated Gradients (optional extra:
+* :class:`~monai_softcam.explain.GradCAMExplainer`: MONAI's ``GradCAM`` / ``GradCAMpp`` on a named layer
+  (default :func:`~monai_softcam.explain.default_target_layer`: ResNet's layer4 output, VGG's last block before
+  its last max-pool), **raw** (non-negative) values. MONAI's default post-processing maps (min, max) to (1, 0),
+  i.e. *inverts* the map; it is replaced by the identity here. Works on SoftCAM models too (their logits are
+  used).
+* :class:`~monai_softcam.explain.LayerCAMExplainer`: LayerCAM (Jiang et al., 2021), ``ReLU(sum_k ReLU(dy_c/dA_k)
+  * A_k)`` with element-wise (not channel-averaged) positive gradients, at the same default layer.
+* :class:`~monai_softcam.explain.ScoreCAMExplainer`: Score-CAM (Wang et al., 2020), gradient-free: each channel
+  of the layer, upsampled and min-max normalised, masks the input; the masked inputs' class scores, softmaxed
+  over the channels, weight the channels. One forward pass per channel (batched).
+* :class:`~monai_softcam.explain.OcclusionExplainer`: MONAI's ``OcclusionSensitivity``, as the drop in the class
+  probability when a region is occluded (``p - p_occluded``: positive where occluding hurts). The class
+  probabilities are a softmax over the model's outputs (sigmoid for one output); MONAI's default activation
+  chooses by the number of *image* channels, which is wrong for grey images.
+* :class:`~monai_softcam.explain.IntegratedGradientsExplainer`: Captum's Integrated Gradients (optional extra:
   ``pip install captum``), summed over the image channels.
-* :class:`GuidedBackpropExplainer`: Guided Backpropagation (Springenberg et al., 2015), the input
-  gradient of the class logit with every ReLU passing back only positive gradients at positive
-  inputs; summed over the image channels. Written here (no Captum needed), for ReLU modules and
-  functional ReLUs alike, in place or not; the model is not modified.
+* :class:`~monai_softcam.explain.GuidedBackpropExplainer`: Guided Backpropagation (Springenberg et al., 2015),
+  the input gradient of the class logit with every ReLU passing back only positive gradients at positive inputs;
+  summed over the image channels. Written here (no Captum needed), for ReLU modules and functional ReLUs alike,
+  in place or not; the model is not modified.
 
 :func:`~monai_softcam.metrics.sanity.cascading_randomization`, beside the metrics, is the
 randomisation sanity check of these methods.

@@ -2,9 +2,9 @@
 
 TorchScript needs nothing from here: :class:`~monai_softcam.networks.softcam.SoftCAM` and
 :class:`~monai_softcam.networks.softcam.BlackBox` compile with ``torch.jit.script`` as they are, so MONAI's
-``python -m monai.bundle ckpt_export`` writes ``models/model.ts`` (see the bundle's
-``docs/README.md``). ONNX goes through :func:`export_onnx`, which the bundle runs as
-``python -m monai.bundle run export_onnx --config_file "['configs/inference.yaml','configs/export.yaml']"``.
+``python -m monai.bundle ckpt_export`` writes ``models/model.ts`` (see the bundle's ``docs/README.md``). ONNX
+goes through :func:`~monai_softcam.export.export_onnx`, which the bundle runs as ``python -m monai.bundle run
+export_onnx --config_file "['configs/inference.yaml','configs/export.yaml']"``.
 
 The ONNX model has one input, ``image`` ``[B, C, *spatial]``, and the outputs ``logits`` ``[B, classes]``
 and (SoftCAM only) ``evidence_maps`` ``[B, classes, *grid]``; the batch axis is dynamic, and so are

@@ -1,11 +1,10 @@
 """Evidence maps of inputs larger than the network was trained on: a sliding window.
 
-:class:`EvidenceSlidingWindowInferer` runs the network on windows of the training size
-(``roi_size``) over the whole input, with MONAI's ``sliding_window_inference``; each window's
-evidence maps are upsampled to the window's voxels, and the windows are blended into one map per
-class on the input's own grid. The whole input's logits are *defined* as the spatial mean of that
-stitched map, so SoftCAM's completeness (logit = mean of the map) holds for the whole input by
-construction.
+:class:`~monai_softcam.inferers.EvidenceSlidingWindowInferer` runs the network on windows of the training size
+(``roi_size``) over the whole input, with MONAI's ``sliding_window_inference``; each window's evidence maps are
+upsampled to the window's voxels, and the windows are blended into one map per class on the input's own grid.
+The whole input's logits are *defined* as the spatial mean of that stitched map, so SoftCAM's completeness
+(logit = mean of the map) holds for the whole input by construction.
 
 Blending: with ``mode="constant"`` (default) every voxel's evidence is the plain mean of the
 windows covering it; ``"gaussian"`` weights each window's centre more than its border. A voxel
@@ -14,15 +13,15 @@ stitched map is the direct map upsampled to the input (tested). Where windows ov
 stitched logit is in general *not* the mean of the windows' own logits (overlapped voxels count
 once, border voxels are seen with less context): it is the mean of what is shown.
 
-Resolution: by default (``maps="grid"``) the stitched map comes at the network's own resolution
-over the whole input, ``n * grid / roi`` cells (rounded half up) along an axis of ``n`` voxels (12 cells per
-384 px for ResNet). Each window's cells are held flat over their voxels, the windows are blended,
-and each output cell is the mean of the stitched voxels it covers (area pooling). Where the input
-fits one window this is the direct map exactly. The map is small enough to save as it is,
-stretched over the input as :func:`~monai_softcam.transforms.map_grid_affine` places it.
-``maps="input"`` returns the stitched map on the input's voxels (windows upsampled bi/trilinearly).
-The logits are the mean of the stitched voxel map in both cases; the grid map's mean equals them
-when the input is a multiple of the cell size, and is close otherwise.
+Resolution: by default (``maps="grid"``) the stitched map comes at the network's own resolution over the whole input,
+    ``n * grid / roi`` cells (rounded half up) along an axis of ``n`` voxels (12 cells per 384 px for ResNet).
+    Each window's cells are held flat over their voxels, the windows are blended, and each output cell is the
+    mean of the stitched voxels it covers (area pooling). Where the input fits one window this is the direct map
+    exactly. The map is small enough to save as it is, stretched over the input as
+    :func:`~monai_softcam.transforms.spatial.map_grid_affine` places it. ``maps="input"`` returns the stitched
+    map on the input's voxels (windows upsampled bi/trilinearly). The logits are the mean of the stitched voxel
+    map in both cases; the grid map's mean equals them when the input is a multiple of the cell size, and is
+    close otherwise.
 
 Memory: the input, the stitched maps (classes x input voxels, plus MONAI's weight map, on
 ``device``), and ``sw_batch_size`` windows at a time on ``sw_device``: the network's activations

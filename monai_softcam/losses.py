@@ -121,9 +121,9 @@ class SoftCAMLoss(nn.Module):
 
     ``forward(output, target)`` takes the model output (the ``{"logits", "evidence_maps"}`` dict of a
     :class:`~monai_softcam.networks.softcam.SoftCAM` built with ``return_maps=True``, a ``(logits, maps)``
-    tuple, or logits alone when the penalty is zero) and integer class targets ``[B]`` or ``[B, 1]``.
-    With one output class it uses binary cross-entropy on that logit. :meth:`terms` gives the two
-    terms apart (what :class:`~monai_softcam.handlers.LossTermsLogger` logs).
+    tuple, or logits alone when the penalty is zero) and integer class targets ``[B]`` or ``[B, 1]``. With one
+    output class it uses binary cross-entropy on that logit. :meth:`terms` gives the two terms apart (what
+    :class:`~monai_softcam.handlers.training.LossTermsLogger` logs).
 
     Example::
 

@@ -27,12 +27,12 @@ writes a self-contained bundle folder in the Zoo's layout, for *this* model:
   workflow runs, after its imports were read: run the bundle's commands from its folder (as every
   Zoo bundle documents), or put the folder on ``PYTHONPATH``.
 
-Checks, each a :class:`PackagingError` naming what is wrong, with nothing written: a missing or
-empty URL, a URL that is not http(s) or file, a weight file that is not in ``ckpt_dir``, a
-checkpoint that does not fit the saved task (or a TorchScript export that does not give its maps),
-evaluation figures of another model or another task, a bundle name that is not the Zoo's
-lower-case ``task_modality_..._classification`` form, and a target folder that exists and is not
-empty. The folder is built beside the target and moved into place only when complete.
+Checks, each a :class:`~monai_softcam.package.PackagingError` naming what is wrong, with nothing written: a
+missing or empty URL, a URL that is not http(s) or file, a weight file that is not in ``ckpt_dir``, a checkpoint
+that does not fit the saved task (or a TorchScript export that does not give its maps), evaluation figures of
+another model or another task, a bundle name that is not the Zoo's lower-case
+``task_modality_..._classification`` form, and a target folder that exists and is not empty. The folder is built
+beside the target and moved into place only when complete.
 
 Loading the packaged bundle evaluates the Python expressions of its configs (``$...``), as every
 MONAI bundle does; ``task.json``, ``metadata.json`` and ``large_files.yml`` are data.

@@ -14,14 +14,13 @@ trained from the command line, its config files and overrides. It is also a vali
 top-level keys are those of the bundle configs: give it as a config file to ``python -m
 monai.bundle ckpt_export`` and it is embedded in the TorchScript export.
 
-Reading a task checks it against what the user asked for explicitly (:func:`load_task`'s
-``explicit``): a value that contradicts the saved one is an error naming both values. The bundle's
-configs give the keys they set (:func:`monai_softcam.bundle.trained_task`); this module never reads
-the command line: :func:`load_task` is a function of its folder and its arguments only.
+Reading a task checks it against what the user asked for explicitly (:func:`~monai_softcam.task.load_task`'s
+``explicit``): a value that contradicts the saved one is an error naming both values. The bundle's configs give
+the keys they set (:func:`monai_softcam.bundle.trained_task`); this module never reads the command line:
+:func:`~monai_softcam.task.load_task` is a function of its folder and its arguments only.
 
 The task file is data: nothing in it is executed. The architecture must be one of
-:data:`ARCHITECTURES`, and every value is checked for its type when read.
-"""
+:data:`~monai_softcam.task.ARCHITECTURES`, and every value is checked for its type when read."""
 
 from __future__ import annotations
 
@@ -152,9 +151,9 @@ class Task:
         return replace(self, trained_with=dict(trained_with))
 
     def load_input(self, resize: str | None = None, frame: int | None = None) -> Compose:
-        """Read and bring to the network's grid (:func:`~monai_softcam.transforms.load_input`);
-        ``resize="none"`` keeps the input's own size (sliding window); ``frame``: the frame a 2D
-        task takes from multi-frame DICOM files (an input option, not part of the task)."""
+        """Read and bring to the network's grid (:func:`~monai_softcam.transforms.input.load_input`);
+        ``resize="none"`` keeps the input's own size (sliding window); ``frame``: the frame a 2D task takes from
+        multi-frame DICOM files (an input option, not part of the task)."""
         return load_input(self.image_size, resize or self.resize, frame=frame, window=self.dicom_window)
 
     def _intensity(self) -> tuple[list[float], list[float]]:
@@ -163,16 +162,17 @@ class Task:
         return self.intensity_mean, self.intensity_std  # type: ignore[return-value]
 
     def normalize(self) -> Compose:
-        """Channels for the network, then ``(x - mean) / std`` (:func:`~monai_softcam.transforms.normalize_input`)."""
+        """Channels for the network, then ``(x - mean) / std``
+        (:func:`~monai_softcam.transforms.intensity.normalize_input`)."""
         return normalize_input(*self._intensity(), self.in_channels, self.spatial_dims)
 
     def preprocessing(
         self, resize: str | None = None, frame: int | None = None, sliding_window: Any = False
     ) -> Compose:
         """The whole deterministic preparation of every split and of inference
-        (:func:`~monai_softcam.transforms.preprocessing`: load, then normalise; training puts its
-        augmentations between :meth:`load_input` and :meth:`normalize`). With ``sliding_window`` (a
-        yes/no value) inputs keep their own size (``resize="none"``)."""
+        (:func:`~monai_softcam.transforms.pipelines.preprocessing`: load, then normalise; training puts its
+        augmentations between :meth:`~monai_softcam.transforms.input.load_input` and :meth:`normalize`). With
+        ``sliding_window`` (a yes/no value) inputs keep their own size (``resize="none"``)."""
         if as_flag(sliding_window, "sliding_window"):
             resize = "none"
         mean, std = self._intensity()

@@ -1,7 +1,8 @@
 """Pictures of evidence maps: signed overlays on the image, and galleries of several cases.
 
-:func:`render_gallery` draws every gallery of the project (one row of tiles per
-:class:`GalleryCase`); :func:`evidence_gallery` is its form for SoftCAM's maps of every class.
+:func:`~monai_softcam.visualize.render_gallery` draws every gallery of the project (one row of tiles per
+:class:`~monai_softcam.visualize.GalleryCase`); :func:`~monai_softcam.visualize.evidence_gallery` is its form
+for SoftCAM's maps of every class.
 
 Evidence maps are signed (positive = evidence for the class, negative = against), so they are
 shown with a diverging colour code centred at 0: red for positive, blue for negative, the

@@ -1,9 +1,9 @@
 """One CSV-driven description of a dataset, turned into MONAI data lists with every bad row reported.
 
-:class:`CSVDataSpec` says how a dataset's split CSVs map to images, labels and optional masks or
-bounding boxes. The same spec reads the paper's split CSVs (one row per image), the RSNA
-challenge's ``stage_2_train_labels.csv`` (one row per box, boxes of an image merged into one mask)
-or a plain ``filename,label`` list, for any dataset, without code.
+:class:`~monai_softcam.data.datalist.CSVDataSpec` says how a dataset's split CSVs map to images, labels and
+optional masks or bounding boxes. The same spec reads the paper's split CSVs (one row per image), the RSNA
+challenge's ``stage_2_train_labels.csv`` (one row per box, boxes of an image merged into one mask) or a plain
+``filename,label`` list, for any dataset, without code.
 
 Problems (missing columns, empty or unparsable cells, labels outside the classes, duplicate
 images, paths escaping the data root, missing or unreadable files) are collected for the whole
@@ -437,7 +437,7 @@ def list_images(
     CSV or one image file.
 
     A folder's image files are those named with one of
-    :data:`~monai_softcam.data.readers.IMAGE_EXTENSIONS` and DICOM files of any name (recognised by
+    :data:`~monai_softcam.data.formats.IMAGE_EXTENSIONS` and DICOM files of any name (recognised by
     their content, as PACS exports often have no extension); other files are left out.
 
     ``source=None`` is the test CSV of ``data_root`` as ``spec`` names it (the bundle's default input).

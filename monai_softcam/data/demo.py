@@ -41,7 +41,7 @@ seed: only the lesions and the marker differ.
     has its own mask (``marker_mask`` column, files under ``markers/``, empty without marker) so
     that an audit can measure how much explanation evidence falls on it.
 
-Files written by :func:`generate_demo_dataset` (paths relative to the output folder)::
+Files written by :func:`~monai_softcam.data.demo.generate_demo_dataset` (paths relative to the output folder)::
 
     images/demo_00000.png      2D: 8-bit grey PNG; 3D: float32 NIfTI (.nii.gz), 1 mm voxels
     masks/demo_00000.png       the lesion mask (its half-maximum region; 0/255 PNG or 0/1 uint8 NIfTI);

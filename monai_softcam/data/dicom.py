@@ -1,12 +1,12 @@
-"""DICOM files: recognised by name or content, decoded by pydicom and its plugins (compressed transfer
-syntaxes included), read by :class:`DicomReader` for MONAI's ``LoadImage``.
+"""DICOM files: recognised by name or content, decoded by pydicom and its plugins (compressed transfer syntaxes
+included), read by :class:`~monai_softcam.data.dicom.DicomReader` for MONAI's ``LoadImage``.
 
-:class:`DicomReader` reads single DICOM files, intensities from the header (:func:`dicom_intensities`):
-the Modality LUT (rescale or LUT sequence), then CT keeps Hounsfield units and every other
-modality is mapped to [0, 1], by its VOI LUT/window when asked (``window``), else by the
-effective range of its stored bits (:func:`effective_range`: a 12-bit image in 16-bit words, or
-a signed image without rescale, keeps its contrast). ``MONOCHROME1`` images (where larger values
-are darker) are inverted to look like ``MONOCHROME2``. RGB/YBR colour is returned as RGB, PALETTE
+:class:`~monai_softcam.data.dicom.DicomReader` reads single DICOM files, intensities from the header
+(:func:`~monai_softcam.data.dicom.dicom_intensities`): the Modality LUT (rescale or LUT sequence), then CT keeps
+Hounsfield units and every other modality is mapped to [0, 1], by its VOI LUT/window when asked (``window``),
+else by the effective range of its stored bits (:func:`~monai_softcam.data.dicom.effective_range`: a 12-bit
+image in 16-bit words, or a signed image without rescale, keeps its contrast). ``MONOCHROME1`` images (where
+larger values are darker) are inverted to look like ``MONOCHROME2``. RGB/YBR colour is returned as RGB, PALETTE
 COLOR through its palette.
 
 Header quirks are handled as PACS viewers and ITK do, each with one warning (the ``monai_softcam``

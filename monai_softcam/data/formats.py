@@ -1,7 +1,7 @@
-"""The image formats read: the one list of file-name endings (:data:`IMAGE_EXTENSIONS`, which
-:func:`~monai_softcam.data.datalist.list_images` and :func:`image_stem` use; DICOM files are also
-recognised by their content, whatever their name), file-name stems, and the metadata every reader
-of the package returns (an ``affine`` in RAS: DICOM and ITK store LPS)."""
+"""The image formats read: the one list of file-name endings (:data:`~monai_softcam.data.formats.IMAGE_EXTENSIONS`,
+which :func:`~monai_softcam.data.datalist.list_images` and :func:`~monai_softcam.data.formats.image_stem` use;
+DICOM files are also recognised by their content, whatever their name), file-name stems, and the metadata every
+reader of the package returns (an ``affine`` in RAS: DICOM and ITK store LPS)."""
 
 from __future__ import annotations
 

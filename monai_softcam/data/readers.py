@@ -4,18 +4,17 @@ Every reader returns arrays in MONAI's axis order (x, y[, z]; channels last for 
 moved first by ``EnsureChannelFirst``) and an ``affine`` in RAS, as MONAI's own readers do; Slicer
 and NIfTI use RAS too, while DICOM and ITK store LPS, so the affine is converted.
 
-* :class:`SimpleITKReader`: PNG, JPEG, TIFF, BMP (8- and 16-bit, grey or RGB: 16-bit colour keeps
-  its precision, unlike PIL), mapped to float32 in [0, 1]: 8-bit data by 0-255, deeper data by its
-  effective range (:func:`~monai_softcam.data.dicom.effective_range`: 12-bit data in a 16-bit file
-  by 12 bits); NRRD and MetaImage (``.mha``/``.mhd``) keep their values (e.g. CT in Hounsfield units).
-* :class:`DicomSeriesReader`: a folder holding one DICOM series (CT/MR), stacked by position with
-  SimpleITK/GDCM; values rescaled (CT in Hounsfield units).
+* :class:`~monai_softcam.data.readers.SimpleITKReader`: PNG, JPEG, TIFF, BMP (8- and 16-bit, grey or RGB: 16-bit
+  colour keeps its precision, unlike PIL), mapped to float32 in [0, 1]: 8-bit data by 0-255, deeper data by its
+  effective range (:func:`~monai_softcam.data.dicom.effective_range`: 12-bit data in a 16-bit file by 12 bits);
+  NRRD and MetaImage (``.mha``/``.mhd``) keep their values (e.g. CT in Hounsfield units).
+* :class:`~monai_softcam.data.readers.DicomSeriesReader`: a folder holding one DICOM series (CT/MR), stacked by
+  position with SimpleITK/GDCM; values rescaled (CT in Hounsfield units).
 * :class:`~monai_softcam.data.dicom.DicomReader` (:mod:`monai_softcam.data.dicom`): single DICOM files.
 
-NIfTI stays with MONAI's ``NibabelReader``. :func:`default_readers`, :func:`reader_for` and
-:func:`probe_image` choose among them by name and content; the formats and their file-name endings
-are :mod:`monai_softcam.data.formats`.
-"""
+NIfTI stays with MONAI's ``NibabelReader``. :func:`~monai_softcam.data.readers.default_readers`,
+:func:`~monai_softcam.data.readers.reader_for` and :func:`~monai_softcam.data.readers.probe_image` choose among
+them by name and content; the formats and their file-name endings are :mod:`monai_softcam.data.formats`."""
 
 from __future__ import annotations
 
@@ -139,9 +138,9 @@ class DicomSeriesReader(SimpleITKReader):
 
 
 def default_readers(spatial_dims: int = 2, frame: int | None = None, window: bool = False) -> list[ImageReader]:
-    """The readers the preprocessing puts before MONAI's defaults (NIfTI and anything else);
-    ``frame``: the frame 2D configs take from multi-frame DICOM files, ``window``: DICOM files map
-    to [0, 1] through their VOI LUT/window (:class:`DicomReader`)."""
+    """The readers the preprocessing puts before MONAI's defaults (NIfTI and anything else); ``frame``: the frame
+    2D configs take from multi-frame DICOM files, ``window``: DICOM files map to [0, 1] through their VOI
+    LUT/window (:class:`~monai_softcam.data.dicom.DicomReader`)."""
     dicom = DicomReader(spatial_dims=spatial_dims, frame=frame, window=window)
     return [DicomSeriesReader(spatial_dims=spatial_dims), dicom, SimpleITKReader()]
 

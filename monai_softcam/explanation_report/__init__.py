@@ -3,7 +3,8 @@ explanation methods on one split, with confidence intervals, curves, a sanity ch
 and an ``index.html`` that shows them together.
 
 Run through the bundle (``python -m monai.bundle run explain_eval --config_file
-"['bundle/configs/train.yaml','bundle/configs/explain.yaml']"``) or call :func:`explanation_report`.
+"['bundle/configs/train.yaml','bundle/configs/explain.yaml']"``) or call
+:func:`~monai_softcam.explanation_report.report.explanation_report`.
 
 Written to ``output_dir``:
 
@@ -50,18 +51,18 @@ Pooled metrics (:data:`~monai_softcam.metrics.explanation.WEIGHTS`) are summaris
 ratio with an image-resampling bootstrap, and are left out of the paired tests (a per-image
 difference of pooled ratios is not what they measure).
 
-The per-image values are those of :func:`monai_softcam.metrics.explanation.explanation_values`
-(the same function, names and settings as the bundle's evaluation), plus ``deletion_auc`` and
-``insertion_auc``. :func:`explanation_report` runs three steps, each usable on its own:
-:func:`collect` (one pass over the data: probabilities, per-image values, curves, gallery cases,
-the sanity check), :func:`aggregate` (the report dict: classification metrics, means with
-confidence intervals, mean curves) and :func:`write` (the files).
-"""
+The per-image values are those of :func:`monai_softcam.metrics.explanation.explanation_values` (the same
+function, names and settings as the bundle's evaluation), plus ``deletion_auc`` and ``insertion_auc``.
+:func:`~monai_softcam.explanation_report.report.explanation_report` runs three steps, each usable on its own:
+:func:`~monai_softcam.explanation_report.collection.collect` (one pass over the data: probabilities, per-image
+values, curves, gallery cases, the sanity check),
+:func:`~monai_softcam.explanation_report.aggregation.aggregate` (the report dict: classification metrics, means
+with confidence intervals, mean curves) and :func:`~monai_softcam.explanation_report.files.write` (the files)."""
 
-from .aggregate import Aggregated, aggregate
-from .collect import ALL_METHODS, Collected, collect, method_thresholds
+from .aggregation import Aggregated, aggregate
+from .collection import ALL_METHODS, Collected, collect, method_thresholds
+from .files import markdown_table, paired_table, write
 from .report import explanation_report
-from .write import markdown_table, paired_table, write
 
 __all__ = [
     "ALL_METHODS",

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 import torch
 
 from ..metrics.explanation import ExplanationSettings
-from .aggregate import aggregate
-from .collect import collect, method_thresholds
-from .write import _summary_text, write
+from .aggregation import aggregate
+from .collection import collect, method_thresholds
+from .files import _summary_text, write
 
 logger = logging.getLogger("monai_softcam")
 

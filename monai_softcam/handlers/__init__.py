@@ -1,5 +1,5 @@
-"""Ignite handlers of the SoftCAM workflows: training (:mod:`.training`) and what a run writes
-(:mod:`.outputs`). Each handler has one ``attach(engine)`` and does one thing."""
+"""Ignite handlers of the SoftCAM workflows: training (:mod:`~monai_softcam.handlers.training`) and what a run
+writes (:mod:`~monai_softcam.handlers.outputs`). Each handler has one ``attach(engine)`` and does one thing."""
 
 from .outputs import EvidenceGallery, MetricsReport, PredictionsWriter, RegionsWriter, WaitForWriter
 from .training import (

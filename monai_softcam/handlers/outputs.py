@@ -274,9 +274,9 @@ def _cell(value: Any) -> Any:
 
 
 class RegionsWriter(_CollectThenWrite):
-    """Collect the region rows of every case (:class:`~monai_softcam.transforms.RegionEvidenced`,
-    under ``key``) and write them as one CSV when the run completes (atomically); nothing is written
-    when no case has rows.
+    """Collect the region rows of every case (:class:`~monai_softcam.transforms.evidence.RegionEvidenced`, under
+    ``key``) and write them as one CSV when the run completes (atomically); nothing is written when no case has
+    rows.
 
     Columns (:data:`COLUMNS`): ``image``, ``region``, ``label`` (empty for ``beyond_input``),
     ``class``, ``evidence_sum``, ``share_of_logit`` (for each image and class these add up over the

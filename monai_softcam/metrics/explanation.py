@@ -1,24 +1,25 @@
 """The explanation metrics as one set: their names and directions, their settings, the values of
 one batch, and the Ignite metric of the bundle's evaluation.
 
-* :data:`HIGHER_IS_BETTER`, :data:`PROTOCOLS`, :data:`WEIGHTS`, :data:`DESCRIPTIVE`: every reported
-  metric, its direction, its protocol, how it is summarised;
-* :class:`ExplanationSettings`: the one vocabulary of settings (patch, stride, top-k, tolerance,
-  dilation, threshold, protocol, deletion), scaled to an image size by
+* :data:`~monai_softcam.metrics.explanation.HIGHER_IS_BETTER`,
+  :data:`~monai_softcam.metrics.explanation.PROTOCOLS`, :data:`~monai_softcam.metrics.explanation.WEIGHTS`,
+  :data:`~monai_softcam.metrics.explanation.DESCRIPTIVE`: every reported metric, its direction, its protocol,
+  how it is summarised;
+* :class:`~monai_softcam.metrics.explanation.ExplanationSettings`: the one vocabulary of settings (patch,
+  stride, top-k, tolerance, dilation, threshold, protocol, deletion), scaled to an image size by
   :meth:`ExplanationSettings.for_image_size`;
-* :func:`explanation_values`: every map-only metric of one batch, one ``[B]`` tensor per name; the
-  bundle's :class:`ExplanationMetrics` and the explanation report both use it, so a metric has one
-  name and one value wherever it is reported.
+* :func:`~monai_softcam.metrics.explanation.explanation_values`: every map-only metric of one batch, one ``[B]``
+  tensor per name; the bundle's :class:`~monai_softcam.metrics.explanation.ExplanationMetrics` and the
+  explanation report both use it, so a metric has one name and one value wherever it is reported.
 
 The metric families live in their own modules: this project's protocol
-(:mod:`~monai_softcam.metrics.localisation`: maps brought to the mask grid bi/trilinearly, masks as
-annotated, top-k patches ranked by their mean), the paper's (:mod:`~monai_softcam.metrics.paper`),
-deletion and insertion (:mod:`~monai_softcam.metrics.faithfulness`), confidence intervals and
-paired tests (:mod:`~monai_softcam.metrics.statistics`) and the randomisation sanity check
-(:mod:`~monai_softcam.metrics.sanity`). Pooled metrics (``paper_topk_precision``,
-``paper_topk_precision_tp``) are per-image ratios whose summary is weighted by :data:`WEIGHTS` (the
-pooled ratio).
-"""
+(:mod:`~monai_softcam.metrics.localisation`: maps brought to the mask grid bi/trilinearly, masks as annotated,
+top-k patches ranked by their mean), the paper's (:mod:`~monai_softcam.metrics.paper`), deletion and insertion
+(:mod:`~monai_softcam.metrics.faithfulness`), confidence intervals and paired tests
+(:mod:`~monai_softcam.metrics.statistics`) and the randomisation sanity check
+(:mod:`~monai_softcam.metrics.sanity`). Pooled metrics (``paper_topk_precision``, ``paper_topk_precision_tp``)
+are per-image ratios whose summary is weighted by :data:`~monai_softcam.metrics.explanation.WEIGHTS` (the pooled
+ratio)."""
 
 from __future__ import annotations
 
@@ -123,9 +124,9 @@ LEGACY_NAMES = {"patch_size": "patch", "topk_patch": "patch", "deletion_patch": 
 
 @dataclass(frozen=True)
 class ExplanationSettings:
-    """The settings of the explanation metrics, one name per concept: the one vocabulary of the
-    bundle's metric (:class:`ExplanationMetrics`, the bundle's ``explanation`` section) and of the
-    explanation report (:func:`~monai_softcam.explanation_report.explanation_report`).
+    """The settings of the explanation metrics, one name per concept: the one vocabulary of the bundle's metric
+    (:class:`ExplanationMetrics`, the bundle's ``explanation`` section) and of the explanation report
+    (:func:`~monai_softcam.explanation_report.report.explanation_report`).
 
     Args:
         explained_class: the class whose maps are assessed (with two classes the positive one, 1);

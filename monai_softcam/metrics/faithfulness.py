@@ -1,6 +1,7 @@
-"""Faithfulness of a map to the model: deletion and insertion curves (:func:`deletion_curve`, in this
-project's form and the paper's: tiles ranked by their max, scored by accuracy) and their area
-(:func:`curve_auc`). Maps are ``[B, *spatial]`` on the images' grid."""
+"""Faithfulness of a map to the model: deletion and insertion curves
+(:func:`~monai_softcam.metrics.faithfulness.deletion_curve`, in this project's form and the paper's: tiles
+ranked by their max, scored by accuracy) and their area (:func:`~monai_softcam.metrics.faithfulness.curve_auc`).
+Maps are ``[B, *spatial]`` on the images' grid."""
 
 from __future__ import annotations
 

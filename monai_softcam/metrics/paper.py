@@ -1,12 +1,14 @@
 """The paper's explanation protocol (``protocol: paper``), after the SoftCAM reference's evaluation code
 (its notebooks' ``tools`` module), each docstring giving the formula:
 
-* :func:`paper_upsample`: cubic upsampling through the reference's point grid (16 -> 60 -> 512);
-* :func:`paper_activation_precision`: activation precision on those maps and dilated masks;
-* :func:`paper_topk_counts`: top-k from the point values of the map on the point grid, only values
-  above a threshold, counts pooled over patches (and the true-positive-only variant);
-* :func:`dilate_masks` with :func:`paper_dilation`: the reference's 9 x 9 dilation at 512 px;
-* :func:`paper_values`: all of them for one batch.
+* :func:`~monai_softcam.metrics.paper.paper_upsample`: cubic upsampling through the reference's point grid (16
+  -> 60 -> 512);
+* :func:`~monai_softcam.metrics.paper.paper_activation_precision`: activation precision on those maps and dilated masks;
+* :func:`~monai_softcam.metrics.paper.paper_topk_counts`: top-k from the point values of the map on the point
+  grid, only values above a threshold, counts pooled over patches (and the true-positive-only variant);
+* :func:`~monai_softcam.metrics.paper.dilate_masks` with :func:`~monai_softcam.metrics.paper.paper_dilation`:
+  the reference's 9 x 9 dilation at 512 px;
+* :func:`~monai_softcam.metrics.paper.paper_values`: all of them for one batch.
 
 The paper's deletion is :func:`~monai_softcam.metrics.faithfulness.deletion_curve` with ``rank="max",
 score="correct"``. Conventions as :mod:`monai_softcam.metrics.localisation`."""

@@ -1,6 +1,7 @@
 """Summaries of per-image metric values: means with seeded percentile-bootstrap confidence intervals
-(:func:`summarize`, :func:`bootstrap_ci`; weighted for pooled ratios) and the paired comparison of two
-methods on the same images (:func:`paired_difference`: bootstrap CI and a sign-flip permutation test).
+(:func:`~monai_softcam.metrics.statistics.summarize`, :func:`~monai_softcam.metrics.statistics.bootstrap_ci`;
+weighted for pooled ratios) and the paired comparison of two methods on the same images
+(:func:`~monai_softcam.metrics.statistics.paired_difference`: bootstrap CI and a sign-flip permutation test).
 Non-finite values (an empty mask's NaN) are left out and counted."""
 
 from __future__ import annotations

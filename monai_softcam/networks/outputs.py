@@ -1,13 +1,14 @@
 """What a SoftCAM network returns, and how its evidence maps reach the input grid.
 
-A SoftCAM model with ``return_maps=True`` returns ``{LOGITS: [B, C], EVIDENCE_MAPS: [B, C, *grid]}``,
-with ``maps_only=True`` the maps alone (one tensor whose spatial mean is the logits: the bundle's
-``network_def``, what the Model Zoo's checks and a TorchScript export see), which
-:class:`EvidenceOutputs` turns back into the dict; a black box returns logits. :func:`split_output`
-reads either; :func:`upsample_maps` (a batch) and :func:`upsample_map` (one case) bring maps from the network's
-grid to an image grid (the one interpolation every consumer uses);
-:func:`probabilities` turns logits into class probabilities (the one rule every consumer uses).
-"""
+A SoftCAM model with ``return_maps=True`` returns ``{LOGITS: [B, C], EVIDENCE_MAPS: [B, C, *grid]}``, with
+``maps_only=True`` the maps alone (one tensor whose spatial mean is the logits: the bundle's ``network_def``,
+what the Model Zoo's checks and a TorchScript export see), which
+:class:`~monai_softcam.networks.outputs.EvidenceOutputs` turns back into the dict; a black box returns logits.
+:func:`~monai_softcam.networks.outputs.split_output` reads either;
+:func:`~monai_softcam.networks.outputs.upsample_maps` (a batch) and
+:func:`~monai_softcam.networks.outputs.upsample_map` (one case) bring maps from the network's grid to an image
+grid (the one interpolation every consumer uses); :func:`~monai_softcam.networks.outputs.probabilities` turns
+logits into class probabilities (the one rule every consumer uses)."""
 
 from __future__ import annotations
 

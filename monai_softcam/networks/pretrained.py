@@ -22,9 +22,8 @@ Two adaptations are made, and reported:
   ``c0 / c``, so an image replicated to all channels gives the original response (``c = 1``: the
   channel sum).
 
-Any other key or shape mismatch raises :class:`PretrainedWeightsError`, listing the keys in the
-report of :class:`monai_softcam.checkpoint.StateMismatch`.
-"""
+Any other key or shape mismatch raises :class:`~monai_softcam.networks.pretrained.PretrainedWeightsError`,
+listing the keys in the report of :class:`monai_softcam.checkpoint.StateMismatch`."""
 
 from __future__ import annotations
 

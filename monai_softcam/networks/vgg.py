@@ -5,12 +5,11 @@ The convolutional part follows Simonyan & Zisserman (2015), configurations A, B,
 widely used torchvision ``features`` module, so a torchvision ImageNet ``state_dict`` maps onto
 it key for key (see :mod:`monai_softcam.networks.pretrained`).
 
-The fully connected FC6/FC7 layers are replaced, as in the SoftCAM paper, by two 1x1
-convolutions (:func:`vgg_fc_block`) so that the network stays fully convolutional and keeps a
+The fully connected FC6/FC7 layers are replaced, as in the SoftCAM paper, by two 1x1 convolutions
+(:func:`~monai_softcam.networks.vgg.vgg_fc_block`) so that the network stays fully convolutional and keeps a
 spatial grid up to the class-evidence layer. The black-box baseline keeps the classic head instead
-(:func:`vgg_classifier`: FC6/FC7 as fully connected layers on a 7x7 adaptive average pool, as
-torchvision's VGG and the paper's reference code).
-"""
+(:func:`~monai_softcam.networks.vgg.vgg_classifier`: FC6/FC7 as fully connected layers on a 7x7 adaptive average
+pool, as torchvision's VGG and the paper's reference code)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""MONAI transforms for SoftCAM, shaped as MONAI's: input preparation (:mod:`.input`), intensity
-(:mod:`.intensity`), geometry (:mod:`.spatial`), the evidence-map outputs (:mod:`.evidence`), the
-overlay picture (:mod:`.overlay`) and the two recipes the bundle composes (:mod:`.pipelines`)."""
+"""MONAI transforms for SoftCAM, shaped as MONAI's: input preparation (:mod:`~monai_softcam.transforms.input`),
+intensity (:mod:`~monai_softcam.transforms.intensity`), geometry (:mod:`~monai_softcam.transforms.spatial`), the
+evidence-map outputs (:mod:`~monai_softcam.transforms.evidence`), the overlay picture
+(:mod:`~monai_softcam.transforms.overlay`) and the two recipes the bundle composes
+(:mod:`~monai_softcam.transforms.pipelines`)."""
 
 from .evidence import MAP_GRID_EXTENSION, EvidenceGridd, RegionEvidenced, ResampleEvidenced, SaveEvidenceMapsd
 from .input import AdaptChannelsd, BoxesToMaskd, ReadImaged, load_input

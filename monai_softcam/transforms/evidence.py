@@ -40,13 +40,12 @@ class _WithReference(MapTransform):
 class EvidenceGridd(_WithReference):
     """Place evidence maps ``[C, *grid]`` on the physical grid of ``ref_key`` (the preprocessed image).
 
-    The maps keep their own resolution (12 x 12 for a 384-px ResNet input): the result is a
-    MetaTensor with the reference's metadata and the affine of :func:`map_grid_affine`, i.e. each
-    cell where :func:`~monai_softcam.networks.outputs.upsample_map` puts it on the network's input.
-    The reference's affine already undoes the resize or crop (:class:`FitToSized` composes it), so
-    the map lands on the input in world coordinates, and a viewer interpolates it in place. Values
-    are never rescaled: the maps stay signed, in logit units, and their mean is the logit.
-    """
+    The maps keep their own resolution (12 x 12 for a 384-px ResNet input): the result is a MetaTensor with the
+    reference's metadata and the affine of :func:`~monai_softcam.transforms.spatial.map_grid_affine`, i.e. each
+    cell where :func:`~monai_softcam.networks.outputs.upsample_map` puts it on the network's input. The
+    reference's affine already undoes the resize or crop (:class:`~monai_softcam.transforms.spatial.FitToSized`
+    composes it), so the map lands on the input in world coordinates, and a viewer interpolates it in place.
+    Values are never rescaled: the maps stay signed, in logit units, and their mean is the logit."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -63,9 +62,9 @@ class EvidenceGridd(_WithReference):
 
 
 class ResampleEvidenced(_WithReference):
-    """Evidence maps placed by :class:`EvidenceGridd`, sampled on the voxels of ``ref_key`` (the
-    input image brought back to its own grid by ``Invertd``): the full-resolution maps, for tools
-    that need one value per input voxel (:func:`resample_maps`). With ``enabled`` false (a yes/no
+    """Evidence maps placed by :class:`EvidenceGridd`, sampled on the voxels of ``ref_key`` (the input image
+    brought back to its own grid by ``Invertd``): the full-resolution maps, for tools that need one value per
+    input voxel (:func:`~monai_softcam.transforms.spatial.resample_maps`). With ``enabled`` false (a yes/no
     value: the bundle's ``full_resolution_maps``) the maps stay compact."""
 
     def __init__(self, keys: KeysCollection, ref_key: str = "image", enabled: Any = True) -> None:
@@ -160,8 +159,8 @@ class SaveEvidenceMapsd(MapTransform):
 
 
 class _LabelReader(SimpleITKReader):
-    """:class:`SimpleITKReader` keeping the stored values of every format (PNG labels stay 0, 1, 2, ...,
-    not intensities in [0, 1]); one value per voxel."""
+    """:class:`~monai_softcam.data.readers.SimpleITKReader` keeping the stored values of every format (PNG labels
+    stay 0, 1, 2, ..., not intensities in [0, 1]); one value per voxel."""
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         import SimpleITK  # heavy: SimpleITK, loaded when a label map needs it
@@ -185,9 +184,9 @@ class RegionEvidenced(MapTransform):
     of them each region covers, so that the shares add up to each logit exactly) and are stored
     under ``output_key`` as a list of dicts, each with the input's path under ``image``.
 
-    Placed after ``Invertd`` (``image_key`` on the input's own grid) and before any resampling of the
-    maps (``keys``: the maps placed by :class:`EvidenceGridd`, whose affine and the image's give the
-    map-to-voxel matrix, :func:`map_to_input_index`).
+    Placed after ``Invertd`` (``image_key`` on the input's own grid) and before any resampling of the maps
+    (``keys``: the maps placed by :class:`EvidenceGridd`, whose affine and the image's give the map-to-voxel
+    matrix, :func:`~monai_softcam.transforms.spatial.map_to_input_index`).
 
     Args:
         keys: the evidence-map key (``[C, *grid]`` MetaTensor).

@@ -1,5 +1,5 @@
-"""Input preparation: each file read by the reader its format needs (failures naming the file),
-channels adapted to the task, boxes drawn as masks; :func:`load_input` chains them with the resize."""
+"""Input preparation: each file read by the reader its format needs (failures naming the file), channels adapted to
+the task, boxes drawn as masks; :func:`~monai_softcam.transforms.input.load_input` chains them with the resize."""
 
 from __future__ import annotations
 
@@ -134,14 +134,13 @@ def load_input(
 ) -> Compose:
     """Load an image (and its mask or boxes) and bring it to the network's grid; no normalisation.
 
-    Read (DICOM, PNG/JPEG/TIFF 8/16-bit, NRRD, NIfTI, ...; photographs and projection X-rays come in
-    [0, 1], see :mod:`monai_softcam.data.readers`) -> channels first -> boxes to mask
-    (:class:`BoxesToMaskd`) -> resize: ``"stretch"`` to ``image_size`` exactly, or ``"crop"``
-    (as the paper: scale so that the shortest side fits, then a centred crop of ``image_size``), see
-    :class:`FitToSized`, or ``"none"`` (the input's own size, for sliding-window inference). The
-    image is interpolated (bi/trilinear), the mask nearest. The
-    image keeps its own channels here (a cache holds a grey image once, not three times);
-    :func:`normalize_input` adapts them.
+    Read (DICOM, PNG/JPEG/TIFF 8/16-bit, NRRD, NIfTI, ...; photographs and projection X-rays come in [0, 1], see
+    :mod:`monai_softcam.data.readers`) -> channels first -> boxes to mask (:class:`BoxesToMaskd`) -> resize:
+    ``"stretch"`` to ``image_size`` exactly, or ``"crop"`` (as the paper: scale so that the shortest side fits,
+    then a centred crop of ``image_size``), see :class:`~monai_softcam.transforms.spatial.FitToSized`, or
+    ``"none"`` (the input's own size, for sliding-window inference). The image is interpolated (bi/trilinear),
+    the mask nearest. The image keeps its own channels here (a cache holds a grey image once, not three times);
+    :func:`~monai_softcam.transforms.intensity.normalize_input` adapts them.
 
     ``image_size`` has one entry per spatial axis (so it also fixes 2D vs 3D). Every spatial step
     is invertible, so evidence maps can be brought back to the input's own grid with ``Invertd``.

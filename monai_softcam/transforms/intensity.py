@@ -1,4 +1,5 @@
-"""Intensities: the task's normalisation (:func:`normalize_input`) and the colour augmentation of training."""
+"""Intensities: the task's normalisation (:func:`~monai_softcam.transforms.intensity.normalize_input`) and the
+colour augmentation of training."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ def normalize_input(
     image_key: str = "image",
     allow_rgb_to_grey: bool = False,
 ) -> Compose:
-    """Channel adaptation (:class:`AdaptChannelsd`: e.g. grey replicated to 3 channels, as the
-    paper) then per-channel ``(x - mean) / std`` (one value serves every channel)."""
+    """Channel adaptation (:class:`~monai_softcam.transforms.input.AdaptChannelsd`: e.g. grey replicated to 3
+    channels, as the paper) then per-channel ``(x - mean) / std`` (one value serves every channel)."""
     mean_t = [float(m) for m in (mean if isinstance(mean, Sequence) else [mean])]
     std_t = [float(s) for s in (std if isinstance(std, Sequence) else [std])]
     if any(s <= 0 for s in std_t):

@@ -60,9 +60,9 @@ class SaveOverlayd(MapTransform):
     beside every class's map on it, with the class probabilities (``pred_key``), into the case's
     folder that :class:`~monai_softcam.transforms.evidence.SaveEvidenceMapsd` made (``<key>_dir``).
 
-    With a ``writer``, the picture is drawn and encoded in its thread, off the inference loop; the
-    run waits for it before it ends (:class:`~monai_softcam.handlers.WaitForWriter`) and a failure
-    names the file. Without one, it is written at once. Files are written whole or not at all.
+    With a ``writer``, the picture is drawn and encoded in its thread, off the inference loop; the run waits for
+    it before it ends (:class:`~monai_softcam.handlers.outputs.WaitForWriter`) and a failure names the file.
+    Without one, it is written at once. Files are written whole or not at all.
 
     Args:
         keys: the evidence-map key (``[C, *grid]`` MetaTensor with its affine), after ``SaveEvidenceMapsd``.

@@ -35,8 +35,10 @@ def preprocessing(
     frame: int | None = None,
     window: bool = False,
 ) -> Compose:
-    """The whole deterministic preparation (evaluation, inference): :func:`load_input` then
-    :func:`normalize_input`. Training puts its augmentations between the two."""
+    """The whole deterministic preparation (evaluation, inference):
+    :func:`~monai_softcam.transforms.input.load_input` then
+    :func:`~monai_softcam.transforms.intensity.normalize_input`. Training puts its augmentations between the
+    two."""
     return Compose(
         [
             load_input(image_size, resize, frame=frame, window=window),

@@ -128,8 +128,9 @@ def map_grid_affine(image_affine: Any, image_shape: Sequence[int], map_shape: Se
 
 
 def map_to_input_index(map_affine: Any, input_affine: Any) -> np.ndarray:
-    """The matrix from map index to input voxel index: ``inv(input_affine) @ map_affine`` (float64),
-    for a map placed by :class:`EvidenceGridd` and its input brought back to its own grid by ``Invertd``."""
+    """The matrix from map index to input voxel index: ``inv(input_affine) @ map_affine`` (float64), for a map
+    placed by :class:`~monai_softcam.transforms.evidence.EvidenceGridd` and its input brought back to its own
+    grid by ``Invertd``."""
     return np.linalg.inv(np.asarray(input_affine, dtype=np.float64)) @ np.asarray(map_affine, dtype=np.float64)
 
 

@@ -1,5 +1,5 @@
-"""Step 1 of the explanation report: one pass over the data (probabilities, per-image values,
-curves, gallery cases), then the randomisation sanity check."""
+"""Step 1 of the explanation report: one pass over the data (probabilities, per-image values, curves, gallery
+cases), then the randomisation sanity check."""
 
 from __future__ import annotations
 
@@ -68,8 +68,7 @@ class Collected:
         values: per pair, the per-image values of :func:`~monai_softcam.metrics.explanation.explanation_values`.
         curves: per pair, ``"deletion"`` and ``"insertion"`` curves ``[N, points]``.
         gallery: the cases of the gallery (image, label, mask, SoftCAM's maps of every class, each pair's map).
-        sanity: the rows of the cascading randomisation check, per model and method.
-    """
+        sanity: the rows of the cascading randomisation check, per model and method."""
 
     pairs: list[Pair]
     labels: torch.Tensor
@@ -84,8 +83,8 @@ class Collected:
 
 
 def method_thresholds(settings: ExplanationSettings, given: float | dict[str, float] | None) -> dict[str, float]:
-    """The paper's top-k threshold per method: SoftCAM's is ``settings.paper_threshold``; ``given``
-    is one number for every method (SoftCAM's too) or ``{method: number}`` (0 for the methods not
+    """The paper's top-k threshold per method: SoftCAM's is ``settings.paper_threshold``; ``given`` is one number
+    for every method (SoftCAM's too) or ``{method: number}`` (0 for the methods not
     named: every patch of positive evidence counts). A method absent from the dict gets 0."""
     if given is None or isinstance(given, dict):
         given = dict(given or {})
@@ -109,9 +108,10 @@ def collect(
     seed: int = 0,
     progress: bool = True,
 ) -> Collected:
-    """Step 1: run every model and method over ``dataloader`` (arguments as :func:`explanation_report`;
-    ``thresholds``: :func:`method_thresholds`, None for its default), then the sanity check on the
-    first ``sanity_cases`` images. Every explainer is closed at the end (its hooks leave the model)."""
+    """Step 1: run every model and method over ``dataloader`` (arguments as
+    :func:`~monai_softcam.explanation_report.report.explanation_report`; ``thresholds``:
+    :func:`method_thresholds`, None for its default), then the sanity check on the first ``sanity_cases``
+    images. Every explainer is closed at the end (its hooks leave the model)."""
     thresholds = method_thresholds(settings, None) if thresholds is None else dict(thresholds)
     device = torch.device(device)
     prepared = _prepare_models(models, device)
@@ -236,8 +236,8 @@ def _collect(
 
 
 def _paper_deletion(network, images, maps, classes, diseased, settings, binary: bool) -> torch.Tensor:
-    """The paper's deletion curve of the diseased images (NaN rows for the others): tiles ranked by
-    their max, accuracy (two classes) or relative confidence (more)."""
+    """The paper's deletion curve of the diseased images (NaN rows for the others): tiles ranked by their max,
+    accuracy (two classes) or relative confidence (more)."""
     curve = torch.full((images.shape[0], int(settings.deletion_steps) + 1), float("nan"))
     rows = diseased.nonzero().flatten()
     if rows.numel():

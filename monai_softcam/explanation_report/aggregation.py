@@ -1,5 +1,5 @@
-"""Step 2 of the explanation report: classification metrics per model; per model and method, each
-metric's mean with its bootstrap CI and counts, mean curves, and the paired differences."""
+"""Step 2 of the explanation report: classification metrics per model; per model and method, each metric's mean
+with its bootstrap CI and counts, mean curves, and the paired differences."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from ..metrics.classification import classification_report
 from ..metrics.explanation import HIGHER_IS_BETTER, WEIGHTS, is_paired
 from ..metrics.faithfulness import curve_auc
 from ..metrics.statistics import paired_difference, summarize
-from .collect import CURVES, Collected, Pair
+from .collection import CURVES, Collected, Pair
 
 
 @dataclass
 class Aggregated:
-    """What :func:`aggregate` makes of a :class:`Collected`: the report dict (``report.json``),
-    the per-image values of every pair with ``deletion_auc`` and ``insertion_auc`` (``cases.csv``)
-    and the mean curves (``faithfulness.png``)."""
+    """What :func:`aggregate` makes of a :class:`~monai_softcam.explanation_report.collection.Collected`: the
+    report dict (``report.json``), the per-image values of every pair with ``deletion_auc`` and
+    ``insertion_auc`` (``cases.csv``) and the mean curves (``faithfulness.png``)."""
 
     report: dict[str, Any]
     per_case: dict[Pair, dict[str, torch.Tensor]]
@@ -28,8 +28,8 @@ class Aggregated:
 
 
 def aggregate(collected: Collected, class_names: Sequence[str], seed: int = 0) -> Aggregated:
-    """Step 2: classification metrics per model; per pair, each explanation metric's mean, bootstrap
-    CI (seeded) and counts, deletion and insertion only on the images every model classifies correctly."""
+    """Step 2: classification metrics per model; per pair, each explanation metric's mean, bootstrap CI (seeded)
+    and counts, deletion and insertion only on the images every model classifies correctly."""
     labels = collected.labels
     correct_all = torch.ones_like(labels, dtype=torch.bool)
     for p in collected.probs.values():

@@ -1,5 +1,4 @@
-"""Step 3 of the explanation report: its files (JSON, CSV, Markdown tables, figures, gallery and
-``index.html``)."""
+"""Step 3 of the explanation report: its files (JSON, CSV, Markdown tables, figures, gallery and ``index.html``)."""
 
 from __future__ import annotations
 
@@ -16,8 +15,8 @@ from ..networks.outputs import upsample_map
 from ..text import direction_arrow, table
 from ..utils import atomic_open
 from ..visualize import GalleryCase, render_gallery
-from .aggregate import Aggregated
-from .collect import CURVES, Collected
+from .aggregation import Aggregated
+from .collection import CURVES, Collected
 
 PAIRED_METRICS = ("activation_precision", "pointing_game", "topk_precision", "deletion_auc")
 
@@ -113,8 +112,8 @@ def write(output_dir: str, aggregated: Aggregated, collected: Collected, class_n
 
 
 def _gallery_cases(gallery: list[dict[str, Any]], class_names: Sequence[str]) -> list[GalleryCase]:
-    """One gallery row per case: the image, SoftCAM's maps of every class (one colour scale; the
-    first SoftCAM model's), then each post-hoc method's map (each on its own scale)."""
+    """One gallery row per case: the image, SoftCAM's maps of every class (one colour scale; the first SoftCAM
+    model's), then each post-hoc method's map (each on its own scale)."""
     cases = []
     for case in gallery:
         groups = []
