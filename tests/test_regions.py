@@ -16,8 +16,9 @@ from bundle_helpers import INFERENCE, bundle
 from conftest import REPO_ROOT, TESTS_DIR
 from PIL import Image
 
+from monai_softcam.data.datalist import pair_regions
 from monai_softcam.regions import BEYOND_INPUT, axis_overlap, cell_coverage, region_evidence, shares_by_class
-from monai_softcam.transforms import EvidenceGridd, RegionEvidenced, load_input
+from monai_softcam.transforms import EvidenceGridd, LoadLabelMapd, RegionEvidenced, load_input
 from monai_softcam.utils import ConfigError, InputError
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "slicer_extension", "SoftCAM"))
@@ -134,8 +135,10 @@ def test_crop_resize_leaves_part_of_the_input_out_of_view(tmp_path):
     d = EvidenceGridd(keys="evidence_maps", ref_key="image")({"image": x, "evidence_maps": maps})
     d["image"] = prepare.inverse({"image": d["image"]})["image"]
     assert tuple(d["image"].shape[1:]) == (20, 12)
-    regions = RegionEvidenced("evidence_maps", str(tmp_path / "case.png"), ["a", "b"], inputs=[{"image": path}])
-    rows = regions(d)["regions"]
+    (item,) = pair_regions([{"image": path}], str(tmp_path / "case.png"))
+    assert item == {"image": path, "regions": str(tmp_path / "case.png")}
+    read = LoadLabelMapd("regions")
+    rows = RegionEvidenced("evidence_maps", ["a", "b"])(read({**d, **item}))["region_rows"]
     by_region = {(r["region"], r["class"]): r for r in rows}
     assert {r["region"] for r in rows} == {"outside", "label_1", "label_2"} and all(r["image"] == path for r in rows)
     for c, name in enumerate(["a", "b"]):
@@ -153,16 +156,17 @@ def test_crop_resize_leaves_part_of_the_input_out_of_view(tmp_path):
     # bad label maps: named, with both shapes; a missing one named with its folder before anything runs
     nib.save(nib.Nifti1Image(np.zeros((20, 11), np.int16), np.eye(4)), tmp_path / "wrong.nii.gz")
     with pytest.raises(InputError, match=r"(?s)wrong.nii.gz of shape \(20, 11\).*case.nii.gz of shape \(20, 12\)"):
-        RegionEvidenced("evidence_maps", str(tmp_path / "wrong.nii.gz"), ["a", "b"])(d)
+        RegionEvidenced("evidence_maps", ["a", "b"])(read({**d, "regions": str(tmp_path / "wrong.nii.gz")}))
     folder = tmp_path / "labels"
     folder.mkdir()
     (folder / "other.nii.gz").write_bytes((tmp_path / "wrong.nii.gz").read_bytes())
     with pytest.raises(InputError, match=f"no label map for input {path} in the regions folder {folder}"):
-        RegionEvidenced("evidence_maps", str(folder), ["a", "b"], inputs=[{"image": path}])
+        pair_regions([{"image": path}], str(folder))
     with pytest.raises(ConfigError, match="one label map .* but the input has 2 images"):
-        RegionEvidenced(
-            "evidence_maps", str(tmp_path / "case.png"), ["a", "b"], inputs=[{"image": path}, {"image": "b"}]
-        )
+        pair_regions([{"image": path}, {"image": "b"}], str(tmp_path / "case.png"))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="cannot read label map .*broken.png"):
+        read({**d, "regions": str(tmp_path / "broken.png")})
 
 
 def _read(path):
@@ -297,9 +301,10 @@ def test_regions_are_off_unless_asked_for(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((20, 20), np.float32), np.eye(4)), path)
     assert parser["regions"] is None
     transforms = parser.get_parsed_content("postprocessing").transforms
-    regions = [t for t in transforms if isinstance(t, RegionEvidenced)]
+    regions = [t for t in transforms if isinstance(t, (LoadLabelMapd, RegionEvidenced))]
     case = {"image": torch.zeros(1, 20, 20), "evidence_maps": torch.zeros(2, 5, 5)}
-    assert regions and all(t.regions is None and t(case).keys() == case.keys() for t in regions)
+    assert len(regions) == 2 and all(t(case).keys() == case.keys() for t in regions)
+    assert all("regions" not in item for item in parser.get_parsed_content("datalist"))
     writers = [h for h in parser.get_parsed_content("handlers") if isinstance(h, RegionsWriter)]
     for writer in writers:
         writer._write(None)  # the run completes: no case carried region rows

@@ -23,12 +23,20 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from ..utils import InputError, as_flag, atomic_open
+from ..utils import ConfigError, InputError, MissingInputError, as_flag, atomic_open
 from .dicom import is_dicom_file
 from .formats import IMAGE_EXTENSIONS, image_stem
 from .readers import dicom_series, probe_image
 
-__all__ = ["CSVDataSpec", "DataListError", "Problem", "list_images", "read_csv_datalist", "resolve_under_root"]
+__all__ = [
+    "CSVDataSpec",
+    "DataListError",
+    "Problem",
+    "list_images",
+    "pair_regions",
+    "read_csv_datalist",
+    "resolve_under_root",
+]
 
 logger = logging.getLogger("monai_softcam")
 
@@ -422,6 +430,52 @@ def read_csv_datalist(
     return spec.datalist("train", root, num_classes=num_classes)
 
 
+def pair_regions(items: Sequence[dict[str, Any]], regions: str | None) -> list[dict[str, Any]]:
+    """Each inference input paired with its label map under ``"regions"`` (for region evidence).
+
+    ``regions`` is one label-map file (one input only) or a folder holding one label map per input,
+    named after the input's stem (``<stem>.nii.gz``, ``<stem>.nrrd``, ``<stem>.png``, ...; for a DICOM
+    series folder, the folder's name); None leaves the items as they are. Every input is paired before
+    anything runs: a missing or ambiguous label map is an :class:`~monai_softcam.utils.InputError`
+    naming the input and the folder; one file for several inputs is a :class:`~monai_softcam.utils.ConfigError`.
+    """
+    if regions is None:
+        return [dict(item) for item in items]
+    regions = os.fspath(regions)
+    if not os.path.exists(regions):
+        raise MissingInputError(f"regions: {regions} does not exist (a label-map file, or a folder of them)")
+    if os.path.isfile(regions):
+        sources = {str(item["image"]) for item in items}
+        if len(sources) > 1:
+            raise ConfigError(
+                f"regions is one label map ({regions}) but the input has {len(sources)} images: give a folder "
+                "holding one label map per input, named after each input (<stem>.nii.gz, <stem>.nrrd, <stem>.png, ...)"
+            )
+        return [{**item, "regions": regions} for item in items]
+    found: dict[str, list[str]] = {}
+    for name in sorted(os.listdir(regions)):
+        path = os.path.join(regions, name)
+        if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path):
+            found.setdefault(image_stem(name), []).append(path)
+    paired = []
+    for item in items:
+        source = str(item["image"])
+        stem = image_stem(os.path.basename(os.path.normpath(source)))
+        candidates = [p for p in found.get(stem, []) if os.path.abspath(p) != os.path.abspath(source)]
+        if not candidates:
+            raise InputError(
+                f"no label map for input {source} in the regions folder {regions} "
+                f"(expected {stem}.nii.gz, {stem}.nrrd, {stem}.png or another image format named {stem})"
+            )
+        if len(candidates) > 1:
+            raise InputError(
+                f"several label maps for input {source} in the regions folder {regions}: "
+                f"{', '.join(os.path.basename(p) for p in candidates)}; keep one"
+            )
+        paired.append({**item, "regions": candidates[0]})
+    return paired
+
+
 def list_images(
     source: str | None,
     data_root: str | None = None,
@@ -430,6 +484,7 @@ def list_images(
     skip_bad: bool = False,
     report_dir: str | None = None,
     spatial_dims: int = 3,
+    regions: str | None = None,
 ) -> list[dict[str, Any]]:
     """Data list for inference from a folder (its image files, sorted, not recursive; for a 3D
     task, a folder holding one DICOM series of several slices is that one volume; for a 2D task
@@ -451,13 +506,16 @@ def list_images(
     splits), before anything is run or written: any problem raises :class:`DataListError` listing
     them all; with ``skip_bad`` the bad inputs are left out instead and listed in
     ``<report_dir>/skipped_inference.csv``.
+
+    With ``regions`` (a label map or a folder of them), each input is paired with its label map
+    under ``"regions"`` (:func:`pair_regions`), for region evidence.
     """
     check_images, skip_bad = as_flag(check_images, "check_images"), as_flag(skip_bad, "skip_bad")
     if source is None:
         source = (spec if spec is not None else CSVDataSpec()).csv_path("test", data_root or ".")
     items = _inference_inputs(source, data_root, spec, spatial_dims)
     if not check_images:
-        return items
+        return pair_regions(items, regions)
     problems = []
     for item in tqdm(items, desc="checking inputs", unit="file", disable=None if len(items) > 2000 else True):
         message = _file_problem(item["image"], read_header=True)
@@ -465,7 +523,9 @@ def list_images(
             problems.append(Problem(f"inference input {item['image']}", message, item["image"]))
     good = [item for item in items if item["image"] not in {p.image for p in problems}]
     folder = report_dir or os.path.dirname(os.path.abspath(source))
-    return _keep_good(good, problems, skip_bad, f"the inference input {source}", folder, "inference")
+    return pair_regions(
+        _keep_good(good, problems, skip_bad, f"the inference input {source}", folder, "inference"), regions
+    )
 
 
 def _inference_inputs(

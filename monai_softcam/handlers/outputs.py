@@ -304,7 +304,7 @@ class RegionsWriter(_CollectThenWrite):
         "in_view",
     )
 
-    def __init__(self, path: str, key: str = "regions") -> None:
+    def __init__(self, path: str, key: str = "region_rows") -> None:
         self.path = path
         self.key = key
         self._items: list[dict[str, Any]] = []  # region rows of every case

@@ -4,7 +4,14 @@ evidence-map outputs (:mod:`~monai_softcam.transforms.evidence`), the overlay pi
 (:mod:`~monai_softcam.transforms.overlay`) and the two recipes the bundle composes
 (:mod:`~monai_softcam.transforms.pipelines`)."""
 
-from .evidence import MAP_GRID_EXTENSION, EvidenceGridd, RegionEvidenced, ResampleEvidenced, SaveEvidenceMapsd
+from .evidence import (
+    MAP_GRID_EXTENSION,
+    EvidenceGridd,
+    LoadLabelMapd,
+    RegionEvidenced,
+    ResampleEvidenced,
+    SaveEvidenceMapsd,
+)
 from .input import AdaptChannelsd, BoxesToMaskd, ReadImaged, load_input
 from .intensity import RandColorJitterd, normalize_input
 from .overlay import SaveOverlayd, overlay_picture
@@ -16,6 +23,7 @@ __all__ = [
     "BoxesToMaskd",
     "EvidenceGridd",
     "FitToSized",
+    "LoadLabelMapd",
     "MAP_GRID_EXTENSION",
     "RandColorJitterd",
     "ReadImaged",

@@ -16,14 +16,21 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 
-from ..data.formats import IMAGE_EXTENSIONS, image_stem
+from ..data.formats import image_stem
 from ..data.readers import SimpleITKReader, default_readers, quiet_reader_setup, reader_for
 from ..regions import region_evidence, voxel_size
-from ..utils import ConfigError, InputError, MissingInputError, as_flag, atomic_open
+from ..utils import InputError, as_flag, atomic_open
 from .input import _source
 from .spatial import map_grid_affine, map_to_input_index, resample_maps
 
-__all__ = ["EvidenceGridd", "MAP_GRID_EXTENSION", "RegionEvidenced", "ResampleEvidenced", "SaveEvidenceMapsd"]
+__all__ = [
+    "EvidenceGridd",
+    "LoadLabelMapd",
+    "MAP_GRID_EXTENSION",
+    "RegionEvidenced",
+    "ResampleEvidenced",
+    "SaveEvidenceMapsd",
+]
 
 #: key of the JSON comment (NIfTI header extension) that places a saved map on its input's voxels
 MAP_GRID_EXTENSION = "softcam_map_grid"
@@ -174,94 +181,23 @@ class _LabelReader(SimpleITKReader):
         return np.ascontiguousarray(np.transpose(stored, list(range(stored.ndim))[::-1])), meta
 
 
-class RegionEvidenced(MapTransform):
-    """Each region of a label map's exact share of every class's logit, from the compact evidence maps.
-
-    The label map lies on the input's voxel grid (as the bundle reads the input: same size and
-    voxel order; e.g. a NIfTI/NRRD with the image's geometry, or a PNG of the image's size), one
-    integer per voxel, 0 for voxels in no region (``"outside"``). Rows come from
-    :func:`~monai_softcam.regions.region_evidence` on the map grid (the cells weighted by the part
-    of them each region covers, so that the shares add up to each logit exactly) and are stored
-    under ``output_key`` as a list of dicts, each with the input's path under ``image``.
-
-    Placed after ``Invertd`` (``image_key`` on the input's own grid) and before any resampling of the maps
-    (``keys``: the maps placed by :class:`EvidenceGridd`, whose affine and the image's give the map-to-voxel
-    matrix, :func:`~monai_softcam.transforms.spatial.map_to_input_index`).
+class LoadLabelMapd(MapTransform):
+    """Read each case's label map (the path under ``keys``, paired with its input by
+    :func:`~monai_softcam.data.datalist.pair_regions`) as an integer array on the input's voxel grid,
+    with the package's readers (:func:`~monai_softcam.data.readers.default_readers`) and one that keeps
+    the stored values of every format (PNG labels stay 0, 1, 2, ..., not intensities in [0, 1]). The
+    path stays under ``<key>_path``. A case without the key passes through (no regions asked for). An
+    unreadable file is an :class:`~monai_softcam.utils.InputError` naming it.
 
     Args:
-        keys: the evidence-map key (``[C, *grid]`` MetaTensor).
-        regions: a label-map file (one input), or a folder holding one label map per input named
-            after the input's stem (``<stem>.nii.gz``, ``<stem>.nrrd``, ``<stem>.png``, ...; for a
-            DICOM series folder, the folder's name); None: no regions, the transform does nothing.
-        class_names: one name per class.
-        image_key: the input image on its own grid.
-        output_key: where the rows go.
-        label_names: label value -> region name (default: ``outside`` for 0, ``label_<L>`` for others).
-        inputs: the data list (``{"image": path}`` items): when given, every input's label map is
-            looked up here, before anything runs, so that a missing one stops the run at once.
-
-    Errors (:class:`~monai_softcam.utils.InputError`, naming the files): a label map that is
-    missing for an input, ambiguous, unreadable, not integer, or not on the input's grid.
+        keys: the key of the label map's path (``regions``).
+        image_key: the input on its own grid (its number of spatial dimensions picks the readers).
     """
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        regions: str | None,
-        class_names: Sequence[str],
-        image_key: str = "image",
-        output_key: str = "regions",
-        label_names: Mapping[int, str] | None = None,
-        inputs: Sequence[Mapping[str, Any]] | None = None,
-    ) -> None:
-        super().__init__(keys)
-        self.regions = None if regions is None else os.fspath(regions)
-        if self.regions is not None and not os.path.exists(self.regions):
-            raise MissingInputError(f"regions: {self.regions} does not exist (a label-map file, or a folder of them)")
-        self.class_names = [str(c) for c in class_names]
+    def __init__(self, keys: KeysCollection, image_key: str = "image") -> None:
+        super().__init__(keys, allow_missing_keys=True)
         self.image_key = image_key
-        self.output_key = output_key
-        self.label_names = {int(k): str(v) for k, v in (label_names or {}).items()}
-        self._folder_files: dict[str, list[str]] | None = None
-        self._sources: set[str] = set()
         self._loaders: dict[int, LoadImage] = {}
-        if inputs is not None and self.regions is not None:
-            sources = [str(item["image"]) for item in inputs]
-            if os.path.isfile(self.regions) and len(set(sources)) > 1:
-                raise ConfigError(self._one_file_message(len(set(sources))))
-            for source in sources:
-                self.label_map_for(source)
-
-    def _one_file_message(self, count: int) -> str:
-        return (
-            f"regions is one label map ({self.regions}) but the input has {count} images: give a folder holding "
-            "one label map per input, named after each input (<stem>.nii.gz, <stem>.nrrd, <stem>.png, ...)"
-        )
-
-    def label_map_for(self, source: str) -> str:
-        """The label map of the input ``source`` (a file path, or a DICOM series folder)."""
-        if os.path.isfile(self.regions):
-            return self.regions
-        if self._folder_files is None:
-            found: dict[str, list[str]] = {}
-            for name in sorted(os.listdir(self.regions)):
-                path = os.path.join(self.regions, name)
-                if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path):
-                    found.setdefault(image_stem(name), []).append(path)
-            self._folder_files = found
-        stem = image_stem(os.path.basename(os.path.normpath(source)))
-        candidates = [p for p in self._folder_files.get(stem, []) if os.path.abspath(p) != os.path.abspath(source)]
-        if not candidates:
-            raise InputError(
-                f"no label map for input {source} in the regions folder {self.regions} "
-                f"(expected {stem}.nii.gz, {stem}.nrrd, {stem}.png or another image format named {stem})"
-            )
-        if len(candidates) > 1:
-            raise InputError(
-                f"several label maps for input {source} in the regions folder {self.regions}: "
-                f"{', '.join(os.path.basename(p) for p in candidates)}; keep one"
-            )
-        return candidates[0]
 
     def _read(self, path: str, spatial_dims: int) -> np.ndarray:
         if spatial_dims not in self._loaders:
@@ -279,15 +215,71 @@ class RegionEvidenced(MapTransform):
         return array
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        if self.regions is None:
-            return dict(data)
         d = dict(data)
+        for key in self.key_iterator(d):
+            path = os.fspath(d[key])
+            d[key] = self._read(path, d[self.image_key].dim() - 1)
+            d[f"{key}_path"] = path
+        return d
+
+
+class RegionEvidenced(MapTransform):
+    """Each region of a label map's exact share of every class's logit, from the compact evidence maps.
+
+    The label map (``regions_key``, read by :class:`LoadLabelMapd`) lies on the input's voxel grid (as
+    the bundle reads the input: same size and voxel order; e.g. a NIfTI/NRRD with the image's
+    geometry, or a PNG of the image's size), one integer per voxel, 0 for voxels in no region
+    (``"outside"``). Rows come from :func:`~monai_softcam.regions.region_evidence` on the map grid
+    (the cells weighted by the part of them each region covers, so that the shares add up to each
+    logit exactly) and are stored under ``output_key`` as a list of dicts, each with the input's path
+    under ``image``. A case without a label map passes through untouched (no regions asked for).
+
+    Placed after ``Invertd`` (``image_key`` on the input's own grid) and before any resampling of the
+    maps (``keys``: the maps placed by :class:`EvidenceGridd`, whose affine and the image's give the
+    map-to-voxel matrix, :func:`~monai_softcam.transforms.spatial.map_to_input_index`).
+
+    Args:
+        keys: the evidence-map key (``[C, *grid]`` MetaTensor).
+        class_names: one name per class.
+        regions_key: the label map (an array; its path under ``<regions_key>_path``).
+        image_key: the input image on its own grid.
+        output_key: where the rows go.
+        label_names: label value -> region name (default: ``outside`` for 0, ``label_<L>`` for others).
+
+    Errors (:class:`~monai_softcam.utils.InputError`, naming the files): a label map that is not
+    integer or not on the input's grid.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        class_names: Sequence[str],
+        regions_key: str = "regions",
+        image_key: str = "image",
+        output_key: str = "region_rows",
+        label_names: Mapping[int, str] | None = None,
+    ) -> None:
+        super().__init__(keys)
+        self.class_names = [str(c) for c in class_names]
+        self.regions_key = regions_key
+        self.image_key = image_key
+        self.output_key = output_key
+        self.label_names = {int(k): str(v) for k, v in (label_names or {}).items()}
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.regions_key not in d:
+            return d
         image = d[self.image_key]
         source = _source(d, self.image_key)
-        if os.path.isfile(self.regions):
-            self._sources.add(source)
-            if len(self._sources) > 1:
-                raise ConfigError(self._one_file_message(len(self._sources)))
+        labels = np.asarray(d[self.regions_key])
+        path = d.get(f"{self.regions_key}_path", self.regions_key)
+        spatial = tuple(int(n) for n in image.shape[1:])
+        if tuple(labels.shape) != spatial:
+            raise InputError(
+                f"label map {path} of shape {tuple(labels.shape)} is not on the grid of the input {source} "
+                f"of shape {spatial}: a label map has one label per input voxel"
+            )
         rows: list[dict[str, Any]] = []
         for key in self.key_iterator(d):
             maps = d[key]
@@ -295,14 +287,6 @@ class RegionEvidenced(MapTransform):
                 raise ValueError(f"{key}: RegionEvidenced needs the maps placed by EvidenceGridd (a MetaTensor)")
             if maps.shape[0] != len(self.class_names):
                 raise ValueError(f"{len(self.class_names)} class names for {maps.shape[0]} evidence maps")
-            spatial = tuple(int(n) for n in image.shape[1:])
-            path = self.label_map_for(source)
-            labels = self._read(path, len(spatial))
-            if tuple(labels.shape) != spatial:
-                raise InputError(
-                    f"label map {path} of shape {tuple(labels.shape)} is not on the grid of the input {source} "
-                    f"of shape {spatial}: a label map has one label per input voxel"
-                )
             image_affine = image.affine if isinstance(image, MetaTensor) else torch.eye(4, dtype=torch.float64)
             to_input = map_to_input_index(maps.affine, image_affine)
             arr = torch.as_tensor(maps).detach().cpu().double().numpy()
