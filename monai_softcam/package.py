@@ -50,6 +50,7 @@ import urllib.parse
 from typing import Any, Mapping, Sequence
 
 import torch
+import yaml
 from monai.bundle import ConfigParser
 
 from . import __version__
@@ -88,7 +89,7 @@ DESCRIPTIVE_KEYS = (
     "references",
 )
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-_IDENTIFIER = re.compile(r"\bmonai_softcam\b(?![\[\]'-])")  # the package as code (not `pip install 'monai_softcam[x]'`)
+PACKAGE = "monai_softcam"  # the package as the configs name it; the packaged copy is `scripts`
 
 
 class PackagingError(ConfigError):
@@ -254,23 +255,84 @@ def trained_on_demo_data(task: Task, own_configs: str) -> bool:
     return True
 
 
-def _as_code(text: str) -> str:
-    """A bundle config with ``scripts`` (the packaged copy) where it names the package, and paths
-    relative to the bundle folder (``configs/``, not ``bundle/configs/``)."""
-    text = _IDENTIFIER.sub("scripts", text)
+def _yaml_nodes(text: str, source: str) -> tuple[dict[str, Any], list[tuple[list[Any], Any]]]:
+    """A YAML text parsed (not pattern-matched) into its top-level value nodes by key and ``(key
+    path, node)`` of every scalar value below them, with the nodes' character spans
+    (``start_mark.index``, ``end_mark.index``)."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as err:
+        raise PackagingError(f"{source}: not valid YAML: {err}") from err
+    scalars: list[tuple[list[Any], Any]] = []
+
+    def walk(node: Any, path: list[Any]) -> None:
+        if isinstance(node, yaml.ScalarNode):
+            scalars.append((path, node))
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                walk(value, [*path, key.value])
+        elif isinstance(node, yaml.SequenceNode):
+            for i, value in enumerate(node.value):
+                walk(value, [*path, i])
+
+    if root is None:
+        return {}, []
+    walk(root, [])
+    top = {key.value: value for key, value in root.value} if isinstance(root, yaml.MappingNode) else {}
+    return top, scalars
+
+
+def _as_scripts(value: str) -> str:
+    """A config value with the package named ``scripts`` (the packaged copy) wherever the value names
+    it as an identifier (``monai_softcam.x`` in a ``_target_`` or a ``$`` expression, ``import
+    monai_softcam``), not as a word of a longer name or a pip requirement (``monai_softcam[onnx]``)."""
+    out, i = [], 0
+    while (j := value.find(PACKAGE, i)) >= 0:
+        end = j + len(PACKAGE)
+        before, after = value[j - 1 : j], value[end : end + 1]
+        named = not (before.isalnum() or before == "_") and not (after and (after.isalnum() or after in "_[]'-"))
+        out.append(value[i:j] + ("scripts" if named else PACKAGE))
+        i = end
+    return "".join(out) + value[i:]
+
+
+def _scalar(value: str, style: str | None) -> str:
+    """A string as a YAML scalar in the ``style`` of the one it replaces: plain (the package's name
+    replaced by another identifier keeps a plain scalar plain), single- or double-quoted."""
+    if style == "'":
+        return "'" + value.replace("'", "''") + "'"
+    if style == '"':
+        return json.dumps(value)
+    return value
+
+
+def _packaged_config(text: str, source: str, task: Task | None = None) -> str:
+    """A bundle config as the packaged bundle holds it: every value naming the package names
+    ``scripts`` (:func:`_as_scripts`), paths relative to the bundle folder (``configs/``, not
+    ``bundle/configs/``), and with ``task`` (``train.yaml``) its top-level task keys set to the saved
+    task's values. Values are found by parsing the YAML and replaced in place, so comments and layout stay."""
+    if not source.endswith((".yaml", ".yml")):  # logging.conf: no values to rewrite
+        return text
+    top, scalars = _yaml_nodes(text, source)
+    edits: list[tuple[int, int, str]] = []
+    if task is not None:
+        missing = [key for key in TASK_KEYS if key not in top]
+        if missing:
+            raise PackagingError(f"{source}: expected the top-level task key(s) {missing}")
+        for key in TASK_KEYS:
+            start, end = top[key].start_mark.index, top[key].end_mark.index
+            end = start + len(text[start:end].rstrip())  # a block value ends at the next line: keep the newline
+            edits.append((start, end, json.dumps(getattr(task, key))))
+    for path, node in scalars:
+        if task is not None and path[0] in TASK_KEYS:
+            continue
+        if isinstance(node.value, str) and PACKAGE in node.value:
+            new = _as_scripts(node.value)
+            if new != node.value:
+                edits.append((node.start_mark.index, node.end_mark.index, _scalar(new, node.style)))
+    for start, end, new in sorted(edits, reverse=True):
+        text = text[:start] + new + text[end:]
     return text.replace("bundle/configs/", "configs/").replace("bundle/models/", "models/")
-
-
-def _set_task_keys(text: str, task: Task, source: str) -> str:
-    """``train.yaml``'s top-level task keys set to the saved task's values (their comments kept)."""
-    for key in TASK_KEYS:
-        pattern = re.compile(rf"^{key}:[^\n#]*?(\s*#[^\n]*)?$", re.M)
-        found = pattern.findall(text)
-        if len(found) != 1:
-            raise PackagingError(f"{source}: expected one top-level line '{key}: ...', found {len(found)}")
-        value = json.dumps(getattr(task, key))
-        text = pattern.sub(lambda m, v=value: f"{key}: {v}{m.group(1) or ''}", text)
-    return text
 
 
 def _metadata(
@@ -574,9 +636,9 @@ def package_bundle(
         os.makedirs(os.path.join(work, "configs"))
         for config in CONFIG_FILES:
             with open(os.path.join(configs, config), encoding="utf-8") as f:
-                text = _as_code(f.read())
-            if config == "train.yaml":
-                text = _set_task_keys(text, task, os.path.join(configs, config))
+                text = _packaged_config(
+                    f.read(), os.path.join(configs, config), task if config == "train.yaml" else None
+                )
             with open(os.path.join(work, "configs", config), "w", encoding="utf-8") as f:
                 f.write(text)
         with open(os.path.join(work, "configs", "metadata.json"), "w", encoding="utf-8") as f:
