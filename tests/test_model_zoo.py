@@ -724,3 +724,31 @@ def test_the_zoo_unit_test_template_is_a_python_file_that_imports_and_fills_in(t
     assert f'BUNDLE_NAME = "{NAME}"' in text and 'QUICK_TASK: dict = {"image_size": [64, 64]}' in text
     assert "class TestLesionSyntheticSoftcamClassification(unittest.TestCase):" in text and "bundle_name" not in text
     assert "QUICK_TASK: dict = {}" in zoo_unit_test(NAME, Task(["a", "b"], 2, 1, [32, 32]))
+
+
+def test_packaged_configs_are_edited_by_parsing_them():
+    """package-bundle sets train.yaml's task keys and names the package `scripts` where a value names
+    it, found by parsing the YAML: comments, quoting and layout stay; other words are left alone."""
+    from monai_softcam.package import PackagingError, _packaged_config
+    from monai_softcam.task import TASK_KEYS, Task
+
+    task = Task(["no", "yes"], 2, 1, [64, 64])
+    keys = "".join(f"{k}: {'[1, 2]' if k == 'class_names' else 'null'}  # keep me\n" for k in TASK_KEYS)
+    text = (
+        "imports:\n  - $import monai_softcam\n"
+        + keys
+        + "net:\n  _target_: monai_softcam.task.build_network   # monai_softcam.task: kept\n"
+        + "expr: '$monai_softcam.bundle.start(seed=@seed)'\n"
+        + 'hint: "pip install monai_softcam[onnx]; my_monai_softcam_x"\n'
+        + "files: bundle/configs/train.yaml\n"
+    )
+    out = _packaged_config(text, "train.yaml", task)
+    parsed = yaml.safe_load(out)
+    assert parsed["imports"] == ["$import scripts"] and parsed["net"]["_target_"] == "scripts.task.build_network"
+    assert parsed["expr"] == "$scripts.bundle.start(seed=@seed)" and "expr: '$scripts" in out
+    assert parsed["hint"] == "pip install monai_softcam[onnx]; my_monai_softcam_x"
+    assert parsed["files"] == "configs/train.yaml"
+    assert {k: parsed[k] for k in TASK_KEYS} == {k: getattr(task, k) for k in TASK_KEYS}
+    assert out.count("# keep me") == len(TASK_KEYS) and "# monai_softcam.task: kept" in out
+    with pytest.raises(PackagingError, match=r"train.yaml: expected the top-level task key\(s\) \['class_names'\]"):
+        _packaged_config(text.replace("class_names:", "classnames:"), "train.yaml", task)
