@@ -298,10 +298,11 @@ def _as_scripts(value: str) -> str:
 
 def _scalar(value: str, style: str | None) -> str:
     """A string as a YAML scalar in the ``style`` of the one it replaces: plain (the package's name
-    replaced by another identifier keeps a plain scalar plain), single- or double-quoted."""
+    replaced by another identifier keeps a plain scalar plain), single- or double-quoted (a block
+    scalar, double-quoted)."""
     if style == "'":
         return "'" + value.replace("'", "''") + "'"
-    if style == '"':
+    if style in ('"', "|", ">"):  # a block scalar becomes a double-quoted one: the same value on one line
         return json.dumps(value)
     return value
 
