@@ -173,18 +173,8 @@ def _collect(
                 batch_maps[pair] = maps.cpu()
                 per_image = explanation_values(maps, masks, labels == classes, default_protocol)
                 if masks is not None:
-                    per_image.update(
-                        paper_values(
-                            native,
-                            masks,
-                            predicted,
-                            topk=settings.topk,
-                            patch=settings.patch,
-                            stride=settings.stride,
-                            paper_threshold=threshold_of(method),
-                            dilation=settings.dilation,
-                        )
-                    )
+                    keywords = {**settings.paper_keywords(), "paper_threshold": threshold_of(method)}
+                    per_image.update(paper_values(native, masks, predicted, **keywords))
                 for name, v in per_image.items():
                     values[pair].setdefault(name, []).append(v.cpu())
                 for kind in ("deletion", "insertion"):

@@ -233,6 +233,16 @@ class ExplanationSettings:
         )
         return replace(base, **values)
 
+    def paper_keywords(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~monai_softcam.metrics.paper.paper_values` these settings give."""
+        return {
+            "topk": self.topk,
+            "patch": self.patch,
+            "stride": self.stride,
+            "paper_threshold": self.paper_threshold,
+            "dilation": self.dilation,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (``dataclasses.asdict``)."""
         return asdict(self)
@@ -267,18 +277,7 @@ def explanation_values(
         return values
     masks = torch.as_tensor(masks, device=maps.device)
     if protocol in ("paper", "both"):
-        values.update(
-            paper_values(
-                maps,
-                masks,
-                predicted,
-                topk=settings.topk,
-                patch=settings.patch,
-                stride=settings.stride,
-                paper_threshold=settings.paper_threshold,
-                dilation=settings.dilation,
-            )
-        )
+        values.update(paper_values(maps, masks, predicted, **settings.paper_keywords()))
     if protocol == "paper":
         return values
     grid = tuple(masks.shape[-(maps.dim() - 1) :])
