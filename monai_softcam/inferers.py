@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer, SimpleInferer, sliding_window_inference
 
-from .networks.outputs import upsample_maps
+from .networks.outputs import upsample_map
 from .utils import as_flag
 
 __all__ = ["EvidenceSlidingWindowInferer", "loader_batch_size", "make_inferer"]
@@ -123,7 +123,7 @@ class EvidenceSlidingWindowInferer(Inferer):
             grid[:] = [int(s) for s in maps.shape[2:]]
             if self.maps == "grid":  # each cell held over its voxels: pooling them back gives the cell
                 return F.interpolate(maps.float(), size=window.shape[2:], mode="nearest-exact").to(maps.dtype)
-            return upsample_maps(maps, window.shape[2:]).to(maps.dtype)
+            return torch.stack([upsample_map(m, window.shape[2:]) for m in maps]).to(maps.dtype)
 
         maps = sliding_window_inference(
             inputs,

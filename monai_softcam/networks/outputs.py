@@ -69,13 +69,17 @@ class EvidenceOutputs(nn.Module):
 
 def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Interpolate a batch of ``[B, C, *grid]`` maps to ``[B, C, *size]`` (bi/trilinear by the length
-    of ``size``, cell centres aligned as in the network)."""
+    of ``size``, cell centres aligned as in the network). Every map is interpolated as one channel of
+    a single sample (``[1, B * C, *grid]``), so that a map's values do not depend on the batch it came
+    in (PyTorch takes another kernel for one-channel batches, which rounds otherwise)."""
     if maps.dim() != len(size) + 2 or len(size) not in (2, 3):
         raise ValueError(
             f"maps must be [B, C, *grid] with a 2D or 3D grid like size {tuple(size)}, got {tuple(maps.shape)}"
         )
     mode = "bilinear" if len(size) == 2 else "trilinear"
-    return F.interpolate(maps.float(), size=tuple(int(s) for s in size), mode=mode, align_corners=False)
+    size = tuple(int(s) for s in size)
+    planes = maps.float().reshape(1, -1, *maps.shape[2:])
+    return F.interpolate(planes, size=size, mode=mode, align_corners=False).reshape(*maps.shape[:2], *size)
 
 
 def upsample_map(evidence: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
