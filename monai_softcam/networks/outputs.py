@@ -69,9 +69,10 @@ class EvidenceOutputs(nn.Module):
 
 def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Interpolate a batch of ``[B, C, *grid]`` maps to ``[B, C, *size]`` (bi/trilinear by the length
-    of ``size``, cell centres aligned as in the network). Every map is interpolated as one channel of
-    a single sample (``[1, B * C, *grid]``), so that a map's values do not depend on the batch it came
-    in (PyTorch takes another kernel for one-channel batches, which rounds otherwise)."""
+    of ``size``, cell centres aligned as in the network). The maps are interpolated as the channels of
+    a single sample (``[1, B * C, *grid]``), as the explanation metrics always did: PyTorch's CPU kernel
+    vectorises over channels, so another layout rounds differently (by about 1e-7, enough to move the
+    arg-max of the pointing game)."""
     if maps.dim() != len(size) + 2 or len(size) not in (2, 3):
         raise ValueError(
             f"maps must be [B, C, *grid] with a 2D or 3D grid like size {tuple(size)}, got {tuple(maps.shape)}"
