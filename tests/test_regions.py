@@ -138,7 +138,7 @@ def test_crop_resize_leaves_part_of_the_input_out_of_view(tmp_path):
     (item,) = pair_regions([{"image": path}], str(tmp_path / "case.png"))
     assert item == {"image": path, "regions": str(tmp_path / "case.png")}
     read = LoadLabelMapd("regions")
-    rows = RegionEvidenced("evidence_maps", ["a", "b"])(read({**d, **item}))["region_rows"]
+    rows = RegionEvidenced("evidence_maps", ["a", "b"])(read({**d, "regions": item["regions"]}))["region_rows"]
     by_region = {(r["region"], r["class"]): r for r in rows}
     assert {r["region"] for r in rows} == {"outside", "label_1", "label_2"} and all(r["image"] == path for r in rows)
     for c, name in enumerate(["a", "b"]):
