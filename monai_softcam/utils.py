@@ -141,19 +141,21 @@ def barrier() -> None:
 
 def renamed_keywords(**renames: str) -> Callable[[Callable], Callable]:
     """Decorator: keyword arguments renamed ``old=new`` keep working under their old names, with a
-    ``FutureWarning`` naming the new one; giving both names is a ``TypeError``."""
+    ``FutureWarning`` naming the new one; giving both names (neither None) is a ``TypeError``. An old
+    name given as None is not given: a bundle config passes its deprecated keys through as null
+    unless the user sets them."""
 
     def decorate(func: Callable) -> Callable:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             for old, new in renames.items():
-                if old in kwargs:
-                    if new in kwargs:
-                        raise TypeError(f"{func.__name__}() got both {old!r} and its new name {new!r}")
-                    warnings.warn(
-                        f"{func.__name__}({old}=...) is deprecated: use {new}=...", FutureWarning, stacklevel=2
-                    )
-                    kwargs[new] = kwargs.pop(old)
+                value = kwargs.pop(old, None)
+                if value is None:
+                    continue
+                if kwargs.get(new) is not None:
+                    raise TypeError(f"{func.__name__}() got both {old!r} and its new name {new!r}")
+                warnings.warn(f"{func.__name__}({old}=...) is deprecated: use {new}=...", FutureWarning, stacklevel=2)
+                kwargs[new] = value
             return func(*args, **kwargs)
 
         return wrapper

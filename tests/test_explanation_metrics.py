@@ -1,6 +1,7 @@
 """Explanation metrics on hand-built maps whose right answer is known, in 2D and 3D."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -335,3 +336,22 @@ def test_old_keyword_names_still_work_with_a_warning_and_settings_are_checked():
     ):
         with pytest.raises(ValueError, match=message):
             metric_settings(**bad)
+
+
+def test_a_deprecated_name_passed_as_none_is_not_given():
+    """A bundle config passes its deprecated keys through as null unless the user sets them
+    (explain#paper_topk_threshold beside explain#paper_thresholds): null is "not given"; a value
+    is renamed with a warning; both given is refused."""
+    from monai_softcam.utils import renamed_keywords
+
+    @renamed_keywords(old="new")
+    def f(new=None):
+        return new
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert f(old=None, new={"a": 1}) == {"a": 1} and f(old=None) is None
+    with pytest.warns(FutureWarning, match=r"f\(old=...\) is deprecated: use new=..."):
+        assert f(old=0.5, new=None) == 0.5
+    with pytest.raises(TypeError, match="got both 'old' and its new name 'new'"):
+        f(old=0.5, new={"a": 1})

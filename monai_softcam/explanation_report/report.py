@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from typing import Any, Sequence
 
 import torch
 
 from ..metrics.explanation import ExplanationSettings
+from ..utils import renamed_keywords
 from .aggregation import aggregate
 from .collection import collect, method_thresholds
 from .files import _summary_text, write
@@ -18,6 +18,7 @@ from .files import _summary_text, write
 logger = logging.getLogger("monai_softcam")
 
 
+@renamed_keywords(paper_topk_threshold="paper_thresholds")
 def explanation_report(
     models: Sequence[dict[str, Any]],
     dataloader: Any,
@@ -62,16 +63,6 @@ def explanation_report(
 
     Returns the report dict (also in ``report.json``).
     """
-    old_thresholds = legacy.pop("paper_topk_threshold", None)
-    if old_thresholds is not None:
-        warnings.warn(
-            "explanation_report(paper_topk_threshold=...) is deprecated: use paper_thresholds=...",
-            FutureWarning,
-            stacklevel=2,
-        )
-        if paper_thresholds is not None:
-            raise TypeError("explanation_report() got both 'paper_topk_threshold' and its new name 'paper_thresholds'")
-        paper_thresholds = old_thresholds
     settings = ExplanationSettings.resolve(settings, legacy, "explanation_report", explained_class=None, dilation=1)
     thresholds = method_thresholds(settings, paper_thresholds)
     start = time.time()

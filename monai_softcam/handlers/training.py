@@ -22,6 +22,7 @@ from ..checkpoint import (
     save_checkpoint,
     unwrap_module,
 )
+from ..metrics.classification import _stack
 from ..utils import as_flag, barrier, is_main_process
 
 logger = logging.getLogger("monai_softcam")
@@ -230,10 +231,10 @@ class LossTermsLogger:
         """``(pred, label)`` of the trainer's output, a decollated list stacked back into a batch."""
         if isinstance(output, dict):
             return output["pred"], output["label"]
-        preds, labels = [d["pred"] for d in output], torch.stack([torch.as_tensor(d["label"]) for d in output])
+        preds, labels = [d["pred"] for d in output], _stack([d["label"] for d in output])
         if isinstance(preds[0], dict):
-            return {k: torch.stack([p[k] for p in preds]) for k in preds[0]}, labels
-        return torch.stack(preds), labels
+            return {k: _stack([p[k] for p in preds]) for k in preds[0]}, labels
+        return _stack(preds), labels
 
     def _accumulate(self, engine: Engine) -> None:
         pred, label = self._batch(engine.state.output)
