@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = [
@@ -47,8 +48,9 @@ def targets(texts: list[str]) -> str:
     most 10 KB of maps per image and running at least 0.8x the bare read + forward rate."""
     cost: dict[tuple, dict[str, tuple[float, float]]] = {}
     overhead = None
-    inference: list[tuple[str, str, float, str]] = []
+    inference: list[tuple[str, str, str, float, str]] = []
     for text in texts:
+        threads = re.search(r"(\d+) threads?\)", text)
         for line in text.splitlines():
             cells = _cells(line)
             if len(cells) == 6 and cells[3] in ("SoftCAM (logits + all maps)", "Grad-CAM, one class"):
@@ -57,7 +59,7 @@ def targets(texts: list[str]) -> str:
             elif cells[0] == "bundle trainer (Ignite)":
                 overhead = float(cells[-1].rstrip("x"))
             elif len(cells) == 6 and cells[1].startswith("inference") and cells[3].endswith("x"):
-                inference.append((cells[0], cells[1], float(cells[3].rstrip("x")), cells[4]))
+                inference.append((cells[0], threads.group(1) if threads else "?", cells[1], float(cells[3].rstrip("x")), cells[4]))
     lines = [
         "## Targets",
         "",
@@ -86,14 +88,15 @@ def targets(texts: list[str]) -> str:
     if inference:
         lines += [
             "",
-            "| inference input | run | vs bare read + forward (target >= 0.8x) | maps / image (target <= 10 KB) |",
-            "|---|---|---|---|",
+            "| inference input | torch threads | run | vs bare read + forward (target >= 0.8x) | "
+            "maps / image (target <= 10 KB) |",
+            "|---|---|---|---|---|",
         ]
-        for images, run, ratio, size in inference:
+        for images, threads, run, ratio, size in inference:
             value, unit = size.split()
             small = unit == "KB" and float(value) <= 10
             lines.append(
-                f"| {images} | {run} | {ratio:.2f}x {'met' if ratio >= 0.8 else 'missed'} | "
+                f"| {images} | {threads} | {run} | {ratio:.2f}x {'met' if ratio >= 0.8 else 'missed'} | "
                 f"{size} {'met' if small else 'missed'} |"
             )
     return "\n".join(lines)
