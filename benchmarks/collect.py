@@ -59,7 +59,9 @@ def targets(texts: list[str]) -> str:
             elif cells[0] == "bundle trainer (Ignite)":
                 overhead = float(cells[-1].rstrip("x"))
             elif len(cells) == 6 and cells[1].startswith("inference") and cells[3].endswith("x"):
-                inference.append((cells[0], threads.group(1) if threads else "?", cells[1], float(cells[3].rstrip("x")), cells[4]))
+                inference.append(
+                    (cells[0], threads.group(1) if threads else "?", cells[1], float(cells[3].rstrip("x")), cells[4])
+                )
     lines = [
         "## Targets",
         "",
