@@ -28,6 +28,7 @@ from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 from monai.utils import set_determinism
 
 from .data.demo import DemoDataConfig, ensure_demo_dataset
+from .settings import check_settings
 from .task import TASK_KEYS, Task, load_task
 from .utils import ConfigError, MissingInputError, as_flag, barrier, install_error_hook, is_main_process
 
@@ -168,11 +169,14 @@ def start(
     distributed: Any = False,
     cudnn_benchmark: Any = False,
     prepare_data: Callable[[], Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> None:
     """The first step of every run id's ``initialize``.
 
     In order: the user-error hook (a mistake ends the output with ``error: ...``), the command
     line's override ids checked against the config files (``python -m monai.bundle`` only), the
+    ``settings`` (the configs' ``checked_settings``) validated against their declared types and ranges
+    (:func:`~monai_softcam.settings.check_settings`: a wrong value stops the run naming its key), the
     process group joined (``distributed``, under torchrun), ``prepare_data`` called on the main
     process while the others wait, then ``set_determinism(seed)`` and cuDNN's benchmark mode
     (after ``set_determinism``, which turns it off). ``distributed`` and ``cudnn_benchmark`` are
@@ -181,6 +185,7 @@ def start(
     cli = command_line()
     if cli is not None and cli.config_files and cli.overrides:
         check_overrides(cli.config_files, cli.overrides, tracking=cli.run_args.get("tracking"))
+    check_settings(settings)
     if as_flag(distributed, "distributed"):
         init_distributed()
     if prepare_data is not None:

@@ -212,8 +212,39 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
     A failure or SIGKILL while writing leaves the previous file. ignite's ``Checkpoint`` does not
     fit a fixed file name such as ``models/model.pt``: its ``__call__`` removes the existing file of
     that name (``save_handler.remove``) before it writes the new one, so a kill in between would lose
-    the file; its ``DiskSaver`` alone is the writer here.
+    the file; its ``DiskSaver`` alone is the writer here. A state holding NaN or infinite values is never
+    written (a CheckpointError names the first tensors): a diverged model must not replace a good one.
     """
+    bad = _non_finite(obj)
+    if bad:
+        raise CheckpointError(
+            f"not saving {path}: {bad} hold NaN or infinite values (training diverged); the file on disk, if any, "
+            f"is kept as it was"
+        )
     path = os.path.abspath(os.fspath(path))
     saver = DiskSaver(os.path.dirname(path), atomic=True, create_dir=True, require_empty=False)
     saver(obj, os.path.basename(path))
+
+
+def _non_finite(obj: Any, prefix: str = "", limit: int = 3) -> str:
+    """The names of (at most ``limit``) floating-point tensors in ``obj`` (nested dicts, lists) holding NaN or
+    infinite values, with their counts, as one text; "" when there are none."""
+    found: list[str] = []
+
+    def walk(node: Any, name: str) -> None:
+        if len(found) >= limit:
+            return
+        if isinstance(node, torch.Tensor):
+            if node.is_floating_point() or node.is_complex():
+                count = int((~torch.isfinite(node)).sum())
+                if count:
+                    found.append(f"{name or 'the tensor'} ({count} of {node.numel()} values)")
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{name}.{key}" if name else str(key))
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                walk(value, f"{name}[{i}]")
+
+    walk(obj, prefix)
+    return ", ".join(found)

@@ -29,10 +29,13 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
 from monai.transforms import Compose
 
 from .data.datasets import intensity_stats
+from .data.rules import InputRules
 from .networks import BlackBox, SoftCAM
+from .networks.backbones import build_backbone
 from .transforms import load_input, normalize_input, preprocessing
 from .utils import ConfigError, as_flag, atomic_open, is_main_process
 
@@ -150,11 +153,36 @@ class Task:
         """The same task with a record of its training run (``trained_with``)."""
         return replace(self, trained_with=dict(trained_with))
 
-    def load_input(self, resize: str | None = None, frame: int | None = None) -> Compose:
-        """Read and bring to the network's grid (:func:`~monai_softcam.transforms.input.load_input`);
-        ``resize="none"`` keeps the input's own size (sliding window); ``frame``: the frame a 2D task takes from
-        multi-frame DICOM files (an input option, not part of the task)."""
-        return load_input(self.image_size, resize or self.resize, frame=frame, window=self.dicom_window)
+    def input_rules(self, max_pixels: int | None = None) -> InputRules:
+        """The checks every input of this task passes (:class:`~monai_softcam.data.rules.InputRules`): its
+        spatial dimensions, the network's smallest input (one cell of its output grid, read from the backbone
+        built on the meta device: no memory, no weights) and ``max_pixels`` (the configs' ``max_image_pixels``;
+        None: the default of the task's dimensions). A TaskError if the task's own ``image_size`` is below that
+        smallest input."""
+        with torch.device("meta"):
+            backbone = build_backbone(
+                self.backbone, self.spatial_dims, self.in_channels, **(self.backbone_kwargs or {})
+            )
+        minimum = backbone.min_input_shape()
+        if any(s < m for s, m in zip(self.image_size, minimum)):
+            raise TaskError(
+                f"image_size {self.image_size} is smaller than the smallest input of backbone {self.backbone!r} "
+                f"({' x '.join(map(str, minimum))}: one cell of its output grid); give image_size of at least that"
+            )
+        return InputRules(self.spatial_dims, max_pixels, minimum)
+
+    def load_input(self, resize: str | None = None, frame: int | None = None, max_pixels: int | None = None) -> Compose:
+        """Read, check (:meth:`input_rules`) and bring to the network's grid
+        (:func:`~monai_softcam.transforms.input.load_input`); ``resize="none"`` keeps the input's own size (sliding
+        window); ``frame``: the frame a 2D task takes from multi-frame DICOM files, ``max_pixels``: the largest
+        image read (input options, not part of the task)."""
+        return load_input(
+            self.image_size,
+            resize or self.resize,
+            frame=frame,
+            window=self.dicom_window,
+            rules=self.input_rules(max_pixels),
+        )
 
     def _intensity(self) -> tuple[list[float], list[float]]:
         if "auto" in (self.intensity_mean, self.intensity_std):
@@ -167,7 +195,11 @@ class Task:
         return normalize_input(*self._intensity(), self.in_channels, self.spatial_dims)
 
     def preprocessing(
-        self, resize: str | None = None, frame: int | None = None, sliding_window: Any = False
+        self,
+        resize: str | None = None,
+        frame: int | None = None,
+        sliding_window: Any = False,
+        max_pixels: int | None = None,
     ) -> Compose:
         """The whole deterministic preparation of every split and of inference
         (:func:`~monai_softcam.transforms.pipelines.preprocessing`: load, then normalise; training puts its
@@ -177,7 +209,14 @@ class Task:
             resize = "none"
         mean, std = self._intensity()
         return preprocessing(
-            self.image_size, self.in_channels, mean, std, resize or self.resize, frame=frame, window=self.dicom_window
+            self.image_size,
+            self.in_channels,
+            mean,
+            std,
+            resize or self.resize,
+            frame=frame,
+            window=self.dicom_window,
+            rules=self.input_rules(max_pixels),
         )
 
     def network(self, return_maps: bool = True, pretrained: str | None = None, maps_only: bool = False) -> Any:

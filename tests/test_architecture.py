@@ -59,6 +59,7 @@ LAYERS = {
     "monai_softcam.task": 6,
     "monai_softcam.package": 6,
     "monai_softcam.tune": 6,
+    "monai_softcam.settings": 6,
     "monai_softcam.comparison": 6,
     "monai_softcam.__main__": 6,
     "monai_softcam": 6,  # the package's __init__: an aggregator on the top layer of the package

@@ -620,7 +620,9 @@ def test_every_yes_no_key_reads_the_command_lines_false_as_no(tmp_path):
         start(cudnn_benchmark=value)
         assert torch.backends.cudnn.benchmark is expected
         image = write_png(str(tmp_path / "x.png"), np.zeros((16, 12), np.uint8))
-        resized = Task(["a", "b"], 2, 1, [8, 8]).preprocessing(sliding_window=value)({"image": image})["image"]
+        stride8 = {"conv1_t_stride": 1, "no_max_pool": True}  # the 16 x 12 image reaches the network's smallest input
+        task = Task(["a", "b"], 2, 1, [8, 8], backbone_kwargs=stride8)
+        resized = task.preprocessing(sliding_window=value)({"image": image})["image"]
         assert tuple(resized.shape[1:]) == ((12, 16) if expected else (8, 8))
     start(distributed="false")
     assert not torch.distributed.is_initialized()  # no process group started

@@ -135,8 +135,9 @@ def test_the_window_option_is_a_task_key_and_the_frame_an_input_option(tmp_path)
     from monai_softcam.task import Task
 
     stored, path, hu = _windowed_ct(tmp_path)
-    plain = Task(["a", "b"], 2, 1, [20, 20])
-    windowed = Task(["a", "b"], 2, 1, [20, 20], dicom_window=True)
+    stride8 = {"conv1_t_stride": 1, "no_max_pool": True}  # the 20-px image passes the network's smallest input
+    plain = Task(["a", "b"], 2, 1, [20, 20], backbone_kwargs=stride8)
+    windowed = Task(["a", "b"], 2, 1, [20, 20], dicom_window=True, backbone_kwargs=stride8)
     np.testing.assert_allclose(plain.load_input()({"image": path})["image"][0], hu, rtol=1e-5)
     np.testing.assert_allclose(
         windowed.load_input()({"image": path})["image"][0], np.clip((hu - 39.5) / 399 + 0.5, 0, 1), atol=1e-5

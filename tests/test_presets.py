@@ -283,7 +283,7 @@ def test_check_data_command_reports_every_planted_problem(tmp_path, capsys):
     assert cli(["check-data", "--config", config, "--dataset_dir", str(data), "--report", str(report)]) == 1
     out = capsys.readouterr().out
     assert f"file not found: {images / stem(picked['train'][0])}.dcm" in out
-    assert f"unreadable image {images / stem(picked['train'][1])}.dcm" in out
+    assert f"cannot use image {images / stem(picked['train'][1])}.dcm" in out
     assert f"{data / 'val.csv'} row 2 column 'bin_target': label 2 is not one of the classes" in out
     assert (
         f"{data / 'val.csv'} row {val.index(positive) + 2}: box [x=900" in out

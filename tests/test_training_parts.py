@@ -124,7 +124,9 @@ def test_image_stem_is_the_one_rule_for_stems_and_case_names(tmp_path):
 def test_adapt_channels():
     grey = {"image": torch.rand(1, 4, 4)}
     assert AdaptChannelsd("image", 3)(grey)["image"].shape == (3, 4, 4)
-    assert AdaptChannelsd("image", 3)({"image": torch.rand(4, 4, 4)})["image"].shape == (3, 4, 4)  # RGBA
+    # an RGBA photo loses a uniform alpha channel when read (ReadImaged); four channels here are refused
+    with pytest.raises(ValueError, match="image has 4 channel\\(s\\) but the network expects 3"):
+        AdaptChannelsd("image", 3)({"image": torch.rand(4, 4, 4)})
     with pytest.raises(ValueError, match="image has 3 channel\\(s\\) but the network expects 1"):
         AdaptChannelsd("image", 1)({"image": torch.rand(3, 4, 4)})
     assert AdaptChannelsd("image", 1, allow_rgb_to_grey=True)({"image": torch.rand(3, 4, 4)})["image"].shape == (

@@ -20,15 +20,19 @@ from tqdm import tqdm
 
 from ..utils import atomic_open
 from .datalist import SPLITS, CSVDataSpec, DataListError, Problem
-from .readers import default_readers, quiet_reader_setup, reader_for
+from .readers import default_readers, probe_image, quiet_reader_setup, reader_for
+from .rules import InputRules
 
 __all__ = ["check_data", "load_check_settings"]
 
 
-def load_check_settings(configs: Sequence[str], dataset_dir: str) -> tuple[CSVDataSpec, list[str], int, dict[str, Any]]:
-    """(data spec, class names, spatial dims, DICOM reader options) from merged config files, with
-    ``dataset_dir`` set; the reader options are the configs' ``dicom_frame`` and ``dicom_window``,
-    so that check-data reads every file as training will."""
+def load_check_settings(
+    configs: Sequence[str], dataset_dir: str
+) -> tuple[CSVDataSpec, list[str], InputRules, dict[str, Any]]:
+    """(data spec, class names, input rules, DICOM reader options) from merged config files, with
+    ``dataset_dir`` set; the rules are the configs' task's (``task.input_rules(max_image_pixels)``: the
+    network's smallest input, the largest image read), else those of ``spatial_dims``; the reader options
+    are the configs' ``dicom_frame`` and ``dicom_window``, so that check-data reads every file as training will."""
     for path in configs:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file not found: {path}")
@@ -42,19 +46,22 @@ def load_check_settings(configs: Sequence[str], dataset_dir: str) -> tuple[CSVDa
         raise ValueError(f"'data' must be a monai_softcam.data.CSVDataSpec, got {type(spec).__name__}")
     names = parser.get_parsed_content("class_names") if "class_names" in parser else []
     dims = parser.get_parsed_content("spatial_dims") if "spatial_dims" in parser else 2
+    max_pixels = parser.get_parsed_content("max_image_pixels") if "max_image_pixels" in parser else None
+    task = parser.get_parsed_content("task") if "task" in parser else None
+    rules = task.input_rules(max_pixels) if hasattr(task, "input_rules") else InputRules(int(dims), max_pixels)
     options = {
         "frame": parser.get_parsed_content("dicom_frame") if "dicom_frame" in parser else None,
         "window": bool(parser.get_parsed_content("dicom_window")) if "dicom_window" in parser else False,
     }
-    return spec, [str(n) for n in names], int(dims), options
+    return spec, [str(n) for n in names], rules, options
 
 
 def _image_problems(item: dict[str, Any], where: str, loader: Callable) -> list[Problem]:
-    """Decode the image (and mask); check that boxes and mask fit it."""
+    """Decode and check the image (and mask); check that boxes and mask fit it."""
     try:
         image = loader(item["image"])
     except Exception as err:
-        return [Problem(where, f"unreadable image {item['image']}: {_last_line(err)}", item["image"])]
+        return [Problem(where, f"cannot use image {item['image']}: {_last_line(err)}", item["image"])]
     spatial = tuple(int(s) for s in image.shape[1:])
     problems = []
     for x, y, w, h in item.get("boxes", []):
@@ -79,7 +86,7 @@ def _image_problems(item: dict[str, Any], where: str, loader: Callable) -> list[
                     )
                 )
         except Exception as err:
-            problems.append(Problem(where, f"unreadable mask {item['mask']}: {_last_line(err)}", item["image"]))
+            problems.append(Problem(where, f"cannot use mask {item['mask']}: {_last_line(err)}", item["image"]))
     return problems
 
 
@@ -98,21 +105,24 @@ def check_data(
     out: Callable[[str], None] = print,
 ) -> int:
     """Check the splits described by ``configs`` under ``dataset_dir``; print a report; return the number of problems."""
-    spec, class_names, spatial_dims, reader_options = load_check_settings(configs, dataset_dir)
+    spec, class_names, rules, reader_options = load_check_settings(configs, dataset_dir)
     num_classes = len(class_names) or None
     with quiet_reader_setup():
         loader = LoadImage(
-            reader=default_readers(spatial_dims, **reader_options), image_only=True, ensure_channel_first=True
+            reader=default_readers(rules.spatial_dims, **reader_options), image_only=True, ensure_channel_first=True
         )
 
-    def reader(path: str) -> Any:  # each file read by the reader its name calls for, no other tried
-        return loader(path, reader_for(loader, path))
+    def reader(path: str) -> Any:  # as every run reads a file: its header checked, its reader, its pixels checked
+        problem = probe_image(path, rules)
+        if problem:
+            raise ValueError(problem)
+        return rules.conform(loader(path, reader_for(loader, path)), path)
 
     all_problems: list[tuple[str, Problem]] = []
     seen: dict[str, str] = {}
     for split in splits:
         try:
-            items, problems = spec.scan(split, dataset_dir, num_classes)
+            items, problems = spec.scan(split, dataset_dir, num_classes, rules=rules)
         except DataListError as err:
             all_problems.append((split, Problem(split, str(err))))
             out(f"{split}: {err}")
@@ -139,6 +149,13 @@ def check_data(
             for c in sorted(counts)
         )
         out(f"{split}: {len(items)} images ({spec.csv_path(split, dataset_dir)}); classes: {balance or 'none'}")
+        if len(counts) == 1 and (num_classes or 2) > 1:
+            only = next(iter(counts))
+            why = "the model cannot learn the other classes" if split == "train" else "its AUC is undefined"
+            out(
+                f"  warning: every image of the {split} split is of one class "
+                f"({class_names[only] if only < len(class_names) else only}): {why}"
+            )
         for problem in problems[:50]:
             out(f"  {problem}")
         if len(problems) > 50:

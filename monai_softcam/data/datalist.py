@@ -27,6 +27,7 @@ from ..utils import ConfigError, InputError, MissingInputError, as_flag, atomic_
 from .dicom import is_dicom_file
 from .formats import IMAGE_EXTENSIONS, image_stem
 from .readers import dicom_series, probe_image
+from .rules import InputRules
 
 __all__ = [
     "CSVDataSpec",
@@ -156,12 +157,18 @@ class CSVDataSpec:
         return os.path.join(dataset_dir, name)
 
     def scan(
-        self, split: str, dataset_dir: str, num_classes: int | None = None, check_images: bool = False
+        self,
+        split: str,
+        dataset_dir: str,
+        num_classes: int | None = None,
+        check_images: bool = False,
+        rules: InputRules | None = None,
     ) -> tuple[list[dict[str, Any]], list[Problem]]:
         """Read one split: the data list (images with problems left out) and every problem found.
 
         Every referenced file must exist; with ``check_images`` its header is read too
-        (:func:`~monai_softcam.data.readers.probe_image`: fast, no pixels decoded).
+        (:func:`~monai_softcam.data.readers.probe_image`: fast, no pixels decoded), checked by the task's
+        ``rules`` (:class:`~monai_softcam.data.rules.InputRules`) when given.
 
         Each item has ``image`` (absolute path), ``label`` (int, unless ``label_column`` is None),
         ``mask`` (path) when given, ``boxes`` (list of ``[x, y, width, height]``, possibly empty)
@@ -170,10 +177,17 @@ class CSVDataSpec:
         csv_path = self.csv_path(split, dataset_dir)
         if not os.path.isfile(csv_path):
             raise DataListError(f"CSV file not found for the {split} split: {csv_path}")
-        return self._scan_csv(csv_path, split, dataset_dir, num_classes, check_images)
+        return self._scan_csv(csv_path, split, dataset_dir, num_classes, check_images, rules=rules)
 
     def _scan_csv(
-        self, csv_path: str, split: str, dataset_dir: str, num_classes: int | None, check_images: bool, what: str = ""
+        self,
+        csv_path: str,
+        split: str,
+        dataset_dir: str,
+        num_classes: int | None,
+        check_images: bool,
+        what: str = "",
+        rules: InputRules | None = None,
     ) -> tuple[list[dict[str, Any]], list[Problem]]:
         """:meth:`scan` of an existing CSV; ``what`` names it in messages (default: "the <split> split")."""
         what = what or f"the {split} split"
@@ -260,7 +274,7 @@ class CSVDataSpec:
                 files, desc=f"checking {split} images", unit="file", disable=None if len(files) > 2000 else True
             )
         for item, k in files:
-            message = _file_problem(item[k], check_images)
+            message = _file_problem(item[k], check_images, rules)
             if message:
                 problems.append(Problem(f"{csv_path} row {item['row']}", f"{message}: {item[k]}", item["image"]))
                 bad_images.add(item["image"])
@@ -284,6 +298,7 @@ class CSVDataSpec:
         report_dir: str | None = None,
         annotations: bool = True,
         check_images: bool = False,
+        rules: InputRules | None = None,
     ) -> list[dict[str, Any]]:
         """The data list of one split; see :meth:`scan`. ``annotations=False`` leaves masks and boxes
         out of the items (training does not need them).
@@ -293,7 +308,7 @@ class CSVDataSpec:
         ``<report_dir>/skipped_<split>.csv`` (default: beside the CSV) and announced in the log.
         """
         skip_bad, check_images = as_flag(skip_bad, "skip_bad"), as_flag(check_images, "check_images")
-        items, problems = self.scan(split, dataset_dir, num_classes, check_images)
+        items, problems = self.scan(split, dataset_dir, num_classes, check_images, rules)
         if not annotations:
             items = [{k: v for k, v in item.items() if k not in ("mask", "boxes")} for item in items]
         folder = report_dir or os.path.dirname(self.csv_path(split, dataset_dir))
@@ -317,6 +332,7 @@ class SplitLists:
     skip_bad: Any = False
     report_dir: str | None = None
     check_images: Any = False
+    rules: InputRules | None = None
 
     def datalist(self, split: str, annotations: bool = True) -> list[dict[str, Any]]:
         """The data list of ``split`` (``annotations=False``: without masks and boxes)."""
@@ -328,6 +344,7 @@ class SplitLists:
             report_dir=self.report_dir,
             annotations=annotations,
             check_images=self.check_images,
+            rules=self.rules,
         )
 
 
@@ -336,11 +353,12 @@ def split_datalist(splits: SplitLists, split: str, annotations: bool = True) -> 
     return splits.datalist(split, annotations)
 
 
-def _file_problem(path: str, read_header: bool) -> str:
-    """ "" when ``path`` exists (and, with ``read_header``, its header reads), else what is wrong."""
+def _file_problem(path: str, read_header: bool, rules: InputRules | None = None) -> str:
+    """ "" when ``path`` exists (and, with ``read_header``, its header reads and passes ``rules``), else what is
+    wrong."""
     if not os.path.exists(path):
         return "file not found"
-    return probe_image(path) if read_header else ""
+    return probe_image(path, rules) if read_header else ""
 
 
 def _keep_good(
@@ -485,6 +503,7 @@ def list_images(
     report_dir: str | None = None,
     spatial_dims: int = 3,
     regions: str | None = None,
+    rules: InputRules | None = None,
 ) -> list[dict[str, Any]]:
     """Data list for inference from a folder (its image files, sorted, not recursive; for a 3D
     task, a folder holding one DICOM series of several slices is that one volume; for a 2D task
@@ -502,10 +521,10 @@ def list_images(
     preset's test CSV works as inference input unchanged. Its paths resolve under
     ``data_root/spec.image_root`` (``data_root`` defaults to the CSV's folder).
 
-    With ``check_images``, every input must exist and its header must read (as training checks its
-    splits), before anything is run or written: any problem raises :class:`DataListError` listing
-    them all; with ``skip_bad`` the bad inputs are left out instead and listed in
-    ``<report_dir>/skipped_inference.csv``.
+    With ``check_images``, every input must exist and its header must read and pass ``rules`` (the task's
+    :class:`~monai_softcam.data.rules.InputRules`, as training checks its splits), before anything is run or
+    written: any problem raises :class:`DataListError` listing them all; with ``skip_bad`` the bad inputs are
+    left out instead and listed in ``<report_dir>/skipped_inference.csv``.
 
     With ``regions`` (a label map or a folder of them), each input is paired with its label map
     under ``"regions"`` (:func:`pair_regions`), for region evidence.
@@ -518,7 +537,7 @@ def list_images(
         return pair_regions(items, regions)
     problems = []
     for item in tqdm(items, desc="checking inputs", unit="file", disable=None if len(items) > 2000 else True):
-        message = _file_problem(item["image"], read_header=True)
+        message = _file_problem(item["image"], read_header=True, rules=rules)
         if message:
             problems.append(Problem(f"inference input {item['image']}", message, item["image"]))
     good = [item for item in items if item["image"] not in {p.image for p in problems}]

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import pydicom
 from monai.data import ImageReader
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 
@@ -123,6 +124,29 @@ def _dcmread(path: str, **kwargs: Any) -> Any:
 
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+
+
+def _palette_little_endian(ds: Any) -> Any:
+    """``ds``, or for a big-endian file (Explicit VR Big Endian) a dataset of its palette alone with the lookup
+    table words in little-endian order: pydicom's ``apply_color_lut`` reads the OW table data as little-endian
+    whatever the file's byte order, and so decodes a big-endian file's palette almost black (GDCM decodes it
+    right; the test corpus compares the two)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax != pydicom.uid.ExplicitVRBigEndian:
+        return ds
+    palette = Dataset()
+    for colour in ("Red", "Green", "Blue"):
+        for keyword in (
+            f"{colour}PaletteColorLookupTableDescriptor",
+            f"{colour}PaletteColorLookupTableData",
+            f"Segmented{colour}PaletteColorLookupTableData",
+        ):
+            if keyword in ds:
+                value = ds[keyword].value
+                if keyword.endswith("Data"):
+                    value = np.frombuffer(value, dtype=">u2").astype("<u2").tobytes()
+                setattr(palette, keyword, value)
+    return palette
 
 
 def _pixel_data_problem(ds: Any, path: str) -> str:
@@ -232,7 +256,7 @@ def dicom_intensities(ds: Any, pixels: np.ndarray, window: bool = False) -> np.n
     bits = int(getattr(ds, "BitsStored", 8 * pixels.dtype.itemsize) or 8 * pixels.dtype.itemsize)
     signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(pixels, ds)  # 8- or 16-bit RGB per the palette descriptor
+        rgb = apply_color_lut(pixels, _palette_little_endian(ds))  # 8- or 16-bit RGB per the palette descriptor
         top = 255.0 if rgb.dtype == np.uint8 else 65535.0
         return (rgb.astype(np.float32) / top).astype(np.float32)
     stored = pixels.astype(np.float32)

@@ -25,12 +25,12 @@ import re
 import warnings
 from typing import Any, Iterator, Sequence
 
-import nibabel
 import numpy as np
 from monai.data import ImageReader
 
 from .dicom import DicomReader, _dcmread, _pixel_data_problem, effective_range, is_dicom_file
-from .formats import NIFTI_SUFFIXES, PHOTO_SUFFIXES, SIMPLEITK_SUFFIXES, _meta, _single
+from .formats import PHOTO_SUFFIXES, SIMPLEITK_SUFFIXES, _meta, _single
+from .rules import InputRules, header_shape
 
 __all__ = [
     "DicomSeriesReader",
@@ -51,7 +51,9 @@ class SimpleITKReader(ImageReader):
     def verify_suffix(self, filename: Sequence[Any] | Any) -> bool:
         """Whether every name ends with one of ``SIMPLEITK_SUFFIXES``."""
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
-        return bool(names) and all(os.fspath(n).lower().endswith(SIMPLEITK_SUFFIXES) for n in names)
+        return bool(names) and all(
+            os.fspath(n).lower().endswith(SIMPLEITK_SUFFIXES) and not os.path.isdir(os.fspath(n)) for n in names
+        )
 
     def read(self, data: Sequence[Any] | Any, **kwargs: Any) -> Any:
         """``(path, SimpleITK image)`` of the one file given; a ValueError for another format or an unreadable file."""
@@ -92,7 +94,12 @@ def dicom_series(folder: str) -> list[str]:
     folder if it holds no series or several."""
     import SimpleITK  # heavy: SimpleITK, loaded when an image needs it
 
-    ids = SimpleITK.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    shown = SimpleITK.ProcessObject.GetGlobalWarningDisplay()
+    SimpleITK.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM's "No Series were found": said below, by name
+    try:
+        ids = SimpleITK.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+    finally:
+        SimpleITK.ProcessObject.SetGlobalWarningDisplay(shown)
     if not ids:
         raise ValueError(f"{folder}: no DICOM series in this folder")
     if len(ids) > 1:
@@ -171,20 +178,25 @@ def reader_for(loader: Any, path: Any) -> Any:
     return None
 
 
-def probe_image(path: str) -> str:
+def probe_image(path: str, rules: InputRules | None = None) -> str:
     """Read only the header of an image file: "" when it looks readable, else what is wrong.
 
     Fast (no pixel data is decoded), so every file of a large dataset can be probed before
-    training; it finds files that are not images, of an unknown format, or with a broken header.
-    DICOM files without pixel data, or with less of it than their header asks for (uncompressed
-    syntaxes), are found here; damaged compressed pixel data, like any other file whose pixel data
-    alone is damaged, passes here and fails, named, when it is decoded (``python -m monai_softcam
+    training; it finds files that are not images, of an unknown format, or with a broken header,
+    truncated JPEG/PNG files and, with ``rules`` (the task's :class:`~monai_softcam.data.rules.InputRules`),
+    images too large to decode, of the wrong number of spatial dimensions or smaller than the network's
+    smallest input. DICOM files without pixel data, or with less of it than their header asks for
+    (uncompressed syntaxes), are found here; damaged compressed pixel data, like any other file whose pixel
+    data alone is damaged, passes here and fails, named, when it is decoded (``python -m monai_softcam
     check-data`` decodes every image in full).
     """
-    lower = path.lower()
+    shape: list[int] | None = None
+    check_dims = True
     try:
         if os.path.isdir(path):
-            dicom_series(path)
+            files = dicom_series(path)
+            ds = _dcmread(files[0], defer_size=1024)
+            shape = [int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), len(files)]
         elif is_dicom_file(path):
             ds = _dcmread(path, defer_size=1024)  # large values (the pixel data) are not read
             if "Rows" not in ds or "Columns" not in ds:
@@ -192,16 +204,14 @@ def probe_image(path: str) -> str:
             problem = _pixel_data_problem(ds, path)
             if problem:
                 return problem
-        elif lower.endswith(NIFTI_SUFFIXES):
-            nibabel.load(path)
-        elif lower.endswith(SIMPLEITK_SUFFIXES):
-            import SimpleITK  # heavy: SimpleITK, loaded when an image needs it
-
-            reader = SimpleITK.ImageFileReader()
-            reader.SetFileName(path)
-            reader.ReadImageInformation()
-        # other suffixes: left to MONAI's readers when the image is loaded
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            shape = [int(ds.Columns), int(ds.Rows)] + ([frames] if frames > 1 else [])
+            check_dims = False  # the DICOM reader takes a frame for 2D tasks, or refuses the file by name
+        else:
+            shape = header_shape(path)  # other suffixes: left to MONAI's readers when the image is loaded
     except Exception as err:
         text = re.sub(r"\(0x[0-9a-fA-F]+\)", "", str(err)).strip().splitlines()  # ITK prints object addresses
         return f"unreadable image ({text[-1] if text else type(err).__name__})"
-    return ""
+    if rules is None:  # no task: the file's own checks, and the largest default size
+        return InputRules(spatial_dims=3).header_problem(path, shape, check_dims=False)
+    return rules.header_problem(path, shape, check_dims)

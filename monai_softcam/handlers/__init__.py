@@ -8,6 +8,7 @@ from .training import (
     LearningRateLogger,
     LoadWeights,
     LossTermsLogger,
+    StopOnNonFinite,
     TrainingCheckpoint,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "MetricsReport",
     "PredictionsWriter",
     "RegionsWriter",
+    "StopOnNonFinite",
     "TrainingCheckpoint",
     "WaitForWriter",
 ]

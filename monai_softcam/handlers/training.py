@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EarlyStopping as IgniteEarlyStopping
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
 
 from ..checkpoint import (
     CheckpointError,
@@ -23,7 +25,7 @@ from ..checkpoint import (
     unwrap_module,
 )
 from ..metrics.classification import _stack
-from ..utils import as_flag, barrier, is_main_process
+from ..utils import InputError, as_flag, barrier, is_main_process
 
 logger = logging.getLogger("monai_softcam")
 
@@ -48,6 +50,60 @@ class LoadWeights:
         barrier()
         load_weights(self.model, self.path)
         logger.info("loaded model weights from %s", self.path)
+
+
+class StopOnNonFinite:
+    """Stop training at the first non-finite loss, or non-finite gradients, naming the batch's files (attach to
+    the trainer).
+
+    The loss is checked when it is computed (``LOSS_COMPLETED``), the gradients after the backward pass
+    (``BACKWARD_COMPLETED``): both before the optimizer's step, so the weights stay as they were. With AMP the
+    gradients are scaled and the GradScaler skips the steps whose gradients overflow (normal, not counted); only
+    the loss is checked then. A NaN loss comes from a NaN input, a label outside the classes or a learning rate
+    that makes training diverge; the error names the batch so that its images can be checked
+    (``python -m monai_softcam check-data``).
+    """
+
+    def __init__(self, shown: int = 8) -> None:
+        self.shown = shown
+
+    def attach(self, engine: Engine) -> None:
+        """Attach to a MONAI trainer (its iteration events)."""
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self._loss)
+        if not getattr(engine, "amp", False):
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._gradients)
+
+    def _loss(self, engine: Engine) -> None:
+        loss = engine.state.output[Keys.LOSS]
+        if not bool(torch.isfinite(loss.detach()).all()):
+            self._stop(engine, f"the loss is {float(loss.detach().float().mean())}")
+
+    def _gradients(self, engine: Engine) -> None:
+        grads = [p.grad for p in engine.network.parameters() if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            self._stop(engine, "the gradients hold NaN or infinite values")
+
+    def _stop(self, engine: Engine, what: str) -> None:
+        files = _batch_files(engine.state.batch)
+        shown = ", ".join(files[: self.shown]) + (
+            f" and {len(files) - self.shown} more" if len(files) > self.shown else ""
+        )
+        raise InputError(
+            f"training stopped at epoch {engine.state.epoch}, iteration {engine.state.iteration}: {what} for the "
+            f"batch of {shown or 'unnamed images'}; no weights were updated with it. Check these images "
+            f"(python -m monai_softcam check-data) and the labels, or lower the learning rate"
+        )
+
+
+def _batch_files(batch: Any) -> list[str]:
+    """The image files of a collated (or decollated) batch, from the images' metadata."""
+    items = batch if isinstance(batch, list) else [batch]
+    files: list[str] = []
+    for item in items:
+        image = item.get(Keys.IMAGE) if isinstance(item, dict) else None
+        names = getattr(image, "meta", {}).get("filename_or_obj", [])
+        files += [str(n) for n in ([names] if isinstance(names, str) else list(names))]
+    return files
 
 
 class BestModelSaver:

@@ -6,6 +6,7 @@ evidence-map outputs (:mod:`~monai_softcam.transforms.evidence`), the overlay pi
 
 from .evidence import (
     MAP_GRID_EXTENSION,
+    CheckFinited,
     EvidenceGridd,
     LoadLabelMapd,
     RegionEvidenced,
@@ -21,6 +22,7 @@ from .spatial import FitToSized, fraction_of, map_grid_affine, map_to_input_inde
 __all__ = [
     "AdaptChannelsd",
     "BoxesToMaskd",
+    "CheckFinited",
     "EvidenceGridd",
     "FitToSized",
     "LoadLabelMapd",

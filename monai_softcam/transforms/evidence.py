@@ -24,6 +24,7 @@ from .input import _source
 from .spatial import map_grid_affine, map_to_input_index, resample_maps
 
 __all__ = [
+    "CheckFinited",
     "EvidenceGridd",
     "LoadLabelMapd",
     "MAP_GRID_EXTENSION",
@@ -42,6 +43,25 @@ class _WithReference(MapTransform):
     def __init__(self, keys: KeysCollection, ref_key: str = "image") -> None:
         super().__init__(keys)
         self.ref_key = ref_key
+
+
+class CheckFinited(_WithReference):
+    """Refuse a network output holding NaN or infinite values (``keys``: the logits), naming the input
+    (``ref_key``) with an InputError: a model with corrupt weights, or an input outside what it can take, must
+    not give a prediction. Placed first in the postprocessing, before any file of the case is written."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = torch.as_tensor(d[key])
+            if not bool(torch.isfinite(value).all()):
+                source = _source(d, self.ref_key) if self.ref_key in d else "an input"
+                raise InputError(
+                    f"{source}: the model's {key} are not finite ({value.flatten()[:4].tolist()}): no prediction is "
+                    f"given; the checkpoint's weights may be corrupt (a model trained on NaN data), or the input "
+                    f"is far outside what the model was trained on"
+                )
+        return d
 
 
 class EvidenceGridd(_WithReference):

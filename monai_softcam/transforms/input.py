@@ -11,7 +11,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged, MapTransform, Transform
 
-from ..data.readers import default_readers, quiet_reader_setup, reader_for
+from ..data.readers import default_readers, probe_image, quiet_reader_setup, reader_for
+from ..data.rules import InputRules
 from ..utils import ConfigError, InputError
 from .spatial import FitToSized
 
@@ -25,20 +26,30 @@ def _source(data: Mapping[Hashable, Any], key: Hashable) -> str:
 
 
 class ReadImaged(LoadImaged):
-    """``LoadImaged`` (``image_only``) that picks each file's reader by its name (:func:`~monai_softcam.data.readers.reader_for`)
-    and whose failures name the file: a missing, corrupt or unsupported image raises
-    ``InputError("cannot read image file <path>: ...")`` (a ValueError)."""
+    """``LoadImaged`` (``image_only``, ``ensure_channel_first``) that picks each file's reader by its name
+    (:func:`~monai_softcam.data.readers.reader_for`), checks every file by the task's
+    :class:`~monai_softcam.data.rules.InputRules` (its header before decoding, its pixels after:
+    size, dimensions, truncation, alpha, NaN/Inf) and whose failures name the file: a missing, corrupt,
+    unsupported or refused image raises ``InputError("cannot read image file <path>: ...")`` (a ValueError).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Args:
+        rules: the checks (default: ``InputRules()``, a 2D task); the other arguments are ``LoadImaged``'s.
+    """
+
+    def __init__(self, *args: Any, rules: InputRules | None = None, **kwargs: Any) -> None:
         with quiet_reader_setup():
             super().__init__(*args, **kwargs)
+        self.rules = rules if rules is not None else InputRules()
 
     def __call__(self, data, reader=None):  # type: ignore[override]
         d = dict(data)
         for key in self.key_iterator(d):
             path = d[key]
             try:
-                d[key] = self._loader(path, reader or reader_for(self._loader, path))
+                problem = probe_image(path, self.rules) if isinstance(path, str) else ""
+                if problem:
+                    raise ValueError(problem)
+                d[key] = self.rules.conform(self._loader(path, reader or reader_for(self._loader, path)), path)
             except Exception as err:
                 raise InputError(f"cannot read image file {path}: {err}") from err
         return d
@@ -48,7 +59,6 @@ class AdaptChannelsd(MapTransform):
     """Give images the network's number of input channels.
 
     * ``channels`` 3 and a grey image (1 channel): replicated to 3 channels (as the paper did);
-    * an RGBA image: the alpha channel is dropped;
     * ``channels`` 1 and an RGB image: converted to grey (channel mean) only if ``allow_rgb_to_grey``.
 
     Anything else raises an InputError (a ValueError) naming the file and both channel counts.
@@ -63,9 +73,7 @@ class AdaptChannelsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            have = int(img.shape[0])
-            if have == 4 and self.channels in (1, 3):
-                img, have = img[:3], 3
+            have = int(img.shape[0])  # an RGBA photo lost its uniform alpha when read (InputRules.conform)
             if have == self.channels:
                 pass
             elif have == 1 and self.channels == 3:
@@ -131,6 +139,7 @@ def load_input(
     boxes_key: str = "boxes",
     frame: int | None = None,
     window: bool = False,
+    rules: InputRules | None = None,
 ) -> Compose:
     """Load an image (and its mask or boxes) and bring it to the network's grid; no normalisation.
 
@@ -146,6 +155,8 @@ def load_input(
     is invertible, so evidence maps can be brought back to the input's own grid with ``Invertd``.
     ``frame`` and ``window`` are the DICOM reader's options (:func:`~monai_softcam.data.readers.default_readers`):
     the frame 2D configs take from multi-frame files, and mapping to [0, 1] by the file's VOI LUT/window.
+    ``rules``: the checks every file passes (:class:`~monai_softcam.data.rules.InputRules`; default: those of a
+    task of ``len(image_size)`` spatial dimensions).
     """
     size = [int(s) for s in image_size]
     if resize not in ("stretch", "crop", "none"):
@@ -156,6 +167,7 @@ def load_input(
         ReadImaged(
             keys=keys,
             reader=default_readers(len(size), frame, window),
+            rules=rules if rules is not None else InputRules(spatial_dims=len(size)),
             image_only=True,
             ensure_channel_first=True,
             allow_missing_keys=True,

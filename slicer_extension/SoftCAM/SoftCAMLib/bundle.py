@@ -4,8 +4,11 @@ its input, read from the bundle's own ``configs/metadata.json`` and ``configs/in
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import stat
 import sys
 import tempfile
 import zipfile
@@ -202,10 +205,16 @@ def unpack_torchscript(path: str, folder: str | None = None) -> tuple[str, list[
     ``network_def`` the export itself (loaded with ``torch.jit.load``; no checkpoint is read; the
     configs' ``network`` wraps and places it as it does a checkpoint's network) and reads the task
     from the export. Returns the folder and the config
-    files to merge after ``inference.json`` (the presets, then ``torchscript.json``)."""
+    files to merge after ``inference.json`` (the presets, then ``torchscript.json``).
+
+    The export is untrusted until read: every extra file's name must be a plain file name (no folder, no
+    absolute path, no ``..``, not a link), checked before anything is written, so that a crafted export cannot
+    write outside ``configs/``. Without ``folder``, a temporary folder is made and removed when the process
+    exits."""
     try:
         with zipfile.ZipFile(path) as archive:
-            extra = {n.split("/extra/", 1)[1]: archive.read(n) for n in archive.namelist() if "/extra/" in n}
+            members = [m for m in archive.infolist() if "/extra/" in m.filename]
+            extra = {_extra_file_name(path, m): archive.read(m) for m in members}
     except (OSError, zipfile.BadZipFile) as err:
         raise BundleError(f"{path}: not a TorchScript file ({err})") from err
     missing = [n for n in ("metadata.json", "inference.json") if n not in extra]
@@ -219,7 +228,9 @@ def unpack_torchscript(path: str, folder: str | None = None) -> tuple[str, list[
             f"{path}: a TorchScript export without the trained task ({TASK_FILE}): export it with "
             "python -m monai.bundle ckpt_export ... --config_file \"['configs/inference.yaml','models/task.json']\""
         )
-    folder = folder or tempfile.mkdtemp(prefix="softcam_ts_")
+    if folder is None:  # removed when the process (Slicer) exits
+        folder = tempfile.mkdtemp(prefix="softcam_ts_")
+        atexit.register(shutil.rmtree, folder, True)
     os.makedirs(os.path.join(folder, "configs"), exist_ok=True)
     for name, content in extra.items():
         with open(os.path.join(folder, "configs", name), "wb") as f:
@@ -236,3 +247,18 @@ def unpack_torchscript(path: str, folder: str | None = None) -> tuple[str, list[
         json.dump(override, f, indent=2)
     presets = [n for n in extra if n.endswith(".json") and n not in ("metadata.json", "inference.json", TASK_FILE)]
     return folder, [os.path.join(folder, "configs", n) for n in presets + ["torchscript.json"]]
+
+
+def _extra_file_name(path: str, member: zipfile.ZipInfo) -> str:
+    """The name of a TorchScript archive's extra file ``member`` (``<archive>/extra/<name>``), if it is a plain
+    file name; else a BundleError naming the member (a path, ``..``, an absolute name or a link could write
+    outside the bundle's ``configs/`` folder)."""
+    name = member.filename.split("/extra/", 1)[1]
+    is_link = stat.S_ISLNK(member.external_attr >> 16)
+    plain = name not in ("", ".", "..") and not any(c in name for c in "/\\:\0") and not os.path.isabs(name)
+    if is_link or not plain or member.is_dir():
+        raise BundleError(
+            f"{path}: refusing the extra file {member.filename!r} of this TorchScript export: "
+            f"{'a link' if is_link else 'not a plain file name'}; an export of ckpt_export holds plain names only"
+        )
+    return name
