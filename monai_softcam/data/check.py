@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..utils import atomic_open
 from .datalist import SPLITS, CSVDataSpec, DataListError, Problem
-from .readers import default_readers, probe_image, quiet_reader_setup, reader_for
+from .readers import default_readers, quiet_reader_setup, read_checked
 from .rules import InputRules
 
 __all__ = ["check_data", "load_check_settings"]
@@ -112,11 +112,8 @@ def check_data(
             reader=default_readers(rules.spatial_dims, **reader_options), image_only=True, ensure_channel_first=True
         )
 
-    def reader(path: str) -> Any:  # as every run reads a file: its header checked, its reader, its pixels checked
-        problem = probe_image(path, rules)
-        if problem:
-            raise ValueError(problem)
-        return rules.conform(loader(path, reader_for(loader, path)), path)
+    def reader(path: str) -> Any:  # as every run reads a file: header checked, its reader, pixels checked
+        return read_checked(loader, path, rules)
 
     all_problems: list[tuple[str, Problem]] = []
     seen: dict[str, str] = {}

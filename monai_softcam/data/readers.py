@@ -39,6 +39,7 @@ __all__ = [
     "dicom_series",
     "probe_image",
     "quiet_reader_setup",
+    "read_checked",
     "reader_for",
 ]
 
@@ -215,3 +216,14 @@ def probe_image(path: str, rules: InputRules | None = None) -> str:
     if rules is None:  # no task: the file's own checks, and the largest default size
         return InputRules(spatial_dims=3).header_problem(path, shape, check_dims=False)
     return rules.header_problem(path, shape, check_dims)
+
+
+def read_checked(loader: Any, path: Any, rules: InputRules, reader: Any = None) -> Any:
+    """``path`` read by ``loader`` (a MONAI ``LoadImage``) as every run reads an image: its header checked by
+    ``rules`` before decoding (:func:`probe_image`), decoded by the reader its name calls for (or ``reader``), its
+    pixels checked and conformed (:meth:`~monai_softcam.data.rules.InputRules.conform`). A ValueError says what
+    is wrong; the callers name the file."""
+    problem = probe_image(path, rules) if isinstance(path, str) else ""
+    if problem:
+        raise ValueError(problem)
+    return rules.conform(loader(path, reader or reader_for(loader, path)), path)

@@ -30,6 +30,7 @@ logger = logging.getLogger("monai_softcam")
 #: the largest image decoded unless ``max_image_pixels`` says otherwise: pixels in 2D, voxels in 3D
 MAX_PIXELS = {2: 200_000_000, 3: 1_000_000_000}
 
+_ALPHA_DROPPED: list[str] = []  # the first RGBA file whose uniform alpha channel was dropped (said once)
 _TAIL = 4096  # bytes read from a JPEG/PNG's end to find its end marker (trailing padding after it is common)
 _END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND"}
 
@@ -102,7 +103,8 @@ class InputRules:
         minimum = self._min_sizes()
         if any(s < m for s, m in zip(spatial, minimum)):
             return (
-                f"image of {_sizes(spatial)} pixels is smaller than the network's smallest input "
+                f"image of {_sizes(spatial)} {'pixels' if len(spatial) == 2 else 'voxels'} is smaller than the "
+                f"network's smallest input "
                 f"{_sizes(minimum)} (one cell of its output grid)"
             )
         return ""
@@ -128,7 +130,9 @@ class InputRules:
                     "4 channels (RGBA) with transparent pixels: dropping the alpha channel would change "
                     "the image; save it as RGB or grey"
                 )
-            logger.debug("%s: RGBA with a uniform alpha channel; the alpha channel is dropped", path)
+            if not _ALPHA_DROPPED:  # said once per process: a dataset of RGBA photos would repeat it per file
+                logger.warning("%s (and any other RGBA image of uniform alpha): the alpha channel is dropped", path)
+                _ALPHA_DROPPED.append(path)
             image = image[:3]
         finite = torch.isfinite(image)
         if not bool(finite.all()):

@@ -11,7 +11,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged, MapTransform, Transform
 
-from ..data.readers import default_readers, probe_image, quiet_reader_setup, reader_for
+from ..data.readers import default_readers, quiet_reader_setup, read_checked
 from ..data.rules import InputRules
 from ..utils import ConfigError, InputError
 from .spatial import FitToSized
@@ -46,10 +46,7 @@ class ReadImaged(LoadImaged):
         for key in self.key_iterator(d):
             path = d[key]
             try:
-                problem = probe_image(path, self.rules) if isinstance(path, str) else ""
-                if problem:
-                    raise ValueError(problem)
-                d[key] = self.rules.conform(self._loader(path, reader or reader_for(self._loader, path)), path)
+                d[key] = read_checked(self._loader, path, self.rules, reader)
             except Exception as err:
                 raise InputError(f"cannot read image file {path}: {err}") from err
         return d
