@@ -238,7 +238,8 @@ def test_resume_after_sigkill_completes_planned_epochs(tmp_path):
 @pytest.mark.slow
 def test_early_stopping_ends_the_run_and_is_not_resumed(tmp_path):
     root = tmp_path / "early"
-    args = ["--epochs", "6", "--early_stop_patience", "1", "--learning_rate", "1e-12"]  # nothing can improve (0 is refused)
+    # a learning rate of 1e-12: nothing can improve (0 is refused as a learning rate)
+    args = ["--epochs", "6", "--early_stop_patience", "1", "--learning_rate", "1e-12"]
     train(root, *args)
     state = torch.load(root / "models" / "training_state.pt", weights_only=True)["trainer"]
     assert state == {"epoch": 2, "iteration": 6, "early_stopped": True}
