@@ -593,6 +593,11 @@ def package_bundle(
     _check_target(out)
     if unit_test and os.path.exists(unit_test):
         raise PackagingError(f"--unit_test {unit_test} exists: nothing was written (remove it or name another file)")
+    if unit_test and not os.path.isdir(os.path.dirname(os.path.abspath(unit_test))):
+        raise PackagingError(
+            f"--unit_test {unit_test}: the folder {os.path.dirname(os.path.abspath(unit_test))} does not exist: "
+            "nothing was written"
+        )
     source = os.path.abspath(source or default_source_bundle())
     configs = os.path.join(source, "configs")
     missing = [f for f in (*CONFIG_FILES, "metadata.json") if not os.path.isfile(os.path.join(configs, f))]
@@ -629,10 +634,12 @@ def package_bundle(
         extra,
     )
     large_text, large = _large_files(ckpt_dir, urls)
+    test_text = zoo_unit_test(name, task) if unit_test else ""
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
+    wrote_test = False
     try:
         os.makedirs(os.path.join(work, "configs"))
         for config in CONFIG_FILES:
@@ -654,15 +661,18 @@ def package_bundle(
         shutil.copyfile(os.path.join(source, "LICENSE"), os.path.join(work, "LICENSE"))
         _copy_package(os.path.join(work, "scripts"))
         os.chmod(work, 0o755)
+        if unit_test:  # written first: if it cannot be, no bundle is left either
+            with open(unit_test, "x", encoding="utf-8") as f:
+                f.write(test_text)
+            wrote_test = True
         if os.path.isdir(out):
             os.rmdir(out)  # empty (checked above)
         os.rename(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        if wrote_test:  # the bundle did not land: neither does its test
+            os.remove(unit_test)
         raise
-    if unit_test:
-        with open(unit_test, "x", encoding="utf-8") as f:
-            f.write(zoo_unit_test(name, task))
     return out
 
 

@@ -50,7 +50,7 @@ from monai.bundle import ConfigParser
 from .bundle import command_line
 from .metrics.explanation import HIGHER_IS_BETTER
 from .text import table
-from .utils import ConfigError, atomic_open
+from .utils import ConfigError, atomic_open, pid_alive
 
 __all__ = ["SELECTABLE_METRICS", "TuneSettings", "run_tune", "select_trial"]
 
@@ -207,16 +207,6 @@ def _die_with_parent() -> None:  # pragma: no cover (runs in the child)
         pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _value_text(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
 
@@ -350,7 +340,7 @@ def _fail_dead_local_trials(study: Any, storage: Any, retry: Any, host: str, sta
     for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
         worker = str(trial.user_attrs.get("worker", ""))
         name, _, pid = worker.rpartition(":")
-        if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if name == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             if storage.set_trial_state_values(trial_id, state=states.FAIL):
                 print(

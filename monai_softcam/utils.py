@@ -27,6 +27,7 @@ __all__ = [
     "find_user_error",
     "install_error_hook",
     "is_main_process",
+    "pid_alive",
 ]
 
 
@@ -126,6 +127,17 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one of another user's counts)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_main_process() -> bool:

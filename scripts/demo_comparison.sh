@@ -107,7 +107,7 @@ for variant in "${variants[@]}"; do
     preset="configs/demo_$variant.yaml"
     dir="$OUT/$variant"
     data=(--demo_dir "$dir/data")
-    train=("${data[@]}" "${data_budget[@]}" --epochs "$epochs" ${train_extra[@]+"${train_extra[@]}"})
+    train=("${data[@]}" "${data_budget[@]}" --epochs "$epochs" --replace true ${train_extra[@]+"${train_extra[@]}"})  # its own folders: a re-run replaces them
     echo "== $variant: training SoftCAM sparse, SoftCAM dense and the black box ($epochs epochs each)"
     python -m monai.bundle run training --config_file "['$TRAIN','$preset']" --bundle_root "$dir/sparse" "${train[@]}"
     python -m monai.bundle run training --config_file "['$TRAIN','$preset']" --bundle_root "$dir/dense" "${train[@]}" \

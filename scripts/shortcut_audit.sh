@@ -16,9 +16,11 @@ EPOCHS="${2:-12}"
 TRAIN=bundle/configs/train.yaml
 SHORTCUT=configs/demo_shortcut.yaml
 common=(--demo_dir "$OUT/data" --epochs "$EPOCHS")
-python -m monai.bundle run training --config_file "['$TRAIN','$SHORTCUT']" --bundle_root "$OUT/sparse" "${common[@]}"
+# its own folders: a re-run replaces the models (--replace true)
+python -m monai.bundle run training --config_file "['$TRAIN','$SHORTCUT']" --bundle_root "$OUT/sparse" "${common[@]}" \
+    --replace true
 python -m monai.bundle run training --config_file "['$TRAIN','$SHORTCUT','configs/blackbox.yaml']" \
-    --bundle_root "$OUT/blackbox" "${common[@]}"
+    --bundle_root "$OUT/blackbox" "${common[@]}" --replace true
 for model in sparse blackbox; do
     python -m monai.bundle run evaluate --config_file "['$TRAIN','bundle/configs/evaluate.yaml','$SHORTCUT']" \
         --bundle_root "$OUT/$model" --demo_dir "$OUT/data"

@@ -78,6 +78,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -89,8 +90,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..utils import InputError
+from ..utils import InputError, pid_alive
 from .datalist import SPLITS
+
+logger = logging.getLogger("monai_softcam")
 
 __all__ = ["DemoDataConfig", "DemoSample", "ensure_demo_dataset", "generate_demo_dataset", "render_sample"]
 
@@ -505,8 +508,10 @@ def _box_fields(box: tuple[int, ...] | None, spatial_dims: int) -> list[Any]:
 def generate_demo_dataset(out_dir: str, config: DemoDataConfig | None = None, progress: bool = True) -> dict[str, str]:
     """Write the demo dataset to ``out_dir`` (which must not exist yet); return the split CSV paths.
 
-    Files are written to a temporary folder beside ``out_dir`` and moved into place at the end,
-    so an interrupted run never leaves a half-written dataset that looks complete.
+    Files are written to a temporary folder beside ``out_dir`` (``.demo-partial-<pid>-...``) and moved into
+    place at the end, so an interrupted run never leaves a half-written dataset that looks complete; it is
+    removed on any error, and the partial folder of a run killed outright (``kill -9``) is removed by the
+    next run here.
     """
     config = config or DemoDataConfig()
     out_dir = os.path.abspath(out_dir)
@@ -514,7 +519,8 @@ def generate_demo_dataset(out_dir: str, config: DemoDataConfig | None = None, pr
         raise FileExistsError(f"demo data folder already exists: {out_dir}")
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".demo-partial-", dir=parent)
+    _remove_dead_partials(parent)
+    work = tempfile.mkdtemp(prefix=f"{_PARTIAL}{os.getpid()}-", dir=parent)
     try:
         ext = ".png" if config.spatial_dims == 2 else ".nii.gz"
         os.makedirs(os.path.join(work, "images"))
@@ -558,6 +564,18 @@ def generate_demo_dataset(out_dir: str, config: DemoDataConfig | None = None, pr
         shutil.rmtree(work, ignore_errors=True)
         raise
     return {split: os.path.join(out_dir, f"{split}.csv") for split in SPLITS}
+
+
+_PARTIAL = ".demo-partial-"
+
+
+def _remove_dead_partials(parent: str) -> None:
+    """Remove the partial folders in ``parent`` of generator processes that no longer run (killed outright)."""
+    for name in os.listdir(parent):
+        pid = name[len(_PARTIAL) :].split("-", 1)[0] if name.startswith(_PARTIAL) else ""
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+            logger.info("removed %s, the partial demo data of a run that was killed", os.path.join(parent, name))
 
 
 def ensure_demo_dataset(out_dir: str, config: DemoDataConfig | None = None, progress: bool = True) -> dict[str, str]:

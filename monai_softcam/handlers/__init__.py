@@ -9,6 +9,7 @@ from .training import (
     LoadWeights,
     LossTermsLogger,
     StopOnNonFinite,
+    TaskFile,
     TrainingCheckpoint,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "PredictionsWriter",
     "RegionsWriter",
     "StopOnNonFinite",
+    "TaskFile",
     "TrainingCheckpoint",
     "WaitForWriter",
 ]

@@ -106,6 +106,28 @@ def _batch_files(batch: Any) -> list[str]:
     return files
 
 
+class TaskFile:
+    """The trained task's file, written with the first checkpoint of the run that it describes, never before:
+    a run that fails before its first checkpoint leaves the previous model's ``task.json`` untouched (the
+    savers call :meth:`write` right before they write their first checkpoint; one instance, written once).
+
+    Args:
+        task: the task as trained (``Task``: its ``save(path)`` writes it atomically, on the main process).
+        path: the task file, ``<ckpt_dir>/task.json``.
+    """
+
+    def __init__(self, task: Any, path: str) -> None:
+        self.task = task
+        self.path = path
+        self.written = False
+
+    def write(self) -> None:
+        """Write the task file if this run has not written it yet."""
+        if not self.written:
+            self.task.save(self.path)
+            self.written = True
+
+
 class BestModelSaver:
     """Save the model's state dict (as CPU tensors) whenever a validation metric improves (attach to the evaluator).
 
@@ -115,14 +137,23 @@ class BestModelSaver:
             the model's :func:`~monai_softcam.checkpoint.portable_state_dict`.
         model: the network (a DDP wrapper is unwrapped).
         greater_is_better: direction of improvement.
+        task_file: the trained task's :class:`TaskFile`, written before the first checkpoint.
 
     The epoch recorded is the engine's: for a MONAI evaluator run by ``ValidationHandler``, the
     trainer's epoch. Its state (best value and epoch) is part of the training checkpoint, so a resumed run keeps it.
     Not ignite's ``Checkpoint``: with the fixed file name it removes the old best model before writing the new one.
     """
 
-    def __init__(self, metric_name: str, path: str, model: torch.nn.Module, greater_is_better: bool = True) -> None:
+    def __init__(
+        self,
+        metric_name: str,
+        path: str,
+        model: torch.nn.Module,
+        greater_is_better: bool = True,
+        task_file: TaskFile | None = None,
+    ) -> None:
         self.metric_name = metric_name
+        self.task_file = task_file
         self.path = path
         self.model = model
         self.sign = 1.0 if greater_is_better else -1.0
@@ -143,6 +174,8 @@ class BestModelSaver:
         self.best = value
         self.best_epoch = int(engine.state.epoch)
         if is_main_process():
+            if self.task_file is not None:
+                self.task_file.write()
             save_checkpoint(portable_state_dict(self.model), self.path)
             logger.info("new best %s = %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.path)
 
@@ -165,6 +198,7 @@ class TrainingCheckpoint:
             best-model savers, ...). The trainer's own progress (epoch, iteration) is added.
         resume: load ``path`` when the trainer starts; without a checkpoint yet, training starts
             from epoch 0 with a warning.
+        task_file: the trained task's :class:`TaskFile`, written before the first checkpoint.
 
     A SIGKILL at any point leaves either the previous or the new complete checkpoint. Resuming a
     run that finished all its epochs trains on only if ``max_epochs`` grew; resuming one that stopped
@@ -172,8 +206,11 @@ class TrainingCheckpoint:
     Not ignite's ``Checkpoint``: with the fixed file name it removes the previous state before writing the new one.
     """
 
-    def __init__(self, path: str, objects: dict[str, Any], resume: bool = False) -> None:
+    def __init__(
+        self, path: str, objects: dict[str, Any], resume: bool = False, task_file: TaskFile | None = None
+    ) -> None:
         self.path = path
+        self.task_file = task_file
         self.objects = objects
         self.resume = as_flag(resume, "resume")
         self._stopped_early_before = False  # resumed a run that had already stopped early
@@ -192,6 +229,8 @@ class TrainingCheckpoint:
 
     def _save(self, engine: Engine) -> None:
         if is_main_process() and not self._stopped_early_before:
+            if self.task_file is not None:
+                self.task_file.write()
             save_checkpoint(self._state(engine), self.path)
 
     def _load(self, engine: Engine) -> None:
