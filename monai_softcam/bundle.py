@@ -256,8 +256,8 @@ def claim_folder(
       It is removed when the run ends (:func:`finish`, or at exit), with the folder if the claim made it and the
       run left it empty (a run that failed leaves no empty output folder behind).
     * ``results`` (names in ``folder``) are the run's outputs: if any is there already, the run is refused
-      unless it ``resume``s them (training) or ``replace``s them, which first removes them all, so that a
-      folder never mixes two runs' files.
+      unless it resumes them (``resume``, training) or replaces them (``replace``: they are removed first, all
+      of them), so that a folder never mixes two runs' files.
 
     Only the main process claims (under ``torch.distributed`` the others write nothing); ``folder=None`` claims
     nothing (``run tune``: its workers share one study by design). A ConfigError names
