@@ -711,13 +711,16 @@ def test_bad_rows_stop_training_by_name_or_are_skipped_and_listed(trained, tmp_p
     assert os.path.isfile(out / "models" / "model.pt")
     assert json.load(open(out / "eval" / "metrics_val.json"))["metrics"]["n"] == 12  # the val split is whole
 
+    # with --replace true too, a bad split is found before the earlier model is touched
+    model = (out / "models" / "model.pt").read_bytes()
     _rewrite_csv(data / "val.csv", lambda rows: [{k: v for k, v in r.items() if k != "bin_target"} for r in rows])
-    proc = train(out, "--dataset_dir", str(data), "--skip_bad", "true", check=False)
+    proc = train(out, "--dataset_dir", str(data), "--skip_bad", "true", "--replace", "true", check=False)
     assert proc.returncode != 0 and f"{data / 'val.csv'}: no column 'bin_target'" in proc.stderr
     shutil.copy(root / "data" / "demo" / "val.csv", data / "val.csv")
     _rewrite_csv(data / "val.csv", lambda rows: [])
-    proc = train(out, "--dataset_dir", str(data), "--skip_bad", "true", check=False)
+    proc = train(out, "--dataset_dir", str(data), "--skip_bad", "true", "--replace", "true", check=False)
     assert proc.returncode != 0 and f"{data / 'val.csv'}: the val split is empty" in proc.stderr
+    assert (out / "models" / "model.pt").read_bytes() == model
 
 
 def test_auto_statistics_disk_cache_and_progressive_sampling_through_the_bundle(trained, tmp_path):
