@@ -1,5 +1,6 @@
 """End-to-end tests of the MONAI bundle through its real command line (tiny demo data, CPU)."""
 
+import contextlib
 import csv
 import glob
 import json
@@ -276,6 +277,69 @@ def test_ddp_two_cpu_processes(tmp_path):
     # only rank 0 writes TensorBoard events and prints the report
     assert len(glob.glob(str(root / "eval" / "tensorboard" / "events.*"))) == 1
     assert proc.stdout.count("val metrics (12 images)") == 1
+
+
+@pytest.mark.slow
+def test_ddp_on_two_nodes_is_killed_and_resumed(tmp_path):
+    """Two "nodes" of one process each on this machine, joined through torchrun's c10d rendezvous (as nodes on a
+    network are), on gloo: killed with SIGKILL after a checkpoint, then resumed to the end on both nodes."""
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = tmp_path / "two_nodes"
+
+    def launch(*extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"]
+        cmd += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "softcam_two_nodes"]
+        cmd += ["-m", "monai.bundle", "run", "training", "--config_file", repr([TRAIN, TINY, MULTI_GPU])]
+        cmd += ["--bundle_root", str(root), "--epochs", "8", *extra]
+        return [
+            subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            for _ in range(2)
+        ]
+
+    state = root / "models" / "training_state.pt"
+    nodes = launch()
+    deadline = time.time() + 400
+    while not state.exists() and time.time() < deadline and all(n.poll() is None for n in nodes):
+        time.sleep(0.5)
+    assert state.exists(), b"".join(n.communicate()[0] for n in nodes).decode(errors="replace")[-6000:]
+    for node in nodes:  # the whole node: torchrun and its worker (which torchrun starts in a session of its own)
+        for pid in [node.pid, *_descendants(node.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        node.wait()
+    killed_at = torch.load(state, weights_only=True)["trainer"]["epoch"]
+    assert 1 <= killed_at < 8
+
+    nodes = launch("--resume", "true")
+    outputs = [n.communicate(timeout=600)[0].decode(errors="replace") for n in nodes]
+    assert all(n.returncode == 0 for n in nodes), "\n".join(o[-4000:] for o in outputs)
+    assert "resumed from" in "".join(outputs)
+    assert torch.load(state, weights_only=True)["trainer"]["epoch"] == 8
+    assert json.load(open(root / "eval" / "metrics_val.json"))["metrics"]["n"] == 12  # gathered over both nodes
+    assert not (root / "models" / ".softcam_run.lock").exists()
+
+
+def _descendants(pid):
+    """The process ids below ``pid`` (read from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def test_checkpoint_of_another_network_is_refused_by_name(trained, tmp_path):
