@@ -14,17 +14,11 @@ model's ``task.json``."""
 from __future__ import annotations
 
 import ast
-import atexit
-import contextlib
 import difflib
 import functools
-import json
 import logging
 import os
-import shutil
-import socket
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -34,21 +28,19 @@ from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 from monai.utils import set_determinism
 
 from .data.demo import DemoDataConfig, ensure_demo_dataset
+from .folders import release_folders
 from .settings import check_settings
 from .task import TASK_FILE, TASK_KEYS, Task, load_task
-from .utils import ConfigError, MissingInputError, as_flag, barrier, install_error_hook, is_main_process, pid_alive
+from .utils import ConfigError, MissingInputError, as_flag, barrier, install_error_hook, is_main_process
 
 __all__ = [
     "CommandLine",
-    "LOCK_FILE",
     "bundle_root",
     "check_overrides",
-    "claim_folder",
     "command_line",
     "config_id",
     "default_device",
     "finish",
-    "release_folders",
     "init_distributed",
     "parse_command_line",
     "place_network",
@@ -208,7 +200,7 @@ def start(
 
 def finish(summary_writer: Any = None) -> None:
     """The last step of a run (``finalize``): close the TensorBoard writer, release the run's folders
-    (:func:`claim_folder`), leave the process group."""
+    (:func:`~monai_softcam.folders.claim_folder`), leave the process group."""
     if summary_writer is not None:
         summary_writer.close()
     release_folders()
@@ -234,113 +226,6 @@ def place_network(network: torch.nn.Module, device: torch.device | str, channels
         dims = next((m.weight.dim() - 2 for m in network.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), 2)
         network = network.to(memory_format=torch.channels_last_3d if dims == 3 else torch.channels_last)
     return network
-
-
-# ---------------------------------------------------------------------- one run per folder
-#: the lock file a run keeps in the folder it writes (its host, process id, run and start time)
-LOCK_FILE = ".softcam_run.lock"
-_HELD: list[str] = []  # the lock files this process holds
-_MADE: list[str] = []  # the folders a claim made (removed again if the run left them empty)
-
-
-def claim_folder(
-    folder: str | None, run: str, results: Sequence[str] = (), resume: Any = False, replace: Any = False
-) -> None:
-    """The one policy of every run id that writes: one run per folder, and no run over another's results. The
-    first step of the ``run`` list of each (training: ``ckpt_dir``, its model files as results; inference:
-    ``output_dir``, its predictions, regions, skipped list and maps; evaluate and explain_eval: their output
-    folder, no results, as a re-run replaces each report whole; ``run tune``: none, its workers share one study).
-
-    * A lock file (:data:`LOCK_FILE`) in ``folder`` refuses a second concurrent run, naming the other one
-      (host, process id, run id, start); the lock of a run that died on this host (``kill -9``) is taken over.
-      It is removed when the run ends (:func:`finish`, or at exit), with the folder if the claim made it and the
-      run left it empty (a run that failed leaves no empty output folder behind).
-    * ``results`` (names in ``folder``) are the run's outputs: if any is there already, the run is refused
-      unless it resumes them (``resume``, training) or replaces them (``replace``: they are removed first, all
-      of them), so that a folder never mixes two runs' files.
-
-    Only the main process claims (under ``torch.distributed`` the others write nothing); ``folder=None`` claims
-    nothing (``run tune``: its workers share one study by design). A ConfigError names
-    the folder, what holds it and what to do."""
-    if folder is None or not is_main_process():
-        return
-    folder = os.path.abspath(folder)
-    if not os.path.isdir(folder):
-        try:
-            os.makedirs(folder)
-        except OSError as err:
-            raise ConfigError(
-                f"cannot make the folder {folder} ({err.strerror}): give a folder you can write to"
-            ) from None
-        _MADE.append(folder)
-    _lock(folder, run)
-    present = sorted(name for name in results if os.path.exists(os.path.join(folder, name)))
-    if not present or as_flag(resume, "resume"):
-        return
-    if not as_flag(replace, "replace"):
-        release_folders()
-        raise ConfigError(
-            f"{folder} already holds the results of an earlier {run} run ({', '.join(present)}): "
-            f"{'resume it with --resume true, ' if run == 'training' else ''}replace them with --replace true, "
-            f"or give another folder"
-        )
-    for name in present:
-        path = os.path.join(folder, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    logger.info("replaced the earlier %s results in %s: %s", run, folder, ", ".join(present))
-
-
-def _lock(folder: str, run: str) -> None:
-    path = os.path.join(folder, LOCK_FILE)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "run": run, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            other = _read_lock(path)
-            if other.get("pid") == os.getpid() and other.get("host") == me["host"]:
-                return  # this process holds it already (a second run id in one process)
-            if other.get("host") == me["host"] and not pid_alive(int(other.get("pid", 0) or 0)):
-                logger.warning("%s: taking over the lock of a %s run that ended without releasing it", folder, other)
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-                continue
-            raise ConfigError(
-                f"{folder} is in use by another {other.get('run', 'softcam')} run (process {other.get('pid')} on "
-                f"{other.get('host')}, started {other.get('started')}): wait for it to end or give another folder "
-                f"(if that run is gone, remove {path})"
-            ) from None
-        except PermissionError as err:
-            raise ConfigError(f"cannot write in {folder} ({err.strerror}): give a folder you can write to") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        _HELD.append(path)
-        if len(_HELD) == 1:
-            atexit.register(release_folders)
-        return
-    raise ConfigError(f"cannot take the lock {path}: another run keeps taking it")
-
-
-def _read_lock(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            content = json.load(f)
-        return content if isinstance(content, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def release_folders() -> None:
-    """Remove the lock files this process holds, and the folders a claim made that the run left empty
-    (:func:`finish` and the exit of the process call it)."""
-    while _HELD:
-        path = _HELD.pop()
-        if _read_lock(path).get("pid") == os.getpid():
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-    while _MADE:
-        with contextlib.suppress(OSError):  # not empty: the run's results
-            os.rmdir(_MADE.pop())
 
 
 # ---------------------------------------------------------------------- override ids

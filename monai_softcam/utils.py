@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -28,6 +29,7 @@ __all__ = [
     "install_error_hook",
     "is_main_process",
     "pid_alive",
+    "WriteError",
 ]
 
 
@@ -47,6 +49,11 @@ class InputError(UserError, ValueError):
 
 class MissingInputError(UserError, FileNotFoundError):
     """A file or folder the user named (or that a setting implies) does not exist."""
+
+
+class WriteError(UserError, OSError):
+    """An output that could not be written (a full disk, a read-only folder, no permission): the message names
+    the file and the system's reason."""
 
 
 _FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -108,14 +115,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     (text is UTF-8 unless ``encoding`` says otherwise).
 
     A crash (or SIGKILL) while writing leaves the previous ``path`` untouched and never a truncated
-    file under the final name.
+    file under the final name. A system error while writing (a full disk, no permission) is raised as a
+    :class:`WriteError` naming ``path``.
     """
     path = os.fspath(path)
     if "b" not in mode:
         kwargs.setdefault("encoding", "utf-8")  # whatever the locale says
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise WriteError(f"cannot write {path}: {err.strerror or err}") from err
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -123,9 +134,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(err, OSError) and not isinstance(err, UserError) and err.errno is not None:
+            raise WriteError(f"cannot write {path}: {err.strerror or err}") from err
         raise
 
 
@@ -198,6 +211,9 @@ class BackgroundWriter:
     def _work(self) -> None:
         while True:
             label, job, args = self._jobs.get()
+            if job is None:  # close()
+                self._jobs.task_done()
+                return
             try:
                 job(*args)
             except Exception as err:  # reported by the caller's next submit or wait
@@ -212,6 +228,8 @@ class BackgroundWriter:
                 return
             label, err = self._errors[0]
             self._errors.clear()
+        if isinstance(err, UserError):  # names its file already (a full disk: WriteError)
+            raise type(err)(str(err)) from err
         raise InputError(f"cannot write {label}: {err}") from err
 
     def submit(self, label: str, job: Callable[..., Any], *args: Any) -> None:
@@ -220,13 +238,29 @@ class BackgroundWriter:
         if self.max_pending == 0:
             try:
                 job(*args)
+            except UserError:
+                raise
             except Exception as err:
                 raise InputError(f"cannot write {label}: {err}") from err
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="monai_softcam-writer", daemon=True)
             self._thread.start()
+            atexit.register(self.close)
         self._jobs.put((label, job, args))
+
+    def close(self) -> None:
+        """Drop the jobs still waiting and stop the worker thread after the job it runs (called at exit: a run
+        that failed does not go on writing, and the process never ends with the thread inside a job)."""
+        if self._thread is None:
+            return
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._jobs.get_nowait()
+                self._jobs.task_done()
+        self._jobs.put((None, None, None))
+        self._thread.join(timeout=60)
+        self._thread = None
 
     def wait(self) -> None:
         """Block until every submitted job is done; raise the first failure, naming its file."""

@@ -42,6 +42,7 @@ LAYERS = {
     "monai_softcam.utils": 0,
     "monai_softcam.checkpoint": 0,
     "monai_softcam.text": 0,
+    "monai_softcam.folders": 0,
     "monai_softcam.networks": 1,
     "monai_softcam.losses": 2,
     "monai_softcam.optim": 2,

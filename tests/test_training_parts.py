@@ -331,7 +331,7 @@ def test_overlays_drawn_in_the_writer_thread_are_the_same_and_a_failure_names_th
     from monai.data import MetaTensor
 
     from monai_softcam.transforms import SaveEvidenceMapsd, SaveOverlayd
-    from monai_softcam.utils import BackgroundWriter, InputError
+    from monai_softcam.utils import BackgroundWriter, WriteError
 
     def case(name: str) -> dict:
         image = MetaTensor(torch.rand(1, 40, 30), affine=torch.eye(4))
@@ -357,7 +357,7 @@ def test_overlays_drawn_in_the_writer_thread_are_the_same_and_a_failure_names_th
     (tmp_path / "blocked").write_text("a file where the case folder should be")
     overlay = SaveOverlayd("evidence_maps", ["a", "b"], writer=writer)
     overlay({**cases[0], "evidence_maps_dir": str(tmp_path / "blocked" / "c0")})
-    with pytest.raises(InputError, match=r"cannot write .*blocked/c0/c0_overlay.png"):
+    with pytest.raises(WriteError, match=r"^cannot write .*blocked/c0/c0_overlay.png: Not a directory$"):
         writer.wait()
     writer.wait()  # reported once
     with pytest.raises(ValueError, match="SaveOverlayd needs evidence_maps_dir: put it after SaveEvidenceMapsd"):

@@ -1,12 +1,17 @@
 """λ selection (``python -m monai.bundle run tune``, monai_softcam.tune): the selection rule, its
 settings' errors, and an Optuna study that resumes after ``kill -9``."""
 
+import contextlib
 import csv
 import json
 import os
+import pwd
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -236,3 +241,113 @@ def test_two_workers_share_one_study(tmp_path):
     assert {t.params["penalty#lambda1"] for t in trials} == set(grid)
     workers_used = {t.user_attrs["worker"] for t in trials}
     assert len(workers_used) == 2  # both took settings
+
+
+@contextlib.contextmanager
+def _postgres_server():
+    """A real PostgreSQL server (Debian's ``postgresql``: ``initdb`` and ``pg_ctl``) in a temporary folder,
+    listening on a local socket only; yields its SQLAlchemy URL. PostgreSQL refuses to run as root, so under
+    root (CI) the server runs as the unprivileged ``postgres`` user, made if this machine has none."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not installed (Debian: apt install postgresql)")
+    pytest.importorskip("psycopg2", reason="the PostgreSQL driver: pip install 'monai_softcam[postgres]'")
+    user = None
+    if os.geteuid() == 0:
+        user = "postgres"
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True
+            )
+    folder = tempfile.mkdtemp(prefix="softcam-pg-", dir="/tmp")  # a path the server's user can reach
+    if user is not None:
+        os.chown(folder, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+    data = os.path.join(folder, "data")
+    with socket.socket() as s:  # a free port number: it names the socket file
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    as_user = {"user": user} if user is not None else {}
+    subprocess.run(
+        [initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"], check=True, capture_output=True, **as_user
+    )
+    options = f"-k {folder} -p {port} -c listen_addresses=''"
+    started = subprocess.run(
+        [pg_ctl, "-D", data, "-o", options, "-l", os.path.join(folder, "server.log"), "-w", "start"],
+        capture_output=True,
+        text=True,
+        **as_user,
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield f"postgresql+psycopg2://postgres@/postgres?host={folder}&port={port}"
+    finally:
+        subprocess.run([pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True, **as_user)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgresql_one_killed_mid_trial(tmp_path):
+    """The documented multi-node form: workers on a shared PostgreSQL study. One is killed with SIGKILL in the
+    middle of a trial; the other completes the study, the dead worker's trial failed through its stale heartbeat
+    and its setting run again."""
+    grid = [0.0, 1e-4, 1e-3, 1e-2]
+    with _postgres_server() as url:
+        command = _tune_command(
+            tmp_path,
+            "--tune_settings#search_space",
+            repr({"penalty#lambda1": grid}),
+            "--tune_settings#storage",
+            url,
+            "--tune_settings#heartbeat",
+            "1",
+        )
+
+        def start() -> subprocess.Popen:
+            return subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                encoding="utf-8",
+                errors="replace",
+            )
+
+        def trials():
+            study = optuna.load_study(study_name="softcam_lambda", storage=url)
+            return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+
+        survivor = start()
+        deadline = time.time() + 240
+        while not (tmp_path / "eval" / "tune" / "trial_000").exists():
+            assert survivor.poll() is None and time.time() < deadline, "the first worker did not start a trial"
+            time.sleep(0.2)  # it has made the demo data and started a trial
+        victim = start()
+        killed = None
+        while killed is None:  # the victim's trial is training: kill the worker (its training child dies with it)
+            assert victim.poll() is None and time.time() < deadline, "the second worker never started a trial"
+            running = [t for t in trials() if t.state.name == "RUNNING" and t.user_attrs.get("dir")]
+            mine = [t for t in running if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+            if mine and os.path.exists(os.path.join(mine[0].user_attrs["dir"], "train.log")):
+                time.sleep(1.0)
+                victim.send_signal(signal.SIGKILL)
+                killed = mine[0].number
+            time.sleep(0.2)
+        victim.wait(timeout=30)
+        output = survivor.communicate(timeout=900)[0]
+        assert survivor.returncode == 0, output[-3000:]
+        final = trials()
+        assert {t.params["penalty#lambda1"] for t in final if t.state.name == "COMPLETE"} == set(grid), [
+            (t.number, t.state.name, t.params) for t in final
+        ]
+        assert final[killed].state.name == "FAIL"  # its heartbeat went stale: failed, its setting run again
+        assert [t.params for t in final if t.state.name == "COMPLETE"].count(final[killed].params) == 1
+        assert {t.user_attrs["worker"] for t in final if t.state.name == "COMPLETE"} <= {
+            f"{socket.gethostname()}:{survivor.pid}",
+            f"{socket.gethostname()}:{victim.pid}",
+        }
+        rows = list(csv.DictReader(open(tmp_path / "eval" / "tune" / "results.csv")))
+        assert len(rows) == len(final) and sum(r["selected"] == "1" for r in rows) == 1
+        assert "tune: selected trial" in output

@@ -11,7 +11,7 @@ from .datalist import (
     resolve_under_root,
     split_datalist,
 )
-from .datasets import CACHE_MODES, intensity_stats, make_dataset
+from .datasets import CACHE_MODES, SKIPPED, SkipBadDataset, collate_skipping, intensity_stats, make_dataset
 from .demo import DemoDataConfig, DemoSample, ensure_demo_dataset, generate_demo_dataset, render_sample
 from .dicom import DicomReader, is_dicom_file
 from .formats import IMAGE_EXTENSIONS, image_stem
@@ -30,9 +30,12 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Problem",
     "SAMPLING_MODES",
+    "SKIPPED",
+    "SkipBadDataset",
     "SimpleITKReader",
     "SplitLists",
     "check_data",
+    "collate_skipping",
     "default_readers",
     "ensure_demo_dataset",
     "generate_demo_dataset",

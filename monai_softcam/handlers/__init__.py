@@ -1,7 +1,7 @@
 """Ignite handlers of the SoftCAM workflows: training (:mod:`~monai_softcam.handlers.training`) and what a run
 writes (:mod:`~monai_softcam.handlers.outputs`). Each handler has one ``attach(engine)`` and does one thing."""
 
-from .outputs import EvidenceGallery, MetricsReport, PredictionsWriter, RegionsWriter, WaitForWriter
+from .outputs import EvidenceGallery, MetricsReport, PredictionsWriter, RegionsWriter, SkippedInputs, WaitForWriter
 from .training import (
     BestModelSaver,
     EarlyStopping,
@@ -23,6 +23,7 @@ __all__ = [
     "MetricsReport",
     "PredictionsWriter",
     "RegionsWriter",
+    "SkippedInputs",
     "StopOnNonFinite",
     "TaskFile",
     "TrainingCheckpoint",

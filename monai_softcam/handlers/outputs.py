@@ -1,5 +1,5 @@
 """Ignite handlers that write what a run produced: the evidence gallery, the metrics report, the
-predictions and region tables, and the wait for files written in the background. Files are written
+predictions and region tables, the inputs left out, and the wait for files written in the background. Files are written
 atomically (complete or none) and only on the main process under ``torch.distributed``."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from ..data import SKIPPED, DataListError, Problem
+from ..data.datalist import write_skipped_report
 from ..metrics.classification import ClassificationMetrics
 from ..metrics.statistics import summarize
 from ..text import format_value
@@ -230,7 +232,7 @@ class PredictionsWriter(_CollectThenWrite):
 
     Columns: ``image`` (the input file), ``prob_<class>`` per class, ``predicted_class``, ``logit_<class>``
     per class (for SoftCAM: the spatial mean of that class's evidence map), ``evidence_maps`` (the
-    folder of the case's saved maps, if any).
+    folder of the case's saved maps, if any, where it is once the run's outputs are in place).
 
     Args:
         path: the CSV file.
@@ -251,7 +253,7 @@ class PredictionsWriter(_CollectThenWrite):
             row = [source] + [f"{p:.6f}" for p in probs.tolist()]
             row.append(self.class_names[int(probs.argmax())])
             row += [f"{v:.6f}" for v in logits.tolist()]
-            row.append(out.get("evidence_maps_dir", ""))
+            row.append(out.get("evidence_maps_published", out.get("evidence_maps_dir", "")))
             self._items.append(row)
 
     def _write(self, engine: Engine) -> None:
@@ -321,3 +323,58 @@ class RegionsWriter(_CollectThenWrite):
             writer.writerow(self.COLUMNS)
             writer.writerows([_cell(row.get(c)) for c in self.COLUMNS] for row in self._items)
         logger.info("wrote %d region rows to %s", len(self._items), self.path)
+
+
+class SkippedInputs:
+    """The inputs an inference run leaves out while reading them (``skip_bad``: a file that passed the header
+    check but fails to decode or preprocess, returned by :class:`~monai_softcam.data.SkipBadDataset`).
+
+    It is the evaluator's ``iteration_update``: it takes them out of each batch (:data:`~monai_softcam.data.SKIPPED`,
+    from :func:`~monai_softcam.data.collate_skipping`) and runs the rest through the evaluator's own iteration
+    (a batch of none: no output). When the run completes, each is added, with its problem, to ``path`` (the
+    ``skipped_inference.csv`` of the inputs whose header check failed). A run in which no input could be read
+    fails, listing them.
+
+    Args:
+        path: the CSV of skipped inputs.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._skipped: list[Problem] = []
+        self._run = 0  # inputs run through the network
+
+    def __call__(self, engine: Engine, batch: Any) -> Any:
+        if isinstance(batch, dict) and SKIPPED in batch:
+            for item in batch.pop(SKIPPED):
+                logger.warning("skip_bad: left out %s: %s", item["image"], item["problem"])
+                self._skipped.append(Problem(f"inference input {item['image']}", item["problem"], item["image"]))
+            if "image" not in batch:
+                return []
+        self._run += len(batch["image"]) if isinstance(batch, dict) and "image" in batch else 0
+        return engine._iteration(engine, batch)
+
+    def attach(self, engine: Engine) -> None:
+        """Start afresh when ``engine`` starts; write the list when it completes."""
+        engine.add_event_handler(Events.STARTED, lambda _: self._reset())
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self) -> None:
+        self._skipped, self._run = [], 0
+
+    def _write(self, engine: Engine) -> None:
+        if not self._skipped or not is_main_process():
+            return
+        if not self._run:
+            shown = "\n  ".join(str(p) for p in self._skipped[:20])
+            raise DataListError(f"none of the inputs could be read ({len(self._skipped)} left out):\n  {shown}")
+        earlier = []
+        if os.path.isfile(self.path):  # the header check's
+            with open(self.path, newline="", encoding="utf-8") as f:
+                earlier = [Problem(r["where"], r["problem"], r["image"]) for r in csv.DictReader(f)]
+        write_skipped_report(earlier + self._skipped, os.path.dirname(self.path), "inference")
+        logger.warning(
+            "skip_bad: %d input(s) failed to read and were left out; every skipped input is listed in %s",
+            len(self._skipped),
+            self.path,
+        )

@@ -121,20 +121,30 @@ class SaveEvidenceMapsd(MapTransform):
     map index to input voxel index (``map_to_input_index``), so that a tool holding the input by
     its voxels (the Slicer module) puts the map on it exactly, whatever geometry the input file had.
     Files are written whole or not at all. The case's folder is stored under ``<key>_dir`` (where
-    :class:`~monai_softcam.transforms.overlay.SaveOverlayd` puts the overlay picture).
+    :class:`~monai_softcam.transforms.overlay.SaveOverlayd` puts the overlay picture), and the folder it will
+    have once the run's outputs are moved into place under ``<key>_published`` (what ``predictions.csv``
+    names).
 
     Args:
         keys: the evidence-map key (a ``[C, *grid]`` MetaTensor with its affine).
         output_dir: folder receiving one sub-folder per case.
         class_names: one name per class (used in file names).
         image_key: the input image on its own grid (after ``Invertd``): the grid of the header extension.
+        published_dir: where ``output_dir`` is moved when the run completes, if it is a staging folder
+            (:func:`~monai_softcam.folders.claim_folder`); None: ``output_dir`` itself.
     """
 
     def __init__(
-        self, keys: KeysCollection, output_dir: str, class_names: Sequence[str], image_key: str = "image"
+        self,
+        keys: KeysCollection,
+        output_dir: str,
+        class_names: Sequence[str],
+        image_key: str = "image",
+        published_dir: str | None = None,
     ) -> None:
         super().__init__(keys)
         self.output_dir = output_dir
+        self.published_dir = published_dir or output_dir
         self.class_names = [str(c) for c in class_names]
         self.image_key = image_key
         self._names: dict[str, str] = {}  # source path -> case name, unique within this run
@@ -182,6 +192,7 @@ class SaveEvidenceMapsd(MapTransform):
                 with atomic_open(os.path.join(folder, f"{name}_evidence_{cls}.nii.gz"), "wb") as f:
                     f.write(gzip.compress(img.to_bytes(), compresslevel=6))
             d[f"{key}_dir"] = folder
+            d[f"{key}_published"] = os.path.join(self.published_dir, name)
         return d
 
 
