@@ -36,7 +36,7 @@ logger = logging.getLogger("monai_softcam")
 
 #: the lock file a run keeps in the folder it writes (its host, process id, run and start time)
 LOCK_FILE = ".softcam_run.lock"
-#: the start of a staging folder's name: ``incomplete-<run>-<pid>``
+#: how the name of a staging folder starts (``incomplete-<run>-<pid>``)
 STAGING_PREFIX = "incomplete-"
 
 _HELD: list[str] = []  # the lock files this process holds

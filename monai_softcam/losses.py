@@ -22,7 +22,7 @@ PENALTY_PRESETS: dict[str, dict[str, float]] = {
 
 
 class EvidencePenalty(nn.Module):
-    r"""ElasticNet penalty on class-evidence maps, applied to EVERY sample of the batch.
+    r"""ElasticNet penalty on class-evidence maps, as the paper defines it, applied to EVERY sample of the batch.
 
     For evidence maps :math:`A \in \mathbb{R}^{B \times C \times N}` (``N`` spatial positions):
 
@@ -30,22 +30,23 @@ class EvidencePenalty(nn.Module):
 
         P(A) = \frac{1}{B} \sum_{b=1}^{B} \Big( \lambda_1 \sum_{c,n} |A_{bcn}|
                + \lambda_2 \, R_b \Big), \qquad
-        R_b = \sum_{c,n} A_{bcn}^2 \ \ (\text{squared\_l2=True, default}) \quad\text{or}\quad
-        R_b = \sqrt{\sum_{c,n} A_{bcn}^2} \ \ (\text{squared\_l2=False})
+        R_b = \sqrt{\sum_{c,n} A_{bcn}^2} \ \ (\text{default}) \quad\text{or}\quad
+        R_b = \sum_{c,n} A_{bcn}^2 \ \ (\text{squared\_l2=True})
 
-    i.e. the per-sample L1 norm and squared L2 norm over all classes and positions, averaged over
-    the batch. (The reference implementation penalised only the first image of each batch,
-    ``activations[0]``, with an unsquared L2 norm; ``squared_l2=False`` gives that norm, but still
-    per sample.) Summing over positions keeps the paper's scale of lambda; averaging over the batch
-    makes the penalty independent of the batch size.
+    i.e. the per-sample L1 norm and L2 norm (unsquared, as in the reference's ``train.py``) over all classes
+    and positions, averaged over the batch. The reference adds ``lambda1 * ||A_0||_1 + lambda2 * ||A_0||_2``
+    of the first image of each batch only (``activations[0]``); the batch mean of every sample's term equals
+    that in expectation over the batches, with less noise, and does not depend on the batch size, so the
+    paper's lambdas carry over unchanged. ``squared_l2=True`` (the ridge form) is on another scale: its
+    gradient is ``2 ||A_b||_2`` times the unsquared one, so the paper's lambda2 would penalise far more.
 
     Args:
         lambda1: weight of the L1 (lasso, sparsity) term, >= 0.
-        lambda2: weight of the L2 (ridge, density) term, >= 0.
-        squared_l2: use the squared L2 norm (ridge) rather than the plain norm.
+        lambda2: weight of the L2 (density) term, >= 0.
+        squared_l2: use the squared L2 norm (ridge) rather than the paper's plain norm.
 
-    Presets: ``EvidencePenalty.preset("dense")`` (ridge, lambda2 = 7e-5),
-    ``EvidencePenalty.preset("sparse")`` (lasso, lambda1 = 5e-5), ``"none"``.
+    Presets: ``EvidencePenalty.preset("dense")`` (lambda2 = 7e-5, the paper's ResNet value),
+    ``EvidencePenalty.preset("sparse")`` (lambda1 = 5e-5), ``"none"``.
 
     Example::
 
@@ -54,7 +55,7 @@ class EvidencePenalty(nn.Module):
         tensor(48.)
     """
 
-    def __init__(self, lambda1: float = 0.0, lambda2: float = 0.0, squared_l2: bool = True) -> None:
+    def __init__(self, lambda1: float = 0.0, lambda2: float = 0.0, squared_l2: bool = False) -> None:
         super().__init__()
         for name, value in (("lambda1", lambda1), ("lambda2", lambda2)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
@@ -75,7 +76,7 @@ class EvidencePenalty(nn.Module):
         return self.lambda1 > 0 or self.lambda2 > 0
 
     def forward(self, evidence_maps: torch.Tensor) -> torch.Tensor:
-        """Batch mean of ``lambda1 * L1 + lambda2 * L2`` (squared if ``squared_l2``) of each sample's evidence maps."""
+        """Batch mean of ``lambda1 * L1 + lambda2 * L2`` (L2 squared if ``squared_l2``) of each sample's evidence maps."""
         flat = evidence_maps.flatten(1)  # [B, C * N]
         total = flat.new_zeros(flat.shape[0])
         if self.lambda1 > 0:
@@ -140,7 +141,7 @@ class SoftCAMLoss(nn.Module):
         lambda1: float = 0.0,
         lambda2: float = 0.0,
         preset: str | None = None,
-        squared_l2: bool = True,
+        squared_l2: bool = False,
         class_weights: list[float] | torch.Tensor | None = None,
         label_smoothing: float = 0.0,
     ) -> None:

@@ -68,6 +68,10 @@ SCHEMA: dict[str, Any] = {
         "learning_rate": _number("a finite number > 0 (e.g. 1.0e-3)", exclusive=True, maximum=10.0),
         "weight_decay": _number("a finite number >= 0", maximum=10.0),
         "lr_eta_min": _number("a finite number >= 0", maximum=10.0),
+        "lr_cosine_end": {
+            "anyOf": [_number("", maximum=10.0), {"type": "null"}],
+            "description": "a number >= 0, or null",
+        },
         "val_interval": _integer(1, "a positive integer (epochs between validations)"),
         "early_stop_patience": _integer(0, "an integer >= 0 (0: never stop early)"),
         "num_workers": _integer(0, "an integer >= 0"),
@@ -86,6 +90,7 @@ SCHEMA: dict[str, Any] = {
         "sw_overlap": {"type": "number", "minimum": 0.0, "exclusiveMaximum": 1.0, "description": "a number in [0, 1)"},
         "penalty#lambda1": _number("a finite number >= 0"),
         "penalty#lambda2": _number("a finite number >= 0"),
+        "penalty_squared_l2": _choice([True, False, "true", "false"], "true or false"),
         "explain#methods": {
             "type": "array",
             "items": _choice(EXPLAINERS),

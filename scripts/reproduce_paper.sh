@@ -11,10 +11,14 @@
 #      own maps against the black box explained by Grad-CAM, Integrated Gradients, Guided Backprop,
 #      Score-CAM and LayerCAM.
 #
-#   bash scripts/reproduce_paper.sh --dataset rsna|fundus|oct --data DIR [--out DIR]
+#   bash scripts/reproduce_paper.sh --dataset rsna|fundus|oct --data DIR --pretrained FILE|none [--out DIR]
 #       [--lambda1_grid LIST] [--lambda2_grid LIST] [--dry_run] [OVERRIDES...]
 #
 #   --data DIR        the preset's dataset_dir: the split CSVs and the images (see the preset's header)
+#   --pretrained FILE the paper's ImageNet weights, a local file (nothing is downloaded): torchvision's
+#                     vgg16-397923af.pth (VGG16_Weights.IMAGENET1K_V1) for rsna, resnet50-11ad3fa6.pth
+#                     (ResNet50_Weights.IMAGENET1K_V2) for fundus and oct; its SHA-256 is checked. none:
+#                     every model from a random initialisation, on purpose (not the paper's models)
 #   --out DIR         where everything goes (default reproduce_<dataset>/)
 #   --lambda1_grid    the sparse sweep, a Python list (default [1e-6, 1e-5, 1e-4, 1e-3])
 #   --lambda2_grid    the dense sweep (default [1e-5, 1e-4, 1e-3])
@@ -39,7 +43,7 @@ set -euo pipefail
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }   # the header above
 die() { echo "error: $*" >&2; exit 2; }
 
-DATASET="" DATA="" OUT="" METRIC="" DRY_RUN=0
+DATASET="" DATA="" OUT="" METRIC="" PRETRAINED="" DRY_RUN=0
 LAMBDA1_GRID="[1e-6, 1e-5, 1e-4, 1e-3]"   # a decade apart, around the paper's choices (lasso 1e-6 to 9e-4)
 LAMBDA2_GRID="[1e-5, 1e-4, 1e-3]"         # around the paper's ridge choices (4e-5 to 2e-4)
 common=() tune_extra=() report_extra=()
@@ -58,6 +62,7 @@ while [ $# -gt 0 ]; do
     case "$key" in
         dataset) DATASET="$value" ;;
         data) DATA="$value" ;;
+        pretrained) PRETRAINED="$value" ;;
         out) OUT="$value" ;;
         lambda1_grid) LAMBDA1_GRID="$value" ;;
         lambda2_grid) LAMBDA2_GRID="$value" ;;
@@ -77,6 +82,13 @@ case "$DATASET" in
 esac
 [ -n "$DATA" ] || die "--data is missing: the folder with the $DATASET split CSVs and images (configs/$DATASET.yaml says what it holds)"
 [ -d "$DATA" ] || die "--data '$DATA' is not a folder"
+if [ "$DATASET" = rsna ]; then WEIGHTS=vgg16-397923af.pth; else WEIGHTS=resnet50-11ad3fa6.pth; fi
+[ -n "$PRETRAINED" ] || die "--pretrained is missing: the paper's models start from ImageNet weights, torchvision's $WEIGHTS for $DATASET (https://download.pytorch.org/models/$WEIGHTS): give the local file, or --pretrained none to train every model from a random initialisation on purpose"
+if [ "$PRETRAINED" != none ]; then
+    [ -f "$PRETRAINED" ] || die "--pretrained '$PRETRAINED' is not a file"
+    PRETRAINED="$(cd "$(dirname "$PRETRAINED")" && pwd)/$(basename "$PRETRAINED")"
+fi
+common+=(--pretrained "$PRETRAINED")
 
 grid() {  # grid NAME TEXT: TEXT as a Python list of numbers >= 0, else exit 2 naming the option
     "${PYTHON:-python3}" - "$1" "$2" <<'EOF' || exit 2
@@ -150,6 +162,11 @@ print(selected["ckpt_dir"])
 EOF
 }
 [ "$DRY_RUN" = 1 ] || mkdir -p "$OUT"
+if [ "$PRETRAINED" = none ]; then
+    echo "== weights: none: every model from a random initialisation (not the paper's ImageNet start)"
+else  # the training checks the file against $WEIGHTS's SHA-256 prefix before any work
+    echo "== weights: $PRETRAINED (SHA-256 $(sha256sum "$PRETRAINED" | cut -c1-16)...; the paper's: $WEIGHTS)"
+fi
 
 # 1. λ selection; the other λ is held at 0, so that each sweep is a pure lasso or a pure ridge
 tune sparse "{'penalty#lambda1': $LAMBDA1_GRID, 'penalty#lambda2': [0.0]}"

@@ -16,19 +16,19 @@ def _maps():
 def test_penalty_matches_hand_computed_value_on_every_sample():
     maps = _maps()
     # per-sample L1: 8 * 0.5 = 4, |1|+|-2|+|3| = 6, 4            -> mean 14/3
-    # per-sample squared L2: 8 * 0.25 = 2, 1+4+9 = 14, 16          -> mean 32/3
+    # per-sample L2 (unsquared, the paper's): sqrt(2), sqrt(14), 4
     l1, l2 = 0.1, 0.01
-    expected = l1 * (4 + 6 + 4) / 3 + l2 * (2 + 14 + 16) / 3
+    expected = l1 * (4 + 6 + 4) / 3 + l2 * (2**0.5 + 14**0.5 + 4) / 3
     value = EvidencePenalty(lambda1=l1, lambda2=l2)(maps)
     assert value.item() == pytest.approx(expected, rel=1e-6)
-    first_only = l1 * 4 + l2 * 2
+    first_only = l1 * 4 + l2 * 2**0.5
     assert value.item() != pytest.approx(first_only, rel=1e-3)
 
 
-def test_unsquared_l2_option():
-    # sqrt of per-sample squared L2: sqrt(2), sqrt(14), 4
-    value = EvidencePenalty(lambda2=1.0, squared_l2=False)(_maps())
-    assert value.item() == pytest.approx((2**0.5 + 14**0.5 + 4) / 3, rel=1e-6)
+def test_squared_l2_option():
+    # per-sample squared L2 (ridge): 8 * 0.25 = 2, 1+4+9 = 14, 16
+    value = EvidencePenalty(lambda2=1.0, squared_l2=True)(_maps())
+    assert value.item() == pytest.approx((2 + 14 + 16) / 3, rel=1e-6)
 
 
 def test_penalty_is_batch_size_invariant():

@@ -3,6 +3,7 @@ small generated images standing in for the real files (same names, sizes and for
 
 import csv
 import os
+import re
 from collections import Counter
 
 import pytest
@@ -345,3 +346,40 @@ def test_presets_reference_the_papers_optimiser_schedule_and_augmentation(preset
     demo = parse([TRAIN], str(tmp_path), tmp_path)  # the demo keeps Adam and its own flips
     demo["network_def"] = "$torch.nn.Linear(2, 2)"
     assert isinstance(demo.get_parsed_content("optimizer"), torch.optim.Adam)
+
+
+def test_a_paper_preset_needs_the_papers_weights_or_none_on_purpose(tmp_path):
+    """configs/rsna.yaml trains VGG-16 from torchvision's IMAGENET1K_V1 weights, as the paper did: without a weight
+    file training stops before any work, saying where to get it; a file of that name that is not it is refused by
+    its SHA-256; --pretrained none trains from scratch on purpose (stand-in RSNA data, a tiny budget)."""
+    from bundle_helpers import bundle, last_line
+
+    data = tmp_path / "data"
+    make_dataset(str(data), "rsna")
+    configs = [TRAIN, os.path.join(PRESETS, "rsna.yaml")]
+    small = ["--dataset_dir", str(data), "--epochs", "1", "--batch_size", "2", "--image_size", "[64,64]"]
+    root = tmp_path / "b"
+    proc = bundle("training", configs, "--bundle_root", str(root), *small, check=False)
+    assert proc.returncode != 0
+    assert last_line(proc.stderr) == (
+        "error: pretrained: this configuration trains from the ImageNet weights vgg16-397923af.pth (torchvision's "
+        "VGG16_Weights.IMAGENET1K_V1 (https://download.pytorch.org/models/vgg16-397923af.pth), as the paper did), and "
+        "none were given: download the file on a machine with internet and give --pretrained "
+        "/path/to/vgg16-397923af.pth, or train from a random initialisation on purpose with --pretrained none "
+        "(nothing is downloaded)"
+    )
+    assert not (root / "models").exists()  # stopped before any work
+
+    fake = tmp_path / "vgg16-397923af.pth"  # the right name, not the file: a partial download
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, fake)
+    proc = bundle("training", configs, "--bundle_root", str(root), *small, "--pretrained", str(fake), check=False)
+    assert proc.returncode != 0
+    assert re.fullmatch(
+        rf"error: pretrained: {re.escape(str(fake))} is not vgg16-397923af.pth: its SHA-256 starts with [0-9a-f]{{8}}, "
+        r"not 397923af \(a partial download, or another file\)",
+        last_line(proc.stderr),
+    )
+
+    proc = bundle("training", configs, "--bundle_root", str(root), *small, "--pretrained", "none")
+    assert "training from a random initialisation, not from vgg16-397923af.pth" in proc.stdout + proc.stderr
+    assert (root / "models" / "model.pt").is_file()

@@ -147,6 +147,8 @@ SIZE = {"rsna": 32, "fundus": 64, "oct": 64}
 
 def tiny(dataset):
     return [
+        "--pretrained",
+        "none",
         "--epochs",
         "1",
         "--image_size",
@@ -194,11 +196,21 @@ def stand_in(tmp_path_factory):
         (["--dataset", "rsna", "--data", "{data}/train.csv"], "error: --data '{data}/train.csv' is not a folder"),
         (["--dataset", "rsna", "--data"], "error: --data needs a value"),
         (
-            ["--dataset", "rsna", "--data", "{data}", "--lambda1_grid", "[1e-4, -1]"],
+            ["--dataset", "rsna", "--data", "{data}"],
+            "error: --pretrained is missing: the paper's models start from ImageNet weights, torchvision's "
+            "vgg16-397923af.pth for rsna (https://download.pytorch.org/models/vgg16-397923af.pth): give the local "
+            "file, or --pretrained none to train every model from a random initialisation on purpose",
+        ),
+        (
+            ["--dataset", "oct", "--data", "{data}", "--pretrained", "{data}/resnet50-11ad3fa6.pth"],
+            "error: --pretrained '{data}/resnet50-11ad3fa6.pth' is not a file",
+        ),
+        (
+            ["--dataset", "rsna", "--data", "{data}", "--pretrained", "none", "--lambda1_grid", "[1e-4, -1]"],
             "error: --lambda1_grid must be a non-empty list of numbers >= 0",
         ),
         (
-            ["--dataset", "rsna", "--data", "{data}", "--lambda2_grid", "[]"],
+            ["--dataset", "rsna", "--data", "{data}", "--pretrained", "none", "--lambda2_grid", "[]"],
             "error: --lambda2_grid must be a non-empty list",
         ),
         (["--dataset", "rsna", "--data", "{data}", "--ckpt_dir", "/tmp/x"], "error: --ckpt_dir is set by this script"),

@@ -79,7 +79,7 @@ SKIPPED = "skipped_inputs"
 class SkipBadDataset(Dataset):
     """A MONAI ``Dataset`` (inference) that, with ``skip_bad``, returns an input that fails to read, decode or
     preprocess as ``{SKIPPED: {"image": path, "problem": why}}`` instead of raising, so that the run leaves it
-    out and lists it (:func:`collate_skipping`; :class:`~monai_softcam.handlers.SkippedInputs`). Without
+    out and lists it (:func:`collate_skipping`; :class:`~monai_softcam.handlers.outputs.SkippedInputs`). Without
     ``skip_bad`` it is a plain ``Dataset``: the first bad input stops the run, naming the file.
 
     Only a problem of the input is skipped: running out of memory (``MemoryError``) still stops the run."""

@@ -327,10 +327,10 @@ class RegionsWriter(_CollectThenWrite):
 
 class SkippedInputs:
     """The inputs an inference run leaves out while reading them (``skip_bad``: a file that passed the header
-    check but fails to decode or preprocess, returned by :class:`~monai_softcam.data.SkipBadDataset`).
+    check but fails to decode or preprocess, returned by :class:`~monai_softcam.data.datasets.SkipBadDataset`).
 
-    It is the evaluator's ``iteration_update``: it takes them out of each batch (:data:`~monai_softcam.data.SKIPPED`,
-    from :func:`~monai_softcam.data.collate_skipping`) and runs the rest through the evaluator's own iteration
+    It is the evaluator's ``iteration_update``: it takes them out of each batch (:data:`~monai_softcam.data.datasets.SKIPPED`,
+    from :func:`~monai_softcam.data.datasets.collate_skipping`) and runs the rest through the evaluator's own iteration
     (a batch of none: no output). When the run completes, each is added, with its problem, to ``path`` (the
     ``skipped_inference.csv`` of the inputs whose header check failed). A run in which no input could be read
     fails, listing them.

@@ -10,7 +10,13 @@ from .backbones import (
     register_backbone,
 )
 from .outputs import EVIDENCE_MAPS, LOGITS, EvidenceOutputs, probabilities, split_output, upsample_map, upsample_maps
-from .pretrained import PretrainedWeightsError, load_pretrained_backbone, read_state_dict
+from .pretrained import (
+    PAPER_WEIGHTS,
+    PretrainedWeightsError,
+    checked_weight_file,
+    load_pretrained_backbone,
+    read_state_dict,
+)
 from .softcam import BlackBox, EvidenceHead, SoftCAM
 from .vgg import VGG_CONFIGS, VGGFeatures, vgg_fc_block
 
@@ -21,6 +27,7 @@ __all__ = [
     "EVIDENCE_MAPS",
     "EvidenceHead",
     "LOGITS",
+    "PAPER_WEIGHTS",
     "PretrainedWeightsError",
     "SoftCAM",
     "VGGFeatures",
@@ -29,6 +36,7 @@ __all__ = [
     "build_backbone",
     "check_spatial_dims",
     "get_backbone_spec",
+    "checked_weight_file",
     "load_pretrained_backbone",
     "probabilities",
     "read_state_dict",

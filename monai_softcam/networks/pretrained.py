@@ -27,6 +27,7 @@ listing the keys in the report of :class:`monai_softcam.checkpoint.StateMismatch
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -37,7 +38,13 @@ import torch.nn as nn
 from .. import checkpoint
 from ..checkpoint import CheckpointError, StateMismatch
 
-__all__ = ["PretrainedWeightsError", "load_pretrained_backbone", "read_state_dict"]
+__all__ = [
+    "PAPER_WEIGHTS",
+    "PretrainedWeightsError",
+    "checked_weight_file",
+    "load_pretrained_backbone",
+    "read_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,71 @@ _OLD_DENSE_NAME = re.compile(r"\.(norm|relu|conv)\.(\d)\.")
 class PretrainedWeightsError(CheckpointError):
     """A weight file cannot be read or does not fit the backbone; the message names the file and
     lists the offending keys."""
+
+
+#: the ImageNet weights the paper's models start from, by torchvision file name (``<arch>-<the first 8 hex digits
+#: of the file's SHA-256>.pth``, torchvision 0.29's ``torchvision/models/resnet.py`` and ``vgg.py``): the weights
+#: enum each is, and where torchvision downloads it
+PAPER_WEIGHTS = {
+    "resnet50-11ad3fa6.pth": (
+        "ResNet50_Weights.IMAGENET1K_V2",
+        "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    ),
+    "vgg16-397923af.pth": ("VGG16_Weights.IMAGENET1K_V1", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+}
+#: the SHA-256 prefix a torchvision (torch.hub) file name carries: ``resnet50-11ad3fa6.pth``
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.pth?$")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checked_weight_file(pretrained: str | None, expected: str | None = None) -> str | None:
+    """The weight file a training run starts from, checked before any work; None for a random initialisation.
+
+    * ``pretrained`` ``None`` (or ``""``): random initialisation, unless ``expected`` names the weights the
+      configuration trains from (a paper preset: :data:`PAPER_WEIGHTS`); then a
+      :class:`PretrainedWeightsError` says where to get them, and how to train from scratch on purpose.
+    * ``pretrained`` ``"none"``: random initialisation on purpose, whatever ``expected`` says.
+    * a path: it must be a file. When its name carries a SHA-256 prefix as torchvision's files do
+      (``resnet50-11ad3fa6.pth``), the file's hash must start with it; when ``expected`` does, the file must be
+      that one (a renamed copy too). Nothing is downloaded.
+    """
+    if pretrained is not None and str(pretrained).strip().lower() == "none":
+        if expected:
+            logger.warning("pretrained none: training from a random initialisation, not from %s", expected)
+        return None
+    if pretrained is None or str(pretrained) == "":
+        if not expected:
+            return None
+        enum, url = PAPER_WEIGHTS.get(os.path.basename(expected), ("", ""))
+        what = f"torchvision's {enum} ({url}), " if enum else ""
+        raise PretrainedWeightsError(
+            f"pretrained: this configuration trains from the ImageNet weights {expected} ({what}as the paper "
+            f"did), and none were given: download the file on a machine with internet and give --pretrained "
+            f"/path/to/{os.path.basename(expected)}, or train from a random initialisation on purpose with "
+            "--pretrained none (nothing is downloaded)"
+        )
+    path = os.fspath(pretrained)
+    if not os.path.isfile(path):
+        raise PretrainedWeightsError(f"pretrained: weight file not found: {path}")
+    wanted = [m.group(1) for m in (_HASH_IN_NAME.search(os.path.basename(n)) for n in (path, expected or "")) if m]
+    if wanted:
+        digest = _sha256(path)
+        for prefix in wanted:
+            if not digest.startswith(prefix):
+                source = os.path.basename(expected) if expected and prefix in expected else os.path.basename(path)
+                raise PretrainedWeightsError(
+                    f"pretrained: {path} is not {source}: its SHA-256 starts with {digest[:len(prefix)]}, not "
+                    f"{prefix} (a partial download, or another file)"
+                )
+        logger.info("pretrained: %s (SHA-256 %s...)", path, digest[:12])
+    return path
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
