@@ -40,7 +40,6 @@ MONAI bundle does; ``task.json``, ``metadata.json`` and ``large_files.yml`` are 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -57,7 +56,7 @@ from . import __version__
 from .checkpoint import load_weights
 from .task import TASK_FILE, TASK_KEYS, Task
 from .text import format_value
-from .utils import ConfigError
+from .utils import ConfigError, sha256_file
 
 __all__ = ["PackagingError", "package_bundle", "parse_urls", "zoo_unit_test"]
 
@@ -130,14 +129,6 @@ def parse_urls(items: Sequence[str]) -> dict[str, str]:
             "needs one (--url model.pt=https://host/model.pt; optional: --url model.ts=..., --url model.onnx=...)"
         )
     return urls
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_target(out: str) -> None:
@@ -523,7 +514,12 @@ def _training_record(task: Task) -> str:
 
 def _large_files(ckpt_dir: str, urls: Mapping[str, str]) -> tuple[str, list[dict[str, str]]]:
     entries = [
-        {"path": f"models/{n}", "url": urls[n], "hash_val": _sha256(os.path.join(ckpt_dir, n)), "hash_type": "sha256"}
+        {
+            "path": f"models/{n}",
+            "url": urls[n],
+            "hash_val": sha256_file(os.path.join(ckpt_dir, n)),
+            "hash_type": "sha256",
+        }
         for n in WEIGHT_FILES
         if n in urls
     ]

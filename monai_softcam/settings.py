@@ -80,7 +80,7 @@ SCHEMA: dict[str, Any] = {
         "image_size": _SIZE,
         "spatial_dims": {"enum": [2, 3, None], "description": "2 or 3"},
         "in_channels": {"type": ["integer", "null"], "minimum": 1, "description": "a positive integer"},
-        "resize": _choice(["stretch", "crop", "none", None], "stretch, crop or none"),
+        "resize": _choice(["stretch", "crop", "border", "none", None], "stretch, crop, border or none"),
         "eval_split": _choice(SPLITS),
         "sampling": _choice(SAMPLING_MODES),
         "cache": _choice(CACHE_MODES),
@@ -91,6 +91,7 @@ SCHEMA: dict[str, Any] = {
         "penalty#lambda1": _number("a finite number >= 0"),
         "penalty#lambda2": _number("a finite number >= 0"),
         "penalty_squared_l2": _choice([True, False, "true", "false"], "true or false"),
+        "drop_last": _choice([True, False, "true", "false"], "true or false"),
         "explain#methods": {
             "type": "array",
             "items": _choice(EXPLAINERS),

@@ -37,6 +37,7 @@ from .data.rules import InputRules
 from .networks import BlackBox, SoftCAM
 from .networks.backbones import build_backbone
 from .transforms import load_input, normalize_input, preprocessing
+from .transforms.spatial import FIT_MODES
 from .utils import ConfigError, as_flag, atomic_open, is_main_process
 
 __all__ = ["ARCHITECTURES", "TASK_FILE", "TASK_KEYS", "Task", "TaskError", "build_network", "load_task"]
@@ -112,8 +113,8 @@ class Task:
             raise TaskError(f"image_size must be a list of integers, got {self.image_size!r}") from err
         if len(self.image_size) != self.spatial_dims:
             raise TaskError(f"image_size {self.image_size} needs spatial_dims={self.spatial_dims} entries")
-        if self.resize not in ("stretch", "crop"):
-            raise TaskError(f"resize must be 'stretch' or 'crop', got {self.resize!r}")
+        if self.resize not in FIT_MODES:
+            raise TaskError(f"resize must be one of {', '.join(FIT_MODES)}, got {self.resize!r}")
         set_("intensity_mean", _floats(self.intensity_mean, "intensity_mean"))
         set_("intensity_std", _floats(self.intensity_std, "intensity_std"))
         if self.architecture not in ARCHITECTURES:

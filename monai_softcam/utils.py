@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import hashlib
 import os
 import queue
 import sys
@@ -29,6 +30,7 @@ __all__ = [
     "install_error_hook",
     "is_main_process",
     "pid_alive",
+    "sha256_file",
     "WriteError",
 ]
 
@@ -140,6 +142,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         if isinstance(err, OSError) and not isinstance(err, UserError) and err.errno is not None:
             raise WriteError(f"cannot write {path}: {err.strerror or err}") from err
         raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in 1 MB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def pid_alive(pid: int) -> bool:

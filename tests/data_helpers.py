@@ -112,6 +112,28 @@ def fundus_photo(seed: int) -> np.ndarray:
     return pixels
 
 
+def fundus_with_border(rows: int = 540, cols: int = 720) -> np.ndarray:
+    """An RGB fundus-like photograph with the black border of the originals: wider than high, an off-centre
+    disc with a vignette and vessels-like stripes, the background dark but not 0 (a camera's noise floor, a
+    brighter column of dust on the left). Deterministic (a formula, no random numbers), for the border-crop
+    oracle (``fixtures/reference_fundus_crop.json``)."""
+    yy, xx = np.mgrid[:rows, :cols].astype(np.float64)
+    cy, cx, r = rows * 0.52, cols * 0.47, rows * 0.46
+    d2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / r**2
+    disc = d2 < 1.0
+    shade = np.clip(1.15 - 0.55 * d2, 0, 1) * (1 + 0.08 * np.sin(xx / 9.0) * np.cos(yy / 13.0))
+    pixels = np.zeros((rows, cols, 3), np.float64)
+    pixels[..., 0] = 4 + 3 * ((xx + 2 * yy) % 5 == 0)
+    pixels[..., 1] = 3 + 2 * ((3 * xx + yy) % 7 == 0)
+    pixels[..., 2] = 2 + 2 * ((xx + yy) % 3 == 0)
+    pixels[:, 5:8, :] += 9  # dust on the left strip: the background threshold is the strips' maximum
+    for c, level in enumerate((185.0, 92.0, 38.0)):
+        pixels[..., c] = np.where(disc, level * shade, pixels[..., c])
+    vessels = disc & (np.abs(np.sin((xx - cx) / 23.0) * 40 - (yy - cy)) < 2.5)
+    pixels[vessels] *= 0.55
+    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
 def oct_scan(rows: int, cols: int, seed: int) -> np.ndarray:
     """A grey 8-bit OCT 'B-scan' (rows, cols) of dim noise."""
     rng = np.random.default_rng(seed)

@@ -35,10 +35,23 @@ def _pick(source, target, label, per_class):
 
 # split CSVs: (folder in upstream_csv, {split: file}, label column, rows taken per class)
 SOURCES = {
-    "fundus": ("kaggle", {s: f"kaggle_gradable_{s}.csv" for s in ("train", "val", "test")}, "onset1", {"0": 3, "1": 2}),
+    "fundus": (
+        "kaggle",
+        {
+            "train": "kaggle_gradable_train_reduce.csv",
+            "val": "kaggle_gradable_val.csv",
+            "test": "kaggle_gradable_test.csv",
+        },
+        "onset1",
+        {"0": 3, "1": 2},
+    ),
     "fundus_grades": (
         "kaggle",
-        {s: f"kaggle_gradable_{s}.csv" for s in ("train", "val", "test")},
+        {
+            "train": "kaggle_gradable_train_reduce.csv",
+            "val": "kaggle_gradable_val.csv",
+            "test": "kaggle_gradable_test.csv",
+        },
         "level",
         {"0": 1, "1": 1, "2": 1, "3": 1, "4": 1},
     ),
@@ -333,7 +346,7 @@ def test_preset_without_dataset_dir_names_the_key(tmp_path):
 def test_presets_reference_the_papers_optimiser_schedule_and_augmentation(preset, augmentation, tmp_path):
     """The paper's protocol is spelled once (train.yaml's optimizers and augmentations) and the
     presets pick it by reference: SGD with Nesterov momentum 0.9, weight decay 5e-4, the clipped
-    cosine to 1e-4 over 50 epochs, and each dataset's augmentation."""
+    cosine towards 0 over 50 epochs held at 1e-4, drop_last, and each dataset's augmentation."""
     parser = parse([TRAIN, os.path.join(PRESETS, preset)], str(tmp_path), tmp_path)
     parser["network_def"] = "$torch.nn.Linear(2, 2)"  # the optimiser needs parameters, not the preset's ResNet/VGG
     optimizer = parser.get_parsed_content("optimizer")
@@ -341,7 +354,8 @@ def test_presets_reference_the_papers_optimiser_schedule_and_augmentation(preset
     group = optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (1e-3, 0.9, True, 5e-4)
     scheduler = parser.get_parsed_content("lr_scheduler")
-    assert (scheduler.t_max, scheduler.eta_min) == (50, 1e-4)
+    assert (scheduler.t_max, scheduler.eta_min, scheduler.cosine_end) == (50, 1e-4, 0.0)  # the reference's
+    assert parser.get_parsed_content("drop_last") is True
     assert [type(t).__name__ for t in parser.get_parsed_content("augmentation")] == augmentation
     demo = parse([TRAIN], str(tmp_path), tmp_path)  # the demo keeps Adam and its own flips
     demo["network_def"] = "$torch.nn.Linear(2, 2)"

@@ -114,3 +114,30 @@ def test_grey_input_adapts_first_convolution(reference, tmp_path):
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(grey(x), rgb(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-5)
+
+
+def test_a_file_named_as_torchvision_names_it_must_have_that_hash(reference, tmp_path):
+    """torchvision's file names carry the first digits of the file's SHA-256 (resnet18-f37072fd.pth); a file so named
+    that has another hash (a partial download) is refused, by the loader and the training's check alike."""
+    from monai_softcam.networks import checked_weight_file
+    from monai_softcam.utils import sha256_file
+
+    state = make_weights(reference["resnet18"]["spec"])
+    good = tmp_path / "weights.pth"
+    torch.save(state, good)
+    named = tmp_path / f"resnet18-{sha256_file(good)[:8]}.pth"
+    named.write_bytes(good.read_bytes())
+    SoftCAM("resnet18", num_classes=2, pretrained=str(named))  # its name's hash: loaded
+    partial = tmp_path / "resnet18-f37072fd.pth"
+    partial.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(
+        PretrainedWeightsError,
+        match=r"resnet18-f37072fd.pth is not resnet18-f37072fd.pth: its SHA-256 starts with [0-9a-f]{8}, not f37072fd",
+    ):
+        SoftCAM("resnet18", num_classes=2, pretrained=str(partial))
+    # the preset's expected file, under another name: checked against the expected name's hash
+    assert checked_weight_file(str(named), expected=named.name) == str(named)
+    with pytest.raises(PretrainedWeightsError, match=r"weights.pth is not resnet18-f37072fd.pth"):
+        checked_weight_file(str(good), expected="resnet18-f37072fd.pth")
+    assert checked_weight_file("none", expected="resnet18-f37072fd.pth") is None
+    assert checked_weight_file(None) is None

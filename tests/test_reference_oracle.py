@@ -64,3 +64,57 @@ def test_the_schedule_refuses_an_end_above_its_floor():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     with pytest.raises(ValueError, match=r"cosine_end must be in \[0, eta_min = 0.0001\], got 0.001"):
         ClippedCosineLR(optimizer, t_max=50, eta_min=1e-4, cosine_end=1e-3)
+
+
+def test_the_fundus_border_crop_is_the_references_on_a_fixed_image(tmp_path):
+    """The EyePACS preprocessing of the paper (github:kdjoumessi/interpretable-sparse-activation at 2b3731f,
+    external/crop.py): the same box on a generated fundus-like photograph with a black border, and the same
+    picture after the 512-px resize up to the two resamplers (its LANCZOS, the bilinear anti-aliased one here)."""
+    from data_helpers import fundus_with_border, write_png
+
+    from monai_softcam.transforms import load_input
+    from monai_softcam.transforms.spatial import fundus_border_box
+
+    with open(os.path.join(os.path.dirname(__file__), "fixtures", "reference_fundus_crop_2b3731f.json")) as f:
+        reference = json.load(f)
+    assert reference["commit"].startswith("2b3731f")
+    pixels = fundus_with_border()
+    assert list(pixels.shape) == reference["input_shape"]
+    path = write_png(str(tmp_path / "fundus.png"), pixels)
+    image = load_input([512, 512], resize="none")({"image": path})["image"]  # [3, columns, rows] in [0, 1]
+    assert fundus_border_box(image) == tuple(reference["box"])
+    # the preset's resize: that box, stretched to 512 x 512
+    out = load_input([512, 512], resize="border")({"image": path})["image"]
+    picture = out.permute(2, 1, 0).numpy() * 255  # rows, columns, channel
+    blocks = picture.reshape(16, 32, 16, 32, 3).mean(axis=(1, 3))
+    assert abs(blocks - torch.tensor(reference["block_means"]).numpy()).max() < 2.0  # grey levels of 255
+    # a photograph that is not wider than 1.2 x its height: the centred square of its height, as the reference
+    square = torch.zeros(3, 700, 600)
+    assert fundus_border_box(square) == (50, 0, 650, 600)
+    assert fundus_border_box(torch.zeros(3, 500, 600)) == (0, 0, 500, 600)  # higher than wide: all of it
+
+
+def test_the_border_crop_is_inverted_onto_the_input(tmp_path):
+    """Maps come back on the input's own grid through the border crop (Invertd): the window in place, zeros on the
+    border, and the affine of each output cell on the input."""
+    from data_helpers import fundus_with_border, write_png
+    from monai.transforms import Invertd
+
+    from monai_softcam.transforms import load_input
+
+    path = write_png(str(tmp_path / "fundus.png"), fundus_with_border())
+    load = load_input([64, 64], resize="border")
+    item = load({"image": path})
+    out = item["image"]
+    source = load_input([64, 64], resize="none")({"image": path})["image"]
+    left, upper = 89, 31  # the box of the fixture: columns 89-588, rows 31-531
+    # output cell (i, j) at input index (left + (i + 0.5) * 500 / 64 - 0.5, upper + (j + 0.5) * 501 / 64 - 0.5)
+    index = torch.linalg.solve(source.affine, out.affine)
+    expected = torch.eye(4, dtype=index.dtype)
+    expected[0, 0], expected[0, 3] = 500 / 64, left + 0.5 * 500 / 64 - 0.5
+    expected[1, 1], expected[1, 3] = 501 / 64, upper + 0.5 * 501 / 64 - 0.5
+    assert torch.allclose(index, expected)
+    back = Invertd(keys="image", transform=load, orig_keys="image")({"image": out.clone()})["image"]
+    assert tuple(back.shape) == (3, 720, 540)
+    assert float(back[:, :left].abs().max()) == 0.0 and float(back[:, :, :upper].abs().max()) == 0.0
+    assert float(back[:, 300, 280].min()) > 0.1  # inside the disc

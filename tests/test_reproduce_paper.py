@@ -46,12 +46,16 @@ DATASETS = {
     ),
     "fundus": (
         "kaggle",
-        {s: f"kaggle_gradable_{s}.csv" for s in ("train", "val", "test")},
+        {
+            "train": "kaggle_gradable_train_reduce.csv",
+            "val": "kaggle_gradable_val.csv",
+            "test": "kaggle_gradable_test.csv",
+        },
         "image,level,ungradability_MEAN,ungradability_MEDIAN,Usage,onset1,onset2,filename",
         {
             "train": [
-                "17_left,0,0.13508295,0.055363655,,0,0,17_left.png",
-                "20_left,0,0.32070032,0.26276863,,0,0,20_left.png",
+                "30458_left,0,0.066946134,0.02514185,Private,0,0,30458_left.png",
+                "18240_right,0,0.27358043,0.17375046,Public,0,0,18240_right.png",
                 "82_left,2,0.20640019,0.22330138,,1,1,82_left.png",
                 "114_left,1,0.19628781,0.119887546,,1,0,114_left.png",
             ],

@@ -125,6 +125,19 @@ def test_an_unknown_search_key_is_refused_before_any_training(tmp_path):
     assert not (tmp_path / "eval" / "tune" / "trial_000").exists()
 
 
+def _worker(command):
+    """A tune worker process, its output (stdout and stderr) in a pipe."""
+    return subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        encoding="utf-8",
+        errors="replace",
+    )
+
+
 def _trials(db):
     study = optuna.load_study(study_name="softcam_lambda", storage=f"sqlite:///{db}")
     return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -219,15 +232,7 @@ def test_two_workers_share_one_study(tmp_path):
     )
 
     def start() -> subprocess.Popen:
-        return subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            encoding="utf-8",
-            errors="replace",
-        )
+        return _worker(command)
 
     workers = [start()]
     deadline = time.time() + 120
@@ -305,15 +310,7 @@ def test_two_workers_on_postgresql_one_killed_mid_trial(tmp_path):
         )
 
         def start() -> subprocess.Popen:
-            return subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                encoding="utf-8",
-                errors="replace",
-            )
+            return _worker(command)
 
         def trials():
             study = optuna.load_study(study_name="softcam_lambda", storage=url)

@@ -27,7 +27,6 @@ listing the keys in the report of :class:`monai_softcam.checkpoint.StateMismatch
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -37,11 +36,13 @@ import torch.nn as nn
 
 from .. import checkpoint
 from ..checkpoint import CheckpointError, StateMismatch
+from ..utils import sha256_file
 
 __all__ = [
     "PAPER_WEIGHTS",
     "PretrainedWeightsError",
     "checked_weight_file",
+    "verify_name_hash",
     "load_pretrained_backbone",
     "read_state_dict",
 ]
@@ -75,14 +76,6 @@ PAPER_WEIGHTS = {
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.pth?$")
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checked_weight_file(pretrained: str | None, expected: str | None = None) -> str | None:
     """The weight file a training run starts from, checked before any work; None for a random initialisation.
 
@@ -112,18 +105,28 @@ def checked_weight_file(pretrained: str | None, expected: str | None = None) -> 
     path = os.fspath(pretrained)
     if not os.path.isfile(path):
         raise PretrainedWeightsError(f"pretrained: weight file not found: {path}")
-    wanted = [m.group(1) for m in (_HASH_IN_NAME.search(os.path.basename(n)) for n in (path, expected or "")) if m]
-    if wanted:
-        digest = _sha256(path)
-        for prefix in wanted:
-            if not digest.startswith(prefix):
-                source = os.path.basename(expected) if expected and prefix in expected else os.path.basename(path)
-                raise PretrainedWeightsError(
-                    f"pretrained: {path} is not {source}: its SHA-256 starts with {digest[:len(prefix)]}, not "
-                    f"{prefix} (a partial download, or another file)"
-                )
-        logger.info("pretrained: %s (SHA-256 %s...)", path, digest[:12])
+    verify_name_hash(path, expected)
     return path
+
+
+def verify_name_hash(path: str | os.PathLike, expected: str | None = None) -> None:
+    """Check a weight file against the SHA-256 prefix its name carries as torchvision's files do
+    (``resnet50-11ad3fa6.pth``: the hash starts with ``11ad3fa6``), and against ``expected``'s when that name
+    carries one (a renamed copy of that file passes); a file whose name carries none is not checked. A
+    mismatch (a partial download, another file) raises :class:`PretrainedWeightsError`."""
+    path = os.fspath(path)
+    names = [os.path.basename(path)] + ([os.path.basename(expected)] if expected else [])
+    wanted = [(name, m.group(1)) for name, m in ((n, _HASH_IN_NAME.search(n)) for n in names) if m]
+    if not wanted:
+        return
+    digest = sha256_file(path)
+    for name, prefix in wanted:
+        if not digest.startswith(prefix):
+            raise PretrainedWeightsError(
+                f"pretrained: {path} is not {name}: its SHA-256 starts with {digest[:len(prefix)]}, not {prefix} "
+                "(a partial download, or another file)"
+            )
+    logger.info("pretrained: %s (SHA-256 %s...)", path, digest[:12])
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -169,13 +172,15 @@ def _first_conv_key(backbone: nn.Module) -> str | None:
 def load_pretrained_backbone(backbone: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
     """Load a local weight file into ``backbone`` (a :class:`~monai_softcam.networks.backbones.Backbone`).
 
-    Every parameter and buffer of the backbone's trunk must come from the file (VGG's FC6/FC7
-    neck may stay fresh); unknown keys, missing keys and shape mismatches that are not a 2D->3D
+    A file named as torchvision names its downloads (``resnet50-11ad3fa6.pth``) must have the SHA-256 its name
+    begins (:func:`verify_name_hash`). Every parameter and buffer of the backbone's trunk must come from the file
+    (VGG's FC6/FC7 neck may stay fresh); unknown keys, missing keys and shape mismatches that are not a 2D->3D
     inflation or a first-layer channel adaptation raise :class:`PretrainedWeightsError`.
 
     Returns:
         a report ``{"loaded": [...], "ignored": [...], "inflated": [...], "adapted": [...]}``.
     """
+    verify_name_hash(path)
     state = read_state_dict(path)
     target = backbone.state_dict()
     first_conv = _first_conv_key(backbone)

@@ -90,7 +90,9 @@ def vgg_fc_block(spatial_dims: int, in_channels: int = 512, width: int = 4096, d
 
     Applied to a feature map it acts per location; applied to a globally pooled ``1x1`` map it is
     exactly a pair of fully connected layers on 512 features, which is how the black box with
-    ``head="gap"`` uses it (the default VGG black box uses :func:`vgg_classifier` instead).
+    ``head="gap"`` uses it (the default VGG black box uses :func:`vgg_classifier` instead). The
+    convolutions keep PyTorch's default initialisation, as the paper's reference builds them
+    (``modules/models.py``: plain ``nn.Conv2d``), not torchvision's ``N(0, 0.01)`` of its linear FC6/FC7.
     """
     conv_type = Conv[Conv.CONV, spatial_dims]
     block = nn.Sequential(
@@ -101,10 +103,6 @@ def vgg_fc_block(spatial_dims: int, in_channels: int = 512, width: int = 4096, d
         nn.ReLU(inplace=True),
         nn.Dropout(dropout),
     )
-    for m in block.modules():
-        if isinstance(m, conv_type):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
     return block
 
 
@@ -123,8 +121,8 @@ def vgg_classifier(in_features: int, width: int = 4096, dropout: float = 0.5) ->
     ``in_features = 512 * 7**spatial_dims`` (25,088 in 2D, 175,616 in 3D: FC6 alone has
     ``in_features * width`` weights, 719 M in 3D at ``width=4096``). Module indices 0 and 3 are
     torchvision's ``classifier.0`` (FC6) and ``classifier.3`` (FC7); FC8, torchvision's
-    ``classifier.6``, is the black box's class layer ``fc``. Initialised as torchvision's VGG
-    (and as :func:`vgg_fc_block`): weights ``N(0, 0.01)``, zero biases.
+    ``classifier.6``, is the black box's class layer ``fc``. Initialised as torchvision's VGG:
+    weights ``N(0, 0.01)``, zero biases.
     """
     block = nn.Sequential(
         nn.Linear(in_features, width),

@@ -14,7 +14,7 @@ from monai.transforms import Compose, LoadImaged, MapTransform, Transform
 from ..data.readers import default_readers, quiet_reader_setup, read_checked
 from ..data.rules import InputRules
 from ..utils import ConfigError, InputError
-from .spatial import FitToSized
+from .spatial import FIT_MODES, FitToSized
 
 __all__ = ["AdaptChannelsd", "BoxesToMaskd", "ReadImaged", "load_input"]
 
@@ -143,7 +143,8 @@ def load_input(
     Read (DICOM, PNG/JPEG/TIFF 8/16-bit, NRRD, NIfTI, ...; photographs and projection X-rays come in [0, 1], see
     :mod:`monai_softcam.data.readers`) -> channels first -> boxes to mask (:class:`BoxesToMaskd`) -> resize:
     ``"stretch"`` to ``image_size`` exactly, or ``"crop"`` (as the paper: scale so that the shortest side fits,
-    then a centred crop of ``image_size``), see :class:`~monai_softcam.transforms.spatial.FitToSized`, or
+    then a centred crop of ``image_size``), ``"border"`` (fundus photographs: the black border cut, then stretched,
+    as the paper's EyePACS preprocessing), see :class:`~monai_softcam.transforms.spatial.FitToSized`, or
     ``"none"`` (the input's own size, for sliding-window inference). The image is interpolated (bi/trilinear),
     the mask nearest. The image keeps its own channels here (a cache holds a grey image once, not three times);
     :func:`~monai_softcam.transforms.intensity.normalize_input` adapts them.
@@ -156,8 +157,8 @@ def load_input(
     task of ``len(image_size)`` spatial dimensions).
     """
     size = [int(s) for s in image_size]
-    if resize not in ("stretch", "crop", "none"):
-        raise ConfigError(f"resize must be 'stretch', 'crop' or 'none', got {resize!r}")
+    if resize not in (*FIT_MODES, "none"):
+        raise ConfigError(f"resize must be one of {', '.join(FIT_MODES)} or none, got {resize!r}")
     keys = [image_key, mask_key]
     modes = ["bilinear" if len(size) == 2 else "trilinear", "nearest"]
     steps: list[Transform] = [

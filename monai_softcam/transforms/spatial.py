@@ -14,13 +14,60 @@ from monai.transforms import InvertibleTransform, MapTransform
 
 from ..utils import ConfigError
 
-__all__ = ["FitToSized", "fraction_of", "map_grid_affine", "map_to_input_index", "resample_maps"]
+__all__ = [
+    "FIT_MODES",
+    "FitToSized",
+    "fundus_border_box",
+    "fraction_of",
+    "map_grid_affine",
+    "map_to_input_index",
+    "resample_maps",
+]
+
+#: how :class:`FitToSized` brings an image to the network's size
+FIT_MODES = ("stretch", "crop", "border")
+
+
+def fundus_border_box(image: Any) -> tuple[int, int, int, int]:
+    """``(left, upper, right, lower)`` (columns and rows, right and lower exclusive) of the part of a fundus
+    photograph inside its black border, by the rule of the paper's preprocessing (the EyePACS crop of
+    github:kdjoumessi/interpretable-sparse-activation, ``external/crop.py``; ``tests/test_reference_oracle.py``
+    compares the two on a fixed image).
+
+    ``image``: ``[C, columns, rows]`` (MONAI's 2D layout) with values in [0, 1], C = 1 or 3. On the 8-bit image
+    blurred by PIL's ``BLUR`` filter, when it is more than 1.2 times as wide as high: the background level of each
+    channel is the maximum of the left and right strips (1/32 of the width each); the box holds every pixel
+    brighter than that plus 10 in some channel. A box under 0.8 times the height either way, or a photograph not
+    that wide, gives the centred square of the height instead (the whole image when it is higher than wide)."""
+    from PIL import Image, ImageFilter  # heavy: Pillow, loaded when a border crop runs
+
+    pixels = torch.as_tensor(image).detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+    if pixels.ndim != 3 or pixels.shape[0] not in (1, 3):
+        raise ConfigError(
+            f"resize border is for 2D photographs of 1 or 3 channels, got an image of shape {pixels.shape}"
+        )
+    rows_cols = np.ascontiguousarray(pixels.transpose(2, 1, 0))  # [rows, columns, C]
+    picture = Image.fromarray(rows_cols[..., 0], "L") if rows_cols.shape[2] == 1 else Image.fromarray(rows_cols, "RGB")
+    blurred = np.asarray(picture.filter(ImageFilter.BLUR)).reshape(rows_cols.shape).astype(np.int64)
+    h, w = blurred.shape[:2]
+    if w > 1.2 * h:
+        strip = w // 32
+        background = np.maximum(blurred[:, :strip].max(axis=(0, 1)), blurred[:, -((w + 31) // 32) :].max(axis=(0, 1)))
+        rows, cols = np.nonzero((blurred > background + 10).any(axis=2))
+        if rows.size:
+            left, upper, right, lower = int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+            if right - left >= 0.8 * h and lower - upper >= 0.8 * h:
+                return left, upper, right, lower
+    margin = (w - h) // 2
+    return max(margin, 0), 0, min(w - margin, w), h
 
 
 class FitToSized(MapTransform, InvertibleTransform):
     """Bring images to ``spatial_size``: ``fit="stretch"`` scales every axis to its size;
     ``fit="crop"`` scales keeping the aspect ratio so that the image covers ``spatial_size``, then
-    crops its centre (torchvision's ``Resize(s)`` + ``CenterCrop(s)``, the paper's preparation).
+    crops its centre (torchvision's ``Resize(s)`` + ``CenterCrop(s)``, the paper's preparation);
+    ``fit="border"`` (2D fundus photographs) cuts the black border first (:func:`fundus_border_box`, found on the
+    first key's image and applied to every key) and stretches the rest, as the paper's EyePACS preprocessing.
 
     Interpolation is per key (``"bilinear"``/``"trilinear"`` for images, ``"nearest"`` for masks);
     shrinking 2D images bilinearly is anti-aliased (a constant image stays constant, borders
@@ -37,8 +84,10 @@ class FitToSized(MapTransform, InvertibleTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        if fit not in ("stretch", "crop"):
-            raise ConfigError(f"resize must be 'stretch' or 'crop', got {fit!r}")
+        if fit not in FIT_MODES:
+            raise ConfigError(f"resize must be one of {', '.join(FIT_MODES)}, got {fit!r}")
+        if fit == "border" and len(spatial_size) != 2:
+            raise ConfigError("resize border (the fundus border crop) is for 2D images")
         self.spatial_size = [int(s) for s in spatial_size]
         self.fit = fit
         self.mode = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
@@ -62,21 +111,36 @@ class FitToSized(MapTransform, InvertibleTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        box = None  # fit="border": (starts, lengths) on the input, from the first key's image
         for key, mode in self.key_iterator(d, self.mode):
             img = d[key]
             orig = [int(s) for s in img.shape[1:]]
-            scaled, starts = self._plan(orig)
-            out = self._interpolate(img, scaled, mode)
-            out = out[(slice(None),) + tuple(slice(a, a + t) for a, t in zip(starts, self.spatial_size))]
-            if isinstance(img, MetaTensor):
+            if self.fit == "border":
+                if box is None:
+                    left, upper, right, lower = fundus_border_box(img)
+                    box = ([left, upper], [right - left, lower - upper])
+                starts, lengths = box
+                window = img[(slice(None),) + tuple(slice(a, a + n) for a, n in zip(starts, lengths))]
+                out = self._interpolate(window, self.spatial_size, mode)
+                # output index -> input index, per axis: start + (i + 0.5) * length / size - 0.5
+                factors = [n / t for n, t in zip(lengths, self.spatial_size)]
+                offsets = [a + 0.5 * f - 0.5 for a, f in zip(starts, factors)]
+                extra: dict[str, Any] = {"box": [starts, lengths]}
+            else:
+                scaled, starts = self._plan(orig)
+                out = self._interpolate(img, scaled, mode)
+                out = out[(slice(None),) + tuple(slice(a, a + t) for a, t in zip(starts, self.spatial_size))]
                 # output index -> input index, per axis: (i + start + 0.5) * orig / scaled - 0.5
+                factors = [o / s for o, s in zip(orig, scaled)]
+                offsets = [(a + 0.5) * f - 0.5 for a, f in zip(starts, factors)]
+                extra = {"scaled": scaled, "starts": starts}
+            if isinstance(img, MetaTensor):
                 affine = np.eye(4)
-                for axis, (o, s, a) in enumerate(zip(orig, scaled, starts)):
-                    affine[axis, axis] = o / s
-                    affine[axis, 3] = (a + 0.5) * o / s - 0.5
+                for axis, (f, b) in enumerate(zip(factors, offsets)):
+                    affine[axis, axis], affine[axis, 3] = f, b
                 out = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations))
                 out.affine = img.affine @ torch.as_tensor(affine, dtype=img.affine.dtype)
-                extra = {"scaled": scaled, "starts": starts, "mode": mode, "affine": affine.tolist()}
+                extra.update(mode=mode, affine=affine.tolist())
                 self.push_transform(out, orig_size=orig, extra_info=extra)
             d[key] = out
         return d
@@ -89,14 +153,17 @@ class FitToSized(MapTransform, InvertibleTransform):
             img = d[key]
             info = self.pop_transform(img)
             extra, orig = info["extra_info"], info["orig_size"]
-            full = torch.zeros((img.shape[0], *extra["scaled"]), dtype=torch.float32)
-            window = tuple(slice(a, a + t) for a, t in zip(extra["starts"], img.shape[1:]))
-            full[(slice(None),) + window] = torch.as_tensor(img).float()
-            restored = MetaTensor(
-                self._interpolate(full, orig, extra["mode"]),
-                meta=dict(img.meta),
-                applied_operations=list(img.applied_operations),
-            )
+            if "box" in extra:  # the border crop: the window back to its size, zeros where the border was
+                starts, lengths = extra["box"]
+                full = torch.zeros((img.shape[0], *orig), dtype=torch.float32)
+                window = tuple(slice(a, a + n) for a, n in zip(starts, lengths))
+                full[(slice(None),) + window] = self._interpolate(torch.as_tensor(img).float(), lengths, extra["mode"])
+            else:
+                full = torch.zeros((img.shape[0], *extra["scaled"]), dtype=torch.float32)
+                window = tuple(slice(a, a + t) for a, t in zip(extra["starts"], img.shape[1:]))
+                full[(slice(None),) + window] = torch.as_tensor(img).float()
+                full = self._interpolate(full, orig, extra["mode"])
+            restored = MetaTensor(full, meta=dict(img.meta), applied_operations=list(img.applied_operations))
             inverse_affine = np.linalg.inv(np.asarray(extra["affine"]))
             restored.affine = img.affine @ torch.as_tensor(inverse_affine, dtype=img.affine.dtype)
             d[key] = restored
