@@ -71,7 +71,9 @@ def _parser(preset: str, root: str):
     config = ConfigParser()
     config.read_config(f=[os.path.join(REPO, "bundle", "configs", "train.yaml"), os.path.join(REPO, PRESETS[preset])])
     # the preset's own statistics (no split CSV needed to resolve them)
-    config.update({"bundle_root": root, "dataset_dir": root, "num_workers": 0, "trained_task": "@task"})
+    config.update(
+        {"bundle_root": root, "dataset_dir": root, "num_workers": 0, "trained_task": "@task", "pretrained": "none"}
+    )  # no ImageNet file here
     return config
 
 

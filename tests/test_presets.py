@@ -397,3 +397,7 @@ def test_a_paper_preset_needs_the_papers_weights_or_none_on_purpose(tmp_path):
     proc = bundle("training", configs, "--bundle_root", str(root), *small, "--pretrained", "none")
     assert "training from a random initialisation, not from vgg16-397923af.pth" in proc.stdout + proc.stderr
     assert (root / "models" / "model.pt").is_file()
+    # evaluating the trained model needs no ImageNet file: its own weights are loaded
+    evaluate = [TRAIN, os.path.join(REPO_ROOT, "bundle", "configs", "evaluate.yaml"), configs[1]]
+    bundle("evaluate", evaluate, "--bundle_root", str(root), "--dataset_dir", str(data), "--image_size", "[64,64]")
+    assert list((root / "eval").rglob("metrics_test.json"))

@@ -41,16 +41,16 @@ def fundus_border_box(image: Any) -> tuple[int, int, int, int]:
     that wide, gives the centred square of the height instead (the whole image when it is higher than wide)."""
     from PIL import Image, ImageFilter  # heavy: Pillow, loaded when a border crop runs
 
-    pixels = torch.as_tensor(image).detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
-    if pixels.ndim != 3 or pixels.shape[0] not in (1, 3):
-        raise ConfigError(
-            f"resize border is for 2D photographs of 1 or 3 channels, got an image of shape {pixels.shape}"
-        )
-    rows_cols = np.ascontiguousarray(pixels.transpose(2, 1, 0))  # [rows, columns, C]
-    picture = Image.fromarray(rows_cols[..., 0], "L") if rows_cols.shape[2] == 1 else Image.fromarray(rows_cols, "RGB")
-    blurred = np.asarray(picture.filter(ImageFilter.BLUR)).reshape(rows_cols.shape).astype(np.int64)
-    h, w = blurred.shape[:2]
-    if w > 1.2 * h:
+    shape = tuple(image.shape)
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise ConfigError(f"resize border is for 2D photographs of 1 or 3 channels, got an image of shape {shape}")
+    w, h = shape[1:]
+    if w > 1.2 * h:  # only then is the border looked for
+        pixels = torch.as_tensor(image).detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+        rows_cols = np.ascontiguousarray(pixels.transpose(2, 1, 0))  # [rows, columns, C]
+        grey = rows_cols.shape[2] == 1
+        picture = Image.fromarray(rows_cols[..., 0], "L") if grey else Image.fromarray(rows_cols, "RGB")
+        blurred = np.asarray(picture.filter(ImageFilter.BLUR)).reshape(rows_cols.shape).astype(np.int64)
         strip = w // 32
         background = np.maximum(blurred[:, :strip].max(axis=(0, 1)), blurred[:, -((w + 31) // 32) :].max(axis=(0, 1)))
         rows, cols = np.nonzero((blurred > background + 10).any(axis=2))
