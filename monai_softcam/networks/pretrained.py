@@ -109,6 +109,19 @@ def checked_weight_file(pretrained: str | None, expected: str | None = None) -> 
     return path
 
 
+#: SHA-256 of the weight files already read by this process, by (real path, size, modification time): the
+#: training's start checks the file and the network's build loads it, and a 0.5 GB file is hashed once
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _digest(path: str) -> str:
+    status = os.stat(path)
+    key = (os.path.realpath(path), status.st_size, status.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
 def verify_name_hash(path: str | os.PathLike, expected: str | None = None) -> None:
     """Check a weight file against the SHA-256 prefix its name carries as torchvision's files do
     (``resnet50-11ad3fa6.pth``: the hash starts with ``11ad3fa6``), and against ``expected``'s when that name
@@ -119,7 +132,7 @@ def verify_name_hash(path: str | os.PathLike, expected: str | None = None) -> No
     wanted = [(name, m.group(1)) for name, m in ((n, _HASH_IN_NAME.search(n)) for n in names) if m]
     if not wanted:
         return
-    digest = sha256_file(path)
+    digest = _digest(path)
     for name, prefix in wanted:
         if not digest.startswith(prefix):
             raise PretrainedWeightsError(
