@@ -338,8 +338,11 @@ def test_preset_without_dataset_dir_names_the_key(tmp_path):
 @pytest.mark.parametrize(
     "preset,augmentation",
     [
-        ("fundus.yaml", ["RandZoomd", "RandFlipd", "RandFlipd", "RandColorJitterd", "RandRotated", "RandAffined"]),
-        ("oct.yaml", ["RandZoomd", "RandFlipd", "RandFlipd", "RandColorJitterd", "RandRotated", "RandAffined"]),
+        (
+            "fundus.yaml",
+            ["RandResizedCropd", "RandFlipd", "RandFlipd", "RandColorJitterd", "RandRotated", "RandAffined"],
+        ),
+        ("oct.yaml", ["RandResizedCropd", "RandFlipd", "RandFlipd", "RandColorJitterd", "RandRotated", "RandAffined"]),
         ("rsna.yaml", ["RandFlipd", "RandFlipd", "RandRotated", "RandColorJitterd"]),
     ],
 )

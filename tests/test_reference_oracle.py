@@ -5,11 +5,13 @@ how and from which file and line), reproduced by this project's functions."""
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
 from monai_softcam.losses import EvidencePenalty, SoftCAMLoss
 from monai_softcam.optim import ClippedCosineLR
+from monai_softcam.transforms import RandResizedCropd
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "reference_softcam_b5e9048.json")
 
@@ -118,3 +120,50 @@ def test_the_border_crop_is_inverted_onto_the_input(tmp_path):
     assert tuple(back.shape) == (3, 720, 540)
     assert float(back[:, :left].abs().max()) == 0.0 and float(back[:, :, :upper].abs().max()) == 0.0
     assert float(back[:, 300, 280].min()) > 0.1  # inside the disc
+
+
+CROP_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "reference_random_resized_crop_tv0291.json")
+
+
+def test_the_random_resized_crop_draws_torchvisions_windows():
+    """The window statistics of ``RandResizedCropd`` match torchvision's ``RandomResizedCrop.get_params`` (the
+    reference's first augmentation) on a square image (a fundus photograph after the border crop), a wide OCT
+    B-scan (where no try fits and the centre part of aspect 1.3 is always taken) and a tall image."""
+    with open(CROP_FIXTURE, encoding="utf-8") as f:
+        reference = json.load(f)
+    crop = RandResizedCropd(keys="image", scale=reference["scale"], ratio=reference["ratio"])
+    crop.set_random_state(7)
+    n = 20000
+    for shape, ref in reference["shapes"].items():
+        height, width = (int(v) for v in shape.split("x"))
+        windows = np.array([crop.window(width, height) for _ in range(n)], dtype=np.float64)
+        left, top, w, h = windows[:, 0] / width, windows[:, 1] / height, windows[:, 2] / width, windows[:, 3] / height
+        ours = {
+            "height_fraction": h,
+            "width_fraction": w,
+            "area_fraction": h * w,
+            "top_fraction": top,
+            "left_fraction": left,
+        }
+        for name, values in ours.items():
+            std = ref.get(f"{name}_std", values.std())
+            tolerance = 5 * np.hypot(std / np.sqrt(ref["n"]), values.std() / np.sqrt(n)) + 1e-9
+            assert abs(values.mean() - ref[f"{name}_mean"]) <= tolerance, (shape, name)
+        whole = np.mean((w == 1.0) & (h == 1.0))
+        rate = ref["whole_image_rate"]
+        assert abs(whole - rate) <= 5 * np.sqrt(max(rate * (1 - rate), 1e-12) * (1 / n + 1 / ref["n"])) + 1e-9, shape
+    # the draw decides the content: the window, resampled to the image's size, every key alike
+    image = torch.arange(64 * 48, dtype=torch.float32).reshape(1, 64, 48)
+    both = RandResizedCropd(keys=["image", "mask"], prob=1.0, mode=["bilinear", "nearest"])
+    both.set_random_state(3)
+    out = both({"image": image, "mask": image.clone()})
+    assert out["image"].shape == image.shape and out["mask"].shape == image.shape
+    assert torch.allclose(out["image"].mean(), out["mask"].mean(), rtol=0.02)
+    assert not torch.equal(out["image"], image)
+    # MONAI's 2D layout is [C, columns, rows]: a wide B-scan of 768 columns x 496 rows never fits a try and keeps
+    # its centre 645 columns (aspect 1.3), all rows
+    columns = torch.arange(768, dtype=torch.float32).reshape(1, 768, 1).expand(1, 768, 496).clone()
+    wide = RandResizedCropd(keys="image", prob=1.0)
+    out = wide({"image": columns})["image"]
+    assert out.shape == columns.shape
+    assert out[0, 0, 0].item() == pytest.approx(61.0, abs=0.5) and out[0, -1, 0].item() == pytest.approx(705.0, abs=0.5)

@@ -17,7 +17,7 @@ from .input import AdaptChannelsd, BoxesToMaskd, ReadImaged, load_input
 from .intensity import RandColorJitterd, normalize_input
 from .overlay import SaveOverlayd, overlay_picture
 from .pipelines import output_postprocessing, preprocessing
-from .spatial import FitToSized, fraction_of, map_grid_affine, map_to_input_index, resample_maps
+from .spatial import FitToSized, RandResizedCropd, fraction_of, map_grid_affine, map_to_input_index, resample_maps
 
 __all__ = [
     "AdaptChannelsd",
@@ -28,6 +28,7 @@ __all__ = [
     "LoadLabelMapd",
     "MAP_GRID_EXTENSION",
     "RandColorJitterd",
+    "RandResizedCropd",
     "ReadImaged",
     "RegionEvidenced",
     "ResampleEvidenced",

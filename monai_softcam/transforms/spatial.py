@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import InvertibleTransform, MapTransform
+from monai.transforms import InvertibleTransform, MapTransform, RandomizableTransform
 
 from ..utils import ConfigError
 
 __all__ = [
     "FIT_MODES",
     "FitToSized",
+    "RandResizedCropd",
     "fundus_border_box",
     "fraction_of",
     "map_grid_affine",
@@ -167,6 +168,81 @@ class FitToSized(MapTransform, InvertibleTransform):
             inverse_affine = np.linalg.inv(np.asarray(extra["affine"]))
             restored.affine = img.affine @ torch.as_tensor(inverse_affine, dtype=img.affine.dtype)
             d[key] = restored
+        return d
+
+
+class RandResizedCropd(RandomizableTransform, MapTransform):
+    """The paper's random resized crop (torchvision's ``RandomResizedCrop``, which the reference's
+    ``data/fundus_transforms.py`` and ``data/oct_transforms.py`` apply first), on 2D images ``[C, columns, rows]``:
+    with probability ``prob``, a window is drawn and resampled to the image's own size (``mode`` per key:
+    bilinear for images, nearest for masks). Every key gets the same window.
+
+    The window is drawn as torchvision draws it: up to ten tries of an area ``scale`` times the image's (uniform)
+    and an aspect ratio width/height in ``ratio`` (uniform in log), kept when it fits inside the image, placed
+    uniformly; when no try fits, the centre part whose aspect is ``ratio`` clamped to the image's (the whole image
+    when its aspect is inside ``ratio``). ``tests/test_reference_oracle.py`` compares the window statistics with
+    torchvision's own draw.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.5,
+        scale: Sequence[float] = (0.87, 1.15),
+        ratio: Sequence[float] = (0.7, 1.3),
+        mode: Sequence[str] | str = "bilinear",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        if not 0 < self.scale[0] <= self.scale[1] or not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ConfigError(f"scale and ratio must be increasing positive ranges, got {scale} and {ratio}")
+        self.mode = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
+
+    def window(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """``(left, top, window width, window height)`` for an image of ``width`` x ``height``, drawn as described
+        above (the caller decides whether to crop at all)."""
+        area = width * height
+        log_low, log_high = np.log(self.ratio[0]), np.log(self.ratio[1])
+        for _ in range(10):
+            target = area * self.R.uniform(*self.scale)
+            aspect = float(np.exp(self.R.uniform(log_low, log_high)))
+            w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return int(self.R.randint(0, width - w + 1)), int(self.R.randint(0, height - h + 1)), w, h
+        aspect = width / height
+        w, h = width, height
+        if aspect < self.ratio[0]:
+            h = int(round(width / self.ratio[0]))
+        elif aspect > self.ratio[1]:
+            w = int(round(height * self.ratio[1]))
+        return (width - w) // 2, (height - h) // 2, w, h
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        box = None
+        for key, mode in self.key_iterator(d, self.mode):
+            img = d[key]
+            if img.dim() != 3:
+                raise ConfigError(
+                    f"RandResizedCropd is for 2D images [C, columns, rows], got {key!r} of {tuple(img.shape)}"
+                )
+            if box is None:
+                box = self.window(int(img.shape[1]), int(img.shape[2]))
+            left, top, w, h = box
+            out = FitToSized._interpolate(img[:, left : left + w, top : top + h], img.shape[1:], mode)
+            if isinstance(img, MetaTensor):  # the affine follows: output index -> start + (i + 0.5) * n / size - 0.5
+                affine = torch.eye(img.affine.shape[0], dtype=img.affine.dtype)
+                for axis, (start, n, size) in enumerate(zip((left, top), (w, h), img.shape[1:])):
+                    affine[axis, axis], affine[axis, -1] = n / size, start + 0.5 * n / size - 0.5
+                out = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations))
+                out.affine = img.affine @ affine
+            d[key] = out
         return d
 
 
