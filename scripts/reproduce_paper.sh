@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The SoftCAM paper's protocol on one of its datasets, end to end, with the dataset's preset
-# (configs/<dataset>.yaml: its epochs, image size, optimiser, schedule and augmentation):
+# The SoftCAM paper's protocol on one of its datasets, end to end, for each of the paper's backbones
+# (ResNet-50 and VGG-16, as in its Table 1), with the dataset's preset (configs/<dataset>.yaml: its
+# epochs, image size, optimiser, schedule and augmentation; its backbone replaced by the run's). Per backbone:
 #   1. λ selection (bundle/configs/tune.yaml) for the sparse SoftCAM (a lambda1 grid, lambda2 = 0)
 #      and for the dense SoftCAM (a lambda2 grid, lambda1 = 0): one model per λ, and the paper's rule
 #      (the best explanation score among the models within epsilon of the best validation accuracy)
@@ -10,19 +11,24 @@
 #   4. the explanation report on the test split (configs/reproduce_paper.yaml): both SoftCAM models'
 #      own maps against the black box explained by Grad-CAM, Integrated Gradients, Guided Backprop,
 #      Score-CAM and LayerCAM.
+# Then one table of every backbone's black box, dense and sparse SoftCAM.
 #
-#   bash scripts/reproduce_paper.sh --dataset rsna|fundus|oct --data DIR --pretrained FILE|none [--out DIR]
-#       [--lambda1_grid LIST] [--lambda2_grid LIST] [--dry_run] [OVERRIDES...]
+#   bash scripts/reproduce_paper.sh --dataset rsna|fundus|oct --data DIR --pretrained DIR|none
+#       [--backbones resnet50,vgg16] [--out DIR] [--lambda1_grid LIST] [--lambda2_grid LIST] [--dry_run]
+#       [OVERRIDES...]
 #
 #   --data DIR        the preset's dataset_dir: the split CSVs and the images (see the preset's header)
-#   --pretrained FILE the paper's ImageNet weights, a local file (nothing is downloaded): torchvision's
-#                     vgg16-397923af.pth (VGG16_Weights.IMAGENET1K_V1) for rsna, resnet50-11ad3fa6.pth
-#                     (ResNet50_Weights.IMAGENET1K_V2) for fundus and oct; its SHA-256 is checked. none:
-#                     every model from a random initialisation, on purpose (not the paper's models)
-#   --out DIR         where everything goes (default reproduce_<dataset>/)
-#   --lambda1_grid    the sparse sweep, a Python list (default [1e-6, 1e-5, 1e-4, 1e-3])
-#   --lambda2_grid    the dense sweep (default [1e-5, 1e-4, 1e-3])
-#   --dry_run         print the commands instead of running them (the selected trials as placeholders)
+#   --backbones LIST  the backbones to run, comma-separated, from resnet50 and vgg16 (default: both)
+#   --pretrained DIR  the folder holding the paper's ImageNet weights under torchvision's file names (nothing is
+#                     downloaded): resnet50-11ad3fa6.pth (ResNet50_Weights.IMAGENET1K_V2) for resnet50,
+#                     vgg16-397923af.pth (VGG16_Weights.IMAGENET1K_V1) for vgg16; those of the backbones run
+#                     must be there, and are checked against the SHA-256 prefix of their names before anything
+#                     runs. none: every model from a random initialisation, on purpose (not the paper's models)
+#   --out DIR         where everything goes (default reproduce_<dataset>/), <out>/<backbone>/ per backbone
+#   --lambda1_grid    the sparse sweep, a Python list, for every backbone run (default: the backbone's, below)
+#   --lambda2_grid    the dense sweep, likewise
+#   --dry_run         list the runs (dataset, backbone, model, λ, weights, output folder) and print the
+#                     commands instead of running them (the selected trials as placeholders); trains nothing
 #   OVERRIDES         --key value pairs for every python -m monai.bundle command (--epochs 1
 #                     --image_size "[64,64]" --device cuda:0); those of explain#... go to the report
 #                     only (--explain#sanity_cases 0 skips its randomisation check, which runs every
@@ -33,19 +39,39 @@
 #                     CSVs carry no lesion annotations (with masks: --data#mask_column COLUMN and a
 #                     localisation metric).
 #
-# Writes <out>/tune_sparse/ and <out>/tune_dense/ (trial_<n>/ per λ, results.csv, results.md,
-# selected.json, pareto.png), <out>/blackbox/ (models/, eval/), <out>/eval/<model>/metrics_test.json
-# for softcam_sparse, softcam_dense and blackbox, and <out>/report/ (report.json, table.md,
-# paired.md, index.html, ...). Running the same command again resumes: finished trials are kept and
-# the black box continues from its last epoch. Another grid needs another --out.
+# The default sweeps, per backbone: three values a decade apart, centred on the λ the paper reports
+# choosing on validation data for that backbone (Djoumessi & Berens, SoftCAM, MIDL 2026, which gives its
+# choices, not its grids; ../shared/docs/softcam-method.md of the project lists them):
+#   resnet50  lambda1 [1e-5, 1e-4, 1e-3] (chose 5e-5 fundus, 9e-4 OCT)  lambda2 [1e-5, 1e-4, 1e-3] (chose 7e-5)
+#   vgg16     lambda1 [1e-7, 1e-6, 1e-5] (chose 1e-6 fundus, 3e-6 OCT)  lambda2 [1e-5, 1e-4, 1e-3] (chose 2e-4)
+#
+# Writes, per backbone, <out>/<backbone>/tune_sparse/ and tune_dense/ (trial_<n>/ per λ, results.csv,
+# results.md, selected.json, pareto.png), <out>/<backbone>/blackbox/ (models/, eval/),
+# <out>/<backbone>/eval/<model>/metrics_test.json for softcam_sparse, softcam_dense and blackbox, and
+# <out>/<backbone>/report/ (report.json, table.md, paired.md, index.html, ...); then <out>/summary.md and
+# summary.csv: per backbone and model the weights, the selected λ, the test accuracy and ROC AUC, and the
+# report's explanation metrics per method. Running the same command again resumes: finished trials are
+# kept and the black boxes continue from their last epoch. Another grid needs another --out.
 set -euo pipefail
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }   # the header above
 die() { echo "error: $*" >&2; exit 2; }
 
-DATASET="" DATA="" OUT="" METRIC="" PRETRAINED="" DRY_RUN=0
-LAMBDA1_GRID="[1e-6, 1e-5, 1e-4, 1e-3]"   # a decade apart, around the paper's choices (lasso 1e-6 to 9e-4)
-LAMBDA2_GRID="[1e-5, 1e-4, 1e-3]"         # around the paper's ridge choices (4e-5 to 2e-4)
+PAPER_BACKBONES="resnet50 vgg16"
+paper() {  # paper BACKBONE weights|enum|lambda1|lambda2: what the paper trains BACKBONE with (see the header)
+    case "$1:$2" in
+        resnet50:weights) echo resnet50-11ad3fa6.pth ;;
+        resnet50:enum) echo ResNet50_Weights.IMAGENET1K_V2 ;;
+        resnet50:lambda1) echo "[1e-5, 1e-4, 1e-3]" ;;   # the paper chose 5e-5 (fundus) and 9e-4 (OCT)
+        vgg16:weights) echo vgg16-397923af.pth ;;
+        vgg16:enum) echo VGG16_Weights.IMAGENET1K_V1 ;;
+        vgg16:lambda1) echo "[1e-7, 1e-6, 1e-5]" ;;      # the paper chose 1e-6 (fundus) and 3e-6 (OCT)
+        *:lambda2) echo "[1e-5, 1e-4, 1e-3]" ;;          # the paper chose 7e-5 (ResNet-50) and 2e-4 (VGG-16)
+    esac
+}
+
+DATASET="" DATA="" OUT="" METRIC="" PRETRAINED="" DRY_RUN=0 LAMBDA1_GRID="" LAMBDA2_GRID=""
+BACKBONES_ARG="resnet50,vgg16"
 common=() tune_extra=() report_extra=()
 while [ $# -gt 0 ]; do
     arg="$1"
@@ -62,13 +88,15 @@ while [ $# -gt 0 ]; do
     case "$key" in
         dataset) DATASET="$value" ;;
         data) DATA="$value" ;;
+        backbones) BACKBONES_ARG="$value" ;;
         pretrained) PRETRAINED="$value" ;;
         out) OUT="$value" ;;
         lambda1_grid) LAMBDA1_GRID="$value" ;;
         lambda2_grid) LAMBDA2_GRID="$value" ;;
         tune_settings#metric) METRIC="$value" ;;
         tune_settings#search_space*) die "--$key: give the sweeps with --lambda1_grid and --lambda2_grid" ;;
-        config_file|bundle_root|dataset_dir|ckpt_dir|output_dir|checkpoint|tune_dir|resume|eval_split|explain#output_dir|explain#models)
+        backbone) die "--backbone: give the backbones with --backbones (comma-separated, from ${PAPER_BACKBONES// /, })" ;;
+        config_file|bundle_root|dataset_dir|ckpt_dir|output_dir|checkpoint|tune_dir|resume|eval_split|pretrained_expected|explain#output_dir|explain#models)
             die "--$key is set by this script (see --help)" ;;
         explain|explain#*) report_extra+=("--$key" "$value") ;;
         tune_settings#*) tune_extra+=("--$key" "$value") ;;
@@ -82,16 +110,28 @@ case "$DATASET" in
 esac
 [ -n "$DATA" ] || die "--data is missing: the folder with the $DATASET split CSVs and images (configs/$DATASET.yaml says what it holds)"
 [ -d "$DATA" ] || die "--data '$DATA' is not a folder"
-if [ "$DATASET" = rsna ]; then WEIGHTS=vgg16-397923af.pth; else WEIGHTS=resnet50-11ad3fa6.pth; fi
-[ -n "$PRETRAINED" ] || die "--pretrained is missing: the paper's models start from ImageNet weights, torchvision's $WEIGHTS for $DATASET (https://download.pytorch.org/models/$WEIGHTS): give the local file, or --pretrained none to train every model from a random initialisation on purpose"
+BACKBONES=()
+IFS=, read -r -a requested <<< "${BACKBONES_ARG// /}"   # resnet50,vgg16 or "resnet50, vgg16"
+for b in ${requested[@]+"${requested[@]}"}; do
+    case " $PAPER_BACKBONES " in
+        *" $b "*) ;;
+        *) die "--backbones: '$b' is not one of the paper's backbones: ${PAPER_BACKBONES// /, }" ;;
+    esac
+    case " ${BACKBONES[*]-} " in *" $b "*) die "--backbones names $b twice" ;; esac
+    BACKBONES+=("$b")
+done
+[ ${#BACKBONES[@]} -gt 0 ] || die "--backbones is empty: one or more of ${PAPER_BACKBONES// /, }, comma-separated"
+files=""
+for b in "${BACKBONES[@]}"; do files="${files:+$files and }$(paper "$b" weights)"; done
+[ -n "$PRETRAINED" ] || die "--pretrained is missing: the paper's models start from ImageNet weights, torchvision's $files (https://download.pytorch.org/models/<file>): give the folder holding them, or --pretrained none to train every model from a random initialisation on purpose"
 if [ "$PRETRAINED" != none ]; then
-    [ -f "$PRETRAINED" ] || die "--pretrained '$PRETRAINED' is not a file"
-    PRETRAINED="$(cd "$(dirname "$PRETRAINED")" && pwd)/$(basename "$PRETRAINED")"
+    [ ! -f "$PRETRAINED" ] || die "--pretrained '$PRETRAINED' is a file: give the folder holding torchvision's $files under those names (--pretrained $(dirname "$PRETRAINED") if it is there), or none"
+    [ -d "$PRETRAINED" ] || die "--pretrained '$PRETRAINED' is not a folder"
+    PRETRAINED="$(cd "$PRETRAINED" && pwd)"
 fi
-common+=(--pretrained "$PRETRAINED")
 
 grid() {  # grid NAME TEXT: TEXT as a Python list of numbers >= 0, else exit 2 naming the option
-    "${PYTHON:-python3}" - "$1" "$2" <<'EOF' || exit 2
+    "${PYTHON:-python3}" - "$1" "$2" <<'PY' || exit 2
 import ast, math, sys
 name, text = sys.argv[1:]
 try:
@@ -102,15 +142,49 @@ if not (isinstance(values, (list, tuple)) and values and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values)):
     sys.exit(f"error: --{name} must be a non-empty list of numbers >= 0, e.g. \"[1e-5, 1e-4]\"; got {text!r}")
 print(repr([float(v) for v in values]))
-EOF
+PY
 }
-# checked before setup_env.sh, which may take minutes on a first run
-LAMBDA1_GRID="$(grid lambda1_grid "$LAMBDA1_GRID")"
-LAMBDA2_GRID="$(grid lambda2_grid "$LAMBDA2_GRID")"
+weights() {  # weights BACKBONE: its weight file in the --pretrained folder, checked, or none; else exit 2 naming it
+    local name file digest prefix
+    if [ "$PRETRAINED" = none ]; then echo none; return; fi
+    name="$(paper "$1" weights)"
+    file="$PRETRAINED/$name"
+    [ -f "$file" ] || die "no $file: $1 starts from torchvision's $(paper "$1" enum) (https://download.pytorch.org/models/$name): put that file in the --pretrained folder, leave $1 out of --backbones, or give --pretrained none to train from a random initialisation on purpose"
+    prefix="${name%.pth}"; prefix="${prefix##*-}"   # torchvision's names carry their SHA-256 prefix
+    digest="$(sha256sum "$file" | cut -c1-${#prefix})"
+    [ "$digest" = "$prefix" ] || die "$file is not torchvision's $name: its SHA-256 starts with $digest, not $prefix (a partial download, or another file)"
+    echo "$file"
+}
+# checked before setup_env.sh, which may take minutes on a first run: the grids, then every backbone's weights
+[ -z "$LAMBDA1_GRID" ] || LAMBDA1_GRID="$(grid lambda1_grid "$LAMBDA1_GRID")"
+[ -z "$LAMBDA2_GRID" ] || LAMBDA2_GRID="$(grid lambda2_grid "$LAMBDA2_GRID")"
+GRID1=() GRID2=() WEIGHTS=()
+for i in "${!BACKBONES[@]}"; do
+    b="${BACKBONES[$i]}"
+    GRID1[i]="$(grid lambda1_grid "${LAMBDA1_GRID:-$(paper "$b" lambda1)}")"
+    GRID2[i]="$(grid lambda2_grid "${LAMBDA2_GRID:-$(paper "$b" lambda2)}")"
+    WEIGHTS[i]="$(weights "$b")"
+done
 # absolute paths: setup_env.sh changes to the repository root
 DATA="$(cd "$DATA" && pwd)"
 OUT="${OUT:-reproduce_$DATASET}"
 case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
+
+# every training, before any: one per λ of each sweep, and the black box, per backbone
+values() { local list="${1#[}"; list="${list%]}"; echo "${list//,/}"; }   # [1e-05, 0.0001] -> 1e-05 0.0001
+width=7   # of the weights column
+for w in "${WEIGHTS[@]}"; do [ ${#w} -le $width ] || width=${#w}; done
+line() { printf "%-8s %-9s %-15s %-8s %-8s %-${width}s  %s\n" "$@"; }
+runs=0
+for i in "${!BACKBONES[@]}"; do set -- $(values "${GRID1[i]}") $(values "${GRID2[i]}"); runs=$((runs + $# + 1)); done
+echo "== $runs trainings ($DATASET; ${BACKBONES[*]}): one per λ of each sweep and the black box, each backbone from its weights"
+line dataset backbone model lambda1 lambda2 weights output
+for i in "${!BACKBONES[@]}"; do
+    b="${BACKBONES[$i]}"
+    for l in $(values "${GRID1[i]}"); do line "$DATASET" "$b" softcam_sparse "$l" 0 "${WEIGHTS[i]}" "$OUT/$b/tune_sparse"; done
+    for l in $(values "${GRID2[i]}"); do line "$DATASET" "$b" softcam_dense 0 "$l" "${WEIGHTS[i]}" "$OUT/$b/tune_dense"; done
+    line "$DATASET" "$b" blackbox 0 0 "${WEIGHTS[i]}" "$OUT/$b/blackbox"
+done
 
 # shellcheck source=scripts/setup_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
@@ -133,23 +207,24 @@ data=(--dataset_dir "$DATA")
 run() {  # the command, or with --dry_run its words, shell-quoted
     if [ "$DRY_RUN" = 1 ]; then printf '%q ' "$@"; echo; else "$@"; fi
 }
-tune() {  # tune NAME SEARCH_SPACE: one λ sweep in <out>/tune_NAME
-    local dir="$OUT/tune_$1" log
-    echo "== λ selection, $1 SoftCAM: $2 -> $dir"
+# the loop below sets B (the backbone), DIR (<out>/<backbone>) and MODEL (its overrides) for these
+tune() {  # tune NAME SEARCH_SPACE: one λ sweep in <out>/<backbone>/tune_NAME
+    local dir="$DIR/tune_$1" log
+    echo "== $B: λ selection, $1 SoftCAM: $2 -> $dir"
     run python -m monai.bundle run tune --config_file "['$TRAIN','$PRESET','bundle/configs/tune.yaml']" \
         --bundle_root "$dir" --tune_dir "$dir" "${data[@]}" --tune_settings#search_space "$2" \
         --tune_settings#metric "$METRIC" ${tune_extra[@]+"${tune_extra[@]}"} "${protocol[@]}" \
-        ${common[@]+"${common[@]}"}
+        "${MODEL[@]}" ${common[@]+"${common[@]}"}
     if [ "$DRY_RUN" = 0 ] && [ ! -f "$dir/selected.json" ]; then
         log="$(find "$dir" -name train.log | sort | head -n 1)"
-        echo "error: the $1 λ selection selected no trial (did every trial fail?): see $dir/results.md${log:+ and $log, which ends:}" >&2
+        echo "error: the $B $1 λ selection selected no trial (did every trial fail?): see $dir/results.md${log:+ and $log, which ends:}" >&2
         [ -z "$log" ] || tail -n 3 "$log" >&2
         exit 1
     fi
 }
 selected() {  # selected NAME KEY GRID: the models folder of the selected trial, checked to be of GRID
-    if [ "$DRY_RUN" = 1 ]; then echo "$OUT/tune_$1/<selected trial>/models"; return; fi
-    python - "$OUT/tune_$1/selected.json" "$2" "$3" <<'EOF'
+    if [ "$DRY_RUN" = 1 ]; then echo "$DIR/tune_$1/<selected trial>/models"; return; fi
+    python - "$DIR/tune_$1/selected.json" "$2" "$3" <<'PY'
 import ast, json, os, sys
 path, key, grid = sys.argv[1], sys.argv[2], ast.literal_eval(sys.argv[3])
 selected = json.load(open(path))
@@ -159,61 +234,99 @@ if not any(abs(selected[key] - v) <= 1e-9 * max(abs(v), 1e-12) for v in grid):
 if not os.path.isfile(os.path.join(selected["ckpt_dir"], "model.pt")):
     sys.exit(f"error: the selected trial's model {selected['ckpt_dir']}/model.pt is missing")
 print(selected["ckpt_dir"])
-EOF
+PY
+}
+evaluate() {  # evaluate NAME MODELS_DIR CONFIG_FILES: one model on the test split (evaluate.yaml's)
+    echo "== $B: test split, $1 -> $DIR/eval/$1"
+    run python -m monai.bundle run evaluate --config_file "$3" --bundle_root "$DIR" "${data[@]}" \
+        --ckpt_dir "$2" --output_dir "$DIR/eval/$1" "${protocol[@]}" "${MODEL[@]}" ${common[@]+"${common[@]}"}
 }
 [ "$DRY_RUN" = 1 ] || mkdir -p "$OUT"
-if [ "$PRETRAINED" = none ]; then
-    echo "== weights: none: every model from a random initialisation (not the paper's ImageNet start)"
-else  # the training checks the file against $WEIGHTS's SHA-256 prefix before any work
-    echo "== weights: $PRETRAINED (SHA-256 $(sha256sum "$PRETRAINED" | cut -c1-16)...; the paper's: $WEIGHTS)"
-fi
+summary=()
+for i in "${!BACKBONES[@]}"; do
+    B="${BACKBONES[$i]}" DIR="$OUT/${BACKBONES[$i]}"
+    MODEL=(--backbone "$B" --pretrained_expected "$(paper "$B" weights)" --pretrained "${WEIGHTS[i]}")
+    summary+=("$B=${WEIGHTS[i]}")
+    if [ "${WEIGHTS[i]}" = none ]; then
+        echo "== $B: weights none: every model from a random initialisation (not the paper's ImageNet start)"
+    else  # checked above; the training checks it again before any work
+        echo "== $B: weights ${WEIGHTS[i]} (torchvision's $(paper "$B" enum), the paper's)"
+    fi
 
-# 1. λ selection; the other λ is held at 0, so that each sweep is a pure lasso or a pure ridge
-tune sparse "{'penalty#lambda1': $LAMBDA1_GRID, 'penalty#lambda2': [0.0]}"
-tune dense "{'penalty#lambda1': [0.0], 'penalty#lambda2': $LAMBDA2_GRID}"
-SPARSE="$(selected sparse 'penalty#lambda1' "$LAMBDA1_GRID")"
-DENSE="$(selected dense 'penalty#lambda2' "$LAMBDA2_GRID")"
+    # 1. λ selection; the other λ is held at 0, so that each sweep is a pure lasso or a pure ridge
+    tune sparse "{'penalty#lambda1': ${GRID1[i]}, 'penalty#lambda2': [0.0]}"
+    tune dense "{'penalty#lambda1': [0.0], 'penalty#lambda2': ${GRID2[i]}}"
+    SPARSE="$(selected sparse 'penalty#lambda1' "${GRID1[i]}")"
+    DENSE="$(selected dense 'penalty#lambda2' "${GRID2[i]}")"
 
-# 2. the black box, resumed from its last epoch when run again
-echo "== black box -> $OUT/blackbox"
-run python -m monai.bundle run training --config_file "['$TRAIN','$PRESET','$BLACKBOX']" \
-    --bundle_root "$OUT/blackbox" "${data[@]}" --resume True ${common[@]+"${common[@]}"}
-BLACKBOX_MODELS="$OUT/blackbox/models"
+    # 2. the black box, resumed from its last epoch when run again
+    echo "== $B: black box -> $DIR/blackbox"
+    run python -m monai.bundle run training --config_file "['$TRAIN','$PRESET','$BLACKBOX']" \
+        --bundle_root "$DIR/blackbox" "${data[@]}" --resume True "${MODEL[@]}" ${common[@]+"${common[@]}"}
 
-# 3. every model on the test split (evaluate.yaml's), each with the task saved beside it
-evaluate() {  # evaluate NAME MODELS_DIR CONFIG_FILES
-    echo "== test split, $1 -> $OUT/eval/$1"
-    run python -m monai.bundle run evaluate --config_file "$3" --bundle_root "$OUT" "${data[@]}" \
-        --ckpt_dir "$2" --output_dir "$OUT/eval/$1" "${protocol[@]}" ${common[@]+"${common[@]}"}
-}
-evaluate softcam_sparse "$SPARSE" "['$TRAIN','$EVALUATE','$PRESET']"
-evaluate softcam_dense "$DENSE" "['$TRAIN','$EVALUATE','$PRESET']"
-evaluate blackbox "$BLACKBOX_MODELS" "['$TRAIN','$EVALUATE','$PRESET','$BLACKBOX']"
+    # 3. every model on the test split, each with the task saved beside it
+    evaluate softcam_sparse "$SPARSE" "['$TRAIN','$EVALUATE','$PRESET']"
+    evaluate softcam_dense "$DENSE" "['$TRAIN','$EVALUATE','$PRESET']"
+    evaluate blackbox "$DIR/blackbox/models" "['$TRAIN','$EVALUATE','$PRESET','$BLACKBOX']"
 
-# 4. the explanation report on the test split
-echo "== explanation report -> $OUT/report"
-run python -m monai.bundle run explain_eval \
-    --config_file "['$TRAIN','$EVALUATE','bundle/configs/explain.yaml','$PRESET','configs/reproduce_paper.yaml']" \
-    --bundle_root "$OUT" "${data[@]}" --softcam_sparse_dir "$SPARSE" --softcam_dense_dir "$DENSE" \
-    ${report_extra[@]+"${report_extra[@]}"} ${common[@]+"${common[@]}"}
+    # 4. the explanation report on the test split
+    echo "== $B: explanation report -> $DIR/report"
+    run python -m monai.bundle run explain_eval \
+        --config_file "['$TRAIN','$EVALUATE','bundle/configs/explain.yaml','$PRESET','configs/reproduce_paper.yaml']" \
+        --bundle_root "$DIR" "${data[@]}" --softcam_sparse_dir "$SPARSE" --softcam_dense_dir "$DENSE" \
+        ${report_extra[@]+"${report_extra[@]}"} "${MODEL[@]}" ${common[@]+"${common[@]}"}
+done
 [ "$DRY_RUN" = 0 ] || exit 0
 
-# 5. where everything is, and what came out
-python - "$OUT" <<'EOF'
-import json, os, sys
-out = sys.argv[1]
+# 5. what came out: each backbone's λ selection, test metrics and report, then one table of all of them
+for b in "${BACKBONES[@]}"; do
+    echo; echo "== $b: explanation report $OUT/$b/report/index.html"
+    cat "$OUT/$b/report/table.md"; echo; cat "$OUT/$b/report/paired.md"
+done
+python - "$OUT" "$DATASET" "${summary[@]}" <<'PY'
+import csv, json, os, sys
+from monai_softcam.comparison import TABLE_METRICS
+from monai_softcam.metrics.explanation import HIGHER_IS_BETTER
+from monai_softcam.text import direction_arrow, table
+
+out, dataset, runs = sys.argv[1], sys.argv[2], [a.split("=", 1) for a in sys.argv[3:]]
+metrics = ("consistency",) + TABLE_METRICS  # consistency: the selection's score where there are no annotations
+models = (("blackbox", None), ("softcam_dense", "penalty#lambda2"), ("softcam_sparse", "penalty#lambda1"))
+rows = []
 print("\nλ selection (the best validation explanation score within epsilon of the best validation accuracy):")
-for name, key in (("sparse", "penalty#lambda1"), ("dense", "penalty#lambda2")):
-    folder = os.path.join(out, f"tune_{name}")
-    s = json.load(open(os.path.join(folder, "selected.json")))
-    print(f"  {name:<6} {key.split('#')[1]} = {s[key]:g} (trial {s['number']}): val accuracy {s['accuracy']:.4f}, "
-          f"{s['metric']} {s[s['metric']]:.4f}, epsilon {s['epsilon']:g}; every trial: {os.path.join(folder, 'results.md')}")
-print("test split:")
-for model in ("softcam_sparse", "softcam_dense", "blackbox"):
-    path = os.path.join(out, "eval", model, "metrics_test.json")
-    m = json.load(open(path))["metrics"]
-    print(f"  {model:<15} accuracy {m['accuracy']:.4f}, auc {m['auc']:.4f} ({path})")
-print(f"explanation report: {os.path.join(out, 'report', 'index.html')} (table.md and paired.md below)")
-EOF
-echo; cat "$OUT/report/table.md"
-echo; cat "$OUT/report/paired.md"
+for backbone, weights in runs:
+    folder = os.path.join(out, backbone)
+    report = json.load(open(os.path.join(folder, "report", "report.json")))
+    for model, key in models:
+        test = json.load(open(os.path.join(folder, "eval", model, "metrics_test.json")))["metrics"]
+        lambdas = {"penalty#lambda1": 0.0, "penalty#lambda2": 0.0}
+        if key:
+            study = os.path.join(folder, f"tune_{model.split('_')[1]}")
+            s = json.load(open(os.path.join(study, "selected.json")))
+            lambdas[key] = s[key]
+            print(f"  {backbone:<8} {model.split('_')[1]:<6} {key.split('#')[1]} = {s[key]:g} (trial {s['number']}): "
+                  f"val accuracy {s['accuracy']:.4f}, {s['metric']} {s[s['metric']]:.4f}, epsilon {s['epsilon']:g}; "
+                  f"every trial: {os.path.join(study, 'results.md')}")
+        for method, values in report["explanation"][model].items():
+            means = {m: values[m]["mean"] if values.get(m, {}).get("n") else None for m in metrics}
+            rows.append({"backbone": backbone, "model": model, "weights": weights, "lambda1": lambdas["penalty#lambda1"],
+                         "lambda2": lambdas["penalty#lambda2"], "accuracy": test["accuracy"], "auc": test["auc"],
+                         "method": method, **means})
+with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
+cell = lambda v: "-" if v is None else f"{v:.3f}"
+head = ["backbone", "model", "λ", "accuracy", "ROC AUC", "method"] + [
+    f"{m.replace('_', ' ')} {direction_arrow(HIGHER_IS_BETTER.get(m))}".strip() for m in metrics]
+lines = [[r["backbone"], r["model"],
+          f"lambda1 {r['lambda1']:g}" if r["lambda1"] else f"lambda2 {r['lambda2']:g}" if r["lambda2"] else "-",
+          f"{r['accuracy']:.4f}", f"{r['auc']:.4f}", r["method"], *(cell(r[m]) for m in metrics)] for r in rows]
+weights = "; ".join(f"{b}: {w}" for b, w in runs)
+text = (f"# The paper's protocol on {dataset}, test split\n\n" + table(head, lines) + f"\nWeights: {weights}.\n"
+        "Explanation metrics: the mean over the test images (95 % CIs and paired tests: <backbone>/report/table.md "
+        "and paired.md); -: no image to measure it on (localisation needs annotations).\n")
+with open(os.path.join(out, "summary.md"), "w") as f:
+    f.write(text)
+print("\n" + text + f"\n(written to {os.path.join(out, 'summary.md')} and summary.csv)")
+PY

@@ -14,7 +14,7 @@ from conftest import metric_settings
 from ignite.engine import Engine
 
 from monai_softcam.explanation_report import aggregate, collect, explanation_report
-from monai_softcam.metrics.explanation import ExplanationMetrics, explanation_values
+from monai_softcam.metrics.explanation import CURVE_METRICS, ExplanationMetrics, explanation_values
 from monai_softcam.networks import BlackBox, SoftCAM
 from monai_softcam.visualize import GalleryCase, evidence_gallery, render_gallery
 
@@ -130,12 +130,18 @@ def test_report_and_evaluation_metric_give_the_same_per_image_values(coarse):
         "insertion_auc",
         "paper_deletion_auc",
     }
+    curve = {f"{n}@{k}" for n in CURVE_METRICS for k in range(1, SETTINGS.topk_curve + 1)}
     assert {n for n in report_values if n.startswith("paper_")} == {
+        "paper_consistency",
         "paper_activation_precision",
+        "paper_activation_sensitivity",
         "paper_topk_precision",
         "paper_topk_precision_tp",
         "paper_topk_patches",
-    }
+    } | curve
+    for k in (SETTINGS.topk,):  # the curve's point at the reported k is the reported top-k
+        for n in CURVE_METRICS:
+            torch.testing.assert_close(report_values[f"{n}@{k}"], report_values[n], equal_nan=True)
     # both are explanation_values of the explained class's maps
     with torch.no_grad():
         out = network(images)

@@ -4,7 +4,9 @@ It reads a preset (or bundle config), then for each split: the CSV's columns and
 outside the classes, empty or unparsable cells, duplicate images, paths escaping the data root),
 every referenced file (missing, unreadable or corrupt: each image is decoded in full), boxes that
 reach outside their image, masks of another size than their image, images shared between splits,
-and the class balance. The exit status is 1 when anything is wrong.
+the class balance, and, with a ``boxes_csv``, the split rows whose box disagrees with that file (an
+image absent from it or with a box in one file only: an error; another box: a warning). It says first
+where the masks and boxes come from. The exit status is 1 when anything is wrong (warnings do not count).
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ def check_data(
     progress: bool = True,
     out: Callable[[str], None] = print,
 ) -> int:
-    """Check the splits described by ``configs`` under ``dataset_dir``; print a report; return the number of problems."""
+    """Check the splits described by ``configs`` under ``dataset_dir``; print a report; return the number of
+    problems (warnings not counted)."""
     spec, class_names, rules, reader_options = load_check_settings(configs, dataset_dir)
     num_classes = len(class_names) or None
     with quiet_reader_setup():
@@ -117,6 +120,12 @@ def check_data(
 
     all_problems: list[tuple[str, Problem]] = []
     seen: dict[str, str] = {}
+    try:
+        out(f"annotations: {spec.annotation_source(dataset_dir)}")
+    except DataListError as err:  # the boxes CSV: every split would repeat it
+        all_problems.append(("annotations", Problem("annotations", str(err))))
+        out(f"annotations: {err}")
+        splits = ()
     for split in splits:
         try:
             items, problems = spec.scan(split, dataset_dir, num_classes, rules=rules)
@@ -162,9 +171,14 @@ def check_data(
         with atomic_open(report, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["split", "where", "image", "problem"])
-            writer.writerows([split, p.where, p.image, p.message] for split, p in all_problems)
-    if all_problems:
-        out(f"{len(all_problems)} problem(s) found" + (f"; all listed in {report}" if report else ""))
+            writer.writerows(
+                [split, p.where, p.image, ("warning: " if p.warning else "") + p.message] for split, p in all_problems
+            )
+    warned = sum(p.warning for _, p in all_problems)
+    errors = len(all_problems) - warned
+    listed = f"; all listed in {report}" if report and all_problems else ""
+    if errors:
+        out(f"{errors} problem(s){f' and {warned} warning(s)' if warned else ''} found{listed}")
     else:
-        out("no problems found")
-    return len(all_problems)
+        out(f"no problems found{f' ({warned} warning(s))' if warned else ''}{listed}")
+    return errors

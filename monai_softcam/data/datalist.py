@@ -2,8 +2,9 @@
 
 :class:`~monai_softcam.data.datalist.CSVDataSpec` says how a dataset's split CSVs map to images, labels and
 optional masks or bounding boxes. The same spec reads the paper's split CSVs (one row per image), the RSNA
-challenge's ``stage_2_train_labels.csv`` (one row per box, boxes of an image merged into one mask) or a plain
-``filename,label`` list, for any dataset, without code.
+challenge's ``stage_2_train_labels.csv`` (one row per box, boxes of an image merged into one mask), the paper's
+split CSVs joined with that file for every box of an image (``boxes_csv``) or a plain ``filename,label`` list,
+for any dataset, without code.
 
 Problems (missing columns, empty or unparsable cells, labels outside the classes, duplicate
 images, paths escaping the data root, missing or unreadable files) are collected for the whole
@@ -50,14 +51,16 @@ class DataListError(InputError):
 
 @dataclass
 class Problem:
-    """One bad cell or file: ``where`` is ``"<csv> row <n> column '<c>'"`` (or the file), ``image`` its image."""
+    """One bad cell or file: ``where`` is ``"<csv> row <n> column '<c>'"`` (or the file), ``image`` its image.
+    A ``warning`` is reported but keeps its image (and stops nothing)."""
 
     where: str
     message: str
     image: str = ""
+    warning: bool = False
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
+        return f"{self.where}: {'warning: ' if self.warning else ''}{self.message}"
 
 
 def _resolve(path: str, root: str) -> tuple[str, str]:
@@ -100,6 +103,20 @@ class CSVDataSpec:
         group_column: rows sharing this column's value are one image (e.g. the RSNA challenge's
             ``patientId``, one row per box); their boxes are merged. Without it, an image listed
             twice is an error.
+        boxes_csv: a CSV under ``dataset_dir`` (or absolute) with one row per box (``box_columns``, the
+            same column names) and ``boxes_image_column``; a row with empty box cells says "no box".
+            The split CSVs still decide which images are in which split, and their labels; each image's
+            boxes are then *all* the rows of this file whose ``boxes_image_column`` matches the image's
+            stem (``abc.png`` -> ``abc``; the file's cells may carry an extension too), e.g. the RSNA
+            challenge's ``stage_2_train_labels.csv`` (``patientId``) joined with the paper's split CSVs,
+            which give one box per image. The split row's own box is checked against them: an image
+            absent from this file, or with a box in one file and none in the other, is an error naming
+            the split CSV's row and the image; a box that is not one of this file's boxes for the image
+            is a warning listing them (this file's boxes are used). Cannot be combined with
+            ``group_column``.
+        boxes_image_column: the column of ``boxes_csv`` naming the image (default: ``image_column``).
+        boxes_csv_optional: when ``boxes_csv`` is not in ``dataset_dir``, use the split CSVs' own boxes
+            (and say so in the log) instead of stopping.
         image_root: folder under ``dataset_dir`` holding the images.
         image_template: how a cell becomes a file name: ``{value}`` is the cell, ``{stem}`` the cell
             without its extension (e.g. ``"{stem}.dcm"`` for CSVs naming converted PNGs of DICOMs).
@@ -124,11 +141,21 @@ class CSVDataSpec:
     image_root: str = ""
     image_template: str = "{value}"
     holdout: dict[str, float] | None = None
+    boxes_csv: str | None = None
+    boxes_image_column: str | None = None
+    boxes_csv_optional: bool = False
     _columns: list[str] = field(default_factory=list, init=False, repr=False)
+    _box_tables: dict[str, "_BoxTable | None"] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.box_columns is not None and len(self.box_columns) != 4:
             raise ValueError(f"box_columns must name 4 columns [x, y, width, height], got {list(self.box_columns)}")
+        if self.boxes_csv is not None and (self.box_columns is None or self.group_column is not None):
+            raise ValueError(
+                f"boxes_csv ({self.boxes_csv}) needs box_columns (its box columns and the split CSVs') and no "
+                f"group_column (two ways of giving several boxes per image: set one), got box_columns="
+                f"{self.box_columns}, group_column={self.group_column!r}"
+            )
         if self.holdout is not None:
             unknown = set(self.holdout) - {"val", "test"}
             total = sum(float(v) for v in self.holdout.values())
@@ -146,6 +173,45 @@ class CSVDataSpec:
     @property
     def has_annotations(self) -> bool:
         return self.mask_column is not None or self.box_columns is not None
+
+    def annotation_source(self, dataset_dir: str) -> str:
+        """Where the images' masks and boxes come from under ``dataset_dir``, in one line (logged when
+        ``boxes_csv`` is first looked for, printed by check-data, recorded in the evaluation report), e.g.
+        ``every box of each image from stage_2_train_labels.csv (<n> boxes of <n> images; <n> with more than
+        one)``."""
+        parts = []
+        if self.mask_column is not None:
+            parts.append(f"masks from the split CSVs' column {self.mask_column!r}")
+        if self.box_columns is not None:
+            table = self._box_table(dataset_dir) if self.boxes_csv else None
+            if table is not None:
+                parts.append(table.describe(self.boxes_csv or ""))
+            else:
+                each = f"rows merged by {self.group_column!r}" if self.group_column else "one box per row"
+                text = f"boxes from the split CSVs' columns {list(self.box_columns)} ({each})"
+                if self.boxes_csv:
+                    text += f"; {self.boxes_csv} is not in {dataset_dir}"
+                parts.append(text)
+        return "; ".join(parts) or "none"
+
+    def _box_table(self, dataset_dir: str) -> "_BoxTable | None":
+        """The boxes of ``boxes_csv`` (read once per spec), or None when it is absent and optional;
+        :meth:`annotation_source` logged when it is first looked for."""
+        path = os.path.abspath(os.path.join(dataset_dir, self.boxes_csv or ""))
+        if path in self._box_tables:
+            return self._box_tables[path]
+        if os.path.isfile(path):
+            table = _BoxTable.read(path, self.boxes_image_column or self.image_column, list(self.box_columns or []))
+        elif as_flag(self.boxes_csv_optional, "boxes_csv_optional"):
+            table = None
+        else:
+            raise DataListError(
+                f"boxes_csv not found: {path} (the CSV with one row per box; with data#boxes_csv_optional "
+                "true the split CSVs' own boxes are used without it)"
+            )
+        self._box_tables[path] = table
+        logger.info("annotations: %s", self.annotation_source(dataset_dir))
+        return table
 
     def csv_path(self, split: str, dataset_dir: str) -> str:
         """Path of ``split``'s CSV in ``dataset_dir``; a DataListError if none is configured for it."""
@@ -172,7 +238,8 @@ class CSVDataSpec:
 
         Each item has ``image`` (absolute path), ``label`` (int, unless ``label_column`` is None),
         ``mask`` (path) when given, ``boxes`` (list of ``[x, y, width, height]``, possibly empty)
-        when the spec has any annotation, and ``row`` (the first CSV row of the image).
+        when the spec has any annotation, and ``row`` (the first CSV row of the image). The problems
+        end with the warnings (``Problem.warning``: ``boxes_csv``'s differing boxes), whose images are kept.
         """
         csv_path = self.csv_path(split, dataset_dir)
         if not os.path.isfile(csv_path):
@@ -191,6 +258,7 @@ class CSVDataSpec:
     ) -> tuple[list[dict[str, Any]], list[Problem]]:
         """:meth:`scan` of an existing CSV; ``what`` names it in messages (default: "the <split> split")."""
         what = what or f"the {split} split"
+        table = self._box_table(dataset_dir) if self.boxes_csv else None
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = list(reader.fieldnames or [])
@@ -208,6 +276,7 @@ class CSVDataSpec:
         classes = None if num_classes is None else list(range(max(int(num_classes), 2)))
         root = os.path.join(dataset_dir, self.image_root)
         problems: list[Problem] = []
+        warnings: list[Problem] = []
         items: dict[str, dict[str, Any]] = {}
         bad_images: set[str] = set()
         for number, row in enumerate(rows, start=2):
@@ -245,6 +314,10 @@ class CSVDataSpec:
                     issues.append(Problem(f"{where} columns {list(self.box_columns)}", message, image))
                 elif box is not None:
                     item["boxes"].append(box)
+                if table is not None and not message:
+                    disagreement = table.join(item, image_stem(value), where)
+                    if disagreement is not None:
+                        (warnings if disagreement.warning else issues).append(disagreement)
             if key in items:
                 first = items[key]
                 if not self.group_column:
@@ -281,7 +354,7 @@ class CSVDataSpec:
         good = [item for item in items.values() if item["image"] not in bad_images]
         if not items and not problems:
             problems.append(Problem(csv_path, f"{what} is empty (no data rows)"))
-        return good, problems
+        return good, problems + warnings
 
     def _holdout_split(self, key: str) -> str:
         fraction = _holdout_fraction(key)
@@ -309,10 +382,91 @@ class CSVDataSpec:
         """
         skip_bad, check_images = as_flag(skip_bad, "skip_bad"), as_flag(check_images, "check_images")
         items, problems = self.scan(split, dataset_dir, num_classes, check_images, rules)
+        warnings = [p for p in problems if p.warning]
+        for warning in warnings[:10]:
+            logger.warning("%s", warning)
+        if len(warnings) > 10:
+            logger.warning(
+                "... and %d more warnings (python -m monai_softcam check-data lists them)", len(warnings) - 10
+            )
+        problems = [p for p in problems if not p.warning]
         if not annotations:
             items = [{k: v for k, v in item.items() if k not in ("mask", "boxes")} for item in items]
         folder = report_dir or os.path.dirname(self.csv_path(split, dataset_dir))
         return _keep_good(items, problems, skip_bad, f"the {split} split", folder, split)
+
+
+def _box_text(box: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
+
+
+@dataclass(frozen=True)
+class _BoxTable:
+    """The boxes of a ``boxes_csv`` (one row per box) by image key (its name without extension), with the
+    rows that gave them (a key with rows but no box: an image without boxes)."""
+
+    path: str
+    boxes: dict[str, list[list[float]]]
+    rows: dict[str, list[int]]
+
+    @classmethod
+    def read(cls, path: str, key_column: str, box_columns: list[str]) -> "_BoxTable":
+        """Read ``path``; a DataListError names every bad row (file, row, column) or a missing column."""
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            absent = [c for c in (key_column, *box_columns) if c not in columns]
+            if absent:
+                raise DataListError(f"{path}: no column {absent[0]!r} (boxes_csv); the columns are {columns}")
+            boxes: dict[str, list[list[float]]] = {}
+            rows: dict[str, list[int]] = {}
+            problems = []
+            for number, row in enumerate(reader, start=2):
+                key = image_stem((row.get(key_column) or "").strip())
+                if not key:
+                    problems.append(Problem(f"{path} row {number} column {key_column!r}", "empty image name"))
+                    continue
+                box, message = _parse_box([(row.get(c) or "").strip() for c in box_columns])
+                if message:
+                    problems.append(Problem(f"{path} row {number} columns {box_columns}", f"{key!r}: {message}"))
+                    continue
+                rows.setdefault(key, []).append(number)
+                boxes.setdefault(key, []).extend([box] if box is not None else [])
+        if problems:
+            raise _problems_error(problems, f"the boxes CSV {path}")
+        if not rows:
+            raise DataListError(f"{path}: the boxes CSV is empty (no data rows)")
+        return cls(path, boxes, rows)
+
+    def describe(self, name: str) -> str:
+        several = sum(len(b) > 1 for b in self.boxes.values())
+        total = sum(len(b) for b in self.boxes.values())
+        counts = f"{total} boxes of {len(self.rows)} images; {several} with more than one"
+        return f"every box of each image from {name} ({counts})"
+
+    def join(self, item: dict[str, Any], key: str, where: str) -> Problem | None:
+        """Give ``item`` (holding the split row's own box, if any) this file's boxes of ``key``; the
+        disagreement between the two, if any: an error when the image is absent here or has a box in
+        one file only, a warning when its box is not one of the boxes here."""
+        own, image = item["boxes"], item["image"]
+        if key not in self.rows:
+            return Problem(where, f"image {key!r} is not in {self.path}: its boxes are unknown", image)
+        theirs, rows = self.boxes[key], self.rows[key]
+        listed = f"{self.path} row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))}"
+        shown = ", ".join(map(_box_text, theirs))
+        item["boxes"] = [list(b) for b in theirs]
+        if own and not theirs:
+            message = f"image {key!r} is positive here (box {_box_text(own[0])}) but negative in {listed} (no box)"
+            return Problem(where, message, image)
+        if theirs and not own:
+            message = (
+                f"image {key!r} is negative here (no box) but positive in {listed} ({len(theirs)} box(es): {shown})"
+            )
+            return Problem(where, message, image)
+        if own and own[0] not in theirs:
+            message = f"the box {_box_text(own[0])} of image {key!r} is not one of its boxes in {listed}: {shown}"
+            return Problem(where, f"{message} (those are used)", image, warning=True)
+        return None
 
 
 @dataclass(frozen=True)
@@ -581,7 +735,13 @@ def _inference_inputs(
             raise DataListError(f"inference input CSV not found: {csv_path}")
         spec = spec if spec is not None else CSVDataSpec()
         unlabelled = replace(
-            spec, train_csv=csv_path, label_column=None, mask_column=None, box_columns=None, holdout=None
+            spec,
+            train_csv=csv_path,
+            label_column=None,
+            mask_column=None,
+            box_columns=None,
+            boxes_csv=None,
+            holdout=None,
         )
         root = data_root if data_root is not None else os.path.dirname(csv_path)
         items, problems = unlabelled._scan_csv(csv_path, "train", root, None, False, what="the inference input CSV")

@@ -13,6 +13,8 @@ Written to ``output_dir``:
   and whether higher or lower is better;
 * ``cases.csv``: every per-image value (image, label, prediction, model, method, metrics);
 * ``faithfulness.png``: mean deletion and insertion curves;
+* ``topk_curve.png``: the paper's top-k curve, k = 1 .. ``topk_curve`` (paper protocol; also a table in
+  ``table.md``);
 * ``sanity.png`` and ``sanity.csv``: cascading randomisation (Spearman correlation per layer);
 * ``gallery.png``: image, ground truth, SoftCAM's map of every class and each method's map;
 * ``table.md``: the headline table in Markdown (AUC; localisation and faithfulness per method);
@@ -26,12 +28,14 @@ Written to ``output_dir``:
 * this project's (``activation_precision``, ``pointing_game``, ``topk_precision``, ``deletion_auc``,
   ...): maps brought to the image grid bi/trilinearly, masks as annotated, top-k patches ranked by
   their mean, deletion tiles ranked by their mean, relative confidence on every image;
-* the paper's (``paper_*``, :mod:`monai_softcam.metrics.paper`): each map upsampled cubically
-  from the grid it was made on, masks dilated (``dilation``), top-k from the point values above a
+* the paper's (``paper_*``, :mod:`monai_softcam.metrics.paper`): every map first resized cubically to the
+  reference's grid (``paper_map_size``, 16 at 512 px: post-hoc maps from their layer's or the image's grid,
+  SoftCAM's already on it), then upsampled cubically, masks dilated (``dilation``), activation precision and
+  sensitivity, the share of cells of the right sign (``paper_consistency``), top-k from the point values above a
   threshold with counts pooled over images (``paper_topk_precision``, and ``_tp`` on the images the
-  model assigns to the explained class), and ``paper_deletion_auc``: deletion on the **diseased**
-  images only (label other than ``healthy_class``), tiles ranked by their **max**, scored by
-  accuracy for two classes (is the image still assigned to its class?) and by relative
+  model assigns to the explained class; the curve over k as ``paper_topk_precision@k``), and
+  ``paper_deletion_auc``: deletion on the **diseased** images only (label other than ``healthy_class``),
+  tiles ranked by their **max**, scored by accuracy for two classes (is the image still assigned to its class?) and by relative
   confidence for more.
 
 The paper's top-k threshold is in raw map units, and each method has its own (``paper_thresholds``:
@@ -40,8 +44,9 @@ the settings' ``paper_threshold``). The reference's 1 is in SoftCAM's units: a c
 ``1/N`` to the logit of an ``N``-cell map. Post-hoc maps have no such unit (Grad-CAM's are gradients
 times activations, Integrated Gradients' sum to the logit over the pixels, Score-CAM's are weights
 that sum to 1 over the channels), so by default they count every patch with positive evidence, the
-most lenient choice for them. On a ResNet, Grad-CAM equals ``ReLU(CAM - b)/N``
-(``tests/test_equivalence.py``): a SoftCAM threshold of 1 corresponds to ``(1 - b)/N`` there.
+most lenient choice for them. On a ResNet, Grad-CAM of a model equals ``ReLU(CAM - b)/N`` of the *same*
+model's weights (``tests/test_equivalence.py``); the black box and a SoftCAM model are trained apart and share
+no weights, so no threshold of one translates into the other's.
 
 Rules: localisation metrics use only images with a non-empty mask (the others are counted in
 ``n_excluded``); deletion and insertion use only the images that **every** compared model

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..metrics.classification import classification_report
-from ..metrics.explanation import HIGHER_IS_BETTER, WEIGHTS, is_paired
+from ..metrics.explanation import HIGHER_IS_BETTER, higher_is_better, is_paired, weight_of
 from ..metrics.faithfulness import curve_auc
 from ..metrics.statistics import paired_difference, summarize
 from .collection import CURVES, Collected, Pair
@@ -59,8 +59,8 @@ def aggregate(collected: Collected, class_names: Sequence[str], seed: int = 0) -
         per_case[pair] = metrics
         report["explanation"].setdefault(pair[0], {})[pair[1]] = {
             name: {
-                **summarize(v, seed=seed, weights=metrics.get(WEIGHTS[name]) if name in WEIGHTS else None),
-                "higher_is_better": HIGHER_IS_BETTER.get(name),
+                **summarize(v, seed=seed, weights=metrics.get(weight_of(name)) if weight_of(name) else None),
+                "higher_is_better": higher_is_better(name),
             }
             for name, v in metrics.items()
         }

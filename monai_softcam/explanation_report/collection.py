@@ -14,7 +14,14 @@ from ..explain import make_explainer, on_input_grid
 from ..metrics.classification import two_columns
 from ..metrics.explanation import ExplanationSettings, explanation_values
 from ..metrics.faithfulness import deletion_curve
-from ..metrics.paper import paper_point_grid, paper_upsample, paper_values
+from ..metrics.paper import (
+    cubic_resize,
+    paper_consistency,
+    paper_map_grid,
+    paper_point_grid,
+    paper_upsample,
+    paper_values,
+)
 from ..metrics.sanity import cascading_randomization
 from ..networks.outputs import probabilities, split_output
 
@@ -172,9 +179,12 @@ def _collect(
                 pair = (model["name"], method)
                 batch_maps[pair] = maps.cpu()
                 per_image = explanation_values(maps, masks, labels == classes, default_protocol)
+                # the paper's metrics see every map on the reference's grid (post-hoc maps resized to it)
+                paper_native = cubic_resize(native, paper_map_grid(native.shape[1:], settings.paper_map_size))
+                per_image["paper_consistency"] = paper_consistency(paper_native, labels == classes)
                 if masks is not None:
                     keywords = {**settings.paper_keywords(), "paper_threshold": threshold_of(method)}
-                    per_image.update(paper_values(native, masks, predicted, **keywords))
+                    per_image.update(paper_values(paper_native, masks, predicted, **keywords))
                 for name, v in per_image.items():
                     values[pair].setdefault(name, []).append(v.cpu())
                 for kind in ("deletion", "insertion"):
@@ -193,7 +203,7 @@ def _collect(
                     _paper_deletion(
                         model["network"],
                         images,
-                        paper_upsample(native, spatial, point_grid),
+                        paper_upsample(paper_native, spatial, point_grid),
                         classes,
                         diseased,
                         settings,

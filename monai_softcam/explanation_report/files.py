@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..metrics.explanation import HIGHER_IS_BETTER
+from ..metrics.explanation import CURVE_METRICS, higher_is_better
 from ..networks.outputs import upsample_map
 from ..text import direction_arrow, table
 from ..utils import atomic_open
@@ -25,7 +25,7 @@ PAPER_PAIRED_METRICS = ("paper_activation_precision", "paper_deletion_auc")
 
 
 def _arrow(name: str) -> str:
-    return direction_arrow(HIGHER_IS_BETTER.get(name))
+    return direction_arrow(higher_is_better(name))
 
 
 def paired_table(report: dict[str, Any], metrics: Sequence[str] = PAIRED_METRICS) -> str:
@@ -94,6 +94,11 @@ def write(output_dir: str, aggregated: Aggregated, collected: Collected, class_n
         writer.writeheader()
         writer.writerows(collected.sanity)
     _plot_curves(os.path.join(output_dir, "faithfulness.png"), aggregated.mean_curves, report["settings"])
+    curve = topk_curve_table(report)
+    if curve:
+        _plot_topk_curve(os.path.join(output_dir, "topk_curve.png"), report)
+    elif os.path.exists(os.path.join(output_dir, "topk_curve.png")):  # an earlier report's, not this one's
+        os.remove(os.path.join(output_dir, "topk_curve.png"))
     _plot_sanity(os.path.join(output_dir, "sanity.png"), collected.sanity)
     sheet = render_gallery(_gallery_cases(collected.gallery, class_names), tile=140, caption_chars=26)
     with atomic_open(os.path.join(output_dir, "gallery.png"), "wb") as f:
@@ -101,6 +106,8 @@ def write(output_dir: str, aggregated: Aggregated, collected: Collected, class_n
     with atomic_open(os.path.join(output_dir, "table.md"), "w") as f:
         f.write("This project's protocol:\n\n" + markdown_table(report))
         f.write("\nThe paper's protocol:\n\n" + markdown_table(report, PAPER_TABLE_METRICS))
+        if curve:
+            f.write("\nThe paper's top-k curve (pooled precision; true-positive images only in brackets):\n\n" + curve)
     with atomic_open(os.path.join(output_dir, "paired.csv"), "w", newline="") as f:
         columns = ["softcam", "versus", "metric", "mean", "ci_low", "ci_high", "n", "p_value", "higher_is_better"]
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -138,7 +145,13 @@ def _summary_text(report: dict[str, Any], output_dir: str) -> str:
         for method, metrics in methods.items():
             cells = [f"{metrics[n]['mean']:.3f}" if n in metrics else "-" for n in names]
             lines.append("  " + f"{model + ' / ' + method:<32}" + "".join(f"{c:>24}" for c in cells))
-    paper = ["paper_activation_precision", "paper_topk_precision", "paper_topk_precision_tp", "paper_deletion_auc"]
+    paper = [
+        "paper_activation_precision",
+        "paper_activation_sensitivity",
+        "paper_topk_precision",
+        "paper_topk_precision_tp",
+        "paper_deletion_auc",
+    ]
     lines.append(
         f"  the paper's protocol (deletion on the {report.get('paper_deletion_images', 0)} diseased images that "
         "every model classifies correctly):"
@@ -156,7 +169,9 @@ TABLE_METRICS = ("activation_precision", "pointing_game", "topk_precision", "del
 
 
 PAPER_TABLE_METRICS = (
+    "paper_consistency",
     "paper_activation_precision",
+    "paper_activation_sensitivity",
     "paper_topk_precision",
     "paper_topk_precision_tp",
     "paper_topk_patches",
@@ -224,6 +239,55 @@ def _plot_curves(path: str, mean_curves, settings) -> None:
     plt.close(fig)
 
 
+def _curve_points(metrics: dict[str, Any], name: str, k: int) -> list[float]:
+    points = [metrics.get(f"{name}@{i}") for i in range(1, k + 1)]
+    return [p["mean"] if p and p["n"] else float("nan") for p in points]
+
+
+def topk_curve_table(report: dict[str, Any]) -> str:
+    """The paper's top-k curve as a Markdown table: one row per k, one column per model and method, the pooled
+    precision and, in brackets, the true-positive-only one (empty when no pair has the curve)."""
+    k = int(report["settings"].get("topk_curve") or 0)
+    pairs = [
+        (model, method, metrics)
+        for model, methods in report["explanation"].items()
+        for method, metrics in methods.items()
+        if f"{CURVE_METRICS[0]}@1" in metrics
+    ]
+    if not k or not pairs:
+        return ""
+    columns = {
+        f"{model} / {method}": (_curve_points(m, CURVE_METRICS[0], k), _curve_points(m, CURVE_METRICS[1], k))
+        for model, method, m in pairs
+    }
+    fmt = lambda v: "-" if v != v else f"{v:.3f}"  # noqa: E731
+    rows = [[str(i + 1)] + [f"{fmt(p[i])} ({fmt(tp[i])})" for p, tp in columns.values()] for i in range(k)]
+    return table(["k"] + list(columns), rows)
+
+
+def _plot_topk_curve(path: str, report: dict[str, Any]) -> None:
+    plt = _figure()
+    k = int(report["settings"]["topk_curve"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for ax, name, title in zip(
+        axes, CURVE_METRICS[:2], ("all images", "images the model assigns to the explained class (the paper's plot)")
+    ):
+        for model, methods in report["explanation"].items():
+            for method, metrics in methods.items():
+                if f"{name}@1" in metrics:
+                    ax.plot(
+                        range(1, k + 1), _curve_points(metrics, name, k), marker="o", ms=3, label=f"{model} / {method}"
+                    )
+        ax.set_title(f"top-k precision, {title}", fontsize=10)
+        ax.set_xlabel(f"top-k patches of {report['settings']['patch']} px (above the threshold)")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("precision (patches on the annotation)")
+    axes[0].legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
 def _plot_sanity(path: str, sanity) -> None:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -253,9 +317,20 @@ def _write_html(path: str, report: dict[str, Any]) -> None:
             return "<td>-</td>"
         return f"<td>{s['mean']:.3f} <small>[{s['ci_low']:.3f}, {s['ci_high']:.3f}]</small></td>"
 
-    names = sorted({n for methods in report["explanation"].values() for m in methods.values() for n in m})
+    names = sorted(
+        {n for methods in report["explanation"].values() for m in methods.values() for n in m if "@" not in n}
+    )
     arrows = {True: " &uarr;", False: " &darr;", None: ""}
-    head = "".join(f"<th>{html.escape(n)}{arrows[HIGHER_IS_BETTER.get(n)]}</th>" for n in names)
+    head = "".join(f"<th>{html.escape(n)}{arrows[higher_is_better(n)]}</th>" for n in names)
+    curve = topk_curve_table(report)
+    curve_section = (
+        ""
+        if not curve
+        else "<h2>The paper's top-k curve</h2><p>Pooled top-k localisation precision for k = 1 .. "
+        f"{report['settings']['topk_curve']} (<code>paper_topk_precision@k</code>; in brackets on the images the model "
+        "assigns to the explained class, the curve the paper plots); <code>report.csv</code> has every point with its "
+        'CI.</p><img src="topk_curve.png" alt="top-k precision curve">'
+    )
     body = []
     for model, methods in report["explanation"].items():
         for method, metrics in methods.items():
@@ -285,6 +360,7 @@ protocol (cubic upsampling, dilated masks, top-k above a threshold pooled over i
 <table><tr><th>model</th><th>method</th>{head}</tr>{''.join(body)}</table>
 <p>Tables: <a href="report.csv">report.csv</a>, per image: <a href="cases.csv">cases.csv</a>,
 <a href="report.json">report.json</a>.</p>
+{curve_section}
 <h2>Faithfulness curves</h2><img src="faithfulness.png" alt="deletion and insertion curves">
 <h2>Sanity check: cascading model-parameter randomisation</h2>
 <p>The rank correlation between each map and the map of the progressively randomised model must drop

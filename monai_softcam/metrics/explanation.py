@@ -45,10 +45,11 @@ from .localisation import (
     pointing_game,
     topk_localisation_precision,
 )
-from .paper import paper_dilation, paper_values
+from .paper import paper_consistency, paper_dilation, paper_map_grid, paper_values
 from .statistics import summarize
 
 __all__ = [
+    "CURVE_METRICS",
     "DESCRIPTIVE",
     "ExplanationMetrics",
     "ExplanationSettings",
@@ -56,9 +57,12 @@ __all__ = [
     "LEGACY_NAMES",
     "PROTOCOLS",
     "WEIGHTS",
+    "base_metric",
     "explanation_output",
     "explanation_values",
+    "higher_is_better",
     "is_paired",
+    "weight_of",
 ]
 
 #: every reported explanation metric and its direction (True when higher is better)
@@ -74,6 +78,8 @@ HIGHER_IS_BETTER = {
     "deletion_auc": False,
     "insertion_auc": True,
     "paper_activation_precision": True,
+    "paper_activation_sensitivity": True,
+    "paper_consistency": True,
     "paper_topk_precision": True,
     "paper_topk_precision_tp": True,
     "paper_deletion_auc": False,
@@ -82,15 +88,36 @@ HIGHER_IS_BETTER = {
 #: per-image values that describe rather than score (no direction), kept beside the metrics
 DESCRIPTIVE = {"paper_topk_patches": "patches above the threshold among the top k (weight of the pooled top-k)"}
 
+#: the metrics reported as a curve over k (``<name>@k``, k = 1 .. ``topk_curve``) besides their value at ``topk``
+CURVE_METRICS = ("paper_topk_precision", "paper_topk_precision_tp", "paper_topk_patches")
+
 #: pooled metrics, whose summary is the mean weighted by this per-image value (a ratio of sums)
 WEIGHTS = {"paper_topk_precision": "paper_topk_patches", "paper_topk_precision_tp": "paper_topk_patches"}
+
+
+def base_metric(name: str) -> str:
+    """The metric a reported name is a point of: ``paper_topk_precision@7`` (the top-k curve at k = 7) is a point of
+    ``paper_topk_precision``; any other name is its own."""
+    return name.split("@", 1)[0]
+
+
+def higher_is_better(name: str) -> bool | None:
+    """The direction of a reported name (:data:`HIGHER_IS_BETTER` of its :func:`base_metric`; None: descriptive)."""
+    return HIGHER_IS_BETTER.get(base_metric(name))
+
+
+def weight_of(name: str) -> str | None:
+    """The per-image value that weights a pooled name's summary (:data:`WEIGHTS`; a curve point's weight is the
+    same point of its weight: ``paper_topk_patches@7`` for ``paper_topk_precision@7``), None for the others."""
+    base = base_metric(name)
+    return WEIGHTS[base] + name[len(base) :] if base in WEIGHTS else None
 
 
 def is_paired(name: str) -> bool:
     """Whether metric ``name`` has per-image paired differences (:func:`~monai_softcam.metrics.statistics.paired_difference`): every
     metric but the pooled ones (:data:`WEIGHTS`, one ratio of sums over the images) and the
-    descriptive values (:data:`DESCRIPTIVE`)."""
-    return name not in WEIGHTS and name not in DESCRIPTIVE
+    descriptive values (:data:`DESCRIPTIVE`), curve points included."""
+    return base_metric(name) not in WEIGHTS and base_metric(name) not in DESCRIPTIVE
 
 
 #: the metric names of each protocol (``consistency`` and ``gini`` belong to both)
@@ -109,7 +136,9 @@ PROTOCOLS = {
     "paper": (
         "consistency",
         "gini",
+        "paper_consistency",
         "paper_activation_precision",
+        "paper_activation_sensitivity",
         "paper_topk_precision",
         "paper_topk_precision_tp",
         "paper_topk_patches",
@@ -142,6 +171,11 @@ class ExplanationSettings:
         deletion_steps: the patches deleted (or inserted) one after the other (the report's curves).
         deletion_baseline: the value a deleted patch gets (0: the mean intensity after normalisation).
         healthy_class: the class whose images the paper's deletion leaves out.
+        topk_curve: the paper's top-k curve, ``k = 1 .. topk_curve`` (the reference's 29; 0: none).
+        paper_map_size: the side of the grid every map is resized to (cubic) before the paper's metrics, along
+            the image's first axis (the reference's ``s`` = 16 at 512 px, which :meth:`for_image_size` scales;
+            :func:`~monai_softcam.metrics.paper.paper_map_grid`): SoftCAM's maps at the paper's sizes are already on
+            it, post-hoc maps are brought to it. None (the default here): each map on its own grid.
 
     :meth:`for_image_size` gives the paper's settings at 512 px scaled to an image size. A value
     out of range is a ``ValueError`` naming the setting.
@@ -158,11 +192,15 @@ class ExplanationSettings:
     deletion_steps: int = 14
     deletion_baseline: float = 0.0
     healthy_class: int = 0
+    topk_curve: int = 29
+    paper_map_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS and self.protocol != "both":
             raise ValueError(f"protocol must be 'default', 'paper' or 'both', got {self.protocol!r}")
-        for name, low in (("topk", 1), ("patch", 1), ("stride", 1), ("pointing_tolerance", 0), ("deletion_steps", 1)):
+        checked = (("topk", 1), ("patch", 1), ("stride", 1), ("pointing_tolerance", 0), ("deletion_steps", 1))
+        checked += (("topk_curve", 0),) + ((("paper_map_size", 1),) if self.paper_map_size is not None else ())
+        for name, low in checked:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"explanation setting {name} must be an integer >= {low}, got {value!r}")
@@ -181,10 +219,11 @@ class ExplanationSettings:
     @classmethod
     def for_image_size(cls, image_size: Sequence[int], num_classes: int = 2, **given: Any) -> "ExplanationSettings":
         """The paper's settings at 512 px (top-k patches of 33 px on a stride-8 grid, deletion of
-        33 px patches, a 9 x 9 mask dilation) and Zhang et al.'s pointing tolerance of 15 px at 224
+        33 px patches, a 9 x 9 mask dilation, maps on a 16-cell grid) and Zhang et al.'s pointing tolerance of 15 px at 224
         px, scaled to the first side ``s`` of ``image_size``, so that they cover the same fraction of
         every preset's images: patch ``max(3, round(33 s / 512))``, stride ``max(1, round(8 s /
-        512))``, tolerance ``round(15 s / 224)``, dilation :func:`~monai_softcam.metrics.paper.paper_dilation`.
+        512))``, tolerance ``round(15 s / 224)``, dilation :func:`~monai_softcam.metrics.paper.paper_dilation`,
+        map grid ``max(1, round(16 s / 512))``.
         The explained class is 1 with two classes (the positive one), else each image's label.
         ``given`` settings (not None) replace the scaled ones."""
         side = int(image_size[0])
@@ -194,6 +233,7 @@ class ExplanationSettings:
             "stride": max(1, round(8 * side / 512)),
             "pointing_tolerance": round(15 * side / 224),
             "dilation": paper_dilation(side),
+            "paper_map_size": max(1, round(16 * side / 512)),
         }
         unknown = set(given) - set(cls.__dataclass_fields__)
         if unknown:
@@ -241,6 +281,8 @@ class ExplanationSettings:
             "stride": self.stride,
             "paper_threshold": self.paper_threshold,
             "dilation": self.dilation,
+            "curve": self.topk_curve,
+            "map_size": self.paper_map_size,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -273,6 +315,9 @@ def explanation_values(
     protocol = settings.protocol
     maps = torch.as_tensor(maps).float()
     values = {"consistency": activation_consistency(maps, positive), "gini": gini(maps)}
+    if protocol in ("paper", "both"):
+        grid = paper_map_grid(maps.shape[1:], settings.paper_map_size)
+        values["paper_consistency"] = paper_consistency(maps, positive, grid)
     if masks is None:
         return values
     masks = torch.as_tensor(masks, device=maps.device)
@@ -399,7 +444,7 @@ class ExplanationMetrics(Metric):
         ``explanation_excluded`` when localisation was measured."""
         # all ranks' samples, in rank order (uneven shards are padded for the exchange and cut back)
         self.values = {name: evenly_divisible_all_gather(torch.cat(parts)) for name, parts in self._values.items()}
-        weight = lambda name: self.values.get(WEIGHTS[name]) if name in WEIGHTS else None  # noqa: E731
+        weight = lambda name: self.values.get(weight_of(name)) if weight_of(name) else None  # noqa: E731
         results = {
             f"{self.prefix}{name}": summarize(v, weights=weight(name))["mean"] for name, v in self.values.items()
         }
