@@ -156,11 +156,12 @@ def _summary_text(report: dict[str, Any], output_dir: str) -> str:
         f"  the paper's protocol (deletion on the {report.get('paper_deletion_images', 0)} diseased images that "
         "every model classifies correctly):"
     )
-    lines.append("  " + f"{'model / method':<32}" + "".join(f"{n:>28}" for n in paper))
+    width = max(len(n) for n in paper) + 2
+    lines.append("  " + f"{'model / method':<32}" + "".join(f"{n:>{width}}" for n in paper))
     for model, methods in report["explanation"].items():
         for method, metrics in methods.items():
             cells = [f"{metrics[n]['mean']:.3f}" if n in metrics else "-" for n in paper]
-            lines.append("  " + f"{model + ' / ' + method:<32}" + "".join(f"{c:>28}" for c in cells))
+            lines.append("  " + f"{model + ' / ' + method:<32}" + "".join(f"{c:>{width}}" for c in cells))
     lines.append(f"  report: {os.path.join(output_dir, 'index.html')} ({report['seconds']} s)")
     return "\n".join(lines)
 
