@@ -5,6 +5,7 @@ Commands:
     demo-data   write the built-in demo dataset (2D PNG or 3D NIfTI, with masks and split CSVs)
     backbones   list the registered backbones
     package-bundle  write a trained model as a MONAI Model Zoo bundle (configs, metadata, URLs, scripts/)
+    slicer-extension  write the Slicer extension as its own repository (SlicerSoftCAM) and its Extensions Index entry
 
 Training, evaluation and inference run through the MONAI bundle in ``bundle/``
 (``python -m monai.bundle run training --config_file bundle/configs/train.yaml``).
@@ -19,6 +20,7 @@ from .data.check import check_data
 from .data.demo import DemoDataConfig, generate_demo_dataset
 from .networks.backbones import available_backbones, get_backbone_spec
 from .package import package_bundle, parse_urls
+from .slicer_index import write_slicer_extension
 from .utils import install_error_hook
 
 
@@ -69,6 +71,13 @@ def _package_bundle(args: argparse.Namespace) -> int:
     )
     if args.unit_test:
         print(f"  the Zoo's unit test: {args.unit_test} (copy it to the Zoo's ci/unit_tests/)")
+    return 0
+
+
+def _slicer_extension(args: argparse.Namespace) -> int:
+    paths = write_slicer_extension(args.output, owner=args.owner, branch=args.branch, git=args.git)
+    print(f"wrote the Slicer extension repository to {paths['repository']}")
+    print(f"  its Extensions Index entry: {paths['entry']} (see slicer_extension/README.md, Publishing)")
     return 0
 
 
@@ -138,6 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument("--source", help="the bundle whose configs are packaged (default: the project's bundle/)")
     pack.add_argument("--unit_test", metavar="FILE", help="also write the Zoo's unit test test_<name>.py here")
     pack.set_defaults(func=_package_bundle)
+    ext = sub.add_parser(
+        "slicer-extension",
+        help="write the Slicer extension as its own repository and its Extensions Index entry",
+        description="Write OUTPUT/SlicerSoftCAM, the Slicer extension as a standalone repository (root "
+        "CMakeLists.txt, the module with monai_softcam inside it, README, LICENSE, icon, screenshot), and "
+        "OUTPUT/SoftCAM.json, its catalog entry for Slicer's ExtensionsIndex (see monai_softcam/slicer_index.py).",
+    )
+    ext.add_argument("output", help="folder to write into (created if missing; must not hold either yet)")
+    ext.add_argument("--owner", default="monai-softcam", help="GitHub owner of SlicerSoftCAM (default monai-softcam)")
+    ext.add_argument("--branch", default="main", help="the branch the entry and the URLs name (default main)")
+    ext.add_argument("--git", action="store_true", help="also git init the repository and commit it on --branch")
+    ext.set_defaults(func=_slicer_extension)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

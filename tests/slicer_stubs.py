@@ -6,14 +6,20 @@ Each stand-in names, in a comment, the Slicer or CTK source it reproduces (Slice
 2026-08, identical in the parts used here to v5.10/v5.12 unless a comment says otherwise; CTK as
 Slicer pins it). A fake that accepts what Slicer rejects is a defect: when in doubt, these refuse.
 
-What is modelled: MRML nodes and the scene (node references resolved through the scene, so a
-removed node's display node is None; scene close events and singleton reset), VTK observers (in
+What is modelled: MRML nodes and the scene (IDs given by the scene and given again after a
+scene close; node references resolved through the scene, so a removed node's display node is None,
+and dropped by the nodes that held them when the node is removed; scene close events and singleton
+reset; what ExportSegmentsToLabelmapNode adds to the scene), VTK observers (in
 VTK's calling order), the parameter node wrapper (serializers, validators, defaults written at
 construction, ``connectGui`` binding widgets by their ``SlicerParameterName`` property with each
 connector's real signal, in Qt's connection order), the widgets of the module's .ui file
 (ctkPathLineEdit with its validator, ctkSliderWidget, QComboBox, ...), ``slicer.util.pip_install``
-(a string goes through ``shlex.split``), ``setSliceViewerLayers`` (no layout manager headless) and
-``slicer.app.layoutManager()`` (None, as under ``--no-main-window``).
+(a string goes through ``shlex.split``; with ``install(release=...)``, the packages and pip API of
+Slicer 5.10 or 5.12: tests/slicer_packages.py), ``setSliceViewerLayers`` (no layout manager headless),
+``slicer.app.layoutManager()`` (None, as under ``--no-main-window``; ``with_views`` gives a main
+window's, with slice views) and ``slicer.app.processEvents()`` (delivers the events queued with
+``events.post``, as a click queued while pip prints). ``write_python_slicer`` writes a stand-in of
+the ``PythonSlicer`` launcher (CTKAppLauncher: the real Python runs as its child, no signal forwarded).
 """
 
 from __future__ import annotations
@@ -151,17 +157,13 @@ class Node(Observable):
     scene (after vtkMRMLScene::RemoveNode or a scene close) resolves every reference to None, though
     it keeps the IDs (vtkMRMLNode::SetScene(nullptr) -> InvalidateNodeReferences)."""
 
-    count = 0
-
     def __init__(self, name: str = "") -> None:
-        Node.count += 1
-        self.name, self.id = name, f"{type(self).__name__}{Node.count}"
+        self.name, self.id = name, None  # vtkMRMLScene::AddNode gives the ID (GenerateUniqueID)
         self.scene: Scene | None = None
         self.singleton_tag = None
         self.matrix = np.eye(4)
         self.array = None
         self.attributes: dict[str, str] = {}
-        self.display_id = None
         self.table = Table()
         self.transform_id = None
         self.storage = None
@@ -179,6 +181,9 @@ class Node(Observable):
 
     def GetClassName(self) -> str:
         return type(self).__name__
+
+    def IsA(self, class_name: str) -> bool:  # vtkObject::IsA: the class or a subclass of it
+        return class_name in NODE_CLASSES and isinstance(self, NODE_CLASSES[class_name])
 
     def GetScene(self):
         return self.scene
@@ -233,15 +238,31 @@ class Node(Observable):
         return self.attributes.get(key)
 
     def CreateDefaultDisplayNodes(self) -> None:
-        if self.scene is None:  # vtkMRMLDisplayableNode::CreateDefaultDisplayNodes needs a scene
-            raise RuntimeError("CreateDefaultDisplayNodes failed: scene is invalid")
-        self.display_id = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode").GetID()
+        """Libs/MRML/Core/vtkMRMLScalarVolumeNode.cxx and vtkMRMLLabelMapVolumeNode.cxx,
+        CreateDefaultDisplayNodes (v5.10.0, v5.12.3): nothing when a display node of the class's kind
+        exists; without a scene, vtkErrorMacro("... failed: scene is invalid") and return (no
+        exception); else a new display node (a labelmap's with the default, non-User, colour map)."""
+        display_class = DISPLAY_CLASSES.get(self.GetClassName())
+        if display_class is None:
+            return
+        if isinstance(self.GetDisplayNode(), NODE_CLASSES[display_class]):
+            return
+        if self.scene is None:
+            ERRORS.append(f"{self.GetClassName()}::CreateDefaultDisplayNodes failed: scene is invalid")
+            return
+        display = self.scene.AddNewNodeByClass(display_class)
+        if display_class == "vtkMRMLLabelMapVolumeDisplayNode":  # SetDefaultColorMap
+            display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileGenericAnatomyColors.txt")
+        self.SetAndObserveDisplayNodeID(display.GetID())
+
+    def SetAndObserveDisplayNodeID(self, node_id) -> None:  # vtkMRMLDisplayableNode: role "display"
+        self.SetNodeReferenceID("display", node_id)
 
     def GetDisplayNode(self):
-        return self._resolve(self.display_id)
+        return self.GetNodeReference("display")
 
     def GetDisplayNodeID(self):
-        return self.display_id
+        return self.references.get("display")
 
     def GetStorageNode(self):
         return self.storage
@@ -275,6 +296,21 @@ class Node(Observable):
     def GetNodeReference(self, role: str):
         return self._resolve(self.references.get(role))
 
+    def GetNodeReferenceID(self, role: str):
+        return self.references.get(role)
+
+    def UpdateReferences(self) -> None:
+        """Libs/MRML/Core/vtkMRMLNode.cxx, vtkMRMLNode::UpdateReferences: without a scene nothing;
+        else every reference to an ID no node of the scene has is removed (RemoveNthNodeReferenceID:
+        the node is Modified)."""
+        if self.scene is None:
+            return
+        stale = [r for r, i in self.references.items() if i and self.scene.GetNodeByID(i) is None]
+        for role in stale:
+            del self.references[role]
+        if stale:
+            self.Modified()
+
 
 class DisplayNode(Node):  # vtkMRMLScalarVolumeDisplayNode: what the module sets on it
     def __init__(self, name: str = "") -> None:
@@ -282,8 +318,15 @@ class DisplayNode(Node):  # vtkMRMLScalarVolumeDisplayNode: what the module sets
         self.color, self.window_level, self.threshold = None, None, None
         self.apply_threshold, self.auto_window_level = False, True
 
-    def SetAndObserveColorNodeID(self, node_id: str) -> None:
+    def SetAndObserveColorNodeID(self, node_id: str) -> None:  # vtkMRMLDisplayNode: role "colorNodeID"
         self.color = node_id
+        self.SetNodeReferenceID("colorNodeID", node_id)
+
+    def GetColorNodeID(self):
+        return self.color
+
+    def GetColorNode(self):
+        return self.GetNodeReference("colorNodeID")
 
     def AutoWindowLevelOff(self) -> None:
         self.auto_window_level = False
@@ -336,28 +379,85 @@ class Segmentation(Observable):
         self.InvokeEvent(62100)
 
 
-def _export_segments_to_labelmap(segmentation_node, ids, labelmap, reference) -> bool:
-    """Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.cxx,
-    ExportSegmentsToLabelmapNode -> vtkSegmentation::GenerateSharedLabelmap: on the reference
-    volume's geometry, segment i of ``ids`` gets label 0 + 1 + i, later segments over earlier ones."""
+#: vtkSegmentation's extent modes (Libs/vtkSegmentationCore/vtkSegmentation.h, the enum's order)
+EXTENT_REFERENCE_GEOMETRY, EXTENT_UNION_OF_EFFECTIVE_SEGMENTS = 0, 3
+
+
+def _export_segments_to_labelmap(
+    segmentation_node, ids, labelmap, reference=None, extentComputationMode=EXTENT_UNION_OF_EFFECTIVE_SEGMENTS
+) -> bool:
+    """Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.cxx (v5.10.0, v5.12.3),
+    ExportSegmentsToLabelmapNode (the vtkStringArray overload) -> GenerateMergedLabelmapInReferenceGeometry
+    -> CreateLabelmapVolumeFromOrientedImageData: on the reference volume's geometry, segment i of
+    ``ids`` gets label 1 + i, later segments over earlier ones. The extent is the reference's only with
+    EXTENT_REFERENCE_GEOMETRY; the default (EXTENT_UNION_OF_EFFECTIVE_SEGMENTS) crops it to the voxels
+    the segments fill (CopyOrientedImageDataToVolumeNode shifts the extent to start at 0 and moves the
+    origin). Scene nodes it creates: a vtkMRMLLabelMapVolumeDisplayNode for the labelmap when it has
+    none (with the default, non-User colour map), the segmentation's display node when it has none,
+    and then, the labelmap's colour not being User, a visible vtkMRMLColorTableNode
+    "<segmentation>_ColorTable" (unique name, AddColorTableNodeForSegmentation) that the labelmap's
+    display node refers to. Removing the labelmap removes none of them."""
     if segmentation_node.GetScene() is None or labelmap.GetScene() is None:
+        ERRORS.append("ExportSegmentsToLabelmapNode: Invalid MRML scene of segmentation or labelmap node")
         return False
     labels = np.zeros(reference.array.shape[:3], np.int16)
     for i in range(ids.GetNumberOfValues()):
-        mask = segmentation_node.segmentation.GetSegment(ids.GetValue(i)).mask
+        mask = segmentation_node.GetSegmentation().GetSegment(ids.GetValue(i)).mask
         labels[mask] = 1 + i
-    labelmap.array, labelmap.matrix = labels, reference.matrix.copy()
+    matrix = reference.matrix.copy()
+    if extentComputationMode != EXTENT_REFERENCE_GEOMETRY:
+        filled = np.argwhere(labels)
+        low = filled.min(axis=0) if len(filled) else np.zeros(3, int)
+        high = filled.max(axis=0) + 1 if len(filled) else np.zeros(3, int)
+        labels = labels[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
+        matrix[:3, 3] = reference.matrix[:3, :3] @ low[::-1] + reference.matrix[:3, 3]  # (K, J, I) -> IJK
+    labelmap.array, labelmap.matrix = labels, matrix
+    scene = labelmap.GetScene()
+    if labelmap.GetDisplayNode() is None:  # CreateLabelmapVolumeFromOrientedImageData
+        display = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeDisplayNode")
+        labelmap.SetAndObserveDisplayNodeID(display.GetID())
+        display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileGenericAnatomyColors.txt")
+    if segmentation_node.GetDisplayNode() is None:
+        segmentation_node.CreateDefaultDisplayNodes()
+    color = labelmap.GetDisplayNode().GetColorNode()
+    if color is None or color.GetType() != ColorTableNode.User:  # AddColorTableNodeForSegmentation
+        color = scene.AddNewNodeByClass(
+            "vtkMRMLColorTableNode", scene.GenerateUniqueName(segmentation_node.GetName() + "_ColorTable")
+        )
+        color.SetHideFromEditors(False)
+        color.SetTypeToUser()
+        color.SetAttribute("Category", "Segmentations")
+        labelmap.GetDisplayNode().SetAndObserveColorNodeID(color.GetID())
     return True
+
+
+class ColorTableNode(Node):  # vtkMRMLColorTableNode (vtkMRMLColorNode.h: User = 13)
+    User = 13
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self.type = None
+
+    def SetTypeToUser(self) -> None:
+        self.type = self.User
+
+    def GetType(self):
+        return self.type
+
+
+#: errors vtkErrorMacro would print (Slicer logs them and goes on)
+ERRORS: list = []
+#: display node class of each displayable class (its CreateDefaultDisplayNodes)
+DISPLAY_CLASSES = {
+    "vtkMRMLScalarVolumeNode": "vtkMRMLScalarVolumeDisplayNode",
+    "vtkMRMLLabelMapVolumeNode": "vtkMRMLLabelMapVolumeDisplayNode",
+    "vtkMRMLSegmentationNode": "vtkMRMLSegmentationDisplayNode",
+}
 
 
 NODE_CLASSES = {
     name: type(name, (Node,), {})
-    for name in (
-        "vtkMRMLScalarVolumeNode",
-        "vtkMRMLTableNode",
-        "vtkMRMLScriptedModuleNode",
-        "vtkMRMLSliceCompositeNode",
-    )
+    for name in ("vtkMRMLScalarVolumeNode", "vtkMRMLTableNode", "vtkMRMLScriptedModuleNode")
 }
 NODE_CLASSES["vtkMRMLLabelMapVolumeNode"] = type(
     "vtkMRMLLabelMapVolumeNode", (NODE_CLASSES["vtkMRMLScalarVolumeNode"],), {}
@@ -368,23 +468,46 @@ NODE_CLASSES["vtkMRMLSegmentationNode"] = type(
     {"GetSegmentation": lambda self: self.__dict__.setdefault("segmentation", Segmentation())},
 )
 NODE_CLASSES["vtkMRMLScalarVolumeDisplayNode"] = type("vtkMRMLScalarVolumeDisplayNode", (DisplayNode,), {})
+NODE_CLASSES["vtkMRMLLabelMapVolumeDisplayNode"] = type("vtkMRMLLabelMapVolumeDisplayNode", (DisplayNode,), {})
+NODE_CLASSES["vtkMRMLSegmentationDisplayNode"] = type("vtkMRMLSegmentationDisplayNode", (DisplayNode,), {})
+NODE_CLASSES["vtkMRMLColorTableNode"] = type("vtkMRMLColorTableNode", (ColorTableNode,), {})
 
 
 class Scene(Observable):
-    """vtkMRMLScene (Libs/MRML/Core/vtkMRMLScene.cxx). RemoveNode detaches the node
-    (SetScene(nullptr)); Clear() (what File > Close scene calls) emits StartCloseEvent, removes every
-    non-singleton node, resets the singletons (a singleton parameter node survives with its
-    parameters wiped: ResetNodes), then emits EndCloseEvent."""
+    """vtkMRMLScene (Libs/MRML/Core/vtkMRMLScene.cxx, v5.10.0 and v5.12.3). AddNode gives the node an
+    ID (GenerateUniqueID: class name + the first index above the last one given for that class that
+    no node has; a singleton's is class name + tag). RemoveNode detaches the node (SetScene(nullptr))
+    and, unless the scene is closing, calls UpdateReferences() on the nodes that referred to it.
+    Clear() (what File > Close scene calls) emits StartCloseEvent, removes every non-singleton node
+    (RemoveAllNodes, no UpdateReferences: IsClosing), resets the singletons (a singleton parameter
+    node survives with its parameters wiped: ResetNodes), forgets the IDs it gave (UniqueIDs.clear():
+    the next nodes get the removed nodes' IDs again), then emits EndCloseEvent."""
 
     StartCloseEvent, EndCloseEvent = 0x2103, 0x2203  # vtkMRMLScene.h: StateEvent|Start/EndEvent|CloseState
 
     def __init__(self) -> None:
         self.nodes: list[Node] = []
+        self.unique_ids: dict[str, int] = {}
+        self.closing = False
+
+    def GenerateUniqueID(self, node: Node) -> str:
+        base = node.GetClassName()
+        if node.singleton_tag is not None:
+            return base + node.singleton_tag
+        index = self.unique_ids.get(base, 0) + 1
+        while self.GetNodeByID(f"{base}{index}") is not None:
+            index += 1
+        self.unique_ids[base] = index
+        return f"{base}{index}"
 
     def AddNode(self, node: Node) -> Node:
+        node.id = self.GenerateUniqueID(node)
         node.scene = self
         self.nodes.append(node)
         return node
+
+    def IsClosing(self) -> bool:
+        return self.closing
 
     def AddNewNodeByClass(self, class_name: str, name: str = "") -> Node:
         return self.AddNode(NODE_CLASSES[class_name](name))
@@ -393,6 +516,15 @@ class Scene(Observable):
         if node in self.nodes:
             self.nodes.remove(node)
             node.scene = None
+            if not self.closing:  # nodes that referred to it drop the reference
+                for other in [n for n in self.nodes if node.id in n.references.values()]:
+                    other.UpdateReferences()
+
+    def GetNodes(self) -> list[Node]:
+        return list(self.nodes)
+
+    def GetNumberOfNodes(self) -> int:
+        return len(self.nodes)
 
     def GetNodeByID(self, node_id):
         return next((n for n in self.nodes if n.id == node_id), None)
@@ -415,14 +547,19 @@ class Scene(Observable):
 
     def Clear(self, removeSingletons: int = 0) -> None:
         self.InvokeEvent(self.StartCloseEvent)
-        for node in list(self.nodes):
-            if node.singleton_tag is None or removeSingletons:
-                self.RemoveNode(node)
-        for node in self.nodes:  # ResetNodes: a fresh copy's content, one ModifiedEvent
+        self.closing = True
+        try:
+            for node in list(self.nodes):
+                if node.singleton_tag is None or removeSingletons:
+                    self.RemoveNode(node)
+        finally:
+            self.closing = False
+        for node in list(self.nodes):  # ResetNodes: a fresh copy's content, one ModifiedEvent
             node.params.clear()
             node.references.clear()
             node.attributes.clear()
             node.Modified()
+        self.unique_ids.clear()
         self.InvokeEvent(self.EndCloseEvent)
 
 
@@ -769,6 +906,8 @@ class ctkPathLineEdit(Widget):
     SIGNALS = ("currentPathChanged", "validInputChanged")
     Dirs, Files, Readable = 0x001, 0x002, 0x010
 
+    current_directory = ""  # ctkPathLineEditPrivate::sCurrentDirectory: the last valid path's folder, shared
+
     def __init__(self, name: str, properties: dict) -> None:
         super().__init__(name, properties)
         self.filters = properties.get("filters", self.Dirs | self.Files | 0x004 | self.Readable | 0x040 | 0x1000)
@@ -789,6 +928,8 @@ class ctkPathLineEdit(Widget):
         self._text = path
         valid = self._acceptable(path)
         if valid:
+            info = pathlib.Path(path)
+            ctkPathLineEdit.current_directory = str(info.parent if info.is_file() else info)
             self.currentPathChanged.emit(path)
         if valid != self._valid:
             self._valid = valid
@@ -797,12 +938,13 @@ class ctkPathLineEdit(Widget):
     def setCurrentPath(self, path: str) -> None:
         self.currentPath = path
 
-    def browse(self) -> None:
+    def browse(self) -> None:  # the dialog starts at the current path, or sCurrentDirectory when empty
         dialog = sys.modules["qt"].QFileDialog
+        start = self._text or ctkPathLineEdit.current_directory
         if self.filters & self.Files:
-            path = dialog.getOpenFileName(self, "Open a file", self._text, ";;".join(self.nameFilters))
+            path = dialog.getOpenFileName(self, "Open a file", start, ";;".join(self.nameFilters))
         else:
-            path = dialog.getExistingDirectory(self, "Select a directory...", self._text)
+            path = dialog.getExistingDirectory(self, "Select a directory...", start)
         if path:
             self.currentPath = path
 
@@ -913,13 +1055,53 @@ class QLineEdit(Widget):
                 self.textChanged.emit(value)
 
 
+class SortFilterProxyModel:  # qMRMLSortFilterProxyModel (Libs/MRML/Widgets): the filters modelled
+    def __init__(self, properties: dict) -> None:
+        self.showChildNodeTypes = bool(properties.get("showChildNodeTypes", True))
+        self.hideChildNodeTypes = list(properties.get("hideChildNodeTypes", []))
+        self.hiddenNodeIDs: list = []
+
+
 class qMRMLNodeComboBox(Widget):
+    """qMRMLNodeComboBox (Libs/MRML/Widgets/qMRMLNodeComboBox.cxx, v5.10.0/v5.12.3): offers the
+    scene's nodes of ``nodeTypes`` (subclasses only with showChildNodeTypes, the default, and then
+    not those of hideChildNodeTypes), none hidden from editors, none of
+    ``sortFilterProxyModel().hiddenNodeIDs`` (qMRMLSortFilterProxyModel::filterAcceptsRow);
+    ``nodeCount()`` / ``nodeFromIndex(i)`` list them."""
+
     SIGNALS = ("currentNodeChanged",)
 
     def __init__(self, name: str, properties: dict) -> None:
         super().__init__(name, properties)
         self.nodeTypes = list(properties.get("nodeTypes", []))
         self._node = None
+        self._proxy = SortFilterProxyModel(properties)
+
+    def sortFilterProxyModel(self) -> SortFilterProxyModel:
+        return self._proxy
+
+    def _offered(self) -> list:
+        proxy, scene = self._proxy, sys.modules["slicer"].mrmlScene
+        offered = []
+        for node in scene.GetNodes():
+            kind = node.GetClassName()
+            if kind not in self.nodeTypes:
+                if not proxy.showChildNodeTypes or not any(
+                    isinstance(node, NODE_CLASSES[t]) for t in self.nodeTypes if t in NODE_CLASSES
+                ):
+                    continue
+                if any(isinstance(node, NODE_CLASSES[t]) for t in proxy.hideChildNodeTypes if t in NODE_CLASSES):
+                    continue
+            if getattr(node, "hidden", False) or node.GetID() in proxy.hiddenNodeIDs:
+                continue
+            offered.append(node)
+        return offered
+
+    def nodeCount(self) -> int:
+        return len(self._offered())
+
+    def nodeFromIndex(self, index: int):
+        return self._offered()[index]
 
     def currentNode(self):
         return self._node
@@ -1057,31 +1239,73 @@ class ScriptedLoadableModuleTest:
 
 
 class VTKObservationMixin:
-    """Base/Python/slicer/util.py VTKObservationMixin: observations are (object, event, method) and
-    go through the object's AddObserver/RemoveObserver."""
+    """Base/Python/slicer/util.py VTKObservationMixin (v5.10.0, v5.12.3): observations are kept per
+    object, event and method as (group, tag, priority); ``addObserver(obj, event, method,
+    group="none", priority=0.0)`` warns "already has observer" and adds nothing for a method already
+    observing that event of that object; ``removeObserver`` warns "does not have observer" when it
+    is not; ``removeObservers(method=None)``; ``getObserver`` / ``hasObserver`` / ``observer``."""
 
     def __init__(self) -> None:
-        self.observations: list = []
+        self._observations: dict = {}  # {obj: {event: {method: (group, tag, priority)}}}
 
-    def addObserver(self, obj, event, method, priority: float = 0.0) -> None:
-        if any(o[0] is obj and o[1] == event and o[2] == method for o in self.observations):
-            return  # "already observed"
-        self.observations.append((obj, event, method, obj.AddObserver(event, method, priority)))
-
-    def removeObserver(self, obj, event, method) -> None:
-        for o in list(self.observations):
-            if o[0] is obj and o[1] == event and o[2] == method:
-                obj.RemoveObserver(o[3])
-                self.observations.remove(o)
+    @property
+    def Observations(self) -> list:
+        return [
+            (obj, event, method, group, tag, priority)
+            for obj, events in self._observations.items()
+            for event, methods in events.items()
+            for method, (group, tag, priority) in methods.items()
+        ]
 
     def removeObservers(self, method=None) -> None:
-        for o in list(self.observations):
-            if method is None or o[2] == method:
-                o[0].RemoveObserver(o[3])
-                self.observations.remove(o)
+        if method is None:
+            for obj, _, _, _, tag, _ in self.Observations:
+                obj.RemoveObserver(tag)
+            self._observations.clear()
+        else:
+            for obj, events in self._observations.items():
+                for methods in events.values():
+                    if method in methods:
+                        obj.RemoveObserver(methods.pop(method)[1])
+
+    def addObserver(self, obj, event, method, group="none", priority=0.0) -> None:
+        import warnings
+
+        methods = self._observations.setdefault(obj, {}).setdefault(event, {})
+        if method in methods:
+            warnings.warn("already has observer")
+            return
+        methods[method] = group, obj.AddObserver(event, method, priority), priority
+
+    def removeObserver(self, obj, event, method) -> None:
+        import warnings
+
+        try:
+            _group, tag, _priority = self._observations[obj][event].pop(method)
+            obj.RemoveObserver(tag)
+        except KeyError:
+            warnings.warn("does not have observer")
+
+    def getObserver(self, obj, event, method, default=None):
+        try:
+            return self._observations[obj][event][method]
+        except KeyError:
+            return default
+
+    def hasObserver(self, obj, event, method) -> bool:
+        return self.getObserver(obj, event, method) is not None
+
+    def observer(self, event, method, default=None):
+        for obj in self._observations:
+            if self.hasObserver(obj, event, method):
+                return obj
+        return default
 
 
-def _pip_install(calls: list):
+_RELEASE_ENV = None  # the modelled release's packages (tests/slicer_packages.py), while installed
+
+
+def _pip_install(calls: list, env=None):
     def pip_install(requirements) -> None:
         """Base/Python/slicer/util.py pip_install (<= v5.10; slicer.packaging._build_pip_args in 5.12):
         a str is split with shlex.split (POSIX rules: backslashes are escapes, spaces separate), a list is
@@ -1093,6 +1317,8 @@ def _pip_install(calls: list):
         else:
             raise ValueError("pip_install requirement input must be string or list")
         calls.append(args)
+        if env is not None:  # a modelled release: pip changes what its metadata reports
+            env.pip(args)
 
     return pip_install
 
@@ -1107,14 +1333,29 @@ def _set_slice_viewer_layers(slicer):
         fit=False,
         rotateToVolumePlane=False,
     ):
-        """Base/Python/slicer/util.py setSliceViewerLayers: sets every vtkMRMLSliceCompositeNode (none
-        without views); rotateToVolumePlane dereferences slicer.app.layoutManager() unguarded
-        (AttributeError when it is None); fit is guarded."""
+        """Base/Python/slicer/util.py setSliceViewerLayers (v5.10.0, v5.12.3): sets every
+        vtkMRMLSliceCompositeNode (none without views): the background, foreground and label volume
+        IDs (a node is turned into its ID) unless "keep-current", and the opacities unless None;
+        rotateToVolumePlane looks the volume up by ID in the scene and dereferences
+        slicer.app.layoutManager() unguarded (AttributeError when it is None); fit is guarded."""
+
+        def node_id(node_or_id):
+            return node_or_id.GetID() if isinstance(node_or_id, Node) else node_or_id
+
         for composite in slicer.mrmlScene.GetNodesByClass("vtkMRMLSliceCompositeNode"):
+            if background != "keep-current":
+                composite.SetBackgroundVolumeID(node_id(background))
+            if foreground != "keep-current":
+                composite.SetForegroundVolumeID(node_id(foreground))
             if foregroundOpacity is not None:
                 composite.foreground_opacity = foregroundOpacity
+            if label != "keep-current":
+                composite.SetLabelVolumeID(node_id(label))
+            if labelOpacity is not None:
+                composite.label_opacity = labelOpacity
         if rotateToVolumePlane:
-            volume = next((v for v in (background, foreground, label) if v != "keep-current"), None)
+            chosen = next((v for v in (background, foreground, label) if v != "keep-current"), None)
+            volume = slicer.mrmlScene.GetNodeByID(node_id(chosen)) if chosen is not None else None
             if volume is not None:
                 manager = slicer.app.layoutManager()
                 for view in manager.sliceViewNames():
@@ -1122,21 +1363,139 @@ def _set_slice_viewer_layers(slicer):
         if fit:
             manager = slicer.app.layoutManager()
             if manager is not None:
-                manager.fitted = True
+                logics = manager.mrmlSliceLogics()
+                for i in range(logics.GetNumberOfItems()):
+                    logics.GetItemAsObject(i).FitSliceToBackground()
 
     return mock.MagicMock(name="slicer.util.setSliceViewerLayers", side_effect=setSliceViewerLayers)
 
 
-def install() -> types.SimpleNamespace:
+class SliceCompositeNode(Node):
+    """vtkMRMLSliceCompositeNode (Libs/MRML/Core/vtkMRMLSliceCompositeNode.cxx): the layers of one
+    slice view, node references "backgroundVolume", "foregroundVolume", "labelVolume"."""
+
+    def SetBackgroundVolumeID(self, node_id) -> None:
+        self.SetNodeReferenceID("backgroundVolume", node_id)
+
+    def GetBackgroundVolumeID(self):
+        return self.references.get("backgroundVolume")
+
+    def SetForegroundVolumeID(self, node_id) -> None:
+        self.SetNodeReferenceID("foregroundVolume", node_id)
+
+    def GetForegroundVolumeID(self):
+        return self.references.get("foregroundVolume")
+
+    def SetLabelVolumeID(self, node_id) -> None:
+        self.SetNodeReferenceID("labelVolume", node_id)
+
+    def GetLabelVolumeID(self):
+        return self.references.get("labelVolume")
+
+
+NODE_CLASSES["vtkMRMLSliceCompositeNode"] = type("vtkMRMLSliceCompositeNode", (SliceCompositeNode,), {})
+
+
+class SliceNode:  # vtkMRMLSliceNode: what setSliceViewerLayers asks of it
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def RotateToVolumePlane(self, volume) -> None:
+        self.log.append(("rotate", volume))
+
+
+class SliceLogic:  # vtkMRMLSliceLogic
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def FitSliceToBackground(self) -> None:
+        self.log.append(("fit", None))
+
+
+class Collection:  # vtkCollection
+    def __init__(self, items) -> None:
+        self.items = list(items)
+
+    def GetNumberOfItems(self) -> int:
+        return len(self.items)
+
+    def GetItemAsObject(self, i: int):
+        return self.items[i]
+
+
+class LayoutManager:
+    """qSlicerLayoutManager (Base/QTGUI/qSlicerLayoutManager.h) with slice views: sliceViewNames(),
+    sliceWidget(name).mrmlSliceNode(), mrmlSliceLogics(). Each view has its singleton
+    vtkMRMLSliceCompositeNode in the scene (tag = the view's name, as vtkMRMLLayoutLogic makes them).
+    ``log`` records the rotations and fits asked of the views."""
+
+    def __init__(self, scene: Scene, views=("Red", "Yellow", "Green")) -> None:
+        self.views, self.log = list(views), []
+        self.slice_nodes = {v: SliceNode(self.log) for v in self.views}
+        for view in self.views:
+            if scene.GetSingletonNode(view, "vtkMRMLSliceCompositeNode") is None:
+                composite = NODE_CLASSES["vtkMRMLSliceCompositeNode"](f"vtkMRMLSliceCompositeNode{view}")
+                composite.singleton_tag = view
+                scene.AddNode(composite)
+
+    def sliceViewNames(self) -> list:
+        return list(self.views)
+
+    def sliceWidget(self, name: str):
+        node = self.slice_nodes[name]
+        return types.SimpleNamespace(mrmlSliceNode=lambda: node)
+
+    def mrmlSliceLogics(self) -> Collection:
+        return Collection(SliceLogic(self.log) for _ in self.views)
+
+
+def with_views(fakes, views=("Red", "Yellow", "Green")) -> LayoutManager:
+    """A main window: slicer.app.layoutManager() returns a LayoutManager with these slice views."""
+    manager = LayoutManager(fakes.slicer.mrmlScene, views)
+    fakes.slicer.app.layoutManager = lambda: manager
+    return manager
+
+
+class EventLoop:
+    """Qt's event queue as far as the module meets it: QCoreApplication::processEvents delivers the
+    events posted so far (a click queued while a handler runs is delivered by the next
+    processEvents call inside that handler: slicer.util.logProcessOutput (v5.10) calls
+    slicer.app.processEvents() for each line pip prints, PyTorchUtils' installTorch too).
+    ``post(callable)`` queues one; ``processEvents()`` delivers them, in order."""
+
+    def __init__(self) -> None:
+        self.queue: list = []
+        self.calls = 0
+
+    def post(self, event) -> None:
+        self.queue.append(event)
+
+    def processEvents(self, *args) -> None:
+        self.calls += 1
+        while self.queue:
+            self.queue.pop(0)()
+
+
+def install(release: str | None = None, state_file: str | None = None, installed: dict | None = None):
     """Put the fake modules in ``sys.modules`` (and the module folder on ``sys.path``); returns
-    them for assertions (``pip_calls``: the argument lists pip was run with)."""
+    them for assertions (``pip_calls``: the argument lists pip was run with). With ``release``
+    ("5.10", "5.12"), this Python's packages and Slicer's pip API are that release's
+    (tests/slicer_packages.py: its bundled versions, ``installed`` on top, kept in ``state_file``);
+    ``release_env`` is then that model."""
+    global _RELEASE_ENV
     slicer = types.ModuleType("slicer")
     slicer.mrmlScene = Scene()
     slicer.app = mock.MagicMock(name="slicer.app")
     slicer.app.layoutManager = lambda: None  # qSlicerApplication::layoutManager(): None under --no-main-window
+    events = EventLoop()
+    slicer.app.processEvents = events.processEvents
     for name, cls in NODE_CLASSES.items():
         setattr(slicer, name, cls)
     slicer.dicomDatabase = None
+    slicer.vtkSegmentation = types.SimpleNamespace(
+        EXTENT_REFERENCE_GEOMETRY=EXTENT_REFERENCE_GEOMETRY,
+        EXTENT_UNION_OF_EFFECTIVE_SEGMENTS=EXTENT_UNION_OF_EFFECTIVE_SEGMENTS,
+    )
     segmentations_logic = types.SimpleNamespace(ExportSegmentsToLabelmapNode=_export_segments_to_labelmap)
     slicer.modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentations_logic))
 
@@ -1148,7 +1507,21 @@ def install() -> types.SimpleNamespace:
     util.updateVolumeFromArray = lambda node, array: setattr(node, "array", np.array(array))
     util.getNodesByClass = lambda class_name: slicer.mrmlScene.GetNodesByClass(class_name)
     pip_calls: list = []
-    util.pip_install = mock.MagicMock(name="slicer.util.pip_install", side_effect=_pip_install(pip_calls))
+    env = None
+    if release is not None:
+        import slicer_packages
+
+        env = _RELEASE_ENV = slicer_packages.ReleaseEnvironment(release, state_file, installed)
+        slicer.app.testingEnabled = lambda: False  # a user's Slicer, not --testing
+    if env is not None and env.release["slicer_packaging"]:  # 5.12: util.pip_install delegates to it
+        slicer.packaging = slicer_packages.packaging_module(env, slicer, pip_calls)
+        util.pip_install = mock.MagicMock(
+            name="slicer.util.pip_install", side_effect=lambda r, **kw: slicer.packaging.pip_install(r, **kw)
+        )
+    else:
+        util.pip_install = mock.MagicMock(name="slicer.util.pip_install", side_effect=_pip_install(pip_calls, env))
+    util.confirmYesNoDisplay = mock.MagicMock(name="slicer.util.confirmYesNoDisplay", return_value=True)
+    util.restart = mock.MagicMock(name="slicer.util.restart")  # Base/Python/slicer/util.py restart(): app.restart()
     util.setSliceViewerLayers = _set_slice_viewer_layers(slicer)
     for name in ("errorDisplay", "infoDisplay", "mainWindow"):
         setattr(util, name, mock.MagicMock(name=f"slicer.util.{name}"))
@@ -1203,13 +1576,23 @@ def install() -> types.SimpleNamespace:
         "ctk": ctk,
         "vtk": vtk,
     }
+    if env is not None and env.release["slicer_packaging"]:
+        modules["slicer.packaging"] = slicer.packaging
     sys.modules.update(modules)
     if MODULE_DIR not in sys.path:
         sys.path.insert(0, MODULE_DIR)
-    return types.SimpleNamespace(pip_calls=pip_calls, **modules)
+    del ERRORS[:]
+    ctkPathLineEdit.current_directory = ""
+    if env is not None:
+        env.start()  # Slicer starting: its modules import what they import at start-up
+    return types.SimpleNamespace(pip_calls=pip_calls, events=events, errors=ERRORS, release_env=env, **modules)
 
 
 def uninstall() -> None:
+    global _RELEASE_ENV
+    if _RELEASE_ENV is not None:
+        _RELEASE_ENV.stop()
+        _RELEASE_ENV = None
     for name in (
         "slicer",
         "slicer.util",
@@ -1222,3 +1605,82 @@ def uninstall() -> None:
         "SoftCAM",
     ):
         sys.modules.pop(name, None)
+
+
+# ------------------------------------------------------------------- launcher (PythonSlicer), processes
+#: Stand-in of Slicer's ``PythonSlicer``: a CTKAppLauncher (github:commontk/AppLauncher at dcb7a7e)
+#: configured to start ``python-real``. Modelled on Base/ctkAppLauncher.cpp:
+#: ``ctkAppLauncherPrivate::runProcess()`` builds the environment (``buildEnvironment``), forwards
+#: the standard channels (``QProcess::ForwardedChannels``, ``ForwardedInputChannel``) and starts the
+#: application as a CHILD with ``this->Process.start(ApplicationToLaunch, ...)`` (a QProcess,
+#: ``ctkInteractiveProcess``: same process group, no new session); the launcher then only waits:
+#: ``finished(int, QProcess::ExitStatus)`` -> ``ctkAppLauncherPrivate::applicationFinished()`` exits
+#: with the child's code (NormalExit) or EXIT_FAILURE (CrashExit). Neither that file nor Main.cpp
+#: (``appLauncherMain``) installs a signal handler: SIGTERM or SIGINT to the launcher take their default
+#: action on it alone (no destructor runs, so QProcess never kills the child) and ``python-real`` runs
+#: on, re-parented. The only path where the launcher signals its child, ``--launcher-timeout`` ->
+#: ``ctkAppLauncherPrivate::terminateProcess()``, is not used by PythonSlicer's callers.
+PYTHON_SLICER_SOURCE = '''#!{python}
+"""Stand-in of PythonSlicer (CTKAppLauncher, see tests/slicer_stubs.py): run {python} as a child with
+these arguments, wait for it, exit with its code; no signal is handled or forwarded."""
+import signal
+import subprocess
+import sys
+
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # a C++ program: SIGINT ends it (no KeyboardInterrupt)
+child = subprocess.Popen([{python!r}, *sys.argv[1:]])  # runProcess: QProcess::start, channels inherited
+code = child.wait()  # finished(int, QProcess::ExitStatus) -> applicationFinished
+sys.exit(code if code >= 0 else 1)  # NormalExit: the child's code; CrashExit: EXIT_FAILURE
+'''
+
+
+def write_python_slicer(folder: str, python: str = sys.executable) -> str:
+    """Write the stand-in ``PythonSlicer`` (POSIX script, launching ``python`` as ``python-real``)
+    in ``folder`` and return its path; with ``folder`` first on PATH, ``shutil.which("PythonSlicer")``
+    (the module's ``SoftCAMLogic.pythonExecutable``) finds it."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "PythonSlicer")
+    with open(path, "w") as f:
+        f.write(PYTHON_SLICER_SOURCE.format(python=python))
+    os.chmod(path, 0o755)
+    return path
+
+
+def busy_inference(output_dir: str, seconds: float = 120.0, ignore_sigterm: bool = False) -> None:
+    """A bundle step (``initialize: ["$import slicer_stubs", "$slicer_stubs.busy_inference(@output_dir)"]``)
+    standing in for a long inference: writes this process's pid to ``<run folder>/child.pid`` (the
+    run folder holds ``output_dir``), then writes a file into ``output_dir`` every 50 ms (recreating
+    it if removed) for ``seconds``; with ``ignore_sigterm`` it outlives a SIGTERM (as a process stuck
+    in a CUDA call would), so only SIGKILL ends it."""
+    import signal
+    import time
+
+    if ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    work = os.path.dirname(os.path.abspath(output_dir))
+    with open(os.path.join(work, "child.pid.part"), "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(os.path.join(work, "child.pid.part"), os.path.join(work, "child.pid"))
+    end, tick = time.time() + seconds, 0
+    while time.time() < end:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, f"tick-{tick % 20}"), "w") as f:
+            f.write(str(tick))
+        tick += 1
+        time.sleep(0.05)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (Linux: a zombie, dead but not yet reaped by
+    a parent that does not reap, counts as not running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return not os.path.isdir("/proc/self")

@@ -59,6 +59,7 @@ LAYERS = {
     "monai_softcam.bundle": 6,
     "monai_softcam.task": 6,
     "monai_softcam.package": 6,
+    "monai_softcam.slicer_index": 6,
     "monai_softcam.tune": 6,
     "monai_softcam.settings": 6,
     "monai_softcam.comparison": 6,

@@ -375,3 +375,235 @@ def test_missing_requirements_are_found_without_importing(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "monai_softcam" else real_spec(name, *a)
     )
     assert missing_requirements()[-1] == "monai_softcam"
+
+
+def test_requirements_below_their_floor_are_missing_too(monkeypatch):
+    """Issue 31: an installed version outside the requirement (Slicer 5.10's pydicom 2.4.4, a torch
+    or monai that another extension installed) is unmet like an absent one; a local or
+    pre-release build counts as its version; the description says what is installed; a package
+    this Python already imported needs a restart after its upgrade."""
+    import importlib.metadata
+    import sys
+    import types
+
+    from SoftCAMLib import describe_requirements, loaded_requirements, unmet_requirements
+
+    real = importlib.metadata.distribution
+    versions = {"torch": "2.1.2", "pydicom": "2.4.4", "monai": "1.3.2", "numpy": "2.0.2"}
+
+    def distribution(name):
+        if name in versions and versions[name] is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        if name in versions:
+            return types.SimpleNamespace(version=versions[name])
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    assert missing_requirements() == ["torch>=2.3", "monai>=1.4", "pydicom>=3.0"]
+    assert unmet_requirements()[0] == ("torch>=2.3", "2.1.2")
+    versions.update(torch="2.5.1+cpu", monai="1.5.0rc1")
+    assert missing_requirements() == ["pydicom>=3.0"]
+    assert describe_requirements(["pydicom>=3.0", "monai_softcam"]).splitlines() == [
+        "pydicom>=3.0 (2.4.4 installed)",
+        "monai_softcam (its source is not beside the module)",
+    ]
+    versions["pydicom"] = None
+    assert describe_requirements(["pydicom>=3.0"]) == "pydicom>=3.0 (not installed)"
+    monkeypatch.setattr(
+        importlib.metadata, "packages_distributions", lambda: {"pydicom": ["pydicom"], "yaml": ["PyYAML"]}
+    )
+    monkeypatch.setitem(sys.modules, "pydicom", types.ModuleType("pydicom"))
+    monkeypatch.delitem(sys.modules, "yaml", raising=False)
+    assert loaded_requirements(["pyyaml>=6.0", "pydicom>=3.0", "monai_softcam"]) == ["pydicom>=3.0"]
+
+
+# ---------------------------------------------------------------- Cancel through PythonSlicer (issue 31)
+def _running(pid):
+    """Whether process ``pid`` runs (not exited; a zombie does not run)."""
+    import slicer_stubs
+
+    return slicer_stubs.process_running(pid)
+
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="the stand-in launcher and process groups are POSIX here")
+
+
+@pytest.fixture
+def python_slicer(tmp_path, monkeypatch, subprocess_env):
+    """The stand-in of Slicer's PythonSlicer launcher (tests/slicer_stubs.py), first on PATH."""
+    import slicer_stubs
+
+    path = slicer_stubs.write_python_slicer(str(tmp_path / "slicer-bin"))
+    monkeypatch.setenv("PATH", os.path.dirname(path) + os.pathsep + os.environ.get("PATH", ""))
+    return path
+
+
+def _busy_bundle(tmp_path, ignore_sigterm=False):
+    """The known-evidence bundle whose inference, instead of running, keeps writing files (its pid
+    first, to <run folder>/child.pid)."""
+    extra = tmp_path / "busy.yaml"
+    extra.write_text(
+        "initialize:\n"
+        "  - $import slicer_stubs\n"
+        f"  - $slicer_stubs.busy_inference(@output_dir, ignore_sigterm={ignore_sigterm})\n"
+    )
+    return _known_bundle(tmp_path, KNOWN_2D, str(extra))
+
+
+def _wait_for_child_pid(job, timeout=120):
+    import time
+
+    pid_file = os.path.join(job._work, "child.pid")
+    deadline = time.time() + timeout
+    while not os.path.exists(pid_file):
+        assert not job.poll(), job._error
+        assert time.time() < deadline, "the inference child never started"
+        time.sleep(0.05)
+    with open(pid_file) as f:
+        return int(f.read())
+
+
+def _group_members(pgid):
+    """The live processes of process group ``pgid`` (Linux /proc; zombies excluded)."""
+    import slicer_stubs
+
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and slicer_stubs.process_running(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def _cancel_and_check(job, launcher_pid, child_pid):
+    """Cancel as the widget does (cancel(), then poll() from its timer) and check that the run folder
+    is removed only once neither the launcher nor its child runs, and that nothing writes there after."""
+    import time
+
+    import slicer_stubs
+
+    at_cleanup = []
+    real_cleanup = job._cleanup
+
+    def cleanup(*args, **kwargs):
+        at_cleanup.append((slicer_stubs.process_running(launcher_pid), slicer_stubs.process_running(child_pid)))
+        real_cleanup(*args, **kwargs)
+
+    job._cleanup = cleanup
+    work = job._work
+    started = time.monotonic()
+    job.cancel()
+    assert time.monotonic() - started < 2, "cancel() must not block the GUI"
+    deadline = time.time() + 30
+    while not job.poll():  # the widget's QTimer
+        assert time.time() < deadline, "the cancelled run never ended"
+        time.sleep(0.05)
+    assert job.state == "cancelled" and at_cleanup == [(False, False)]
+    assert not slicer_stubs.process_running(child_pid) and not slicer_stubs.process_running(launcher_pid)
+    if os.path.isdir("/proc/self"):
+        assert _group_members(launcher_pid) == []
+    time.sleep(0.5)  # a surviving child would recreate the folder (it writes every 50 ms)
+    assert not os.path.exists(work)
+    with pytest.raises(InferenceError, match="cancelled"):
+        job.result()
+
+
+@posix_only
+def test_cancel_through_python_slicer_ends_the_launchers_child_before_removing_the_folder(tmp_path, python_slicer):
+    """Issue 31: PythonSlicer (CTKAppLauncher) runs python-real as its child and forwards no signal.
+    Cancel ends the run's whole process group; the folder goes only once no process of it is left."""
+    import shutil
+
+    info = _busy_bundle(tmp_path)
+    volume = Volume(np.zeros((1, 30, 30), np.float32), np.eye(4), name="img")
+    job = InferenceJob(info, volume, python=shutil.which("PythonSlicer")).start()
+    assert job.python == python_slicer
+    child_pid = _wait_for_child_pid(job)
+    launcher_pid = job._process.pid
+    assert child_pid != launcher_pid and _running(child_pid)
+    assert os.getpgid(child_pid) == launcher_pid != os.getpgrp()  # a group of its own, the child in it
+    _cancel_and_check(job, launcher_pid, child_pid)
+
+
+@posix_only
+def test_cancel_kills_a_child_that_ignores_sigterm_after_the_grace_period(tmp_path, python_slicer, monkeypatch):
+    """A child that outlives SIGTERM (e.g. inside a CUDA call) gets SIGKILL after the grace period;
+    until then the job is not over (no new run can start while the GPU is still held)."""
+    from SoftCAMLib import inference
+
+    monkeypatch.setattr(inference, "CANCEL_GRACE_SECONDS", 1.0)
+    info = _busy_bundle(tmp_path, ignore_sigterm=True)
+    volume = Volume(np.zeros((1, 30, 30), np.float32), np.eye(4), name="img")
+    job = InferenceJob(info, volume, python=python_slicer).start()
+    child_pid = _wait_for_child_pid(job)
+    launcher_pid = job._process.pid
+    job.cancel()
+    assert job.state == "running" and not job.poll() and _running(child_pid)
+    assert not _running(launcher_pid)  # SIGTERM ended the launcher, not its child
+    _cancel_and_check(job, launcher_pid, child_pid)
+
+
+@posix_only
+def test_the_stand_in_launcher_is_faithful_terminating_it_leaves_its_child_running(tmp_path, python_slicer):
+    """Why the group is ended: the old Cancel (Popen.terminate() of PythonSlicer) ends the launcher
+    alone and python-real runs on; ending the process group (end_process_tree) ends both."""
+    import signal
+    import time
+
+    from SoftCAMLib.inference import child_process_options, end_process_tree, process_tree_alive
+
+    script = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+    for fix in (False, True):
+        pid_file = str(tmp_path / f"child-{fix}.pid")
+        options = child_process_options() if fix else {}
+        launcher = subprocess.Popen([python_slicer, "-c", script, pid_file], **options)
+        deadline = time.time() + 60
+        while not (os.path.exists(pid_file) and os.path.getsize(pid_file)):
+            assert time.time() < deadline and launcher.poll() is None
+            time.sleep(0.05)
+        with open(pid_file) as f:
+            child_pid = int(f.read())
+        try:
+            if fix:
+                end_process_tree(launcher)
+                deadline = time.time() + 10
+                while process_tree_alive(launcher) and time.time() < deadline:
+                    time.sleep(0.02)
+                assert not process_tree_alive(launcher) and not _running(child_pid)
+            else:
+                launcher.terminate()  # the old InferenceJob.cancel()
+                assert launcher.wait(timeout=10) != 0
+                time.sleep(0.5)
+                assert _running(child_pid), "CTKAppLauncher leaves its child running"
+        finally:
+            if _running(child_pid):
+                os.kill(child_pid, signal.SIGKILL)
+
+
+@posix_only
+def test_a_run_through_python_slicer_completes_and_cleans_up(tmp_path, python_slicer):
+    """The module's logic finds the stand-in as PythonSlicer; a normal run through it gives the
+    result, leaves no process of its group and removes its folder."""
+    import slicer_stubs
+
+    slicer_stubs.install()
+    try:
+        import SoftCAM
+
+        assert SoftCAM.SoftCAMLogic.pythonExecutable() == python_slicer
+    finally:
+        slicer_stubs.uninstall()
+    info = _known_bundle(tmp_path, KNOWN_2D)
+    array = np.full((1, 40, 40), 0.2, np.float32)
+    array[0, 10:20, 5:15] = 0.9
+    job = InferenceJob(info, Volume(array, np.eye(4), name="img"), python=python_slicer).start()
+    launcher_pid, work = job._process.pid, job._work
+    result = job.wait(timeout=300)
+    assert job.state == "done" and not os.path.exists(work)
+    assert set(result.probabilities) == set(info.class_names) and result.maps
+    if os.path.isdir("/proc/self"):
+        assert _group_members(launcher_pid) == []

@@ -27,13 +27,14 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 from SoftCAMLib import (
-    REQUIREMENTS_FILE,
     TORCH_REQUIREMENT,
     BundleInfo,
     InferenceJob,
     InferenceResult,
     Volume,
+    describe_requirements,
     export_result,
+    loaded_requirements,
     missing_requirements,
     overlay_display,
     region_table,
@@ -101,6 +102,11 @@ def ijkToRas(volumeNode) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def isInputImage(volumeNode) -> bool:
+    """An image SoftCAM can take: a scalar (or colour) volume, not a labelmap, not an evidence map."""
+    return not volumeNode.IsA("vtkMRMLLabelMapVolumeNode") and not volumeNode.GetAttribute("SoftCAM.class")
+
+
 def bundlePathProblem(path) -> Optional[str]:
     """Why ``path`` (a pathlib.Path from the parameter node) cannot be a bundle, or None if it can:
     a folder with ``configs/metadata.json`` or a ``.ts`` file. ``Path(".")`` means none chosen."""
@@ -129,6 +135,7 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._jobSource = None
+        self._busy = None  # "installing", "loading" or "running": set before anything can process events
         self._bundle = None
         self._bundleKey = None
         self._timer = None
@@ -147,6 +154,9 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # the path box is connected by hand: the Path connector would show Path(".") as "." (and
+        # Browse would open in Slicer's working directory); an empty box opens the last folder used
+        self.ui.bundlePathLineEdit.connect("currentPathChanged(QString)", self.onBundlePathChanged)
         self.ui.loadBundleButton.connect("clicked(bool)", self.onLoadBundle)
         self.ui.torchScriptButton.connect("clicked(bool)", self.onChooseTorchScript)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -162,8 +172,9 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self._observedSegmentation = None
         if self._job is not None:
-            self._job.cancel()
+            self._job.cancel(block=True)  # no timer polls after this: wait until its processes are gone
         if self._timer is not None:
             self._timer.stop()
 
@@ -171,14 +182,23 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
+        self._disconnectParameterNode()
+
+    def _disconnectParameterNode(self) -> None:
+        if self._parameterNode and self._parameterNodeGuiTag is not None:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+        if self._parameterNode and self.hasObserver(
+            self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified
+        ):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         self._observeSegmentation(None)
         self.setParameterNode(None)
+        self._showClasses([])  # the result goes with the scene
+        self.ui.probabilityTableView.setMRMLTableNode(None)
+        self.ui.regionsTableView.setMRMLTableNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -187,14 +207,12 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first:
-                self._parameterNode.inputVolume = first
+            images = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if isInputImage(n)]
+            if images:
+                self._parameterNode.inputVolume = images[0]
 
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._disconnectParameterNode()
         self._parameterNode = inputParameterNode
         self._shownDisplay = self._regionsKey = None
         if self._parameterNode:
@@ -207,6 +225,8 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The node changed (a widget, a script, a scene load): Apply's state and the overlays."""
         self._checkCanApply()
         params = self._parameterNode
+        self._showBundlePath()
+        self._hideMapsFromInput()
         if params is None or params.resultTable is None:
             return
         shown = (params.resultTable.GetID(), params.opacity, params.threshold)
@@ -219,6 +239,34 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._regionsKey = key
             self._observeSegmentation(segmentation)
             self.onSegmentsChanged()
+
+    def _showBundlePath(self) -> None:
+        """The parameter's path in the box, or an empty box for none (Path("."))."""
+        path = self._parameterNode.bundlePath if self._parameterNode is not None else None
+        text = "" if path is None or str(path) in ("", ".") else str(path)
+        if self.ui.bundlePathLineEdit.currentPath != text:
+            self.ui.bundlePathLineEdit.currentPath = text
+
+    def onBundlePathChanged(self, path: str) -> None:
+        if self._parameterNode is not None and path:
+            self._parameterNode.bundlePath = pathlib.Path(path)
+
+    def _hideMapsFromInput(self) -> None:
+        """The input selector offers images only: evidence maps are hidden from it (labelmaps are,
+        by hideChildNodeTypes in the .ui file)."""
+        volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+        hidden = [n.GetID() for n in volumes if n.GetAttribute("SoftCAM.class")]
+        proxy = self.ui.inputSelector.sortFilterProxyModel()
+        if list(proxy.hiddenNodeIDs) != hidden:
+            proxy.hiddenNodeIDs = hidden
+
+    def _showClasses(self, classNames, current: Optional[str] = None) -> None:
+        self.ui.classComboBox.blockSignals(True)
+        self.ui.classComboBox.clear()
+        self.ui.classComboBox.addItems(list(classNames))
+        if current is not None:
+            self.ui.classComboBox.setCurrentIndex(list(classNames).index(current))
+        self.ui.classComboBox.blockSignals(False)
 
     def _observeSegmentation(self, segmentationNode) -> None:
         if self._observedSegmentation is not None:
@@ -243,10 +291,29 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             params.regionsTable = table
         self.ui.regionsTableView.setMRMLTableNode(table)
 
+    BUSY_WIDGETS = (
+        "loadBundleButton",
+        "torchScriptButton",
+        "bundlePathLineEdit",
+        "presetLineEdit",
+        "inputSelector",
+        "subprocessCheckBox",
+        "deviceComboBox",
+    )
+
+    def _setBusy(self, state: Optional[str]) -> None:
+        """Installing, loading or running (or None): while busy, Apply, Load and the choices they
+        read are disabled, and every handler that starts something refuses."""
+        self._busy = state
+        self._checkCanApply()
+
     def _checkCanApply(self) -> None:
-        """Apply is enabled only for an input volume and a usable bundle path, and no run going."""
+        """Apply is enabled only for an input volume and a usable bundle path, and nothing going
+        (no install, load or run)."""
         params = self._parameterNode
-        running = self._job is not None
+        running = self._job is not None or self._busy is not None
+        for name in self.BUSY_WIDGETS:
+            getattr(self.ui, name).enabled = not running
         problem = None
         if params is None:
             problem = "no parameter node"
@@ -256,7 +323,7 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             problem = bundlePathProblem(params.bundlePath)
         self.ui.applyButton.enabled = problem is None and not running
         self.ui.applyButton.toolTip = "Run the bundle on the input volume" if problem is None else problem
-        self.ui.cancelButton.enabled = running
+        self.ui.cancelButton.enabled = self._job is not None
         table = params.resultTable if params is not None else None
         self.ui.exportButton.enabled = table is not None and not running
 
@@ -267,25 +334,38 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.errorDisplay(message, windowTitle="SoftCAM")
 
     def _ensureRequirements(self) -> bool:
-        """Install missing packages on first use, after asking (never at import)."""
+        """Install the packages that are missing or older than needed on first use, after asking
+        once (never at import). An upgraded package that Slicer had already imported (pydicom, which
+        Slicer's DICOM plugins import at start-up) works only after a restart: offer it, and stop."""
         missing = self.logic.missingRequirements()
         if not missing:
             return True
         listing = ", ".join(missing)
         if not slicer.util.confirmOkCancelDisplay(
-            f"SoftCAM needs these Python packages, not installed in Slicer yet:\n{listing}\n\nInstall them now?",
+            "SoftCAM needs these Python packages, missing or older than it needs in Slicer's Python:\n"
+            f"{describe_requirements(missing)}\n\nInstall or upgrade them in Slicer's Python environment now?",
             windowTitle="SoftCAM",
         ):
             self.ui.statusLabel.text = "missing packages: " + listing
             return False
         slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            self.logic.installRequirements(missing)
+            restart = self.logic.installRequirements(missing)
         except Exception as err:
             self._error(f"Failed to install {listing}:\n{err}")
             return False
         finally:
             slicer.app.restoreOverrideCursor()
+        if restart:
+            upgraded = ", ".join(restart)
+            self.ui.statusLabel.text = f"restart Slicer to use the upgraded {upgraded}"
+            if slicer.util.confirmYesNoDisplay(
+                f"Upgraded {upgraded}, but Slicer had already loaded the old version, which stays in use "
+                "until Slicer restarts.\n\nRestart Slicer now?",
+                windowTitle="SoftCAM",
+            ):
+                slicer.util.restart()
+            return False
         return True
 
     def _loadedBundle(self):
@@ -303,6 +383,8 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return self._bundle
 
     def onChooseTorchScript(self) -> None:
+        if self._busy is not None:
+            return
         path = qt.QFileDialog.getOpenFileName(
             slicer.util.mainWindow(), "TorchScript export of a SoftCAM bundle", "", "TorchScript export (*.ts)"
         )
@@ -310,6 +392,15 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.bundlePathLineEdit.currentPath = path
 
     def onLoadBundle(self) -> None:
+        if self._busy is not None or self._job is not None:
+            return  # a click queued while packages install or a run goes
+        self._setBusy("loading")  # before anything can process events (pip's output does)
+        try:
+            self._loadBundle()
+        finally:
+            self._setBusy(None)
+
+    def _loadBundle(self) -> None:
         if not self._ensureRequirements():
             return
         self._bundle = None
@@ -325,7 +416,17 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "bundle loaded"
 
     def onApplyButton(self) -> None:
-        if self._job is not None or not self._ensureRequirements():
+        if self._busy is not None or self._job is not None:
+            return  # a click queued while packages install or a run goes: nothing starts
+        self._setBusy("running")  # recorded before anything can process events (pip, _showProgress)
+        try:
+            self._startRun()
+        finally:
+            if self._job is None:  # failed, or finished in-process (onJobFinished ran)
+                self._setBusy(None)
+
+    def _startRun(self) -> None:
+        if not self._ensureRequirements() or self._parameterNode is None:
             return
         volumeNode = self._parameterNode.inputVolume
         if volumeNode is None:
@@ -369,9 +470,18 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onJobFinished(self) -> None:
         job, source = self._job, self._jobSource
         self._job = self._jobSource = None
+        self._busy = None
         self.ui.progressBar.setRange(0, 1)
         self.ui.progressBar.setValue(1 if job.state == "done" else 0)
         params = self._parameterNode
+        if params is None or source is None or source.GetScene() is None:
+            # the scene was closed (or the input removed) during the run: its volume is gone, and a
+            # node with its ID may be another one now (vtkMRMLScene::Clear reuses IDs)
+            message = "SoftCAM result dropped: its input volume left the scene while it ran"
+            logging.warning(message)
+            self.ui.statusLabel.text = message
+            self._checkCanApply()
+            return
         try:
             result = job.result()
             table = self.logic.showResult(result, source, params.opacity, params.threshold)
@@ -385,11 +495,8 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shownDisplay = (table.GetID(), params.opacity, params.threshold)  # showResult applied them
         params.resultTable = table
         self.ui.probabilityTableView.setMRMLTableNode(table)  # (the region table follows the node's change)
-        self.ui.classComboBox.blockSignals(True)
-        self.ui.classComboBox.clear()
-        self.ui.classComboBox.addItems(result.class_names)
-        self.ui.classComboBox.setCurrentIndex(result.class_names.index(result.predicted_class))
-        self.ui.classComboBox.blockSignals(False)
+        self._showClasses(result.class_names, result.predicted_class)
+        self._hideMapsFromInput()
         self.ui.statusLabel.text = (
             f"{result.predicted_class} ({result.probabilities[result.predicted_class]:.3f}) in {result.seconds:.1f} s"
         )
@@ -406,6 +513,8 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.selectClass(table, self.ui.classComboBox.itemText(index), self._parameterNode.opacity)
 
     def onExportButton(self) -> None:
+        if self._busy is not None or self._job is not None or self._parameterNode is None:
+            return
         table = self._parameterNode.resultTable
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Export evidence maps to")
         if not folder or table is None:
@@ -419,10 +528,17 @@ class SoftCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = f"wrote {len(paths)} files to {folder}"
 
 
+#: MRML node reference roles of a result: its map nodes refer to the table and the source volume,
+#: the table to the source (references, not IDs in attributes: vtkMRMLScene::Clear reuses IDs, and
+#: vtkMRMLScene::RemoveNode drops the references to a removed node)
+SOURCE_ROLE = "SoftCAM.source"
+TABLE_ROLE = "SoftCAM.table"
+
+
 class SoftCAMLogic(ScriptedLoadableModuleLogic):
     """Everything the widget does, callable from Slicer's Python console or a script. It holds no
     GUI state: a result is its MRML nodes (a table node and one map node per class, which refer to
-    the table and the source volume by ID), so it goes with the scene."""
+    the table and the source volume by MRML node references), so it goes with the scene."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -436,12 +552,17 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         return missing_requirements()
 
     @staticmethod
-    def installRequirements(missing) -> None:
-        """torch through Slicer's PyTorch extension (with its version floor) when it is installed;
-        the rest with ``slicer.packaging.pip_ensure`` and the requirements file (Slicer 5.12+) or
-        ``slicer.util.pip_install`` with a list (a string would be split by shlex, which breaks
-        Windows paths and paths with spaces)."""
+    def installRequirements(missing) -> list:
+        """Install or upgrade ``missing`` (requirement strings: absent, or below their floor) in
+        Slicer's Python, through the running Slicer's own API: torch through Slicer's PyTorch
+        extension (with its version floor) when it is installed; the rest with
+        ``slicer.packaging.pip_ensure`` (Slicer 5.12+; it re-checks the versions itself) or
+        ``slicer.util.pip_install`` with a list (Slicer 5.10; a string would be split by shlex, which
+        breaks Windows paths and paths with spaces). pip upgrades a package whose installed version
+        is outside the requirement. Returns those of ``missing`` that this Python had already
+        imported: they take effect after a restart of Slicer."""
         missing = list(missing)
+        restart = loaded_requirements(missing)
         if "monai_softcam" in missing:
             raise RuntimeError(
                 "monai_softcam's source is not beside the module: reinstall the SoftCAM extension, or add "
@@ -467,12 +588,14 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
                 slicer.util.pip_install(others)
             else:
                 packaging.pip_ensure(
-                    packaging.load_requirements(REQUIREMENTS_FILE),
-                    prompt_install=False,
+                    others,
+                    prompt_install=False,  # the widget asked, listing the versions
+                    prompt_restart=False,  # the widget offers the restart, for both APIs
                     requester="SoftCAM",
                     skip_in_testing=False,
                 )
         importlib.invalidate_caches()
+        return restart
 
     @staticmethod
     def pythonExecutable() -> str:
@@ -537,6 +660,8 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
     def showResult(self, result: InferenceResult, sourceNode, opacity: float = 0.5, threshold: float = 0.0):
         """One scalar volume per class on ``sourceNode``'s geometry and a probability table; made
         all together or not at all. Returns the table node, which stands for the result."""
+        if sourceNode is None or sourceNode.GetScene() is None:
+            raise ValueError("the input volume is no longer in the scene (was the scene closed?)")
         created = []
         try:
             matrix = vtk.vtkMatrix4x4()
@@ -545,7 +670,7 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
                 "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{sourceNode.GetName()} SoftCAM probabilities")
             )
             created.append(table)
-            table.SetAttribute("SoftCAM.source", sourceNode.GetID())
+            table.SetNodeReferenceID(SOURCE_ROLE, sourceNode.GetID())
             table.SetAttribute("SoftCAM.volumeName", result.volume_name)
             self._fillTable(table, result)
             for name in result.class_names:
@@ -558,8 +683,8 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
                 node.SetAndObserveTransformNodeID(sourceNode.GetTransformNodeID())
                 slicer.util.updateVolumeFromArray(node, result.maps[name])
                 node.SetAttribute("SoftCAM.class", name)
-                node.SetAttribute("SoftCAM.source", sourceNode.GetID())
-                node.SetAttribute("SoftCAM.table", table.GetID())
+                node.SetNodeReferenceID(SOURCE_ROLE, sourceNode.GetID())
+                node.SetNodeReferenceID(TABLE_ROLE, table.GetID())
                 node.CreateDefaultDisplayNodes()
                 created.append(node.GetDisplayNode())
             created += self._addGridNodes(result, sourceNode, table)
@@ -611,7 +736,7 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
             node.SetAndObserveTransformNodeID(sourceNode.GetTransformNodeID())
             slicer.util.updateVolumeFromArray(node, grid.T[None] if grid.ndim == 2 else np.transpose(grid, (2, 1, 0)))
             node.SetAttribute("SoftCAM.class", name)
-            node.SetAttribute("SoftCAM.table", table.GetID())
+            node.SetNodeReferenceID(TABLE_ROLE, table.GetID())
             node.SetAttribute("SoftCAM.grid", "1")
             node.SetHideFromEditors(True)
         return nodes
@@ -623,11 +748,16 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         if tableNode is None or tableNode.GetScene() is None:
             return {}
         nodes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-        return {
-            n.GetAttribute("SoftCAM.class"): n
-            for n in nodes
-            if n.GetAttribute("SoftCAM.table") == tableNode.GetID() and (n.GetAttribute("SoftCAM.grid") == "1") == grid
-        }
+        mine = {}
+        for n in nodes:
+            table = n.GetNodeReference(TABLE_ROLE)
+            if (
+                table is not None
+                and table.GetID() == tableNode.GetID()
+                and (n.GetAttribute("SoftCAM.grid") == "1") == grid
+            ):
+                mine[n.GetAttribute("SoftCAM.class")] = n
+        return mine
 
     def resultFromNodes(self, tableNode) -> InferenceResult:
         """The result ``tableNode`` stands for, read back from its nodes (for export)."""
@@ -661,10 +791,13 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
     def regionEvidence(self, tableNode, segmentationNode) -> list:
         """Per segment and class (plus the outside): evidence sum, share of the logit, mean evidence
         density, area or volume (:func:`SoftCAMLib.region_table`). The segments are exported to a
-        labelmap on the source volume's grid (vtkSlicerSegmentationsModuleLogic::
-        ExportSegmentsToLabelmapNode: segment i gets label i + 1; where segments overlap, the later
-        one wins, so the regions partition the image and the shares add up to each logit)."""
-        source = slicer.mrmlScene.GetNodeByID(tableNode.GetAttribute("SoftCAM.source") or "")
+        labelmap on the source volume's whole grid (vtkSlicerSegmentationsModuleLogic::
+        ExportSegmentsToLabelmapNode with EXTENT_REFERENCE_GEOMETRY: segment i gets label i + 1;
+        where segments overlap, the later one wins, so the regions partition the image and the
+        shares add up to each logit). The export adds scene nodes besides the labelmap (its display
+        node and a visible "<segmentation>_ColorTable" colour table); all are removed again, since
+        this runs on every Segment Editor stroke."""
+        source = tableNode.GetNodeReference(SOURCE_ROLE) if tableNode.GetScene() is not None else None
         if source is None:
             raise ValueError("the result's source volume is no longer in the scene")
         ids = vtk.vtkStringArray()
@@ -674,13 +807,23 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
         try:
             if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
-                segmentationNode, ids, labelmap, source
+                segmentationNode, ids, labelmap, source, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
             ):
                 raise ValueError(f"cannot export the segments of '{segmentationNode.GetName()}' to a labelmap")
             labels = slicer.util.arrayFromVolume(labelmap).copy()
         finally:
-            slicer.mrmlScene.RemoveNode(labelmap)
+            self._removeExported(labelmap)
         return region_table(self.resultFromNodes(tableNode), labels, names)
+
+    @staticmethod
+    def _removeExported(labelmap) -> None:
+        """Remove a temporary labelmap with what ExportSegmentsToLabelmapNode made for it: its
+        display node and that node's colour table (the labelmap was new, so both are the export's)."""
+        display = labelmap.GetDisplayNode()
+        color = display.GetColorNode() if display is not None else None
+        for node in (color, display, labelmap):
+            if node is not None and node.GetScene() is not None:
+                slicer.mrmlScene.RemoveNode(node)
 
     def updateRegionTable(self, tableNode, segmentationNode, regionsTable=None):
         """Fill ``regionsTable`` (a new table node if None or gone) with :meth:`regionEvidence`."""
@@ -732,7 +875,7 @@ class SoftCAMLogic(ScriptedLoadableModuleLogic):
         nodes = self.mapNodes(tableNode)
         if className not in nodes:
             return
-        source = slicer.mrmlScene.GetNodeByID(tableNode.GetAttribute("SoftCAM.source"))
+        source = tableNode.GetNodeReference(SOURCE_ROLE)
         views = slicer.app.layoutManager() is not None
         slicer.util.setSliceViewerLayers(
             background=source if source is not None else "keep-current",
@@ -753,6 +896,16 @@ class SoftCAMTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
+        missing = missing_requirements()
+        if missing:  # a fresh Slicer: nothing installed yet; the test needs torch and MONAI
+            message = (
+                "SoftCAM test skipped: these Python packages are not installed yet: "
+                + ", ".join(missing)
+                + ". Open the SoftCAM module and click Apply (or Load bundle) to install them, then run the test again."
+            )
+            logging.warning(message)
+            self.delayDisplay(message)
+            return
         self.setUp()
         self.test_SoftCAM_maps_on_an_oblique_slice()
 

@@ -15,10 +15,13 @@ from .bundle import BundleError, BundleInfo
 from .dependencies import (
     REQUIREMENTS_FILE,
     TORCH_REQUIREMENT,
+    describe_requirements,
     ensure_package_path,
+    loaded_requirements,
     missing_requirements,
     package_root,
     requirements,
+    unmet_requirements,
 )
 from .display import DIVERGING_COLORS, SEQUENTIAL_COLORS, OverlayDisplay, overlay_display
 from .inference import InferenceError, InferenceJob, InferenceResult, export_result, run_inference
@@ -39,9 +42,11 @@ __all__ = [
     "TORCH_REQUIREMENT",
     "Volume",
     "VolumeError",
+    "describe_requirements",
     "ensure_package_path",
     "export_result",
     "geometry_matrix",
+    "loaded_requirements",
     "missing_requirements",
     "overlay_display",
     "package_root",
@@ -49,6 +54,7 @@ __all__ = [
     "region_table",
     "requirements",
     "run_inference",
+    "unmet_requirements",
     "write_exchange_file",
     "write_volume",
 ]

@@ -1,5 +1,13 @@
-"""Which Python packages the module needs and which are missing, found without importing them
-(nothing is imported or installed when Slicer loads the module; the widget asks before installing).
+"""Which Python packages the module needs and which are missing or older than it needs, found
+from their metadata without importing them (nothing is imported or installed when Slicer loads the
+module; the widget asks once before installing or upgrading).
+
+Versions count, not only presence: Slicer 5.10 bundles pydicom 2.4.4, which has no
+``pydicom.pixels`` (monai_softcam's DICOM reader needs pydicom 3), and another extension may have
+installed a torch or monai older than the floors. Whatever falls short is upgraded in Slicer's own
+Python (slicer_extension/README.md says why not in a separate folder); an upgraded package that
+Slicer had already imported (its DICOM plugins import pydicom at start-up) is used only after a
+restart (:func:`loaded_requirements`).
 
 The extension is self-sufficient: monai_softcam's source is installed beside the module (the
 extension's CMake copies it; from a source tree it is the tree itself), so only third-party
@@ -13,15 +21,23 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import sys
+
+from packaging.requirements import Requirement  # bundled with Slicer (python-pythonqt-requirements)
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion
 
 __all__ = [
     "REQUIREMENTS_FILE",
     "TORCH_REQUIREMENT",
+    "describe_requirements",
     "ensure_package_path",
+    "loaded_requirements",
     "missing_requirements",
     "module_dir",
     "package_root",
     "requirements",
+    "unmet_requirements",
 ]
 
 #: torch's floor (monai_softcam's pyproject.toml); given to PyTorchUtils as ``torchVersionRequirement``
@@ -48,22 +64,74 @@ def _distribution(requirement: str) -> str:
     return re.split(r"[<>=!~;\[\s]", requirement, maxsplit=1)[0]
 
 
-def _installed(distribution: str) -> bool:
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (from its metadata; None when it is not installed)."""
     try:
-        importlib.metadata.distribution(distribution)
+        return importlib.metadata.distribution(distribution).version
     except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _satisfied(requirement: Requirement, version: str | None) -> bool:
+    if version is None:
         return False
-    return True
+    try:  # a local or pre-release build (torch 2.5.0+cpu, 2.6.0.dev...) counts as its version
+        return requirement.specifier.contains(version, prereleases=True)
+    except InvalidVersion:
+        return False
+
+
+def unmet_requirements() -> list[tuple[str, str | None]]:
+    """``(requirement, installed version or None)`` for each requirement, torch's first, that this
+    Python does not satisfy: not installed, or installed at a version outside the requirement
+    (below its floor). Requirements whose environment marker does not apply are left out."""
+    unmet = []
+    for line in [TORCH_REQUIREMENT, *requirements()]:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        version = installed_version(requirement.name)
+        if not _satisfied(requirement, version):
+            unmet.append((line, version))
+    return unmet
 
 
 def missing_requirements() -> list[str]:
-    """The requirements this Python lacks, torch's first (as pip requirement strings), plus
-    ``"monai_softcam"`` if its source is not importable (an incomplete installation)."""
-    missing = [TORCH_REQUIREMENT] if not _installed("torch") else []
-    missing += [r for r in requirements() if not _installed(_distribution(r))]
+    """The requirements this Python lacks or holds at too old a version, torch's first (as pip
+    requirement strings, which pip installs or upgrades to), plus ``"monai_softcam"`` if its source
+    is not importable (an incomplete installation)."""
+    missing = [line for line, _version in unmet_requirements()]
     if importlib.util.find_spec("monai_softcam") is None:
         missing.append("monai_softcam")
     return missing
+
+
+def describe_requirements(missing) -> str:
+    """One line per requirement of ``missing``, with what is installed now: ``pydicom>=3.0
+    (2.4.4 installed)``, ``monai>=1.4 (not installed)``."""
+    lines = []
+    for line in missing:
+        if line == "monai_softcam":
+            lines.append("monai_softcam (its source is not beside the module)")
+            continue
+        version = installed_version(_distribution(line))
+        lines.append(f"{line} ({version + ' installed' if version else 'not installed'})")
+    return "\n".join(lines)
+
+
+def loaded_requirements(missing) -> list[str]:
+    """The requirements of ``missing`` whose distribution this Python has already imported (its
+    modules are in ``sys.modules``, e.g. pydicom, which Slicer's DICOM plugins import at start-up):
+    installing a new version changes the files, not the loaded modules, so these need a restart."""
+    wanted = {canonicalize_name(_distribution(m)): m for m in missing if m != "monai_softcam"}
+    loaded = []
+    for module, distributions in importlib.metadata.packages_distributions().items():
+        if module in sys.modules:
+            for name in distributions:
+                line = wanted.get(canonicalize_name(name))
+                if line is not None and line not in loaded:
+                    loaded.append(line)
+    return [m for m in missing if m in loaded]
 
 
 def package_root() -> str | None:

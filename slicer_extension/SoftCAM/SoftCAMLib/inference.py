@@ -5,7 +5,10 @@ Two ways, same result (the same command, same configs, same files in and out):
 * ``"subprocess"`` (the default in Slicer): ``python -m monai.bundle run inference`` in a child
   process. Slicer's GUI stays responsive, *Cancel* stops the process at once, and a crash or an
   out-of-memory in PyTorch cannot take Slicer down. The child may be another Python (e.g. a
-  virtual environment that has torch and monai_softcam) than Slicer's own.
+  virtual environment that has torch and monai_softcam) than Slicer's own. Slicer's
+  ``PythonSlicer`` is a launcher (CTKAppLauncher) that runs the real Python as *its* child and
+  forwards no signal, so the run gets a process group of its own and *Cancel* ends the whole group
+  (:func:`end_process_tree`), then removes the run's folder once no process of it is left.
 * ``"inprocess"``: ``monai.bundle.run`` in this Python: no process start-up, but it blocks the
   caller until done and cannot be cancelled. For scripts and notebooks.
 
@@ -20,6 +23,7 @@ import csv
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,11 +51,15 @@ __all__ = [
     "InferenceJob",
     "InferenceResult",
     "child_process_options",
+    "end_process_tree",
     "export_result",
+    "process_tree_alive",
     "run_inference",
 ]
 
 MODES = ("subprocess", "inprocess")
+CANCEL_GRACE_SECONDS = 3.0  # after SIGTERM, the run's processes have this long to exit before SIGKILL
+CANCEL_WAIT_SECONDS = 0.5  # cancel() returns within about this long; poll() finishes a slower stop
 
 
 class InferenceError(RuntimeError):
@@ -84,7 +92,9 @@ class InferenceJob:
     """One inference run of ``bundle`` on ``volume``.
 
     ``start()`` then ``poll()`` until it returns True (a GUI calls it from a timer), then
-    ``result()``; or simply ``wait()``. ``cancel()`` stops a subprocess run.
+    ``result()``; or simply ``wait()``. ``cancel()`` stops a subprocess run: every process of it
+    (its process group), and the job is over (``poll()`` True, state ``"cancelled"``) only once
+    none is left, so a new run cannot start while the cancelled one still holds the GPU.
 
     Args:
         bundle: the bundle (:meth:`BundleInfo.read`).
@@ -114,6 +124,8 @@ class InferenceJob:
         self.state = "created"  # -> running -> done | failed | cancelled
         self.message = ""
         self._process: subprocess.Popen | None = None
+        self._stopping: float | None = None  # time.monotonic() of the first cancel()
+        self._killed = False  # SIGKILL (or taskkill /F) sent
         self._work: str | None = None
         self._result: InferenceResult | None = None
         self._error: str = ""
@@ -172,6 +184,8 @@ class InferenceJob:
                     cwd=self._work,
                     **child_process_options(self.bundle.code_path),
                 )
+            if os.name != "nt":
+                _own_group(self._process)  # noted while the process cannot have been reaped
             return self
         self._say("running the model")
         try:
@@ -199,6 +213,8 @@ class InferenceJob:
             return True
         if self._process is None:
             return False
+        if self._stopping is not None:
+            return self._poll_stop()
         code = self._process.poll()
         if code is None:
             last = _last_line(self.log_path)
@@ -219,24 +235,53 @@ class InferenceJob:
         deadline = None if timeout is None else time.time() + timeout
         while not self.poll():
             if deadline is not None and time.time() > deadline:
-                self.cancel()
+                self.cancel(block=True)
                 raise InferenceError(f"inference took more than {timeout} s and was cancelled")
             time.sleep(interval)
         return self.result()
 
-    def cancel(self) -> None:
-        """Stop a running subprocess (an in-process run cannot be interrupted)."""
-        if self.state == "running" and self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-            self._process = None
-            self.state = "cancelled"
+    def cancel(self, block: bool = False) -> None:
+        """Stop a running subprocess and every process it started (an in-process run cannot be
+        interrupted): SIGTERM to its process group, SIGKILL after :data:`CANCEL_GRACE_SECONDS`
+        (Windows: ``taskkill /T /F``). The run's folder is removed only once no process of the
+        group is left (it would otherwise go on writing there).
+
+        Returns as soon as the processes are gone, at most after :data:`CANCEL_WAIT_SECONDS`
+        (the GUI stays responsive); if some are still exiting, the job stays ``"running"`` and
+        ``poll()`` finishes the stop (a timer keeps calling it). ``block=True`` waits until they
+        are gone. Calling it again while the processes exit kills them at once."""
+        if self.state != "running" or self._process is None:
+            return
+        if self._stopping is None:
+            self._stopping = time.monotonic()
             self._error = "cancelled by the user"
-            self._say("cancelled")
-            self._cleanup()
+            end_process_tree(self._process, kill=False)
+            self._say("cancelling: stopping the inference processes")  # (a GUI may process events here)
+        elif not self._killed:
+            self._killed = True
+            end_process_tree(self._process, kill=True)
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while not self._poll_stop():
+            if not block and time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+
+    def _poll_stop(self) -> bool:
+        """After cancel(): True (state cancelled, folder removed) once no process of the run is
+        left; SIGKILL once the grace period is over."""
+        if self.state != "running":  # finished meanwhile (a nested cancel() from the GUI's event loop)
+            return True
+        if self._process is not None and process_tree_alive(self._process):
+            if not self._killed and time.monotonic() - self._stopping > CANCEL_GRACE_SECONDS:
+                self._killed = True
+                end_process_tree(self._process, kill=True)
+                self._say("cancelling: killing the inference processes")
+            return False
+        self._process = None
+        self.state = "cancelled"
+        self._cleanup()
+        self._say("cancelled")
+        return True
 
     def result(self) -> InferenceResult:
         if self.state == "done" and self._result is not None:
@@ -302,7 +347,9 @@ def child_process_options(code_path: str | None = None) -> dict:
     """``subprocess.Popen`` keyword arguments for the inference process: an environment whose
     PYTHONPATH starts with ``code_path`` (a Model Zoo bundle's folder, for its ``scripts/``) and the
     folder holding monai_softcam (an installed extension keeps it beside
-    the module, where Slicer's own Python finds it but a child Python would not) and, on Windows, a
+    the module, where Slicer's own Python finds it but a child Python would not), a process group
+    of its own (POSIX: a new session, whose group id is the child's pid; Windows:
+    CREATE_NEW_PROCESS_GROUP) for :func:`end_process_tree`, and, on Windows, a
     hidden console window, as Slicer's slicer.util.launchConsoleProcess does (STARTUPINFO with
     STARTF_USESHOWWINDOW and SW_HIDE)."""
     env = dict(os.environ)
@@ -315,7 +362,100 @@ def child_process_options(code_path: str | None = None) -> dict:
         info.dwFlags = 1  # STARTF_USESHOWWINDOW
         info.wShowWindow = 0  # SW_HIDE
         options["startupinfo"] = info
+        options["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)
+    else:
+        options["start_new_session"] = True  # setsid(): process group id = the child's pid
     return options
+
+
+def _own_group(process: subprocess.Popen) -> bool:
+    """Whether ``process`` leads a process group of its own (started with child_process_options),
+    so that signalling that group cannot reach this process. Looked up once, while ``process``
+    is not reaped (InferenceJob.start does it at once), and kept on the Popen object."""
+    own = getattr(process, "_softcam_own_group", None)
+    if own is None:
+        try:
+            own = os.getpgid(process.pid) == process.pid != os.getpgrp()
+        except OSError:  # reaped before anyone looked: its group id is no longer known to be its pid
+            return False
+        process._softcam_own_group = own
+    return own
+
+
+def end_process_tree(process: subprocess.Popen, kill: bool = False) -> None:
+    """Ask every process of ``process``'s group to stop (POSIX: SIGTERM, or SIGKILL with ``kill``).
+    ``process`` may be a launcher (Slicer's PythonSlicer) whose child does the work: a signal to
+    the launcher alone would leave the child running. On Windows ``taskkill /T /F`` ends the tree
+    while its root is alive (once the launcher is gone its child is out of /T's reach), with
+    CTRL_BREAK_EVENT to the process group, then TerminateProcess, if taskkill fails."""
+    if os.name == "nt":
+        if process.poll() is not None:
+            return
+        try:
+            done = subprocess.run(
+                ["taskkill", "/PID", str(process.pid), "/T", "/F"],
+                capture_output=True,
+                timeout=30,
+                **{k: v for k, v in child_process_options().items() if k == "startupinfo"},
+            )
+            if done.returncode == 0:
+                return
+        except (OSError, subprocess.SubprocessError):
+            pass
+        try:
+            if not kill:
+                process.send_signal(signal.CTRL_BREAK_EVENT)  # reaches the group only on a shared console
+                return
+        except (OSError, ValueError):
+            pass
+        process.kill()
+        return
+    if process.poll() is not None and not _group_alive(process.pid):
+        return
+    if not _own_group(process):  # not started by child_process_options: never signal our own group
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def process_tree_alive(process: subprocess.Popen) -> bool:
+    """Whether any process of ``process``'s group is still running (``process`` itself is reaped
+    here). Windows: whether ``process`` is (after ``taskkill /T /F`` its tree is gone with it)."""
+    running = process.poll() is None
+    if os.name == "nt" or not _own_group(process):
+        return running
+    return running or _group_alive(process.pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a live member. A member that has exited but was not yet
+    reaped (a zombie: an orphan whose new parent does not reap, as in some containers) runs no
+    more and holds no memory: on Linux, where /proc tells, such a group counts as gone."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not os.path.isdir("/proc/self/task"):
+        return True
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def run_inference(bundle: BundleInfo, volume: Volume, mode: str = "inprocess", **kwargs) -> InferenceResult:
