@@ -262,17 +262,47 @@ def test_packages_install_as_lists_torch_through_pytorch_utils_with_a_floor(slic
 
     torch_utils = types.ModuleType("PyTorchUtils")
     installs = []
-    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(
-        installTorch=lambda **kw: installs.append(kw) or "torch"
-    )
+
+    def installTorch(askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+        """SlicerPyTorch's PyTorchUtils/PyTorchUtils.py PyTorchUtilsLogic.installTorch: these three parameters
+        (an unknown keyword is a TypeError, as there); it returns the torch module."""
+        installs.append(
+            {
+                "askConfirmation": askConfirmation,
+                "forceComputationBackend": forceComputationBackend,
+                "torchVersionRequirement": torchVersionRequirement,
+            }
+        )
+        return "torch"
+
+    torch_utils.PyTorchUtilsLogic = lambda: types.SimpleNamespace(installTorch=installTorch)
     packaging = types.ModuleType("slicer.packaging")
     ensured = []
-    packaging.pip_ensure = lambda reqs, **kw: ensured.append((reqs, kw))
+
+    def pip_ensure(
+        requirements,
+        constraints=None,
+        skip_packages=None,
+        prompt_install=True,
+        prompt_restart=True,
+        requester=None,
+        skip_in_testing=True,
+        show_progress=True,
+    ):
+        """Slicer 5.12's slicer.packaging.pip_ensure signature (an unknown keyword is a TypeError, as there;
+        tests/slicer_packages.py models its behaviour per release)."""
+        given = {"prompt_install": prompt_install, "prompt_restart": prompt_restart, "requester": requester}
+        ensured.append((requirements, {**given, "skip_in_testing": skip_in_testing}))
+
+    packaging.pip_ensure = pip_ensure
     monkeypatch.setitem(sys.modules, "PyTorchUtils", torch_utils)
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     del fakes.pip_calls[:]
     logic.installRequirements([TORCH_REQUIREMENT, "monai>=1.4"])
-    assert installs == [{"askConfirmation": False, "torchVersionRequirement": ">=2.3"}] and not fakes.pip_calls
+    assert (
+        installs == [{"askConfirmation": False, "forceComputationBackend": None, "torchVersionRequirement": ">=2.3"}]
+        and not fakes.pip_calls
+    )
     assert ensured == [
         (
             ["monai>=1.4"],
