@@ -44,9 +44,9 @@ __all__ = [
     "write_slicer_extension",
 ]
 
-#: the extension's name: ``project()`` of the root CMakeLists.txt and the catalog entry's file name
+#: the extension's name, which is ``project()`` of the root CMakeLists.txt and the catalog entry's file name
 EXTENSION_NAME = "SoftCAM"
-#: the repository's name (the index's check_git_repository_name: it starts with "Slicer")
+#: the repository's name, which starts with "Slicer" (the index's ``check_git_repository_name`` wants it)
 REPOSITORY_NAME = "Slicer" + EXTENSION_NAME
 #: the newest catalog entry schema (Slicer/Slicer Schemas/, also in ExtensionsIndex schemas/)
 CATALOG_SCHEMA_URL = (
