@@ -53,22 +53,23 @@ def _backbones(args: argparse.Namespace) -> int:
 
 
 def _package_bundle(args: argparse.Namespace) -> int:
+    urls = parse_urls(args.url, allow_local=args.allow_local_urls)
     out = package_bundle(
         args.ckpt_dir,
         args.out,
         args.name,
-        parse_urls(args.url),
+        urls,
         metrics=args.metrics or (),
         metadata=args.metadata,
         version=args.version,
         changelog=args.changelog,
         source=args.source,
         unit_test=args.unit_test,
+        authors=args.authors,
+        hardware=args.hardware,
     )
     print(f"wrote the Model Zoo bundle {args.name} to {out}")
-    print(
-        f"  weights (not in the folder; large_files.yml lists their URLs and SHA-256): {', '.join(parse_urls(args.url))}"
-    )
+    print(f"  weights (not in the folder; large_files.yml lists their URLs and SHA-256): {', '.join(urls)}")
     if args.unit_test:
         print(f"  the Zoo's unit test: {args.unit_test} (copy it to the Zoo's ci/unit_tests/)")
     return 0
@@ -127,7 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="FILE=URL",
-        help="where the Zoo downloads a weight file: model.pt (required), model.ts, model.onnx",
+        help="where the Zoo downloads a weight file: model.pt (required), model.ts, model.onnx; a public "
+        "http(s) URL, which the Zoo's CI runner can reach",
+    )
+    pack.add_argument(
+        "--allow_local_urls",
+        action="store_true",
+        help="accept file://, localhost, private-network and .local URLs (offline checks of the download step; "
+        "the Zoo refuses them)",
     )
     pack.add_argument(
         "--metrics",
@@ -141,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="JSON with the metadata text of the data (data_source, "
         "description, ...); required for a model not trained on the built-in demo data",
+    )
+    pack.add_argument(
+        "--authors", help="the model's authors (metadata and README; default: the --metadata file's, else the bundle's)"
+    )
+    pack.add_argument(
+        "--hardware",
+        help="what the model was trained on, for the README's System Configuration (e.g. '1 NVIDIA A100 GPU, "
+        "2 h'); the training record does not hold it",
     )
     pack.add_argument("--version", default="0.1.0", help="the bundle version (default 0.1.0)")
     pack.add_argument("--changelog", help="the changelog line of this version")

@@ -334,9 +334,7 @@ class IntegratedGradientsExplainer(_PixelMap):
         try:
             from captum.attr import IntegratedGradients  # optional extra: only for this explainer
         except ImportError as err:
-            raise ImportError(
-                "Integrated Gradients needs Captum: pip install captum (or pip install monai_softcam[captum])"
-            ) from err
+            raise ImportError("Integrated Gradients needs Captum: pip install captum") from err
         self.model = _Logits(model)
         self.ig = IntegratedGradients(self.model)
         self.steps, self.baseline, self.internal_batch_size = int(steps), float(baseline), int(internal_batch_size)

@@ -10,8 +10,8 @@ The ONNX model has one input, ``image`` ``[B, C, *spatial]``, and the outputs ``
 and (SoftCAM only) ``evidence_maps`` ``[B, classes, *grid]``; the batch axis is dynamic, and so are
 the spatial axes with ``dynamic_spatial=True``. It is written with PyTorch's ``torch.export``-based
 exporter (the default since PyTorch 2.9; it needs the ``onnx`` and ``onnxscript`` packages) and
-checked with ``onnxruntime`` against the eager network (``pip install monai_softcam[onnx]`` installs
-all three).
+checked with ``onnxruntime`` against the eager network (``pip install onnx onnxscript onnxruntime``;
+the package's ``onnx`` extra, declared in a bundle's ``configs/metadata.json``).
 
 Example::
 
@@ -47,7 +47,8 @@ logger = logging.getLogger("monai_softcam")
 #: name of the ONNX model's input
 INPUT_NAME = "image"
 
-_EXTRA_HINT = "install the ONNX extra: pip install 'monai_softcam[onnx]' (onnx, onnxscript, onnxruntime)"
+#: what to install, in the package and in a packaged Zoo bundle alike (declared in its configs/metadata.json)
+_EXTRA_HINT = "pip install onnx onnxscript onnxruntime"
 
 
 def onnx_output_names(network: nn.Module) -> list[str]:

@@ -14,13 +14,17 @@ writes a self-contained bundle folder in the Zoo's layout, for *this* model:
   machine's paths);
 * ``configs/metadata.json``: the bundle metadata with this model's input and output shapes
   (``outputs#pred``: the evidence maps of the network's own grid), class names and evaluation
-  figures (``eval_metrics``, from the evaluation's ``metrics_<split>.json``); the text fields that
-  describe the data (``data_source``, ``description``, ...) are the bundle's, for a model of the
-  built-in demo data, or come from ``--metadata FILE`` (required for a model of other data);
+  figures (``eval_metrics``, from the evaluation's ``metrics_<split>.json``), every package the configs
+  and ``scripts/`` can import (``required_packages_version``: MONAI reads ``optional_packages_version``
+  as a deprecated name of it and would replace the list); the description and data source say what is
+  true of this model and folder (the demo data, or ``--metadata FILE``, required for a model of other
+  data, with its ``data_source``); the authors come from ``--authors`` (or ``--metadata``);
 * ``large_files.yml``: one URL per weight file (``--url model.pt=URL``; ``model.pt`` is required,
   ``model.ts``/``model.onnx`` optional), with its SHA-256; the weights stay out of the folder (the
   Zoo's pre-commit refuses files over 1 MB) and the Zoo's CI downloads and checks them;
-* ``docs/README.md`` in the Zoo's readme layout, with the model's metrics; ``LICENSE``;
+* ``docs/README.md`` in the Zoo's readme layout, with the model's metrics, the settings that shaped it
+  (epochs, input size, λ1/λ2, data: the task's record, never its config files or overrides) and
+  ``--hardware``; ``LICENSE``;
 * ``scripts/``: the runtime code the configs need, a copy of this package (``monai_softcam``
   becomes ``scripts`` in the configs, as Zoo bundles with code do), so the bundle runs where
   ``monai_softcam`` is not installed. MONAI puts the bundle folder on ``sys.path`` only when a
@@ -28,7 +32,9 @@ writes a self-contained bundle folder in the Zoo's layout, for *this* model:
   Zoo bundle documents), or put the folder on ``PYTHONPATH``.
 
 Checks, each a :class:`~monai_softcam.package.PackagingError` naming what is wrong, with nothing written: a
-missing or empty URL, a URL that is not http(s) or file, a weight file that is not in ``ckpt_dir``, a checkpoint
+missing or empty URL, a URL that is not http(s) or file, a URL that is not public (``file://``, ``localhost``,
+private, loopback and link-local addresses, ``.local`` hosts: the Zoo's runner could not download it) unless
+``--allow_local_urls``, a weight file that is not in ``ckpt_dir``, a checkpoint
 that does not fit the saved task (or a TorchScript export that does not give its maps), evaluation figures of
 another model or another task, a bundle name that is not the Zoo's lower-case
 ``task_modality_..._classification`` form, and a target folder that exists and is not empty. The folder is built
@@ -40,6 +46,7 @@ MONAI bundle does; ``task.json``, ``metadata.json`` and ``large_files.yml`` are 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -58,13 +65,15 @@ from .task import TASK_FILE, TASK_KEYS, Task
 from .text import format_value
 from .utils import ConfigError, sha256_file
 
-__all__ = ["PackagingError", "package_bundle", "parse_urls", "zoo_unit_test"]
+__all__ = ["PackagingError", "local_url_reason", "package_bundle", "parse_urls", "zoo_unit_test"]
 
 #: the Zoo's bundle names, lower-case words joined by underscores (``spleen_ct_segmentation``)
 BUNDLE_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+){2,}$")
 #: the weight files a bundle may carry, as large files under ``models/``
 WEIGHT_FILES = ("model.pt", "model.ts", "model.onnx")
 URL_SCHEMES = ("https", "http", "file")  # file:// serves offline checks of the Zoo's download step
+#: the schemes of a public URL, which the Zoo's CI runner can download (the others need ``allow_local``)
+PUBLIC_SCHEMES = ("https", "http")
 #: the configs a packaged bundle ships (those of ``bundle/configs``)
 CONFIG_FILES = (
     "train.yaml",
@@ -101,8 +110,52 @@ def default_source_bundle() -> str:
     return beside if os.path.isdir(os.path.join(beside, "configs")) else os.path.abspath("bundle")
 
 
-def parse_urls(items: Sequence[str]) -> dict[str, str]:
-    """``["model.pt=URL", ...]`` -> ``{"model.pt": URL}``; every file at most once, every URL non-empty."""
+def local_url_reason(url: str) -> str | None:
+    """Why ``url`` is not a public address that the Model Zoo's CI runner can download, or None when it is.
+
+    Not public: a scheme other than http(s) (``file://``), no host, ``localhost`` and ``*.localhost``,
+    ``*.local`` (mDNS) and other single-label host names (resolved only on a local network), and IP
+    addresses that are not globally routable: loopback (127.0.0.0/8, ::1), private (10/8, 172.16/12,
+    192.168/16, fc00::/7), link-local (169.254/16, fe80::/10), unspecified, reserved and shared ranges."""
+    parsed = urllib.parse.urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme not in PUBLIC_SCHEMES:
+        return f"a {scheme}:// URL is a file of this machine" if scheme == "file" else f"{scheme!r} is not http(s)"
+    try:
+        host = (parsed.hostname or "").rstrip(".").lower()
+    except ValueError as err:  # an unparsable netloc, e.g. an unclosed IPv6 bracket
+        return f"its host cannot be read ({err})"
+    if not host:
+        return "it names no host"
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        address = None
+    if address is not None:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.is_loopback:
+            return f"{host} is this machine (loopback)"
+        if address.is_link_local:
+            return f"{host} is a link-local address"
+        if address.is_private:
+            return f"{host} is a private network address"
+        if not address.is_global or address.is_multicast:
+            return f"{host} is not a public internet address"
+        return None
+    if host == "localhost" or host.endswith(".localhost"):
+        return f"{host} is this machine"
+    if host.endswith(".local"):
+        return f"{host} is a local-network (mDNS) host"
+    if "." not in host:
+        return f"{host} is a local host name, not a public domain"
+    return None
+
+
+def parse_urls(items: Sequence[str], allow_local: bool = False) -> dict[str, str]:
+    """``["model.pt=URL", ...]`` -> ``{"model.pt": URL}``; every file at most once, every URL non-empty,
+    every URL public (:func:`local_url_reason`) unless ``allow_local`` (``--allow_local_urls``: ``file://``
+    and local hosts, for offline checks of the Zoo's download step; the Zoo itself needs public URLs)."""
     urls: dict[str, str] = {}
     for item in items:
         name, sep, url = item.partition("=")
@@ -121,6 +174,13 @@ def parse_urls(items: Sequence[str]) -> dict[str, str]:
         if scheme not in URL_SCHEMES:
             raise PackagingError(
                 f"--url {name}={url}: the URL must start with {', '.join(s + '://' for s in URL_SCHEMES)}"
+            )
+        reason = local_url_reason(url)
+        if reason and not allow_local:
+            raise PackagingError(
+                f"--url {name}={url}: not a public URL ({reason}); the Model Zoo's CI downloads every file of "
+                "large_files.yml from its own runner, so give an https:// address on the internet, or "
+                "--allow_local_urls to package with this one anyway (for offline checks only, not for the Zoo)"
             )
         urls[name] = url
     if "model.pt" not in urls:
@@ -327,6 +387,31 @@ def _packaged_config(text: str, source: str, task: Task | None = None) -> str:
     return text.replace("bundle/configs/", "configs/").replace("bundle/models/", "models/")
 
 
+def _description(task: Task, data: str) -> str:
+    """The metadata description of this model: the method, its backbone and input size, and its data."""
+    return (
+        "A SoftCAM classifier (Djoumessi & Berens, MIDL 2026): a CNN whose global pooling and fully connected "
+        "head are replaced by a 1x1 convolutional class-evidence layer, so that each class logit is the "
+        f"spatial mean of that class's evidence map. This model ({task.backbone} backbone, "
+        f"{'x'.join(str(s) for s in task.image_size)} input, classes {', '.join(task.class_names)}) was trained "
+        f"on {data}."
+    )
+
+
+#: the data of a model of the built-in demo data, as its README and description name it
+DEMO_DATA = "the built-in synthetic demo data, which the bundle's configs generate on first use (scripts/data/demo.py)"
+
+
+def _demo_text(task: Task) -> dict[str, str]:
+    """The metadata text of a model of the built-in demo data: what the packaged folder holds (its
+    configs and code, no presets of other data) and this model's classes."""
+    return {
+        "description": _description(task, DEMO_DATA),
+        "data_source": "Synthetic demo images generated by the bundle's own code (scripts/data/demo.py); "
+        "no patient data",
+    }
+
+
 def _metadata(
     source: Mapping[str, Any],
     task: Task,
@@ -385,6 +470,8 @@ def _readme(
     grid: Sequence[int],
     reports: Sequence[Mapping[str, Any]],
     large: Sequence[Mapping[str, str]],
+    data: str,
+    hardware: str | None = None,
 ) -> str:
     size = " x ".join(str(s) for s in task.image_size)
     grid_text = " x ".join(str(s) for s in grid)
@@ -414,7 +501,7 @@ def _readme(
         f"Input: {meta['image_classes']}. Classes: {classes}.",
         "",
         "## **Training configuration**",
-        _training_record(task),
+        _training_record(task, data),
         "",
         "## **Performance**",
         "Evaluation reports of this model (`metrics_<split>.json` of `python -m monai.bundle run evaluate`, "
@@ -437,6 +524,7 @@ def _readme(
         lines.append("")
     lines += [
         "## **System Configuration**",
+        *([f"This model was trained on: {hardware}.", ""] if hardware else []),
         "Trains and runs on a CPU or any CUDA GPU (`--device cuda:0`); several GPUs with `configs/multi_gpu_train.yaml` "
         "under torchrun.",
         "",
@@ -474,7 +562,9 @@ def _readme(
         "",
         "### Runtime code",
         f"`scripts/` is a copy of the `monai_softcam` package ({__version__}), which the configs import as `scripts` "
-        "(`pip install monai_softcam` is not needed).",
+        "(`pip install monai_softcam` is not needed). Its packages are those of `configs/metadata.json`: "
+        "`required_packages_version`, among them those of ONNX export (`pip install onnx onnxscript onnxruntime`), "
+        "`run tune` (`pip install optuna`) and Integrated Gradients (`pip install captum`).",
         "",
         "## **Limitations**",
         f"Intended use: {meta.get('intended_use', '')}. Evidence maps have the resolution of the network's output grid; "
@@ -501,15 +591,48 @@ def _portable_record(record: Mapping[str, Any] | None) -> dict[str, Any]:
     return record
 
 
-def _training_record(task: Task) -> str:
-    """The training run as the task recorded it: its config files and command-line overrides."""
-    record = _portable_record(task.trained_with)
-    files, overrides = record.get("config_files", []), record.get("overrides", {})
-    if not files:
-        return "Not recorded (the task file holds no record of the training run)."
-    text = f"Trained with the config files {', '.join(f'`{f}`' for f in files)}"
-    text += f" and the overrides `{json.dumps(overrides)}`." if overrides else " and no overrides."
-    return text + " `configs/train.yaml` holds the bundle's training settings with this model's task."
+def _number(value: Any) -> str:
+    """A setting as written in a config: ``0.0003``, ``1e-05``, ``12``."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _training_record(task: Task, data: str) -> str:
+    """The settings that shaped the model, as its task recorded them (``trained_with["settings"]``):
+    epochs, batch size, optimiser settings, the evidence penalty (λ1, λ2), the seed, the input size, and the
+    data (``data``); never the run's config files or overrides (test settings, this machine's folders)."""
+    settings = dict((task.trained_with or {}).get("settings") or {})
+    size = " x ".join(str(s) for s in task.image_size)
+    parts = []
+    if "epochs" in settings:
+        parts.append(f"{settings['epochs']} epochs")
+    if "batch_size" in settings:
+        parts.append(f"batch size {settings['batch_size']}")
+    if "learning_rate" in settings:
+        parts.append(f"learning rate {_number(settings['learning_rate'])}")
+    if "weight_decay" in settings:
+        parts.append(f"weight decay {_number(settings['weight_decay'])}")
+    penalty = settings.get("penalty")
+    if isinstance(penalty, Mapping) and {"lambda1", "lambda2"} <= set(penalty):
+        l2 = "squared L2" if settings.get("penalty_squared_l2") is True else "L2"
+        parts.append(
+            f"evidence penalty λ1 = {_number(penalty['lambda1'])} (L1), λ2 = {_number(penalty['lambda2'])} ({l2})"
+        )
+    if "seed" in settings:
+        parts.append(f"seed {settings['seed']}")
+    lines = [f"Data: {data}. Input: {size} ({task.resize}), {task.in_channels} channel(s); backbone `{task.backbone}`."]
+    if parts:
+        lines += ["", f"Training settings (the model's record, `models/task.json`): {'; '.join(parts)}."]
+    else:
+        lines += ["", "The training settings were not recorded (the task file holds no record of the training run)."]
+    for key, label in (("device", "Trained on"), ("training_time", "Training time")):
+        if settings.get(key) not in (None, ""):  # not recorded by today's training: kept for records that have it
+            lines += ["", f"{label}: {settings[key]}."]
+    lines += [
+        "",
+        "`configs/train.yaml` holds the bundle's training settings with this model's task (classes, input size, "
+        "intensities, backbone).",
+    ]
+    return "\n".join(lines)
 
 
 def _large_files(ckpt_dir: str, urls: Mapping[str, str]) -> tuple[str, list[dict[str, str]]]:
@@ -561,6 +684,8 @@ def package_bundle(
     changelog: str | None = None,
     source: str | None = None,
     unit_test: str | None = None,
+    authors: str | None = None,
+    hardware: str | None = None,
 ) -> str:
     """Write the Zoo bundle of the model in ``ckpt_dir`` to the new or empty folder ``out``; return ``out``.
 
@@ -577,12 +702,21 @@ def package_bundle(
         changelog: the changelog line of that version.
         source: the bundle whose configs, metadata and LICENSE are packaged (default: the project's ``bundle/``).
         unit_test: also write the Zoo's unit test of the bundle (:func:`zoo_unit_test`) to this file.
+        authors: the model's authors (metadata ``authors`` and the README); default: the ``--metadata``
+            file's, else the source bundle's.
+        hardware: what the model was trained on (the README's System Configuration), e.g. "1 NVIDIA A100 GPU"
+            (the training record holds no device; its ``device`` and ``training_time``, where a record has them,
+            are shown with the training settings).
     """
     if not BUNDLE_NAME.match(name or ""):
         raise PackagingError(
             f"--name {name!r}: a Zoo bundle name is lower-case words joined by underscores, "
             "<task>_<modality>_softcam_classification (e.g. pneumonia_xray_softcam_classification)"
         )
+    if authors is not None and not authors.strip():
+        raise PackagingError("--authors is empty: name the model's authors (e.g. --authors 'A. Author, B. Author')")
+    if hardware is not None and not hardware.strip():
+        raise PackagingError("--hardware is empty: describe what the model was trained on (e.g. '1 NVIDIA A100 GPU')")
     if not re.match(r"^\d+\.\d+\.\d+$", version):
         raise PackagingError(f"--version {version!r}: the Zoo's versions are MAJOR.MINOR.PATCH, e.g. 0.1.0")
     out = os.path.abspath(out)
@@ -612,14 +746,24 @@ def package_bundle(
             raise PackagingError(f"--metadata {metadata} is not a readable JSON file: {err}") from err
         if not isinstance(extra, dict):
             raise PackagingError(f"--metadata {metadata}: expected a JSON object of metadata keys")
+        if not str(extra.get("data_source") or "").strip():
+            raise PackagingError(
+                f"--metadata {metadata}: no data_source: describe the data the model was trained on (the bundle "
+                "would otherwise carry the demo's)"
+            )
+        if "description" not in extra:
+            extra = {**extra, "description": _description(task, str(extra["data_source"]).rstrip("."))}
+        data = str(extra["data_source"]).rstrip(".")
     elif trained_on_demo_data(task, configs):
-        extra = {}
+        extra, data = _demo_text(task), DEMO_DATA
     else:
         raise PackagingError(
             f"{os.path.join(ckpt_dir, TASK_FILE)} records training on data other than the built-in demo: describe it "
             f"with --metadata FILE (a JSON object; keys {', '.join(DESCRIPTIVE_KEYS)}), or the bundle would carry "
             "the demo's description"
         )
+    if authors is not None:
+        extra = {**extra, "authors": authors.strip()}
     meta = _metadata(
         source_meta,
         task,
@@ -653,7 +797,7 @@ def package_bundle(
             f.write(large_text)
         os.makedirs(os.path.join(work, "docs"))
         with open(os.path.join(work, "docs", "README.md"), "w", encoding="utf-8") as f:
-            f.write(_readme(meta, task, grid, reports, large))
+            f.write(_readme(meta, task, grid, reports, large, data, hardware))
         shutil.copyfile(os.path.join(source, "LICENSE"), os.path.join(work, "LICENSE"))
         _copy_package(os.path.join(work, "scripts"))
         os.chmod(work, 0o755)

@@ -225,9 +225,9 @@ def _read_report(path: str, metric: str) -> dict[str, float]:
 def run_tune(settings: TuneSettings, tune_dir: str) -> dict[str, Any] | None:
     """Run (or resume) the study of ``settings`` in ``tune_dir``; returns the selected trial's row (see the module docstring)."""
     try:
-        import optuna  # optional: pip install 'monai_softcam[tune]'
+        import optuna  # optional: pip install optuna
     except ImportError as err:
-        raise ImportError("run tune needs Optuna: pip install optuna (or pip install 'monai_softcam[tune]')") from err
+        raise ImportError("run tune needs Optuna: pip install optuna") from err
     from optuna.exceptions import ExperimentalWarning  # optional, as above
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback  # optional, as above
     from optuna.trial import TrialState  # optional, as above

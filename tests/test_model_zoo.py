@@ -3,6 +3,7 @@ untrained model: required files, version in changelog, metadata against the Zoo'
 inference workflow's properties, the network's inputs and outputs, and the export round trip
 (TorchScript through ``ckpt_export``, ONNX through the bundle's ``export_onnx``)."""
 
+import ast
 import json
 import os
 import pathlib
@@ -302,9 +303,17 @@ def test_metadata_versions_meet_the_packages_floors():
     """The Zoo installs `name==version` for the metadata's versions (ci/get_bundle_requirements.py):
     each is a package monai_softcam needs, at or above its pyproject.toml floor. (That they have wheels for
     Python 3.10-3.13 was checked with pip install --dry-run --python-version, see the README.)"""
+    import tomllib
+
     from packaging.requirements import Requirement
 
     floors = {Requirement(r).name.lower(): Requirement(r) for r in package_requirements()}
+    # the packages of the extras the bundle's configs can reach (export.yaml's ONNX export, run tune, Captum)
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    optional = {
+        Requirement(r).name.lower(): Requirement(r) for extra in ("onnx", "tune", "captum") for r in extras[extra]
+    }
     meta = json.load(open(os.path.join(BUNDLE, "configs", "metadata.json")))
     pinned = {
         "monai": meta["monai_version"],
@@ -314,14 +323,178 @@ def test_metadata_versions_meet_the_packages_floors():
     }
     assert "monai_softcam" not in pinned  # not on PyPI: the Zoo could not install it
     for name, version in pinned.items():
-        requirement = floors.get(name.lower())
-        assert requirement is not None, f"{name} is pinned in metadata.json but is not a dependency in pyproject.toml"
+        requirement = floors.get(name.lower()) or optional.get(name.lower())
+        assert (
+            requirement is not None
+        ), f"{name} is pinned in metadata.json but is neither a dependency nor in the onnx/tune/captum extras"
         assert requirement.specifier.contains(version), f"{name}=={version} is below pyproject.toml's {requirement}"
     assert set(floors) - {n.lower() for n in pinned} == set()  # every dependency is pinned for the Zoo
+    assert set(optional) - {n.lower() for n in pinned} == set()  # and those of the extras the configs reach
+
+
+#: import names whose distribution has another name (the fallback where the package is not installed here)
+DISTRIBUTIONS = {
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "skimage": "scikit-image",
+    "sklearn": "scikit-learn",
+    "ignite": "pytorch-ignite",
+    "cv2": "opencv-python",
+    "np": "numpy",
+}
+
+
+def _distribution(module):
+    """The pip distribution (normalised: lower case, '-') that provides the top-level ``module``."""
+    from importlib.metadata import packages_distributions
+
+    names = DISTRIBUTIONS.get(module) or (packages_distributions().get(module) or [None])[0]
+    assert names, f"{module}: no installed distribution provides it and DISTRIBUTIONS does not name one"
+    return re.sub(r"[-_.]+", "-", names).lower()
+
+
+def _module_imports(tree):
+    """The top-level module names a Python AST imports: import/from statements (absolute) and
+    ``__import__('x')`` / ``importlib.import_module('x')`` of a constant, or of the variable of a loop
+    over constants (``for module in ("onnx", "onnxscript"): __import__(module)``)."""
+
+    def dynamic_import(node):
+        return isinstance(node, ast.Call) and (
+            (isinstance(node.func, ast.Name) and node.func.id == "__import__")
+            or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+        )
+
+    found = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.For)
+            and isinstance(node.target, ast.Name)
+            and isinstance(node.iter, (ast.Tuple, ast.List))
+            and any(
+                dynamic_import(call)
+                and call.args
+                and isinstance(call.args[0], ast.Name)
+                and call.args[0].id == node.target.id
+                for part in node.body
+                for call in ast.walk(part)
+            )
+        ):
+            found |= {e.value.split(".")[0] for e in node.iter.elts if isinstance(e, ast.Constant)}
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        elif (
+            dynamic_import(node)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and not node.args[0].value.startswith(".")
+        ):
+            found.add(node.args[0].value.split(".")[0])
+    return found
+
+
+def _config_imports(configs):
+    """The top-level modules the YAML configs ``configs`` can import: ``$import x``/``$from x import y``,
+    the import statements and module names (``$torch.x``, ``$os.path``) of every ``$`` expression, and
+    the modules of ``_target_`` paths (a bare class name is MONAI's)."""
+    import builtins
+    import importlib.util
+
+    found = set()
+
+    def scalar(key, value):
+        if key == "_target_" and isinstance(value, str):
+            found.add(value.split(".")[0] if "." in value else "monai")
+        elif isinstance(value, str) and value.startswith("$"):
+            code = re.sub(r"[@%][\w#./:-]+", "_ref_", value[1:])  # @ref and %macro: placeholders
+            try:
+                tree = ast.parse(code.strip())
+            except SyntaxError as err:
+                pytest.fail(f"config expression {value!r} is not Python: {err}")
+            found.update(_module_imports(tree))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute):
+                    root = node
+                    while isinstance(root, ast.Attribute):
+                        root = root.value
+                    if isinstance(root, ast.Name) and root.id != "_ref_" and not hasattr(builtins, root.id):
+                        if root.id in DISTRIBUTIONS or importlib.util.find_spec(root.id) is not None:
+                            found.add(root.id)
+
+    def walk(value, key=None):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        else:
+            scalar(key, value)
+
+    for config in configs:
+        walk(yaml.safe_load(open(config)))
+    return found
+
+
+def _declared_distributions(meta):
+    names = {"monai", "torch", "numpy", *meta["required_packages_version"], *meta.get("optional_packages_version", {})}
+    return {re.sub(r"[-_.]+", "-", n).lower() for n in names}
+
+
+def _undeclared_imports(configs, code_name, code_dir, meta):
+    """``{distribution: [modules]}`` that the configs, or the bundle's code package ``code_name`` in
+    ``code_dir`` they import, can import and ``meta`` does not declare (the Zoo installs only those)."""
+    imported = _config_imports(configs)
+    assert code_name in imported, f"the configs do not import {code_name}"
+    for path in pathlib.Path(code_dir).rglob("*.py"):
+        if "templates" not in path.relative_to(code_dir).parts:
+            imported |= _module_imports(ast.parse(path.read_text(), str(path)))
+    third_party = sorted(m for m in imported - {code_name, "_ref_"} if m not in sys.stdlib_module_names)
+    declared = _declared_distributions(meta)
+    missing = {}
+    for module in third_party:
+        dist = _distribution(module)
+        if dist not in declared:
+            missing.setdefault(dist, []).append(module)
+    return missing, third_party
+
+
+def test_metadata_declares_every_package_the_shipped_configs_can_import():
+    """The Zoo's CI installs only the packages metadata.json declares (CONTRIBUTING.md, "Prepare
+    dependencies"; ci/get_bundle_requirements.py reads required_packages_version and
+    optional_packages_version, and MONAI reads the latter as a deprecated name that replaces the former,
+    so every package is in required_packages_version): every module the shipped configs and the package
+    they import can import is one of them (onnx/onnxscript/onnxruntime for export.yaml, optuna and captum
+    through the package)."""
+    from monai_softcam.package import CONFIG_FILES
+
+    meta = json.load(open(os.path.join(BUNDLE, "configs", "metadata.json")))
+    configs = [os.path.join(BUNDLE, "configs", c) for c in CONFIG_FILES if c.endswith(".yaml")]
+    missing, imported = _undeclared_imports(configs, "monai_softcam", os.path.join(REPO_ROOT, "monai_softcam"), meta)
+    assert missing == {}, f"metadata.json does not declare {missing}"
+    assert {"onnx", "onnxscript", "onnxruntime", "optuna", "captum", "PIL", "ignite"} <= set(imported)
+    assert "optional_packages_version" not in meta  # MONAI would replace required_packages_version with it
+    # the check sees what is missing
+    extras = ("onnx", "onnxscript", "onnxruntime", "optuna", "captum")
+    fewer = {
+        **meta,
+        "required_packages_version": {k: v for k, v in meta["required_packages_version"].items() if k not in extras},
+    }
+    assert set(_undeclared_imports(configs, "monai_softcam", os.path.join(REPO_ROOT, "monai_softcam"), fewer)[0]) == {
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
+        "optuna",
+        "captum",
+    }
 
 
 # ---------------------------------------------------------------------------- package-bundle
 NAME = "lesion_synthetic_softcam_classification"
+AUTHORS = "Ada Author, Ben Builder (Example Lab)"
+HARDWARE = "1 NVIDIA H100 GPU, 3 minutes"
 
 
 def _cli(*args, cwd=REPO_ROOT):
@@ -360,6 +533,11 @@ def packaged(trained_demo, tmp_path_factory):
         NAME,
         "--url",
         f"model.pt={(models / 'model.pt').as_uri()}",
+        "--allow_local_urls",  # a file:// URL: the download step checked offline
+        "--authors",
+        AUTHORS,
+        "--hardware",
+        HARDWARE,
         "--unit_test",
         str(zoo / "ci" / "unit_tests" / f"test_{NAME}.py"),
     )
@@ -453,6 +631,34 @@ def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema
     ):
         assert section in readme
     assert f"| accuracy | {report['metrics']['accuracy']:.4f} |" in readme
+    # the text says what is true of this folder and model: no presets shipped, no test files or local folders
+    assert sorted(p.name for p in (root / "configs").iterdir()) == sorted(
+        ["metadata.json", "train.yaml", "evaluate.yaml", "inference.yaml", "explain.yaml", "export.yaml"]
+        + ["multi_gpu_train.yaml", "logging.conf"]
+    )
+    for text in (meta["description"], meta["data_source"], readme):
+        assert "presets" not in text and "fundus" not in text and "chest X-ray" not in text
+        assert "monai_softcam.data" not in text
+    assert "trained on the built-in synthetic demo data" in meta["description"]
+    assert "resnet18 backbone, 32x32 input, classes no_lesion, lesion" in meta["description"]
+    assert meta["authors"] == AUTHORS and f"### **Authors**\n{AUTHORS}\n" in readme
+    assert f"This model was trained on: {HARDWARE}." in readme
+    training = readme.split("## **Training configuration**")[1].split("## **Performance**")[0]
+    for local in ("tiny.yaml", "train.yaml`, ", "bundle_root", "overrides", str(trained_demo), trained_demo.name):
+        assert local not in training, local
+    assert "Data: the built-in synthetic demo data" in training and "Input: 32 x 32" in training
+    assert "2 epochs; batch size 8; learning rate 0.001; weight decay 0.0001" in training
+    assert "evidence penalty λ1 = 0.0003 (L1), λ2 = 0 (L2); seed 0." in training
+    # every package its configs and scripts/ can import is declared; its messages name what to install
+    configs = sorted(str(p) for p in (root / "configs").glob("*.yaml"))
+    missing, imported = _undeclared_imports(configs, "scripts", root / "scripts", meta)
+    assert missing == {} and {"onnx", "onnxruntime", "optuna", "captum"} <= set(imported)
+    for path in [*(root / "scripts").rglob("*.py"), *(root / "configs").iterdir(), root / "docs" / "README.md"]:
+        assert (
+            "pip install 'monai_softcam[" not in path.read_text()
+            and "pip install monai_softcam[" not in path.read_text()
+        )
+    assert "pip install onnx onnxscript onnxruntime" in (root / "scripts" / "export.py").read_text()
 
 
 @pytest.mark.slow
@@ -586,10 +792,71 @@ def test_the_zoos_unit_test_pattern_on_the_packaged_bundle(packaged):
     assert "Ran 3 tests" in done.stderr and done.stderr.rstrip().endswith("OK")
 
 
+def test_package_bundle_refuses_non_public_urls_unless_allowed(tmp_path):
+    """The Zoo's CI downloads large_files.yml's URLs from its own runner: file://, this machine, private,
+    link-local and local-network hosts are refused (the command's last line says why) unless --allow_local_urls."""
+    from monai_softcam.package import PackagingError, local_url_reason, parse_urls
+
+    local = [
+        "file:///data/model.pt",
+        "http://localhost:8000/model.pt",
+        "https://models.localhost/model.pt",
+        "http://127.0.0.1/model.pt",
+        "http://127.8.9.10/model.pt",
+        "http://[::1]:8080/model.pt",
+        "http://[::ffff:127.0.0.1]/model.pt",
+        "http://10.1.2.3/model.pt",
+        "http://172.16.0.1/model.pt",
+        "http://172.31.255.254/model.pt",
+        "http://192.168.0.10/model.pt",
+        "http://169.254.169.254/model.pt",
+        "http://[fe80::1]/model.pt",
+        "http://[fd00::1]/model.pt",
+        "http://0.0.0.0/model.pt",
+        "http://nas.local/model.pt",
+        "http://fileserver/model.pt",
+        "https:///model.pt",
+    ]
+    for url in local:
+        assert local_url_reason(url), url
+        with pytest.raises(PackagingError, match="not a public URL.*--allow_local_urls"):
+            parse_urls([f"model.pt={url}"])
+        assert parse_urls([f"model.pt={url}"], allow_local=True) == {"model.pt": url}
+    for url in (
+        "https://github.com/org/repo/releases/download/v0.1.0/model.pt",
+        "http://8.8.8.8/model.pt",
+        "https://172.32.0.1/model.pt",  # just outside 172.16/12
+        "https://[2606:4700::1111]/model.pt",
+    ):
+        assert local_url_reason(url) is None, url
+        assert parse_urls([f"model.pt={url}"]) == {"model.pt": url}
+    # the command: the refusal is the last line of stderr, before anything is read or written
+    out = tmp_path / "zoo" / NAME
+    done = _cli(
+        "package-bundle",
+        "--ckpt_dir",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(out),
+        "--name",
+        NAME,
+        "--url",
+        "model.pt=file:///data/model.pt",
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --url model.pt=file:///data/model.pt: not a public URL (a file:// URL is a file of this machine); "
+        "the Model Zoo's CI downloads every file of large_files.yml from its own runner, so give an https:// address "
+        "on the internet, or --allow_local_urls to package with this one anyway (for offline checks only, not for "
+        "the Zoo)"
+    )
+    assert not (tmp_path / "zoo").exists()
+
+
 @pytest.mark.slow
 def test_packaging_refuses_bad_input_and_writes_nothing(trained_demo, tmp_path):
     models = trained_demo / "models"
-    url = ["--url", f"model.pt={(models / 'model.pt').as_uri()}"]
+    url = ["--url", f"model.pt={(models / 'model.pt').as_uri()}", "--allow_local_urls"]
     out = tmp_path / "out" / NAME
 
     def refused(*args, match, target=out):
@@ -605,6 +872,9 @@ def test_packaging_refuses_bad_input_and_writes_nothing(trained_demo, tmp_path):
         )
 
     refused(models, match="no URL for models/model.pt")
+    # a URL the Zoo's runner cannot download, without --allow_local_urls
+    refused(models, *url[:2], match=f"--url model.pt={(models / 'model.pt').as_uri()}: not a public URL")
+    refused(models, "--url", "model.pt=http://192.168.1.5/model.pt", match="192.168.1.5 is a private network")
     refused(models, "--url", "model.pt=", match="--url model.pt= has an empty URL")
     refused(models, "--url", "model.pt=ftp://host/model.pt", match="must start with https://")
     refused(models, "--url", "model.ts=https://host/model.ts", *url, match=f"{models / 'model.ts'} does not exist")
@@ -618,6 +888,7 @@ def test_packaging_refuses_bad_input_and_writes_nothing(trained_demo, tmp_path):
         other,
         "--url",
         f"model.pt={(other / 'model.pt').as_uri()}",
+        "--allow_local_urls",
         match=f"checkpoint {other / 'model.pt'} does not fit the network",
     )
     # evaluation figures that cannot be read, or of another model
@@ -643,10 +914,24 @@ def test_packaging_refuses_bad_input_and_writes_nothing(trained_demo, tmp_path):
         mine,
         "--url",
         f"model.pt={(mine / 'model.pt').as_uri()}",
+        "--allow_local_urls",
         "--metrics",
         str(tmp_path / "metrics_mine.json"),
         match="describe it with --metadata FILE",
     )
+    (tmp_path / "meta.json").write_text(json.dumps({"description": "mine", "authors": "me"}))
+    refused(
+        mine,
+        "--url",
+        f"model.pt={(mine / 'model.pt').as_uri()}",
+        "--allow_local_urls",
+        "--metrics",
+        str(tmp_path / "metrics_mine.json"),
+        "--metadata",
+        str(tmp_path / "meta.json"),
+        match=f"--metadata {tmp_path / 'meta.json'}: no data_source",
+    )
+    refused(models, *url, "--authors", " ", match="--authors is empty")
     # a target folder that is not empty is left as it is
     out.mkdir(parents=True)
     (out / "keep.txt").write_text("mine")

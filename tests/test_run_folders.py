@@ -127,7 +127,7 @@ def test_package_bundle_checks_every_argument_before_writing(trained_bundle, tmp
     proc = subprocess.run(
         [sys.executable, "-m", "monai_softcam", "package-bundle", "--ckpt_dir", str(root / "models")]
         + ["--out", str(out), "--name", "demo_lesion_softcam_classification", "--unit_test", str(missing)]
-        + ["--url", f"model.pt={(root / 'models' / 'model.pt').as_uri()}"],
+        + ["--url", f"model.pt={(root / 'models' / 'model.pt').as_uri()}", "--allow_local_urls"],
         capture_output=True,
         text=True,
         env=env(),

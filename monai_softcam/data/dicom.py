@@ -474,7 +474,7 @@ def decode_dicom_pixels(ds: Any, path: str) -> np.ndarray:
         if missing:
             raise InputError(
                 f"{path}: cannot decode the DICOM pixel data: {syntax} needs {package}, which is not installed "
-                f"(pip install {pip}; a dependency of monai_softcam)"
+                f"(pip install {pip}; a required package of monai_softcam and of its Zoo bundle)"
             ) from err
         raise InputError(
             f"{path}: cannot decode the DICOM pixel data ({syntax}, decoded by {package}): {reason}"
