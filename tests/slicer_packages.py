@@ -47,6 +47,17 @@ def _real_version(name: str) -> str:
     return _REAL_DISTRIBUTION(name).version
 
 
+def pip_args(requirements) -> list:
+    """pip's arguments for Slicer's ``pip_install(requirements)`` (Base/Python/slicer/util.py in 5.10,
+    ``slicer.packaging._build_pip_args`` in 5.12): a str is split with shlex.split (POSIX rules:
+    backslashes are escapes, spaces separate), a list is passed as is, anything else is a ValueError."""
+    if type(requirements) == str:  # noqa: E721 (Slicer compares the exact type)
+        return ["install", *shlex.split(requirements)]
+    if type(requirements) == list:  # noqa: E721
+        return ["install", *requirements]
+    raise ValueError("pip_install requirement input must be string or list")
+
+
 def slicer_releases() -> dict:
     with open(RELEASES_FILE, encoding="utf-8") as f:
         return json.load(f)
@@ -236,12 +247,7 @@ def packaging_module(env: ReleaseEnvironment, slicer, pip_calls: list) -> types.
     ):
         if skip_packages is not None or no_deps_requirements is not None or not blocking:
             raise NotImplementedError("skip_packages, no_deps_requirements and non-blocking installs are not modelled")
-        if type(requirements) == str:  # noqa: E721 (Slicer compares the exact type)
-            args = ["install", *shlex.split(requirements)]
-        elif type(requirements) == list:  # noqa: E721
-            args = ["install", *requirements]
-        else:
-            raise ValueError("pip_install requirement input must be string or list")
+        args = pip_args(requirements)
         if constraints is not None:
             args.extend(["-c", str(constraints)])
         pip_calls.append(args)

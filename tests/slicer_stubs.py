@@ -28,7 +28,6 @@ import contextlib
 import os
 import pathlib
 import re
-import shlex
 import sys
 import types
 import typing
@@ -1307,15 +1306,11 @@ _RELEASE_ENV = None  # the modelled release's packages (tests/slicer_packages.py
 
 def _pip_install(calls: list, env=None):
     def pip_install(requirements) -> None:
-        """Base/Python/slicer/util.py pip_install (<= v5.10; slicer.packaging._build_pip_args in 5.12):
-        a str is split with shlex.split (POSIX rules: backslashes are escapes, spaces separate), a list is
-        passed as is, anything else is a ValueError."""
-        if type(requirements) == str:  # noqa: E721 (Slicer compares the exact type)
-            args = ["install", *shlex.split(requirements)]
-        elif type(requirements) == list:  # noqa: E721
-            args = ["install", *requirements]
-        else:
-            raise ValueError("pip_install requirement input must be string or list")
+        """Base/Python/slicer/util.py pip_install (<= v5.10): its arguments as
+        :func:`slicer_packages.pip_args` builds them."""
+        import slicer_packages
+
+        args = slicer_packages.pip_args(requirements)
         calls.append(args)
         if env is not None:  # a modelled release: pip changes what its metadata reports
             env.pip(args)
