@@ -108,11 +108,18 @@ def paper_activation_precision(maps: Any, masks: Any, point_grid: Sequence[int],
     to the mask's (cubic, through ``point_grid``) and ``D`` :func:`dilate_masks` by ``dilation``.
     ``maps`` are on the grid they were computed on (SoftCAM's cells, a layer's grid, or pixels);
     ``masks`` on the image grid. In [0, 1], **higher is better**; NaN where the mask is empty."""
+    return activation_precision(*_upsampled_with_masks(maps, masks, point_grid, dilation))
+
+
+def _upsampled_with_masks(
+    maps: Any, masks: Any, point_grid: Sequence[int], dilation: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U(map), D(mask))`` of the paper's activation metrics: the maps upsampled to the masks' grid
+    (:func:`paper_upsample`, through ``point_grid``) and the masks (``[B, (1,) *S]``) dilated by ``dilation``."""
     masks = torch.as_tensor(masks)
     if masks.dim() >= 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
-    up = paper_upsample(maps, masks.shape[1:], point_grid)
-    return activation_precision(up, dilate_masks(masks, dilation))
+    return paper_upsample(maps, masks.shape[1:], point_grid), dilate_masks(masks, dilation)
 
 
 @renamed_keywords(patch_size="patch")
@@ -224,12 +231,7 @@ def paper_activation_sensitivity(maps: Any, masks: Any, point_grid: Sequence[int
     """Activation sensitivity as the reference computes it (``calculate_mass_within``): ``a = minmax(relu(U(map)))``
     as in :func:`paper_activation_precision`, ``AS = sum(a * mask) / sum(mask)``: how much of the annotation the
     map covers. In [0, 1], **higher is better**; NaN where the mask is empty."""
-    masks = torch.as_tensor(masks)
-    if masks.dim() >= 4 and masks.shape[1] == 1:
-        masks = masks[:, 0]
-    masks = dilate_masks(masks, 1)
-    up = paper_upsample(maps, masks.shape[1:], point_grid)
-    return activation_sensitivity(up, masks)
+    return activation_sensitivity(*_upsampled_with_masks(maps, masks, point_grid, 1))
 
 
 def paper_consistency(maps: Any, positive: Any, grid: Sequence[int] | None = None) -> torch.Tensor:
@@ -299,9 +301,10 @@ def paper_values(
     else:
         predicted = torch.as_tensor(predicted, device=maps.device).reshape(-1, 1).bool()
         tp = torch.where(predicted, precision, nan)
+    up, _ = _upsampled_with_masks(maps, masks, grid, 1)  # masks dilated above; one upsampling for both
     values = {
-        "paper_activation_precision": paper_activation_precision(maps, masks, grid),
-        "paper_activation_sensitivity": paper_activation_sensitivity(maps, masks, grid),
+        "paper_activation_precision": activation_precision(up, masks),
+        "paper_activation_sensitivity": activation_sensitivity(up, masks),
         "paper_topk_precision": precision[:, int(topk) - 1],
         "paper_topk_precision_tp": tp[:, int(topk) - 1],
         "paper_topk_patches": found[:, int(topk) - 1],

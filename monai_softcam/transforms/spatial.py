@@ -136,11 +136,7 @@ class FitToSized(MapTransform, InvertibleTransform):
                 offsets = [(a + 0.5) * f - 0.5 for a, f in zip(starts, factors)]
                 extra = {"scaled": scaled, "starts": starts}
             if isinstance(img, MetaTensor):
-                affine = np.eye(4)
-                for axis, (f, b) in enumerate(zip(factors, offsets)):
-                    affine[axis, axis], affine[axis, 3] = f, b
-                out = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations))
-                out.affine = img.affine @ torch.as_tensor(affine, dtype=img.affine.dtype)
+                out, affine = _follow_affine(img, out, factors, offsets)
                 extra.update(mode=mode, affine=affine.tolist())
                 self.push_transform(out, orig_size=orig, extra_info=extra)
             d[key] = out
@@ -169,6 +165,19 @@ class FitToSized(MapTransform, InvertibleTransform):
             restored.affine = img.affine @ torch.as_tensor(inverse_affine, dtype=img.affine.dtype)
             d[key] = restored
         return d
+
+
+def _follow_affine(
+    img: MetaTensor, out: torch.Tensor, factors: Sequence[float], offsets: Sequence[float]
+) -> tuple[MetaTensor, np.ndarray]:
+    """``out`` as a MetaTensor with ``img``'s metadata and an affine that follows the resampling: output index
+    ``i`` along each axis is input index ``factor * i + offset``; also that index map (4 x 4)."""
+    affine = np.eye(4)
+    for axis, (f, b) in enumerate(zip(factors, offsets)):
+        affine[axis, axis], affine[axis, 3] = f, b
+    out = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations))
+    out.affine = img.affine @ torch.as_tensor(affine, dtype=img.affine.dtype)
+    return out, affine
 
 
 class RandResizedCropd(RandomizableTransform, MapTransform):
@@ -236,12 +245,10 @@ class RandResizedCropd(RandomizableTransform, MapTransform):
                 box = self.window(int(img.shape[1]), int(img.shape[2]))
             left, top, w, h = box
             out = FitToSized._interpolate(img[:, left : left + w, top : top + h], img.shape[1:], mode)
-            if isinstance(img, MetaTensor):  # the affine follows: output index -> start + (i + 0.5) * n / size - 0.5
-                affine = torch.eye(img.affine.shape[0], dtype=img.affine.dtype)
-                for axis, (start, n, size) in enumerate(zip((left, top), (w, h), img.shape[1:])):
-                    affine[axis, axis], affine[axis, -1] = n / size, start + 0.5 * n / size - 0.5
-                out = MetaTensor(out, meta=dict(img.meta), applied_operations=list(img.applied_operations))
-                out.affine = img.affine @ affine
+            if isinstance(img, MetaTensor):  # output index -> input index, per axis: start + (i + 0.5) * n / size - 0.5
+                factors = [n / size for n, size in zip((w, h), img.shape[1:])]
+                offsets = [start + 0.5 * f - 0.5 for start, f in zip((left, top), factors)]
+                out, _ = _follow_affine(img, out, factors, offsets)
             d[key] = out
         return d
 
