@@ -14,12 +14,13 @@ Training, evaluation and inference run through the MONAI bundle in ``bundle/``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .data.check import check_data
 from .data.demo import DemoDataConfig, generate_demo_dataset
 from .networks.backbones import available_backbones, get_backbone_spec
-from .package import package_bundle, parse_urls
+from .package import CODE_FORMS, package_bundle, parse_urls
 from .slicer_index import write_slicer_extension
 from .utils import install_error_hook
 
@@ -67,11 +68,13 @@ def _package_bundle(args: argparse.Namespace) -> int:
         unit_test=args.unit_test,
         authors=args.authors,
         hardware=args.hardware,
+        code=args.code,
     )
     print(f"wrote the Model Zoo bundle {args.name} to {out}")
     print(f"  weights (not in the folder; large_files.yml lists their URLs and SHA-256): {', '.join(urls)}")
     if args.unit_test:
-        print(f"  the Zoo's unit test: {args.unit_test} (copy it to the Zoo's ci/unit_tests/)")
+        dist = os.path.join(os.path.dirname(args.unit_test), f"test_{args.name}_dist.py")
+        print(f"  the Zoo's unit tests: {args.unit_test} and {dist} (copy them to the Zoo's ci/unit_tests/)")
     return 0
 
 
@@ -156,12 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument(
         "--hardware",
         help="what the model was trained on, for the README's System Configuration (e.g. '1 NVIDIA A100 GPU, "
-        "2 h'); the training record does not hold it",
+        "2 h'); default: the device and training time the model's task.json records",
     )
     pack.add_argument("--version", default="0.1.0", help="the bundle version (default 0.1.0)")
     pack.add_argument("--changelog", help="the changelog line of this version")
     pack.add_argument("--source", help="the bundle whose configs are packaged (default: the project's bundle/)")
     pack.add_argument("--unit_test", metavar="FILE", help="also write the Zoo's unit test test_<name>.py here")
+    pack.add_argument(
+        "--code",
+        choices=CODE_FORMS,
+        default="scripts",
+        help="scripts (default): copy the modules the configs import into the bundle's scripts/; pip: the configs "
+        "import monai_softcam, pinned to this version in the metadata (once the package is published)",
+    )
     pack.set_defaults(func=_package_bundle)
     ext = sub.add_parser(
         "slicer-extension",

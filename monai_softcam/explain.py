@@ -48,6 +48,7 @@ from torch.overrides import TorchFunctionMode
 
 from .networks.backbones import Backbone
 from .networks.outputs import probabilities, split_output, upsample_map, upsample_maps
+from .utils import ConfigError
 
 __all__ = [
     "EXPLAINERS",
@@ -59,6 +60,7 @@ __all__ = [
     "ScoreCAMExplainer",
     "SoftCAMExplainer",
     "default_target_layer",
+    "check_methods",
     "make_explainer",
     "on_input_grid",
 ]
@@ -538,6 +540,20 @@ EXPLAINERS: dict[str, Callable[..., Any]] = {
     "scorecam": ScoreCAMExplainer,
     "guided_backprop": GuidedBackpropExplainer,
 }
+
+
+def check_methods(methods: Any) -> Any:
+    """``methods``, if it is a non-empty list of :data:`EXPLAINERS` names; else a
+    :class:`~monai_softcam.utils.ConfigError` naming ``--explain#methods`` (and the wrong item). ``explain.yaml``
+    calls it in its ``checked_settings``, so the check comes with the other settings' (:func:`~monai_softcam.bundle.start`),
+    before any work."""
+    allowed = "a list of explanation methods from " + ", ".join(EXPLAINERS)
+    if not isinstance(methods, (list, tuple)) or not methods:
+        raise ConfigError(f"--explain#methods: {methods!r} is not allowed; allowed: {allowed}")
+    for i, name in enumerate(methods):
+        if name not in EXPLAINERS:
+            raise ConfigError(f"--explain#methods#{i}: {name!r} is not allowed; allowed: {allowed}")
+    return methods
 
 
 def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:

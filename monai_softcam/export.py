@@ -59,11 +59,11 @@ def onnx_output_names(network: nn.Module) -> list[str]:
         return [LOGITS]
     if isinstance(network, torch.jit.ScriptModule):
         raise TypeError(
-            "export_onnx needs the eager network (monai_softcam.networks.SoftCAM or BlackBox), not a TorchScript "
+            f"export_onnx needs the eager network ({__package__}.networks.SoftCAM or BlackBox), not a TorchScript "
             "module: build it from the bundle config and load the checkpoint (models/model.pt) instead"
         )
     raise TypeError(
-        f"export_onnx exports monai_softcam.networks.SoftCAM or BlackBox networks, got {type(network).__name__}; "
+        f"export_onnx exports {__package__}.networks.SoftCAM or BlackBox networks, got {type(network).__name__}; "
         "use torch.onnx.export for other modules"
     )
 

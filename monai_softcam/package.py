@@ -10,8 +10,8 @@ writes a self-contained bundle folder in the Zoo's layout, for *this* model:
 * ``configs/``: the bundle configs, with ``train.yaml``'s task keys set to the model's saved task
   (classes, input size, intensities, backbone, ...), so that retraining gives this model's network;
   evaluation, inference and export read ``models/task.json`` as everywhere else;
-* ``models/task.json``: the saved task (its record of the training run keeps file names, not this
-  machine's paths);
+* ``models/task.json``: the saved task (its record of the training run keeps the settings that shaped the
+  model, not the run's config files and overrides, which are this machine's);
 * ``configs/metadata.json``: the bundle metadata with this model's input and output shapes
   (``outputs#pred``: the evidence maps of the network's own grid), class names and evaluation
   figures (``eval_metrics``, from the evaluation's ``metrics_<split>.json``), every package the configs
@@ -25,11 +25,15 @@ writes a self-contained bundle folder in the Zoo's layout, for *this* model:
 * ``docs/README.md`` in the Zoo's readme layout, with the model's metrics, the settings that shaped it
   (epochs, input size, λ1/λ2, data: the task's record, never its config files or overrides) and
   ``--hardware``; ``LICENSE``;
-* ``scripts/``: the runtime code the configs need, a copy of this package (``monai_softcam``
-  becomes ``scripts`` in the configs, as Zoo bundles with code do), so the bundle runs where
+* ``scripts/``: the runtime code the configs need (:func:`shipped_modules`: the modules the shipped configs
+  name and every module those import, copied as they are; ``monai_softcam`` becomes ``scripts`` in the
+  configs, as Zoo bundles with code do), so the bundle runs where
   ``monai_softcam`` is not installed. MONAI puts the bundle folder on ``sys.path`` only when a
   workflow runs, after its imports were read: run the bundle's commands from its folder (as every
   Zoo bundle documents), or put the folder on ``PYTHONPATH``.
+
+  With ``--code pip`` the bundle holds no code: its configs import ``monai_softcam``, which
+  ``required_packages_version`` pins to this version (for when the package is published on PyPI).
 
 Checks, each a :class:`~monai_softcam.package.PackagingError` naming what is wrong, with nothing written: a
 missing or empty URL, a URL that is not http(s) or file, a URL that is not public (``file://``, ``localhost``,
@@ -46,6 +50,7 @@ MONAI bundle does; ``task.json``, ``metadata.json`` and ``large_files.yml`` are 
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import json
 import os
@@ -65,7 +70,15 @@ from .task import TASK_FILE, TASK_KEYS, Task
 from .text import format_value
 from .utils import ConfigError, sha256_file
 
-__all__ = ["PackagingError", "local_url_reason", "package_bundle", "parse_urls", "zoo_unit_test"]
+__all__ = [
+    "PackagingError",
+    "local_url_reason",
+    "package_bundle",
+    "parse_urls",
+    "shipped_modules",
+    "zoo_dist_test",
+    "zoo_unit_test",
+]
 
 #: the Zoo's bundle names, lower-case words joined by underscores (``spleen_ct_segmentation``)
 BUNDLE_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+){2,}$")
@@ -75,15 +88,7 @@ URL_SCHEMES = ("https", "http", "file")  # file:// serves offline checks of the 
 #: the schemes of a public URL, which the Zoo's CI runner can download (the others need ``allow_local``)
 PUBLIC_SCHEMES = ("https", "http")
 #: the configs a packaged bundle ships (those of ``bundle/configs``)
-CONFIG_FILES = (
-    "train.yaml",
-    "evaluate.yaml",
-    "inference.yaml",
-    "explain.yaml",
-    "export.yaml",
-    "multi_gpu_train.yaml",
-    "logging.conf",
-)
+CONFIG_FILES = ("train.yaml", "evaluate.yaml", "inference.yaml", "export.yaml", "multi_gpu_train.yaml", "logging.conf")
 #: metadata text that describes the data and cannot be read off the model
 DESCRIPTIVE_KEYS = (
     "name",
@@ -98,6 +103,12 @@ DESCRIPTIVE_KEYS = (
 )
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = "monai_softcam"  # the package as the configs name it; the packaged copy is `scripts`
+#: where a packaged bundle's code comes from: ``scripts`` (the modules its configs import, copied into the
+#: bundle) or ``pip`` (the configs import monai_softcam, pinned in ``required_packages_version``)
+CODE_FORMS = ("scripts", "pip")
+#: declared packages that one module of the package alone imports: a bundle whose configs do not reach that
+#: module does not declare them (the Zoo's CI would install them for nothing)
+ONLY_FOR = {"optuna": "tune.py", "captum": "explain.py"}
 
 
 class PackagingError(ConfigError):
@@ -288,9 +299,10 @@ def _eval_metrics(reports: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def trained_on_demo_data(task: Task, own_configs: str) -> bool:
     """Whether the task's record says the model was trained on the built-in demo data: no
     ``dataset_dir``/``data`` override, and every preset beside the bundle's configs still readable
-    and setting neither."""
+    and setting neither. A record without its config files (a packaged bundle's, a run not started from the
+    command line) cannot tell: False."""
     record = task.trained_with or {}
-    if not record:
+    if "config_files" not in record:
         return False
     if any(k.split("#")[0] in ("dataset_dir", "data") for k in record.get("overrides", {})):
         return False
@@ -358,11 +370,12 @@ def _scalar(value: str, style: str | None) -> str:
     return value
 
 
-def _packaged_config(text: str, source: str, task: Task | None = None) -> str:
+def _packaged_config(text: str, source: str, task: Task | None = None, code: str = "scripts") -> str:
     """A bundle config as the packaged bundle holds it: every value naming the package names
     ``scripts`` (:func:`_as_scripts`), paths relative to the bundle folder (``configs/``, not
     ``bundle/configs/``), and with ``task`` (``train.yaml``) its top-level task keys set to the saved
-    task's values. Values are found by parsing the YAML and replaced in place, so comments and layout stay."""
+    task's values. Values are found by parsing the YAML and replaced in place, so comments and layout stay.
+    With ``code="pip"`` the package keeps its name (the bundle imports the installed monai_softcam)."""
     if not source.endswith((".yaml", ".yml")):  # logging.conf: no values to rewrite
         return text
     top, scalars = _yaml_nodes(text, source)
@@ -378,7 +391,7 @@ def _packaged_config(text: str, source: str, task: Task | None = None) -> str:
     for path, node in scalars:
         if task is not None and path[0] in TASK_KEYS:
             continue
-        if isinstance(node.value, str) and PACKAGE in node.value:
+        if code == "scripts" and isinstance(node.value, str) and PACKAGE in node.value:
             new = _as_scripts(node.value)
             if new != node.value:
                 edits.append((node.start_mark.index, node.end_mark.index, _scalar(new, node.style)))
@@ -398,16 +411,22 @@ def _description(task: Task, data: str) -> str:
     )
 
 
-#: the data of a model of the built-in demo data, as its README and description name it
-DEMO_DATA = "the built-in synthetic demo data, which the bundle's configs generate on first use (scripts/data/demo.py)"
+def _code_name(code: str) -> str:
+    """The name the packaged configs import the code by (``scripts``, or ``monai_softcam`` installed by pip)."""
+    return "scripts" if code == "scripts" else PACKAGE
 
 
-def _demo_text(task: Task) -> dict[str, str]:
+def _demo_data(code: str) -> str:
+    """The data of a model of the built-in demo data, as its README and description name it."""
+    return f"the built-in synthetic demo data, which the bundle's configs generate on first use ({_code_name(code)}.data.demo)"
+
+
+def _demo_text(task: Task, code: str) -> dict[str, str]:
     """The metadata text of a model of the built-in demo data: what the packaged folder holds (its
     configs and code, no presets of other data) and this model's classes."""
     return {
-        "description": _description(task, DEMO_DATA),
-        "data_source": "Synthetic demo images generated by the bundle's own code (scripts/data/demo.py); "
+        "description": _description(task, _demo_data(code)),
+        "data_source": f"Synthetic demo images generated by the bundle's own code ({_code_name(code)}.data.demo); "
         "no patient data",
     }
 
@@ -420,8 +439,16 @@ def _metadata(
     version: str,
     changelog: str,
     extra: Mapping[str, Any],
+    code: str = "scripts",
+    modules: Sequence[str] = (),
 ) -> dict[str, Any]:
     meta = json.loads(json.dumps(source))
+    unused = [dist for dist, module in ONLY_FOR.items() if module not in modules]
+    meta["required_packages_version"] = {
+        k: v for k, v in meta.get("required_packages_version", {}).items() if k not in unused
+    }
+    if code == "pip":  # the configs import the published package: the Zoo's CI installs this version
+        meta["required_packages_version"] = {PACKAGE: __version__, **meta.get("required_packages_version", {})}
     meta["version"] = version
     meta["changelog"] = {version: changelog}
     names = task.class_names
@@ -435,7 +462,7 @@ def _metadata(
         f"the network (network_def, and its TorchScript export) returns one tensor, 'pred': the evidence maps "
         f"[B, {len(names)}, {', '.join(map(str, grid))}], one signed map per class in logit units; each class's logit "
         f"is its map's spatial mean (softmax of the logits gives the probabilities {names}). Inference wraps it "
-        "(scripts.networks.EvidenceOutputs)"
+        f"({_code_name(code)}.networks.EvidenceOutputs)"
     )
     meta["eval_metrics"] = dict(figures)
     formats = meta["network_data_format"]
@@ -472,6 +499,7 @@ def _readme(
     large: Sequence[Mapping[str, str]],
     data: str,
     hardware: str | None = None,
+    code: str = "scripts",
 ) -> str:
     size = " x ".join(str(s) for s in task.image_size)
     grid_text = " x ".join(str(s) for s in grid)
@@ -561,10 +589,15 @@ def _readme(
     lines += [
         "",
         "### Runtime code",
-        f"`scripts/` is a copy of the `monai_softcam` package ({__version__}), which the configs import as `scripts` "
-        "(`pip install monai_softcam` is not needed). Its packages are those of `configs/metadata.json`: "
-        "`required_packages_version`, among them those of ONNX export (`pip install onnx onnxscript onnxruntime`), "
-        "`run tune` (`pip install optuna`) and Integrated Gradients (`pip install captum`).",
+        (
+            f"`scripts/` holds the modules of monai_softcam {__version__} that these configs import, as `scripts`: "
+            "those their `_target_` and `$` expressions name and every module those import, no more."
+            if code == "scripts"
+            else f"The configs import the monai_softcam package: `pip install monai_softcam=={__version__}` "
+            "(pinned in `required_packages_version`, which the Zoo's CI installs)."
+        )
+        + " The packages they need are `required_packages_version` of `configs/metadata.json`, among them those "
+        "of the ONNX export (`pip install onnx onnxscript onnxruntime`).",
         "",
         "## **Limitations**",
         f"Intended use: {meta.get('intended_use', '')}. Evidence maps have the resolution of the network's output grid; "
@@ -579,16 +612,28 @@ def _readme(
 
 
 def _portable_record(record: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A task's record of its training run with file names instead of this machine's paths."""
-    record = dict(record or {})
-    if record.get("config_files"):
-        record["config_files"] = [os.path.basename(p) for p in record["config_files"]]
-    if record.get("overrides"):
-        record["overrides"] = {
-            k: os.path.basename(v) if isinstance(v, str) and os.path.isabs(v) else v
-            for k, v in record["overrides"].items()
-        }
-    return record
+    """A task's record of its training run as the bundle ships it: the settings that shaped the model, without
+    the config files and overrides of the run (this machine's files, which the bundle does not have)."""
+    return {k: v for k, v in (record or {}).items() if k not in ("config_files", "overrides")}
+
+
+def _trained_on(record: Mapping[str, Any] | None) -> str | None:
+    """What the training record says of where and how long the model trained (``device``, ``training_time_s``),
+    e.g. ``"CPU, 2 threads; 1 min 4 s of training (2 epochs)"``; None without a device."""
+    record = record or {}
+    if not record.get("device"):
+        return None
+    text = str(record["device"])
+    seconds = record.get("training_time_s")
+    if isinstance(seconds, (int, float)):
+        minutes, rest = divmod(int(round(seconds)), 60)
+        hours, minutes = divmod(minutes, 60)
+        spent = f"{hours} h {minutes} min" if hours else f"{minutes} min {rest} s" if minutes else f"{rest} s"
+        epochs = record.get("epochs_trained")
+        text += f"; {spent} of training" + (f" ({epochs} epochs)" if epochs else "")
+        if record.get("resumed_at_epoch"):
+            text += f", the last run, resumed at epoch {record['resumed_at_epoch']}"
+    return text
 
 
 def _number(value: Any) -> str:
@@ -624,9 +669,6 @@ def _training_record(task: Task, data: str) -> str:
         lines += ["", f"Training settings (the model's record, `models/task.json`): {'; '.join(parts)}."]
     else:
         lines += ["", "The training settings were not recorded (the task file holds no record of the training run)."]
-    for key, label in (("device", "Trained on"), ("training_time", "Training time")):
-        if settings.get(key) not in (None, ""):  # not recorded by today's training: kept for records that have it
-            lines += ["", f"{label}: {settings[key]}."]
     lines += [
         "",
         "`configs/train.yaml` holds the bundle's training settings with this model's task (classes, input size, "
@@ -661,16 +703,78 @@ def _large_files(ckpt_dir: str, urls: Mapping[str, str]) -> tuple[str, list[dict
     return "\n".join(lines) + "\n", entries
 
 
-def _copy_package(target: str) -> None:
-    """The package's modules (no caches, no compiled files, no package data such as the Zoo's unit
-    test) as ``target`` (the bundle's ``scripts/``)."""
-    for folder, dirs, files in os.walk(_PACKAGE_DIR):
-        dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", "templates") and not d.startswith("."))
-        rel = os.path.relpath(folder, _PACKAGE_DIR)
-        os.makedirs(os.path.join(target, rel), exist_ok=True)
-        for name in sorted(files):
-            if name.endswith(".py"):
-                shutil.copyfile(os.path.join(folder, name), os.path.join(target, rel, name))
+def _module_file(module: str) -> str | None:
+    """The source file of the package module ``module`` (``monai_softcam.data.demo``), or None."""
+    path = os.path.join(_PACKAGE_DIR, *module.split(".")[1:])
+    for candidate in (os.path.join(path, "__init__.py"), path + ".py"):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _modules_named(dotted: str) -> list[str]:
+    """The package modules that naming ``dotted`` imports (``monai_softcam.data.CSVDataSpec``: the package and
+    ``monai_softcam.data``): each leading part of it that is a module."""
+    parts, found = dotted.split("."), []
+    for n in range(1, len(parts) + 1):
+        if _module_file(".".join(parts[:n])) is None:
+            break
+        found.append(".".join(parts[:n]))
+    return found
+
+
+def _imports_of(module: str) -> list[str]:
+    """The package modules that ``module``'s import statements name, wherever they stand (a function's
+    import counts: the call that runs it may be one a shipped config makes)."""
+    path = str(_module_file(module))
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    package = module.split(".") if path.endswith("__init__.py") else module.split(".")[:-1]
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            parts = package[: len(package) - node.level + 1] if node.level else []
+            base = ".".join(parts + ([node.module] if node.module else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]  # `from pkg import module`
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] == PACKAGE:
+                found += _modules_named(name)
+    return found
+
+
+def shipped_modules(configs: Sequence[str]) -> list[str]:
+    """The package's files that the bundle configs ``configs`` can import, relative to the package: the modules
+    their values name (``_target_: monai_softcam.x.Y``, ``$monai_softcam.x.f(...)``, ``$import monai_softcam``),
+    then every module those import, to the end. The packaged bundle's ``scripts/`` holds these and no more."""
+    todo: list[str] = []
+    for config in configs:
+        with open(config, encoding="utf-8") as f:
+            text = f.read()
+        for _, node in _yaml_nodes(text, config)[1] if config.endswith((".yaml", ".yml")) else []:
+            if isinstance(node.value, str):  # a pip requirement (`monai_softcam[onnx]`) names no module
+                todo += [
+                    m
+                    for hit in re.findall(rf"(?<![\w.]){PACKAGE}(?:\.\w+)*(?![\w\[])", node.value)
+                    for m in _modules_named(hit)
+                ]
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += _imports_of(module)
+    return sorted(os.path.relpath(str(_module_file(m)), _PACKAGE_DIR) for m in seen)
+
+
+def _copy_package(target: str, modules: Sequence[str]) -> None:
+    """The package files ``modules`` (:func:`shipped_modules`) copied to ``target`` (the bundle's ``scripts/``)."""
+    for rel in modules:
+        os.makedirs(os.path.dirname(os.path.join(target, rel)), exist_ok=True)
+        shutil.copyfile(os.path.join(_PACKAGE_DIR, rel), os.path.join(target, rel))
 
 
 def package_bundle(
@@ -686,6 +790,7 @@ def package_bundle(
     unit_test: str | None = None,
     authors: str | None = None,
     hardware: str | None = None,
+    code: str = "scripts",
 ) -> str:
     """Write the Zoo bundle of the model in ``ckpt_dir`` to the new or empty folder ``out``; return ``out``.
 
@@ -701,12 +806,15 @@ def package_bundle(
         version: the bundle version.
         changelog: the changelog line of that version.
         source: the bundle whose configs, metadata and LICENSE are packaged (default: the project's ``bundle/``).
-        unit_test: also write the Zoo's unit test of the bundle (:func:`zoo_unit_test`) to this file.
+        unit_test: also write the Zoo's unit test of the bundle (:func:`zoo_unit_test`) to this file, and its
+            distributed test (:func:`zoo_dist_test`) beside it as ``test_<name>_dist.py``.
         authors: the model's authors (metadata ``authors`` and the README); default: the ``--metadata``
             file's, else the source bundle's.
-        hardware: what the model was trained on (the README's System Configuration), e.g. "1 NVIDIA A100 GPU"
-            (the training record holds no device; its ``device`` and ``training_time``, where a record has them,
-            are shown with the training settings).
+        hardware: what the model was trained on (the README's System Configuration), e.g. "1 NVIDIA A100 GPU";
+            default: the training record's device and time (:func:`_trained_on`), where it has them.
+        code: ``scripts`` (default): the modules the configs import, copied into the bundle's ``scripts/``
+            (:func:`shipped_modules`); ``pip``: no code in the bundle, the configs import monai_softcam, pinned
+            to this version in ``required_packages_version`` (for when the package is published).
     """
     if not BUNDLE_NAME.match(name or ""):
         raise PackagingError(
@@ -717,12 +825,17 @@ def package_bundle(
         raise PackagingError("--authors is empty: name the model's authors (e.g. --authors 'A. Author, B. Author')")
     if hardware is not None and not hardware.strip():
         raise PackagingError("--hardware is empty: describe what the model was trained on (e.g. '1 NVIDIA A100 GPU')")
+    if code not in CODE_FORMS:
+        raise PackagingError(f"--code {code!r}: choose from {', '.join(CODE_FORMS)}")
     if not re.match(r"^\d+\.\d+\.\d+$", version):
         raise PackagingError(f"--version {version!r}: the Zoo's versions are MAJOR.MINOR.PATCH, e.g. 0.1.0")
     out = os.path.abspath(out)
     _check_target(out)
     if unit_test and os.path.exists(unit_test):
         raise PackagingError(f"--unit_test {unit_test} exists: nothing was written (remove it or name another file)")
+    dist_test = os.path.join(os.path.dirname(unit_test), f"test_{name}_dist.py") if unit_test else None
+    if dist_test and os.path.exists(dist_test):
+        raise PackagingError(f"{dist_test} exists (the Zoo's distributed test): nothing was written (remove it)")
     if unit_test and not os.path.isdir(os.path.dirname(os.path.abspath(unit_test))):
         raise PackagingError(
             f"--unit_test {unit_test}: the folder {os.path.dirname(os.path.abspath(unit_test))} does not exist: "
@@ -733,6 +846,7 @@ def package_bundle(
     missing = [f for f in (*CONFIG_FILES, "metadata.json") if not os.path.isfile(os.path.join(configs, f))]
     if missing or not os.path.isfile(os.path.join(source, "LICENSE")):
         raise PackagingError(f"--source {source} is not the project's bundle folder (lacks {missing or ['LICENSE']})")
+    modules = shipped_modules([os.path.join(configs, c) for c in CONFIG_FILES])
     task = Task.read(os.path.join(ckpt_dir, TASK_FILE))
     grid = _check_model(ckpt_dir, task, urls)
     reports = _read_metrics(metrics, ckpt_dir, task)
@@ -755,7 +869,7 @@ def package_bundle(
             extra = {**extra, "description": _description(task, str(extra["data_source"]).rstrip("."))}
         data = str(extra["data_source"]).rstrip(".")
     elif trained_on_demo_data(task, configs):
-        extra, data = _demo_text(task), DEMO_DATA
+        extra, data = _demo_text(task, code), _demo_data(code)
     else:
         raise PackagingError(
             f"{os.path.join(ckpt_dir, TASK_FILE)} records training on data other than the built-in demo: describe it "
@@ -772,20 +886,24 @@ def package_bundle(
         version,
         changelog or f"first release of {name}: {task.architecture} over {task.backbone}",
         extra,
+        code,
+        modules,
     )
     large_text, large = _large_files(ckpt_dir, urls)
+    hardware = hardware.strip() if hardware else _trained_on(task.trained_with)
     test_text = zoo_unit_test(name, task) if unit_test else ""
+    dist_text = zoo_dist_test(name, task) if dist_test else ""
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
-    wrote_test = False
+    wrote_test = wrote_dist = False
     try:
         os.makedirs(os.path.join(work, "configs"))
         for config in CONFIG_FILES:
             with open(os.path.join(configs, config), encoding="utf-8") as f:
                 text = _packaged_config(
-                    f.read(), os.path.join(configs, config), task if config == "train.yaml" else None
+                    f.read(), os.path.join(configs, config), task if config == "train.yaml" else None, code
                 )
             with open(os.path.join(work, "configs", config), "w", encoding="utf-8") as f:
                 f.write(text)
@@ -797,21 +915,27 @@ def package_bundle(
             f.write(large_text)
         os.makedirs(os.path.join(work, "docs"))
         with open(os.path.join(work, "docs", "README.md"), "w", encoding="utf-8") as f:
-            f.write(_readme(meta, task, grid, reports, large, data, hardware))
+            f.write(_readme(meta, task, grid, reports, large, data, hardware, code))
         shutil.copyfile(os.path.join(source, "LICENSE"), os.path.join(work, "LICENSE"))
-        _copy_package(os.path.join(work, "scripts"))
+        if code == "scripts":
+            _copy_package(os.path.join(work, "scripts"), modules)
         os.chmod(work, 0o755)
         if unit_test:  # written first: if it cannot be, no bundle is left either
             with open(unit_test, "x", encoding="utf-8") as f:
                 f.write(test_text)
             wrote_test = True
+            with open(dist_test, "x", encoding="utf-8") as f:
+                f.write(dist_text)
+            wrote_dist = True
         if os.path.isdir(out):
             os.rmdir(out)  # empty (checked above)
         os.rename(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
-        if wrote_test:  # the bundle did not land: neither does its test
+        if wrote_test:  # the bundle did not land: neither do its tests
             os.remove(unit_test)
+        if wrote_dist:
+            os.remove(dist_test)
         raise
     return out
 
@@ -820,16 +944,17 @@ def package_bundle(
 ZOO_UNIT_TEST = os.path.join(_PACKAGE_DIR, "templates", "zoo_unit_test.py")
 
 
-def zoo_unit_test(name: str, task: Task) -> str:
-    """The Zoo's unit test of the bundle ``name`` (``ci/unit_tests/test_<name>.py``): train, train + evaluate and
-    inference through ``ConfigWorkflow`` and the Zoo's ``check_workflow(check_properties=True)``, on a small demo
-    dataset that the bundle's own generator writes, with the checkpoints in a temporary folder.
+#: the Zoo's distributed test of a packaged bundle (ci/unit_tests/test_<name>_dist.py), package data too
+ZOO_DIST_TEST = os.path.join(_PACKAGE_DIR, "templates", "zoo_dist_test.py")
 
-    It is :data:`ZOO_UNIT_TEST` with its three marked lines filled in: the bundle's name, the test
-    class named after it, and (for images over 64 px a side) a smaller ``image_size`` for a quick run."""
+
+def _zoo_test(template: str, name: str, task: Task) -> str:
+    """The Zoo test ``template`` (a file of ``templates/``) with its three marked lines filled in for the bundle
+    ``name``: its name, the test class named after it, and (for images over 64 px a side) a smaller
+    ``image_size`` for a quick run."""
     camel = "".join(part.capitalize() for part in name.split("_"))
     quick = {"image_size": [min(s, 64) for s in task.image_size]} if max(task.image_size) > 64 else {}
-    with open(ZOO_UNIT_TEST, encoding="utf-8") as f:
+    with open(template, encoding="utf-8") as f:
         text = f.read()
     for marker, line in (
         ('BUNDLE_NAME = "bundle_name"', f"BUNDLE_NAME = {json.dumps(name)}"),
@@ -839,7 +964,26 @@ def zoo_unit_test(name: str, task: Task) -> str:
         lines = text.split("\n")
         found = [i for i, old in enumerate(lines) if old.split("  #")[0] == marker]
         if len(found) != 1:
-            raise PackagingError(f"{ZOO_UNIT_TEST}: expected one line '{marker}', found {len(found)}")
+            raise PackagingError(f"{template}: expected one line '{marker}', found {len(found)}")
         lines[found[0]] = line
         text = "\n".join(lines)
     return text.replace("the bundle_name bundle", f"the {name} bundle", 1)
+
+
+def zoo_unit_test(name: str, task: Task) -> str:
+    """The Zoo's unit test of the bundle ``name`` (``ci/unit_tests/test_<name>.py``): train, train + evaluate and
+    inference through ``ConfigWorkflow`` and the Zoo's ``check_workflow(check_properties=True)``, on a small demo
+    dataset that the bundle's own generator writes, with the checkpoints in a temporary folder.
+
+    It is :data:`ZOO_UNIT_TEST` with its three marked lines filled in (:func:`_zoo_test`)."""
+    return _zoo_test(ZOO_UNIT_TEST, name, task)
+
+
+def zoo_dist_test(name: str, task: Task) -> str:
+    """The Zoo's distributed test of the bundle ``name`` (``ci/unit_tests/test_<name>_dist.py``): training with
+    ``train.yaml`` + ``multi_gpu_train.yaml`` through the Zoo's ``export_config_and_run_mgpu_cmd`` (torchrun, one
+    process per GPU, or two CPU processes with gloo where no GPU is visible), on a small demo dataset that the
+    bundle's own generator writes, with the checkpoints in a temporary folder.
+
+    It is :data:`ZOO_DIST_TEST` with the same three marked lines filled in (:func:`_zoo_test`)."""
+    return _zoo_test(ZOO_DIST_TEST, name, task)

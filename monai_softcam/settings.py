@@ -1,7 +1,7 @@
 """The types and ranges of the bundle's settings, declared once as a JSON schema and checked before any work.
 
 :data:`SCHEMA` describes the config keys a user sets (``epochs``, ``batch_size``, ``learning_rate``, ``device``,
-``eval_split``, ``explain#methods``, the tuning search space, ...) by their config ids. The configs hand the
+``eval_split``, the tuning search space, ...) by their config ids. The configs hand the
 values they use to :func:`~monai_softcam.bundle.start` (the first step of every run id) as ``checked_settings``,
 and :func:`check_settings` validates them with ``jsonschema``: the first wrong value ends the run with a
 :class:`~monai_softcam.utils.ConfigError` naming the key, the value and what is allowed, before data is read or
@@ -18,7 +18,6 @@ import torch
 
 from .data import CACHE_MODES, SAMPLING_MODES
 from .data.datalist import SPLITS
-from .explain import EXPLAINERS
 from .utils import ConfigError
 
 __all__ = ["SCHEMA", "check_settings", "flatten_settings"]
@@ -92,12 +91,6 @@ SCHEMA: dict[str, Any] = {
         "penalty#lambda2": _number("a finite number >= 0"),
         "penalty_squared_l2": _choice([True, False, "true", "false"], "true or false"),
         "drop_last": _choice([True, False, "true", "false"], "true or false"),
-        "explain#methods": {
-            "type": "array",
-            "items": _choice(EXPLAINERS),
-            "minItems": 1,
-            "description": "a list of explanation methods from " + ", ".join(EXPLAINERS),
-        },
         "tune_settings#search_space": {
             "type": "object",
             "minProperties": 1,
@@ -127,8 +120,8 @@ def _is_device(value: Any) -> bool:
 
 
 def flatten_settings(settings: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """``(config id, value)`` of a nested settings dict (``{"explain": {"methods": [...]}}`` gives
-    ``explain#methods``); a dict is a value itself when the schema names its id."""
+    """``(config id, value)`` of a nested settings dict (``{"penalty": {"lambda1": 0.1}}`` gives
+    ``penalty#lambda1``); a dict is a value itself when the schema names its id."""
     for key, value in settings.items():
         ident = f"{prefix}#{key}" if prefix else str(key)
         if isinstance(value, Mapping) and ident not in SCHEMA["properties"]:

@@ -168,7 +168,7 @@ def test_every_image_is_checked_alike_by_header_reader_and_check_data(corpus, tm
 
 
 def test_a_split_of_one_class_is_warned_about(tmp_path):
-    from monai_softcam.data import check_data
+    from monai_softcam.data.check import check_data
 
     rng = np.random.default_rng(1)
     rows = []

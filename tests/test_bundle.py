@@ -5,6 +5,7 @@ import csv
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -96,6 +97,10 @@ def test_evaluate_from_checkpoint(trained):
     assert task["image_size"] == [32, 32] and task["class_names"] == ["no_lesion", "lesion"]
     assert task["trained_with"]["config_files"] == [TRAIN, TINY]
     assert task["trained_with"]["settings"]["epochs"] == 2 and task["trained_with"]["settings"]["batch_size"] == 8
+    # where and how long it trained (package-bundle's default System Configuration)
+    assert re.fullmatch(r"CPU, \d+ threads", task["trained_with"]["device"])
+    assert task["trained_with"]["training_time_s"] > 0 and task["trained_with"]["epochs_trained"] == 2
+    assert "resumed_at_epoch" not in task["trained_with"]
     proc = run_bundle("evaluate", [TRAIN, EVALUATE], "--bundle_root", str(root))
     metrics = json.load(open(root / "eval" / "metrics_test.json"))["metrics"]
     assert metrics["n"] == 12

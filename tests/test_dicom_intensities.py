@@ -131,7 +131,7 @@ def test_the_window_option_is_a_task_key_and_the_frame_an_input_option(tmp_path)
     both from the configs as training does."""
     import json
 
-    from monai_softcam.data import load_check_settings
+    from monai_softcam.data.check import load_check_settings
     from monai_softcam.task import Task
 
     stored, path, hu = _windowed_ct(tmp_path)

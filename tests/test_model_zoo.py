@@ -572,14 +572,13 @@ def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema
         f.endswith((".pt", ".ts", ".onnx", ".pyc")) for f in files
     )  # the weights are downloaded, not shipped
     assert max((root / f).stat().st_size for f in files) < 1024 * 1024
-    # scripts/ is the package, file for file (its package data, the Zoo's unit test template, left out)
+    # scripts/ holds the package's modules that the shipped configs reach, each a copy of its source
     package = pathlib.Path(REPO_ROOT) / "monai_softcam"
-    for source in package.rglob("*.py"):
-        copy = root / "scripts" / source.relative_to(package)
-        if "templates" in source.relative_to(package).parts:
-            assert not copy.exists(), copy
-        else:
-            assert copy.read_bytes() == source.read_bytes(), source
+    shipped = sorted(str(p.relative_to(root / "scripts")) for p in (root / "scripts").rglob("*.py"))
+    assert "explain.py" not in shipped and "tune.py" not in shipped and "package.py" not in shipped
+    assert not any(name.startswith(("explanation_report", "templates")) for name in shipped)
+    for name in shipped:
+        assert (root / "scripts" / name).read_bytes() == (package / name).read_bytes(), name
     # large_files.yml: the URL given and the file's SHA-256
     import hashlib
 
@@ -600,10 +599,8 @@ def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema
     assert {k: train[k] for k in TASK_KEYS} == {k: getattr(task, k) for k in TASK_KEYS}
     assert train["image_size"] == [32, 32]  # the model's, not the bundle's 96
     packaged_task = json.load(open(root / "models" / "task.json"))
-    assert packaged_task["trained_with"]["config_files"] == [
-        "train.yaml",
-        "tiny.yaml",
-    ]  # names, no paths of this machine
+    assert "config_files" not in packaged_task["trained_with"]  # this machine's files (here a test's)
+    assert "overrides" not in packaged_task["trained_with"] and packaged_task["trained_with"]["settings"]["epochs"] == 2
     # metadata: valid for the Zoo, this model's shapes and its evaluation figures
     meta_file = str(root / "configs" / "metadata.json")
     verify_metadata(meta_file=meta_file, filepath=schema)
@@ -633,7 +630,7 @@ def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema
     assert f"| accuracy | {report['metrics']['accuracy']:.4f} |" in readme
     # the text says what is true of this folder and model: no presets shipped, no test files or local folders
     assert sorted(p.name for p in (root / "configs").iterdir()) == sorted(
-        ["metadata.json", "train.yaml", "evaluate.yaml", "inference.yaml", "explain.yaml", "export.yaml"]
+        ["metadata.json", "train.yaml", "evaluate.yaml", "inference.yaml", "export.yaml"]
         + ["multi_gpu_train.yaml", "logging.conf"]
     )
     for text in (meta["description"], meta["data_source"], readme):
@@ -652,7 +649,9 @@ def test_package_bundle_writes_this_models_bundle(packaged, trained_demo, schema
     # every package its configs and scripts/ can import is declared; its messages name what to install
     configs = sorted(str(p) for p in (root / "configs").glob("*.yaml"))
     missing, imported = _undeclared_imports(configs, "scripts", root / "scripts", meta)
-    assert missing == {} and {"onnx", "onnxruntime", "optuna", "captum"} <= set(imported)
+    assert missing == {} and {"onnx", "onnxruntime"} <= set(imported)
+    assert not {"optuna", "captum"} & set(imported)  # run tune and Integrated Gradients are not shipped
+    assert not {"optuna", "captum"} & set(meta["required_packages_version"])  # so not declared either
     for path in [*(root / "scripts").rglob("*.py"), *(root / "configs").iterdir(), root / "docs" / "README.md"]:
         assert (
             "pip install 'monai_softcam[" not in path.read_text()
@@ -753,22 +752,122 @@ def test_packaged_bundle_runs_where_monai_softcam_is_not_installed(packaged, tmp
 
 
 @pytest.mark.slow
+def test_package_bundle_code_pip_imports_the_installed_package(trained_demo, tmp_path):
+    """``--code pip`` (issue 32): no scripts/, the configs import monai_softcam, which required_packages_version
+    pins to this version (the Zoo's CI installs it from there), and the folder runs with the package installed
+    (here: this checkout). scripts/zoo_ci.sh runs the Zoo's CI on this form with the wheel of
+    scripts/check_package.sh served from a local index in place of PyPI."""
+    from monai_softcam import __version__
+
+    models = trained_demo / "models"
+    out = tmp_path / NAME
+    url = f"model.pt={(models / 'model.pt').as_uri()}"
+    args = ["--ckpt_dir", str(models), "--out", str(out), "--name", NAME, "--url", url]
+    refused = _cli("package-bundle", *args, "--allow_local_urls", "--code", "wheel")
+    assert refused.returncode != 0 and not out.exists()
+    done = _cli("package-bundle", *args, "--allow_local_urls", "--code", "pip")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (out / "scripts").exists()
+    for config in ("train.yaml", "inference.yaml"):
+        text = (out / "configs" / config).read_text()
+        assert re.search(r"^  - \$import monai_softcam$", text, re.M) and "scripts." not in text
+    meta = json.load(open(out / "configs" / "metadata.json"))
+    assert meta["required_packages_version"]["monai_softcam"] == __version__
+    assert "(monai_softcam.networks.EvidenceOutputs)" in meta["pred_classes"]
+    readme = (out / "docs" / "README.md").read_text()
+    assert f"pip install monai_softcam=={__version__}" in readme and "scripts/" not in readme
+    trained = json.load(open(models / "task.json"))["trained_with"]  # no --hardware: the record's device and time
+    assert re.search(
+        rf"This model was trained on: {re.escape(trained['device'])}; \d+ (min \d+ )?s of training", readme
+    )
+    for step in (  # the Zoo's download and shape check, with the package installed (this checkout)
+        ["download_large_files", "--bundle_path", "."],
+        ["verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json"]
+        + ["--config_file", "configs/inference.yaml", "--device", "cpu"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "monai.bundle", *step], cwd=out, env=_env(), capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+
+#: stand-in for the two functions of the Zoo's ci/unit_tests/utils.py (github:Project-MONAI/model-zoo dfae206) that
+#: our unit and distributed tests call, with their contracts: check_workflow initializes, checks the properties
+#: (a non-empty result is an error), runs and finalizes; export_config_and_run_mgpu_cmd writes the configs merged
+#: with the overrides to output_path, checks the train properties with check_config, then runs the bundle under
+#: torchrun with nproc_per_node=ngpu and PYTHONPATH the bundle root (check_call: a failed process raises).
+#: scripts/zoo_ci.sh runs the tests with the Zoo's own file.
+ZOO_UTILS = """
+import os
+import subprocess
+
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+
+def check_workflow(workflow, check_properties=False):
+    workflow.initialize()
+    problems = workflow.check_properties() if check_properties else None
+    if problems:
+        raise ValueError(f"check properties for workflow failed: {problems}")
+    workflow.run()
+    workflow.finalize()
+
+
+def export_config_and_run_mgpu_cmd(config_file, meta_file, override_dict, output_path, logging_file=None, ngpu=2,
+                                   check_config=False, **_):
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    parser.update(pairs=override_dict)
+    ConfigParser.export_config_file(parser.config, output_path, indent=4)
+    if check_config:
+        workflow = ConfigWorkflow(workflow_type="train", config_file=output_path, meta_file=meta_file,
+                                  logging_file=logging_file)
+        workflow.initialize()
+        problems = workflow.check_properties()
+        if problems:
+            raise ValueError(f"check properties for overrided mgpu configs failed: {problems}")
+    command = ["torchrun", "--standalone", "--nnodes=1", f"--nproc_per_node={ngpu}", "-m", "monai.bundle", "run",
+               "--config_file", output_path, "--meta_file", meta_file]
+    command += ["--logging_file", logging_file] if logging_file else []
+    subprocess.check_call(command, env={**os.environ, "PYTHONPATH": override_dict.get("bundle_root", ".")})
+"""
+
+
+@pytest.mark.slow
+def test_the_zoos_dist_test_trains_the_packaged_bundle_under_torchrun(packaged):
+    """The generated ci/unit_tests/test_<name>_dist.py run from the Zoo's root under torchrun, as the Zoo's runner
+    is (``torchrun runner.py --b <name> --dist True``; the runner only loads the module and runs its tests):
+    multi-GPU training of the bundle with one process per GPU, here two CPU processes with gloo."""
+    zoo, root = packaged
+    (zoo / "ci" / "unit_tests" / "utils.py").write_text(ZOO_UTILS)
+    env = _env()
+    env["PYTHONPATH"] = str(zoo)  # as the Zoo's CI (export PYTHONPATH=$PWD); the bundle imports its scripts/
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # the helper calls torchrun
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+        + [f"ci/unit_tests/test_{NAME}_dist.py", "-v"],
+        cwd=zoo,
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
+    assert "Ran 1 test" in output and re.search(r"^OK$", done.stderr, re.M), output[-6000:]
+    # the training processes torchrun started: one per GPU, or two on CPU (each logs its run's input summary)
+    assert output.count("input summary of monai.bundle.scripts.run") == (torch.cuda.device_count() or 2)
+    assert not (root / "models" / "model.pt").exists()  # the bundle is left as downloaded
+
+
+@pytest.mark.slow
 def test_the_zoos_unit_test_pattern_on_the_packaged_bundle(packaged):
     """The generated ci/unit_tests/test_<name>.py: train, train + evaluate, inference through ConfigWorkflow
     and check_workflow(check_properties=True), run from the Zoo's root as its runner does. The Zoo's
-    helper module ci/unit_tests/utils.py is stood in for by the same four steps (initialize,
-    check_properties, run, finalize), as in model-zoo ci/unit_tests/utils.py::check_workflow."""
+    helper module ci/unit_tests/utils.py is stood in for (ZOO_UTILS)."""
     zoo, _ = packaged
-    (zoo / "ci" / "unit_tests" / "utils.py").write_text(
-        "def check_workflow(workflow, check_properties=False):\n"
-        "    workflow.initialize()\n"
-        "    if check_properties is True:\n"
-        "        result = workflow.check_properties()\n"
-        "        if result is not None and len(result) > 0:\n"
-        "            raise ValueError(f'check properties for workflow failed: {result}')\n"
-        "    workflow.run()\n"
-        "    workflow.finalize()\n"
-    )
+    (zoo / "ci" / "unit_tests" / "utils.py").write_text(ZOO_UTILS)
     env = _env()
     env["PYTHONPATH"] = ""  # scripts/ only: the test puts the bundle folder on the path itself
     done = subprocess.run(
@@ -985,6 +1084,100 @@ def test_the_slicer_module_runs_a_packaged_zoo_bundle(packaged, tmp_path, monkey
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = csv.DictReader(open(tmp_path / "out" / "predictions.csv"))
     assert results[0].probabilities["lesion"] == pytest.approx(float(row["prob_lesion"]), abs=0.02)  # 8-bit rounding
+
+
+# python -c _IMPORT_CONFIG_NAMES PACKAGE CONFIG...: import every name of PACKAGE the configs give, print the
+# PACKAGE modules loaded (JSON); with PACKAGE `scripts`, monai_softcam is unimportable (as where the Zoo runs)
+_IMPORT_CONFIG_NAMES = r"""
+import importlib, importlib.abc, json, re, sys
+import yaml
+package, configs = sys.argv[1], sys.argv[2:]
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "monai_softcam":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+if package != "monai_softcam":
+    sys.meta_path.insert(0, Refuse())
+sys.path.insert(0, ".")
+names = set()
+def walk(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            walk(v)
+    elif isinstance(value, str):
+        names.update(re.findall(r"(?<![\w.])" + package + r"(?:\.\w+)*(?![\w/\[])", value))
+for config in configs:
+    walk(yaml.safe_load(open(config)))
+for name in sorted(names):  # its modules while they are modules, then its attributes
+    parts, n = name.split("."), 1
+    found = importlib.import_module(parts[0])
+    while n < len(parts):
+        try:
+            found = importlib.import_module(".".join(parts[: n + 1]))
+        except ModuleNotFoundError as err:
+            if err.name != ".".join(parts[: n + 1]):
+                raise
+            break
+        n += 1
+    for attr in parts[n:]:
+        found = getattr(found, attr)
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == package)))
+"""
+
+
+@pytest.mark.slow
+def test_scripts_holds_exactly_the_modules_the_shipped_configs_import(packaged):
+    """Issue 32: every name the shipped configs give of `scripts` (``_target_``, ``$`` expressions) resolves in
+    the packaged folder with monai_softcam unimportable, and the modules that importing them loads are exactly
+    the files of scripts/: none missing, none shipped that no config reaches (function-level imports of the
+    package do not exist, tests/test_architecture.py, so loading is the whole reach)."""
+    from monai_softcam.package import CONFIG_FILES, shipped_modules
+
+    _, root = packaged
+    configs = sorted(str(p) for p in (root / "configs").glob("*.yaml"))
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CONFIG_NAMES, "scripts", *configs],
+        cwd=root,
+        env={**_env(), "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    files = {str(p.relative_to(root / "scripts").with_suffix("")) for p in (root / "scripts").rglob("*.py")}
+    as_modules = {".".join(["scripts", *f.split(os.sep)]).removesuffix(".__init__") for f in files}
+    assert loaded == as_modules, (sorted(as_modules - loaded), sorted(loaded - as_modules))
+    configs = [os.path.join(REPO_ROOT, "bundle", "configs", c) for c in CONFIG_FILES]
+    assert {m.removesuffix(".py") for m in shipped_modules(configs)} == files
+
+
+def test_shipped_modules_are_those_the_shipped_configs_load():
+    """package.shipped_modules (a static walk from the shipped configs' names through the modules' imports)
+    gives the package modules that importing every name of the package in those configs loads, no more:
+    reachable modules only, and none missing."""
+    from monai_softcam.package import CONFIG_FILES, shipped_modules
+
+    configs = [os.path.join(REPO_ROOT, "bundle", "configs", c) for c in CONFIG_FILES if c.endswith(".yaml")]
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CONFIG_NAMES, "monai_softcam", *configs],
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    walked = {
+        ".".join(["monai_softcam", *m.removesuffix(".py").split(os.sep)]).removesuffix(".__init__")
+        for m in shipped_modules(configs)
+    }
+    assert walked == loaded, (sorted(walked - loaded), sorted(loaded - walked))
+    assert "monai_softcam.tune" not in walked and "monai_softcam.explain" not in walked
 
 
 def test_the_zoo_unit_test_template_is_a_python_file_that_imports_and_fills_in(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from conftest import REPO_ROOT
 from data_helpers import UPSTREAM, fundus_photo, head_csv, oct_scan, write_csv, write_dicom, write_png, xray_with_boxes
 
 from monai_softcam.__main__ import main as cli
-from monai_softcam.data import check_data
+from monai_softcam.data.check import check_data
 
 TRAIN = os.path.join(REPO_ROOT, "bundle", "configs", "train.yaml")
 INFERENCE = os.path.join(REPO_ROOT, "bundle", "configs", "inference.yaml")

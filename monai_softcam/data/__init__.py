@@ -1,6 +1,5 @@
 """Data: CSV-driven data lists, image readers, samplers, cached datasets and the built-in demo data."""
 
-from .check import check_data, load_check_settings
 from .datalist import (
     CSVDataSpec,
     DataListError,
@@ -34,7 +33,6 @@ __all__ = [
     "SkipBadDataset",
     "SimpleITKReader",
     "SplitLists",
-    "check_data",
     "collate_skipping",
     "default_readers",
     "ensure_demo_dataset",
@@ -43,7 +41,6 @@ __all__ = [
     "intensity_stats",
     "is_dicom_file",
     "list_images",
-    "load_check_settings",
     "make_dataset",
     "make_sampler",
     "read_csv_datalist",

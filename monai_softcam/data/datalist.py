@@ -386,9 +386,7 @@ class CSVDataSpec:
         for warning in warnings[:10]:
             logger.warning("%s", warning)
         if len(warnings) > 10:
-            logger.warning(
-                "... and %d more warnings (python -m monai_softcam check-data lists them)", len(warnings) - 10
-            )
+            logger.warning("... and %d more warnings of these kinds, not shown", len(warnings) - 10)
         problems = [p for p in problems if not p.warning]
         if not annotations:
             items = [{k: v for k, v in item.items() if k not in ("mask", "boxes")} for item in items]

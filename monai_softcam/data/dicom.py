@@ -474,7 +474,7 @@ def decode_dicom_pixels(ds: Any, path: str) -> np.ndarray:
         if missing:
             raise InputError(
                 f"{path}: cannot decode the DICOM pixel data: {syntax} needs {package}, which is not installed "
-                f"(pip install {pip}; a required package of monai_softcam and of its Zoo bundle)"
+                f"(pip install {pip}; one of the required packages)"
             ) from err
         raise InputError(
             f"{path}: cannot decode the DICOM pixel data ({syntax}, decoded by {package}): {reason}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from typing import Any
 
 import torch
@@ -91,7 +92,7 @@ class StopOnNonFinite:
         raise InputError(
             f"training stopped at epoch {engine.state.epoch}, iteration {engine.state.iteration}: {what} for the "
             f"batch of {shown or 'unnamed images'}; no weights were updated with it. Check these images "
-            f"(python -m monai_softcam check-data) and the labels, or lower the learning rate"
+            "and their labels, or lower the learning rate"
         )
 
 
@@ -106,24 +107,65 @@ def _batch_files(batch: Any) -> list[str]:
     return files
 
 
+def describe_device(device: Any) -> str:
+    """Where a run trains, for its record: the GPU's name and how many processes (one per GPU), or the CPU's
+    threads or processes (``"1 x NVIDIA H100 80GB HBM3 GPU"``, ``"CPU, 2 threads"``, ``"CPU, 2 processes"``)."""
+    device = torch.device(device)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if device.type == "cuda":
+        return f"{world} x {torch.cuda.get_device_name(device)} GPU"
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    return f"CPU, {world} processes" if world > 1 else f"CPU, {torch.get_num_threads()} threads"
+
+
 class TaskFile:
     """The trained task's file, written with the first checkpoint of the run that it describes, never before:
     a run that fails before its first checkpoint leaves the previous model's ``task.json`` untouched (the
     savers call :meth:`write` right before they write their first checkpoint; one instance, written once).
+    Attached to the trainer (:meth:`attach`, by :class:`TrainingCheckpoint`), it adds to the task's record
+    where the run trained (``device``: :func:`describe_device`) and, when the run completes, how long it trained
+    (``training_time_s``, with ``epochs_trained`` and, for a resumed run, ``resumed_at_epoch``: this run's time).
 
     Args:
         task: the task as trained (``Task``: its ``save(path)`` writes it atomically, on the main process).
         path: the task file, ``<ckpt_dir>/task.json``.
+        device: the device the run trains on (recorded); None: not recorded.
     """
 
-    def __init__(self, task: Any, path: str) -> None:
+    def __init__(self, task: Any, path: str, device: Any = None) -> None:
         self.task = task
         self.path = path
+        self.device = device
         self.written = False
+        self._started: float | None = None
+        self._first_epoch = 0
+
+    def attach(self, engine: Engine) -> None:
+        """Time the trainer's run: from its start (after a resumed checkpoint is loaded: attached after the
+        checkpoint's handler) to its completion, recorded if this run wrote the task file."""
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.COMPLETED, self._complete)
+
+    def _start(self, engine: Engine) -> None:
+        self._started, self._first_epoch = time.perf_counter(), engine.state.epoch
+
+    def _complete(self, engine: Engine) -> None:
+        if self.written and self._started is not None:
+            record = {
+                "training_time_s": round(time.perf_counter() - self._started, 1),
+                "epochs_trained": engine.state.epoch - self._first_epoch,
+            }
+            if self._first_epoch:
+                record["resumed_at_epoch"] = self._first_epoch
+            self.task = self.task.with_record({**self.task.trained_with, **record})
+            self.task.save(self.path)
 
     def write(self) -> None:
         """Write the task file if this run has not written it yet."""
         if not self.written:
+            if self.device is not None:
+                self.task = self.task.with_record({**self.task.trained_with, "device": describe_device(self.device)})
             self.task.save(self.path)
             self.written = True
 
@@ -216,10 +258,13 @@ class TrainingCheckpoint:
         self._stopped_early_before = False  # resumed a run that had already stopped early
 
     def attach(self, engine: Engine) -> None:
-        """Attach to ``engine``: resume (if asked) when it starts, save after every epoch and at the end."""
+        """Attach to ``engine``: resume (if asked) when it starts, save after every epoch and at the end; the
+        task file times the run from after the resume (:meth:`TaskFile.attach`)."""
         engine.add_event_handler(Events.STARTED, self._load)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._save)
         engine.add_event_handler(Events.COMPLETED, self._save)
+        if self.task_file is not None:
+            self.task_file.attach(engine)
 
     def _state(self, engine: Engine) -> dict[str, Any]:
         state = {name: unwrap_module(obj).state_dict() for name, obj in self.objects.items()}

@@ -66,7 +66,7 @@ def _check_maps(maps: Any, masks: Any = None) -> tuple[torch.Tensor, torch.Tenso
     if masks.shape != maps.shape:
         raise ValueError(
             f"masks of shape {tuple(masks.shape)} do not match the maps of shape {tuple(maps.shape)}: "
-            "bring the maps to the mask's grid first (e.g. monai_softcam.networks.upsample_map)"
+            "bring the maps to the mask's grid first (e.g. with networks.upsample_map)"
         )
     masks = masks > 0.5 if masks.is_floating_point() else masks.bool()
     return maps, masks
