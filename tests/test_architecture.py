@@ -49,6 +49,7 @@ LAYERS = {
     "monai_softcam.data": 2,
     "monai_softcam.visualize": 2,
     "monai_softcam.regions": 2,
+    "monai_softcam.guidance": 2,
     "monai_softcam.transforms": 3,
     "monai_softcam.inferers": 3,
     "monai_softcam.metrics": 4,
