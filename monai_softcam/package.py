@@ -103,10 +103,10 @@ DESCRIPTIVE_KEYS = (
 )
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = "monai_softcam"  # the package as the configs name it; the packaged copy is `scripts`
-#: where a packaged bundle's code comes from: ``scripts`` (the modules its configs import, copied into the
+#: where a packaged bundle's code comes from, ``scripts`` (the modules its configs import, copied into the
 #: bundle) or ``pip`` (the configs import monai_softcam, pinned in ``required_packages_version``)
 CODE_FORMS = ("scripts", "pip")
-#: declared packages that one module of the package alone imports: a bundle whose configs do not reach that
+#: declared packages that one module of the package alone imports; a bundle whose configs do not reach that
 #: module does not declare them (the Zoo's CI would install them for nothing)
 ONLY_FOR = {"optuna": "tune.py", "captum": "explain.py"}
 
@@ -811,7 +811,7 @@ def package_bundle(
         authors: the model's authors (metadata ``authors`` and the README); default: the ``--metadata``
             file's, else the source bundle's.
         hardware: what the model was trained on (the README's System Configuration), e.g. "1 NVIDIA A100 GPU";
-            default: the training record's device and time (:func:`_trained_on`), where it has them.
+            default: the training record's device and time (``_trained_on``), where it has them.
         code: ``scripts`` (default): the modules the configs import, copied into the bundle's ``scripts/``
             (:func:`shipped_modules`); ``pip``: no code in the bundle, the configs import monai_softcam, pinned
             to this version in ``required_packages_version`` (for when the package is published).
@@ -975,7 +975,7 @@ def zoo_unit_test(name: str, task: Task) -> str:
     inference through ``ConfigWorkflow`` and the Zoo's ``check_workflow(check_properties=True)``, on a small demo
     dataset that the bundle's own generator writes, with the checkpoints in a temporary folder.
 
-    It is :data:`ZOO_UNIT_TEST` with its three marked lines filled in (:func:`_zoo_test`)."""
+    It is :data:`ZOO_UNIT_TEST` with its three marked lines filled in (``_zoo_test``)."""
     return _zoo_test(ZOO_UNIT_TEST, name, task)
 
 
@@ -985,5 +985,5 @@ def zoo_dist_test(name: str, task: Task) -> str:
     process per GPU, or two CPU processes with gloo where no GPU is visible), on a small demo dataset that the
     bundle's own generator writes, with the checkpoints in a temporary folder.
 
-    It is :data:`ZOO_DIST_TEST` with the same three marked lines filled in (:func:`_zoo_test`)."""
+    It is :data:`ZOO_DIST_TEST` with the same three marked lines filled in (``_zoo_test``)."""
     return _zoo_test(ZOO_DIST_TEST, name, task)
