@@ -1009,23 +1009,12 @@ def test_packaging_refuses_bad_input_and_writes_nothing(trained_demo, tmp_path):
     task["trained_with"]["overrides"]["dataset_dir"] = "/data/rsna"
     json.dump(task, open(mine / "task.json", "w"))
     json.dump({**report, "model": str(mine / "model.pt")}, open(tmp_path / "metrics_mine.json", "w"))
-    refused(
-        mine,
-        "--url",
-        f"model.pt={(mine / 'model.pt').as_uri()}",
-        "--allow_local_urls",
-        "--metrics",
-        str(tmp_path / "metrics_mine.json"),
-        match="describe it with --metadata FILE",
-    )
+    mine_args = [mine, "--url", f"model.pt={(mine / 'model.pt').as_uri()}", "--allow_local_urls"]
+    mine_args += ["--metrics", str(tmp_path / "metrics_mine.json")]
+    refused(*mine_args, match="describe it with --metadata FILE")
     (tmp_path / "meta.json").write_text(json.dumps({"description": "mine", "authors": "me"}))
     refused(
-        mine,
-        "--url",
-        f"model.pt={(mine / 'model.pt').as_uri()}",
-        "--allow_local_urls",
-        "--metrics",
-        str(tmp_path / "metrics_mine.json"),
+        *mine_args,
         "--metadata",
         str(tmp_path / "meta.json"),
         match=f"--metadata {tmp_path / 'meta.json'}: no data_source",

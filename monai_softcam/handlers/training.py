@@ -158,16 +158,18 @@ class TaskFile:
             }
             if self._first_epoch:
                 record["resumed_at_epoch"] = self._first_epoch
-            self.task = self.task.with_record({**self.task.trained_with, **record})
-            self.task.save(self.path)
+            self._save(record)
 
     def write(self) -> None:
         """Write the task file if this run has not written it yet."""
         if not self.written:
-            if self.device is not None:
-                self.task = self.task.with_record({**self.task.trained_with, "device": describe_device(self.device)})
-            self.task.save(self.path)
+            self._save({} if self.device is None else {"device": describe_device(self.device)})
             self.written = True
+
+    def _save(self, record: dict[str, Any]) -> None:
+        """Save the task with ``record`` added to its record of the training run."""
+        self.task = self.task.with_record({**self.task.trained_with, **record})
+        self.task.save(self.path)
 
 
 class BestModelSaver:
