@@ -14,13 +14,18 @@ For image ``b`` of a batch, class evidence maps ``A_b`` of ``K`` classes:
 
 * ``"outside"`` (evidence for the annotated class ``c`` only where the annotation is)::
 
-      g_b = (1/N) sum_u ReLU(A_bc(u)) * (1 - cov_b(u))
+      g_b = (1/N) sum_u ReLU(D_bc(u)) * (1 - cov_b(u)),    D_c = A_c - (1/(K-1)) sum_{k != c} A_k
 
-  counted for the images whose label is ``c`` and whose annotation is non-empty. ``g_b`` is the positive
-  part of the share of the logit that the evidence outside the annotation gives (the ``"outside"`` region's
-  ``share_of_logit`` of :func:`~monai_softcam.regions.region_evidence`, negative evidence clipped): the
-  term pushes the decision's reasons for ``c`` into the annotation. Evidence against ``c`` and the other
-  classes' maps are left alone; images of other classes contribute nothing.
+  counted for the images whose label is ``c`` and whose annotation is non-empty. ``D_c``
+  (:func:`margin_evidence`) is the evidence for ``c`` *against the other classes*: its mean is ``logit_c``
+  minus the mean of the other logits (for two classes, ``A_1 - A_0``, whose mean is the log-odds of class
+  1). ``g_b`` is the positive part of the share of that margin that the cells outside the annotation give
+  (the ``"outside"`` region of :func:`~monai_softcam.regions.region_evidence`, negative evidence clipped):
+  the term pushes the decision's reasons for ``c`` into the annotation. Evidence against ``c`` is left
+  alone; images of other classes contribute nothing. The margin, not ``A_c`` alone, is penalised because
+  a softmax decides on differences of logits: a penalty on ``A_c`` alone is undone by evidence *against*
+  the other class in the same cells (measured on the shortcut demo, :doc:`/results/guidance`: with
+  ``ReLU(A_1)`` the marker's evidence moved into ``-A_0``, and the decision kept its maximum there).
 
 * ``"avoid"`` (no evidence of any sign, for any class, on a confounder: a ruler, a text label, a marker)::
 
@@ -28,8 +33,8 @@ For image ``b`` of a batch, class evidence maps ``A_b`` of ``K`` classes:
 
   counted for every image whose (confounder) mask is non-empty, whatever its label.
 
-With one output (a sigmoid model, ``K = 1``) the map argues for class 1 and against class 0: the evidence
-for class 1 is ``A_0``, for class 0 ``-A_0``.
+With one output (a sigmoid model, ``K = 1``) the map argues for class 1 and against class 0: ``D_1 = A_0``,
+``D_0 = -A_0``.
 
 The term is ``G = lambda_g * mean_{b in E} g_b``: the mean over the batch's *counted* images ``E`` (those
 ``eligible`` and, as above, of the annotated class in ``"outside"`` mode, with a non-empty mask), so an
@@ -43,34 +48,60 @@ the logit); for a ResNet it is the SoftCAM network's evidence map with the same 
 terms are the same function of the backbone. :func:`right_reasons_term` is the input-gradient baseline of
 Ross et al. (2017), which needs double backpropagation. :func:`guidance_subset` chooses the annotated
 training items whose annotations are used (the run-fixed ``guidance#fraction``).
+
+In the bundle (``train.yaml``'s ``guidance`` section, :doc:`/guide/guidance`): :func:`guided_datalist` gives
+the training items their annotations (those of the subset; the others an empty mask),
+:func:`prepare_guided_batch` hands ``{"label", "mask"}`` to the loss as its target, :class:`GuidanceInferer`
+gives the loss what the method needs (the evidence maps, a black box's CAM, or the input that requires
+gradients), and :class:`~monai_softcam.losses.SoftCAMLoss` adds :class:`EvidenceGuidance` as its
+``guidance`` term.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import hashlib
+import logging
 import math
+import os
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.inferers import Inferer
 
+from .data.datalist import SplitLists
 from .networks.outputs import EVIDENCE_MAPS, LOGITS, split_output
 from .networks.softcam import BlackBox
 from .regions import axis_overlap
+from .utils import ConfigError
 
 __all__ = [
+    "GUIDANCE_METHODS",
     "GUIDANCE_MODES",
+    "INPUTS",
     "EvidenceGuidance",
+    "GuidanceInferer",
     "black_box_cam",
     "guidance_subset",
     "guidance_term",
+    "guided_datalist",
+    "margin_evidence",
     "mask_coverage",
+    "prepare_guided_batch",
     "right_reasons_term",
 ]
 
+logger = logging.getLogger("monai_softcam")
+
 #: ``"outside"``: evidence for the annotated class outside its annotation; ``"avoid"``: any evidence on a confounder
 GUIDANCE_MODES = ("outside", "avoid")
+#: ``"evidence"``: on the evidence maps (a black box's CAM); ``"input_gradients"``: Ross et al.'s input-gradient baseline
+GUIDANCE_METHODS = ("evidence", "input_gradients")
+#: the key of a training output that holds the input the loss differentiates (``"input_gradients"``)
+INPUTS = "inputs"
 #: masks may overshoot [0, 1] by this much (interpolation rounding); values are then clipped
 _MASK_SLACK = 1e-6
 
@@ -79,6 +110,12 @@ def _check_mode(mode: Any) -> str:
     if mode not in GUIDANCE_MODES:
         raise ValueError(f"guidance mode must be one of {list(GUIDANCE_MODES)}, got {mode!r}")
     return mode
+
+
+def _check_method(method: Any) -> str:
+    if method not in GUIDANCE_METHODS:
+        raise ValueError(f"guidance method must be one of {list(GUIDANCE_METHODS)}, got {method!r}")
+    return method
 
 
 def _check_lambda(lambda_g: Any) -> float:
@@ -151,8 +188,18 @@ def mask_coverage(masks: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     return out.clamp(0.0, 1.0)
 
 
-def _class_evidence(maps: torch.Tensor, annotated_class: int) -> torch.Tensor:
-    """Evidence for ``annotated_class`` ``[B, *grid]``: its map, or ``+-A_0`` for a one-output model."""
+def margin_evidence(maps: torch.Tensor, annotated_class: int) -> torch.Tensor:
+    """The evidence for ``annotated_class`` against the other classes, ``[B, *grid]``: ``D_c = A_c - mean_{k != c}
+    A_k`` (two classes: ``A_c - A_other``; one output: ``A_0`` for class 1, ``-A_0`` for class 0). Its mean over
+    the cells is ``logit_c`` minus the mean of the other logits: the map of what a softmax decides on.
+
+    Example::
+
+        >>> import torch
+        >>> maps = torch.tensor([[[[1.0, 2.0]], [[3.0, 2.0]]]])  # [1, 2 classes, 1, 2]
+        >>> margin_evidence(maps, 1)
+        tensor([[[2., 0.]]])
+    """
     classes = maps.shape[1]
     if isinstance(annotated_class, bool) or not isinstance(annotated_class, int):
         raise ValueError(f"annotated_class must be a class index, got {annotated_class!r}")
@@ -160,7 +207,8 @@ def _class_evidence(maps: torch.Tensor, annotated_class: int) -> torch.Tensor:
         raise ValueError(f"annotated_class {annotated_class} is not one of the classes 0..{max(classes, 2) - 1}")
     if classes == 1:
         return maps[:, 0] if annotated_class == 1 else -maps[:, 0]
-    return maps[:, annotated_class]
+    others = (maps.sum(dim=1) - maps[:, annotated_class]) / (classes - 1)
+    return maps[:, annotated_class] - others
 
 
 def guidance_term(
@@ -202,14 +250,9 @@ def guidance_term(
         raise ValueError(f"maps must be [B, K, *grid] with a 2D or 3D grid, got shape {tuple(maps.shape)}")
     batch, grid = maps.shape[0], maps.shape[2:]
     coverage = mask_coverage(masks, grid).to(device=maps.device, dtype=maps.dtype)
-    counted = _check_eligible(eligible, batch, maps.device)
-    counted = counted & (torch.as_tensor(masks, device=maps.device).flatten(1).amax(dim=1) > 0)
+    counted = _counted(eligible, torch.as_tensor(masks, device=maps.device), labels, mode, annotated_class, batch)
     if mode == "outside":
-        labels = torch.as_tensor(labels, device=maps.device).reshape(-1)
-        if labels.numel() != batch:
-            raise ValueError(f"labels must hold one class per image ({batch}), got {labels.numel()}")
-        counted = counted & (labels.long() == annotated_class)
-        evidence = _class_evidence(maps, annotated_class)
+        evidence = margin_evidence(maps, annotated_class)
         per_image = (evidence.clamp(min=0) * (1 - coverage)).flatten(1).mean(dim=1)
     else:
         per_image = (maps.abs() * coverage[:, None]).flatten(1).mean(dim=1)
@@ -219,17 +262,21 @@ def guidance_term(
 
 
 class EvidenceGuidance(nn.Module):
-    """The guidance term of the module's formulas as a loss component (:func:`guidance_term`).
+    """The guidance term of the module's formulas as a loss component.
 
     Args:
         lambda_g: weight of the term, >= 0 (0: inactive).
         mode: ``"outside"`` (evidence for ``annotated_class`` outside its annotation) or ``"avoid"`` (evidence
             of any sign for any class on a confounder mask).
         annotated_class: the class whose annotation the masks are (``"outside"`` mode).
+        method: ``"evidence"`` (:func:`guidance_term` on the evidence maps, or a black box's CAM) or
+            ``"input_gradients"`` (:func:`right_reasons_term`, the baseline).
 
-    ``forward(maps, labels, masks, eligible=None)``: the term, a scalar. :meth:`from_settings` builds it from
-    a config's ``guidance`` section (``{lambda, mode, annotated_class}``; other keys, such as the data
-    side's ``mask_column`` and ``fraction``, are not its business).
+    ``forward(output, labels, masks, eligible=None)``: the term, a scalar. ``output`` is the evidence maps
+    ``[B, K, *grid]`` or a model output holding them (``{"logits", "evidence_maps"}``); for
+    ``"input_gradients"``, the output of :class:`GuidanceInferer` (it holds the input, :data:`INPUTS`).
+    :meth:`from_settings` builds it from a config's ``guidance`` section (``{lambda, mode, annotated_class,
+    method}``; the data side's ``mask_column`` and ``fraction`` are :func:`guided_datalist`'s business).
 
     Example::
 
@@ -240,17 +287,25 @@ class EvidenceGuidance(nn.Module):
         tensor(0.1000)
     """
 
-    def __init__(self, lambda_g: float = 0.0, mode: str = "outside", annotated_class: int = 1) -> None:
+    def __init__(
+        self, lambda_g: float = 0.0, mode: str = "outside", annotated_class: int = 1, method: str = "evidence"
+    ) -> None:
         super().__init__()
         self.lambda_g = _check_lambda(lambda_g)
         self.mode = _check_mode(mode)
         self.annotated_class = annotated_class
+        self.method = _check_method(method)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None) -> "EvidenceGuidance":
-        """From a ``guidance`` settings section: ``lambda`` (default 0), ``mode``, ``annotated_class``."""
+        """From a ``guidance`` settings section: ``lambda`` (default 0), ``mode``, ``annotated_class``, ``method``."""
         settings = dict(settings or {})
-        return cls(settings.get("lambda", 0.0), settings.get("mode", "outside"), settings.get("annotated_class", 1))
+        return cls(
+            settings.get("lambda", 0.0),
+            settings.get("mode", "outside"),
+            settings.get("annotated_class", 1),
+            settings.get("method", "evidence"),
+        )
 
     @property
     def active(self) -> bool:
@@ -258,14 +313,31 @@ class EvidenceGuidance(nn.Module):
         return self.lambda_g > 0
 
     def forward(
-        self, maps: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, eligible: torch.Tensor | None = None
+        self, output: Any, labels: torch.Tensor, masks: torch.Tensor, eligible: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The guidance term of ``maps`` (:func:`guidance_term` with this module's settings)."""
-        return guidance_term(maps, labels, masks, eligible, self.mode, self.annotated_class, self.lambda_g)
+        """The guidance term of ``output`` with this module's settings."""
+        settings = dict(mode=self.mode, annotated_class=self.annotated_class, lambda_g=self.lambda_g)
+        if self.method == "input_gradients":
+            if not isinstance(output, Mapping) or INPUTS not in output:
+                raise ValueError(
+                    "input-gradient guidance needs the input that requires gradients in the model output "
+                    f"({INPUTS!r}): run the network through monai_softcam.guidance.GuidanceInferer"
+                )
+            return right_reasons_term(split_output(output)[0], output[INPUTS], labels, masks, eligible, **settings)
+        maps = output if isinstance(output, torch.Tensor) else split_output(output)[1]
+        if maps is None:
+            raise ValueError(
+                "evidence guidance needs evidence maps: a SoftCAM network built with return_maps=True, or a black "
+                "box run through monai_softcam.guidance.GuidanceInferer (its class activation maps)"
+            )
+        return guidance_term(maps, labels, masks, eligible, **settings)
 
     def extra_repr(self) -> str:
-        """The weight, mode and annotated class, for the module's repr."""
-        return f"lambda_g={self.lambda_g}, mode={self.mode!r}, annotated_class={self.annotated_class}"
+        """The weight, mode, annotated class and method, for the module's repr."""
+        return (
+            f"lambda_g={self.lambda_g}, mode={self.mode!r}, annotated_class={self.annotated_class}, "
+            f"method={self.method!r}"
+        )
 
 
 def black_box_cam(network: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -314,27 +386,39 @@ def black_box_cam(network: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor
     return {LOGITS: logits, EVIDENCE_MAPS: cam}
 
 
+def _counted(
+    eligible: Any, masks: torch.Tensor, labels: torch.Tensor, mode: str, annotated_class: int, batch: int
+) -> torch.Tensor:
+    """``[B]`` flags of the images a term counts: ``eligible``, with a non-empty mask and, in ``"outside"``
+    mode, of the annotated class."""
+    device = masks.device
+    counted = _check_eligible(eligible, batch, device) & (masks.flatten(1).amax(dim=1) > 0)
+    if mode == "outside":
+        labels = torch.as_tensor(labels, device=device).reshape(-1)
+        if labels.numel() != batch:
+            raise ValueError(f"labels must hold one class per image ({batch}), got {labels.numel()}")
+        counted = counted & (labels.long() == annotated_class)
+    return counted
+
+
 def right_reasons_term(
-    network: nn.Module,
-    x: torch.Tensor,
+    logits: torch.Tensor,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
     masks: torch.Tensor,
     eligible: torch.Tensor | None = None,
-    lambda_g: float = 1.0,
     mode: str = "outside",
-) -> tuple[torch.Tensor, Any]:
-    """The "right for the right reasons" term of Ross et al. (2017), the input-gradient baseline of guidance,
-    and the network's output of the same forward pass (for the cross-entropy): ``(term, output)``.
+    annotated_class: int = 1,
+    lambda_g: float = 1.0,
+) -> torch.Tensor:
+    """The "right for the right reasons" term of Ross et al. (2017), the input-gradient baseline of guidance.
 
     Args:
-        network: any classifier (a black box, a SoftCAM network); its output is read by
-            :func:`~monai_softcam.networks.outputs.split_output`.
-        x: the input batch ``[B, C, *spatial]``; a copy requiring gradients is used if it does not.
-        masks: ``[B, 1, *spatial]`` annotations on the input's voxels, binary or soft.
-        eligible: ``[B]`` flags (whose annotations are used); None: all. Images with an all-zero mask never
-            count; to count only the images of one class, pass ``eligible & (labels == c)``.
-        lambda_g: the weight, >= 0.
-        mode: ``"outside"``: input gradients outside the annotation are penalised (weight ``1 - m``);
-            ``"avoid"``: inside the (confounder) mask (weight ``m``).
+        logits: ``[B, K]`` logits of any classifier, computed from ``inputs``.
+        inputs: the input batch ``[B, C, *spatial]`` that requires gradients (:class:`GuidanceInferer` makes it so).
+        labels, masks, eligible, mode, annotated_class, lambda_g: as for :func:`guidance_term`, with the same
+            images counted; ``"outside"`` penalises input gradients outside the annotation (weight ``1 - m``),
+            ``"avoid"`` inside the confounder mask (weight ``m``).
 
     With ``S = sum_b sum_k log p_bk`` (log-softmax; for one output, ``log s(z) + log s(-z)``) and its input
     gradient ``d = dS/dx``, image ``b`` gives ``g_b = sum_p w_bp sum_ch d_bch(p)^2 / sum_p w_bp`` (the mean
@@ -347,24 +431,137 @@ def right_reasons_term(
     """
     _check_mode(mode)
     lambda_g = _check_lambda(lambda_g)
-    if not x.requires_grad:
-        x = x.detach().requires_grad_(True)
-    spatial_dims = x.dim() - 2
-    masks = _check_masks(masks, x.shape[0], spatial_dims).to(device=x.device, dtype=x.dtype)
-    output = network(x)
-    logits, _ = split_output(output)
+    if not inputs.requires_grad:
+        raise ValueError("right_reasons_term needs logits computed from inputs that require gradients")
+    batch = inputs.shape[0]
+    masks = _check_masks(masks, batch, inputs.dim() - 2).to(device=inputs.device, dtype=inputs.dtype)
     if logits.shape[1] == 1:
         log_probs = F.logsigmoid(logits) + F.logsigmoid(-logits)
     else:
         log_probs = F.log_softmax(logits, dim=1)
-    (gradient,) = torch.autograd.grad(log_probs.sum(), x, create_graph=True)
+    (gradient,) = torch.autograd.grad(log_probs.sum(), inputs, create_graph=True)
     weights = masks if mode == "avoid" else 1 - masks
     penalised = weights.flatten(1).sum(dim=1)
     per_image = (gradient.pow(2).sum(dim=1) * weights).flatten(1).sum(dim=1)
     per_image = per_image / torch.where(penalised > 0, penalised, torch.ones_like(penalised))
-    counted = _check_eligible(eligible, x.shape[0], x.device) & (masks.flatten(1).amax(dim=1) > 0)
+    counted = _counted(eligible, masks, labels, mode, annotated_class, batch)
     total = torch.where(counted, per_image, torch.zeros_like(per_image)).sum()
-    return lambda_g * total / counted.sum().clamp(min=1).to(total.dtype), output
+    return lambda_g * total / counted.sum().clamp(min=1).to(total.dtype)
+
+
+class GuidanceInferer(Inferer):
+    """The training inferer of a guided run: it gives the loss what ``guidance``'s method needs.
+
+    * inactive guidance (``None``, or lambda 0): the network's output, as MONAI's ``SimpleInferer``;
+    * ``"evidence"``: a SoftCAM network's output (its maps); a black box's logits and class activation maps
+      (:func:`black_box_cam`);
+    * ``"input_gradients"``: ``{"logits", "evidence_maps" (if any), "inputs"}``, with ``inputs`` a copy of the
+      batch that requires gradients, so the loss can differentiate the logits with respect to it.
+    """
+
+    def __init__(self, guidance: EvidenceGuidance | Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if not isinstance(guidance, EvidenceGuidance):
+            guidance = EvidenceGuidance.from_settings(guidance)
+        self.guidance = guidance
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        """The network's output for ``inputs``, in the form the guidance term reads."""
+        if not self.guidance.active:
+            return network(inputs, *args, **kwargs)
+        if self.guidance.method == "input_gradients":
+            x = inputs.as_subclass(torch.Tensor).detach().requires_grad_(True)
+            logits, maps = split_output(network(x, *args, **kwargs))
+            output = {LOGITS: logits, INPUTS: x}
+            return output if maps is None else {**output, EVIDENCE_MAPS: maps}
+        if isinstance(getattr(network, "module", network), BlackBox):
+            return black_box_cam(network, inputs)
+        return network(inputs, *args, **kwargs)
+
+
+def prepare_guided_batch(
+    batchdata: Mapping[str, Any], device: Any = None, non_blocking: bool = False, **kwargs: Any
+) -> tuple[torch.Tensor, Any]:
+    """The trainer's ``prepare_batch`` of a guided run: ``(image, {"label", "mask"})`` on ``device`` when the batch
+    holds masks (:func:`guided_datalist`'s items), else ``(image, label)`` as MONAI's default."""
+
+    def move(value: Any) -> torch.Tensor:
+        return torch.as_tensor(value).to(device=device, non_blocking=non_blocking, **kwargs)
+
+    image, label = move(batchdata["image"]), move(batchdata["label"])
+    if "mask" not in batchdata:
+        return image, label
+    return image, {"label": label, "mask": move(batchdata["mask"])}
+
+
+def _csv_columns(path: str) -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f), [])
+
+
+def guided_datalist(splits: SplitLists, settings: Mapping[str, Any] | None, seed: int | None = 0) -> list[dict]:
+    """The training split's items for a run with ``guidance`` ``settings`` (``train.yaml``'s section).
+
+    Without guidance (lambda 0) the items carry no annotations (``splits.datalist("train", annotations=False)``).
+    With it, the annotations come from ``settings["mask_column"]`` (the CSV column of mask files: a lesion
+    mask for ``"outside"``, a confounder mask for ``"avoid"``; the spec's boxes are then left out) or, when that
+    is null, from the data spec's own masks and boxes. The **eligible** items are those with an annotation
+    (and, in ``"outside"`` mode, of ``annotated_class``); :func:`guidance_subset` draws ``fraction`` of them
+    with the run's ``seed``. Those keep their annotation; every other item gets an empty mask (no boxes), which
+    the term does not count. The numbers are logged.
+
+    Raises:
+        ConfigError: naming ``guidance#mask_column`` when there is nothing to guide with: no annotation
+            source, a column the training CSV does not have, or no eligible item in it.
+    """
+    settings = dict(settings or {})
+    guidance = EvidenceGuidance.from_settings(settings)
+    if not guidance.active:
+        return splits.datalist("train", annotations=False)
+    spec, column = splits.spec, settings.get("mask_column")
+    asked = f"guidance (guidance#lambda {guidance.lambda_g:g}, mode {guidance.mode!r})"
+    if column:
+        path = spec.csv_path("train", splits.dataset_dir)
+        columns = _csv_columns(path) if os.path.isfile(path) else None
+        if columns is not None and column not in columns:
+            raise ConfigError(
+                f"guidance#mask_column: {asked} needs the annotation column {column!r}, which {path} does not "
+                f"have; its columns are {columns}"
+            )
+        spec = dataclasses.replace(spec, mask_column=column, box_columns=None, boxes_csv=None)
+    elif not spec.has_annotations:
+        raise ConfigError(
+            f"guidance#mask_column: {asked} needs annotations, and none is set: give guidance#mask_column (the "
+            "training CSV's column of mask files), or data#mask_column / data#box_columns"
+        )
+    items = dataclasses.replace(splits, spec=spec).datalist("train", annotations=True)
+    eligible = [
+        item["image"]
+        for item in items
+        if ("mask" in item or item.get("boxes"))
+        and (guidance.mode == "avoid" or item.get("label") == guidance.annotated_class)
+    ]
+    chosen = guidance_subset(eligible, float(settings.get("fraction", 1.0)), 0 if seed is None else int(seed))
+    if not chosen:
+        whose = "training image" if guidance.mode == "avoid" else f"training image of class {guidance.annotated_class}"
+        raise ConfigError(
+            f"guidance#mask_column: {asked} has nothing to guide with: no {whose} carries an annotation in "
+            f"{spec.annotation_source(splits.dataset_dir)} (or guidance#fraction is 0)"
+        )
+    for item in items:
+        if item["image"] not in chosen:
+            item.pop("mask", None)
+            item["boxes"] = []
+        item.setdefault("boxes", [])
+    logger.info(
+        "guidance: the annotations of %d of the %d eligible training images (guidance#fraction %g, seed %s) from %s",
+        len(chosen),
+        len(eligible),
+        float(settings.get("fraction", 1.0)),
+        seed,
+        spec.annotation_source(splits.dataset_dir),
+    )
+    return items
 
 
 def _rank_key(seed: int, item: Hashable) -> bytes:

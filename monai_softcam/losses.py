@@ -1,13 +1,15 @@
-"""The SoftCAM loss: cross-entropy on the logits plus an ElasticNet penalty on the evidence maps."""
+"""The SoftCAM loss: cross-entropy on the logits plus an ElasticNet penalty on the evidence maps (and, in a guided
+run, the guidance term of :mod:`monai_softcam.guidance`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .guidance import EvidenceGuidance
 from .networks.outputs import split_output
 
 __all__ = ["EvidencePenalty", "PENALTY_PRESETS", "SoftCAMLoss"]
@@ -119,12 +121,17 @@ class SoftCAMLoss(nn.Module):
         squared_l2: see :class:`EvidencePenalty`.
         class_weights: optional per-class weights for the cross-entropy.
         label_smoothing: cross-entropy label smoothing.
+        guidance: evidence guidance (:class:`~monai_softcam.guidance.EvidenceGuidance`, or a config's
+            ``guidance`` section for :meth:`~monai_softcam.guidance.EvidenceGuidance.from_settings`); None or
+            lambda 0: none.
 
     ``forward(output, target)`` takes the model output (the ``{"logits", "evidence_maps"}`` dict of a
     :class:`~monai_softcam.networks.softcam.SoftCAM` built with ``return_maps=True``, a ``(logits, maps)``
-    tuple, or logits alone when the penalty is zero) and integer class targets ``[B]`` or ``[B, 1]``. With one
-    output class it uses binary cross-entropy on that logit. :meth:`terms` gives the two terms apart (what
-    :class:`~monai_softcam.handlers.training.LossTermsLogger` logs).
+    tuple, or logits alone when the penalty is zero) and integer class targets ``[B]`` or ``[B, 1]`` (with
+    guidance: ``{"label": those, "mask": [B, 1, *spatial] annotations}``, as
+    :func:`~monai_softcam.guidance.prepare_guided_batch` makes them). With one output class it uses binary
+    cross-entropy on that logit. :meth:`terms` gives the terms apart; :meth:`forward` keeps the last batch's
+    (detached) in ``last_terms``, which :class:`~monai_softcam.handlers.training.LossTermsLogger` logs.
 
     Example::
 
@@ -144,6 +151,7 @@ class SoftCAMLoss(nn.Module):
         squared_l2: bool = False,
         class_weights: list[float] | torch.Tensor | None = None,
         label_smoothing: float = 0.0,
+        guidance: EvidenceGuidance | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         overrides = {k: v for k, v in (("lambda1", lambda1), ("lambda2", lambda2)) if v}
@@ -154,12 +162,31 @@ class SoftCAMLoss(nn.Module):
         weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
         self.label_smoothing = label_smoothing
+        self.guidance = guidance if isinstance(guidance, EvidenceGuidance) else EvidenceGuidance.from_settings(guidance)
+        self.last_terms: dict[str, torch.Tensor] = {}
 
-    def terms(self, output: Any, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The loss's two terms, ``{"ce": cross-entropy (binary for one class), "penalty": the
-        evidence penalty (0 when inactive)}``; :meth:`forward` is their sum."""
+    def terms(self, output: Any, target: Any) -> dict[str, torch.Tensor]:
+        """The loss's terms, ``{"ce": cross-entropy (binary for one class), "penalty": the evidence penalty (0 when
+        inactive)}``, with ``"guidance"`` when guidance is active; :meth:`forward` is their sum."""
         logits, maps = split_output(output)
+        masks = None
+        if isinstance(target, Mapping):
+            target, masks = target["label"], target.get("mask")
         target = _class_indices(torch.as_tensor(target, device=logits.device), logits.shape[1])
+        terms = self._fit_terms(logits, maps, target)
+        if self.guidance.active:
+            if masks is None:
+                raise ValueError(
+                    f"SoftCAMLoss has guidance ({self.guidance.extra_repr()}) but the target holds no masks: the "
+                    "training batches must carry the annotations, as {'label': ..., 'mask': ...} "
+                    "(monai_softcam.guidance.guided_datalist and prepare_guided_batch)"
+                )
+            terms["guidance"] = self.guidance(output, target, masks)
+        return terms
+
+    def _fit_terms(
+        self, logits: torch.Tensor, maps: torch.Tensor | None, target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         if logits.shape[1] == 1:
             ce = F.binary_cross_entropy_with_logits(logits[:, 0], target.to(logits.dtype))
         else:
@@ -173,7 +200,8 @@ class SoftCAMLoss(nn.Module):
             )
         return {"ce": ce, "penalty": self.penalty(maps)}
 
-    def forward(self, output: Any, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (binary for one class) plus the evidence penalty (:meth:`terms`)."""
+    def forward(self, output: Any, target: Any) -> torch.Tensor:
+        """Cross-entropy (binary for one class) plus the evidence penalty, plus guidance when active (:meth:`terms`)."""
         terms = self.terms(output, target)
-        return terms["ce"] + terms["penalty"] if self.penalty.active else terms["ce"]
+        self.last_terms = {name: value.detach() for name, value in terms.items()}
+        return sum(terms.values())  # type: ignore[return-value]

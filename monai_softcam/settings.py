@@ -18,6 +18,7 @@ import torch
 
 from .data import CACHE_MODES, SAMPLING_MODES
 from .data.datalist import SPLITS
+from .guidance import GUIDANCE_METHODS, GUIDANCE_MODES
 from .utils import ConfigError
 
 __all__ = ["SCHEMA", "check_settings", "flatten_settings"]
@@ -91,6 +92,12 @@ SCHEMA: dict[str, Any] = {
         "penalty#lambda2": _number("a finite number >= 0"),
         "penalty_squared_l2": _choice([True, False, "true", "false"], "true or false"),
         "drop_last": _choice([True, False, "true", "false"], "true or false"),
+        "guidance#lambda": _number("a finite number >= 0 (0: no guidance)"),
+        "guidance#mode": _choice(GUIDANCE_MODES),
+        "guidance#method": _choice(GUIDANCE_METHODS),
+        "guidance#fraction": _number("a number from 0 to 1", maximum=1.0),
+        "guidance#annotated_class": _integer(0, "a class index (an integer >= 0)"),
+        "guidance#mask_column": {"type": ["string", "null"], "description": "a CSV column name, or null"},
         "tune_settings#search_space": {
             "type": "object",
             "minProperties": 1,
@@ -99,6 +106,9 @@ SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+#: sections whose every key the schema names: another key there is a typo, refused
+_CLOSED_SECTIONS = ("guidance",)
 
 _FORMATS = jsonschema.FormatChecker(formats=())
 
@@ -164,6 +174,10 @@ def check_settings(settings: Mapping[str, Any] | None) -> None:
     search space gives a checked key are checked too. A :class:`~monai_softcam.utils.ConfigError` names the
     first wrong key, its value and what is allowed."""
     for ident, value in flatten_settings(settings or {}):
+        section = ident.split("#")[0]
+        if section in _CLOSED_SECTIONS and ident not in SCHEMA["properties"]:
+            known = sorted(k.split("#", 1)[1] for k in SCHEMA["properties"] if k.startswith(section + "#"))
+            raise ConfigError(f"--{ident}: {section} has no such setting; its settings are {', '.join(known)}")
         problem = _problem(ident, value)
         if problem:
             raise ConfigError(f"--{ident}{problem}")

@@ -25,7 +25,6 @@ from ..checkpoint import (
     save_checkpoint,
     unwrap_module,
 )
-from ..metrics.classification import _stack
 from ..utils import InputError, as_flag, barrier, is_main_process
 
 logger = logging.getLogger("monai_softcam")
@@ -352,10 +351,9 @@ class LearningRateLogger:
 
 
 class LossTermsLogger:
-    """Write the epoch means of the cross-entropy and evidence-penalty terms of
-    :class:`~monai_softcam.losses.SoftCAMLoss` to TensorBoard (tags ``train_ce``, ``train_penalty``),
-    computed by :meth:`~monai_softcam.losses.SoftCAMLoss.terms` (no gradients) from the trainer's
-    output: its ``pred`` (the network's output) and ``label``, batched or decollated."""
+    """Write the epoch means of the terms of :class:`~monai_softcam.losses.SoftCAMLoss` to TensorBoard (tags
+    ``train_ce``, ``train_penalty``, and ``train_guidance`` in a guided run): those the loss kept of each training
+    batch (``last_terms``, detached), read after every iteration."""
 
     def __init__(self, loss_function: Any, summary_writer: Any) -> None:
         self.loss_function = loss_function
@@ -368,21 +366,8 @@ class LossTermsLogger:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
-    @staticmethod
-    def _batch(output: Any) -> tuple[Any, torch.Tensor]:
-        """``(pred, label)`` of the trainer's output, a decollated list stacked back into a batch."""
-        if isinstance(output, dict):
-            return output["pred"], output["label"]
-        preds, labels = [d["pred"] for d in output], _stack([d["label"] for d in output])
-        if isinstance(preds[0], dict):
-            return {k: _stack([p[k] for p in preds]) for k in preds[0]}, labels
-        return _stack(preds), labels
-
     def _accumulate(self, engine: Engine) -> None:
-        pred, label = self._batch(engine.state.output)
-        with torch.no_grad():
-            terms = self.loss_function.terms(pred, label)
-        for name, value in terms.items():
+        for name, value in self.loss_function.last_terms.items():
             self._sums[name] = self._sums.get(name, 0.0) + float(value)
         self._count += 1
 
