@@ -75,6 +75,7 @@ guide/3d
 guide/export
 guide/explanation-report
 guide/choosing-lambda
+guide/guidance
 guide/slicer
 guide/python-api
 guide/troubleshooting
@@ -87,6 +88,7 @@ guide/troubleshooting
 results/demo-benchmark
 results/lambda-sweep
 results/shortcut-audit
+results/guidance
 benchmarks
 ```
 

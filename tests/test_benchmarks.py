@@ -164,3 +164,19 @@ def test_inference_throughput_benchmark_runs(tmp_path):
     ] * 2
     assert all("KB" in r.split("|")[5] for r in rows[1:4] + rows[5:])  # map bytes written are measured
     assert [r.split("|")[6].strip() == "-" for r in rows[1:4]] == [False, True, False]  # overlays or none
+
+
+@pytest.mark.slow
+def test_guidance_benchmark_runs_and_resumes_keeping_finished_runs(tmp_path):
+    out = tmp_path / "guidance"
+    args = [str(out), "--runs", "SoftCAM", "SoftCAM outside 0.1", "--seeds", "0", "--epochs", "1"]
+    args += ["--image_size", "40", "--no_picture"]
+    first = _run("guidance.py", *args)
+    assert "training SoftCAM, seed 0" in first and "training SoftCAM outside 0.1, seed 0" in first
+    table = (out / "guidance.md").read_text(encoding="utf-8")
+    rows = [line for line in table.splitlines() if line.startswith("| SoftCAM")]
+    assert [row.split(" | ")[0] for row in rows[:2]] == ["| SoftCAM", "| SoftCAM outside 0.1"]
+    assert "| black box RRR outside |" in table  # the step costs of every kind
+    (out / "runs" / "softcam_outside_0.1" / "seed0" / "result.json").unlink()  # measured again, not retrained
+    second = _run("guidance.py", *args)
+    assert "training" not in second and (out / "runs" / "softcam_outside_0.1" / "seed0" / "result.json").is_file()
