@@ -99,24 +99,27 @@ def train(root: str, model: str, data: str, guidance: dict, seed: int, args: arg
         subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
 
 
-def _items(data_dir: str, split: str, mask_column: str) -> list[dict]:
-    """The split's items with their labels and masks from ``mask_column`` (every demo image has a mask file)."""
+def _items(data_dir: str, split: str) -> list[dict]:
+    """The split's items with their labels, lesion masks and (shortcut variant) marker masks and flags (every demo
+    image has a mask file, empty where there is nothing)."""
     with open(os.path.join(data_dir, f"{split}.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     return [
         {
             "image": os.path.join(data_dir, row["filename"]),
             "label": int(row["bin_target"]),
-            "mask": os.path.join(data_dir, row[mask_column]),
+            "mask": os.path.join(data_dir, row["mask"]),
+            **({"marker_mask": os.path.join(data_dir, row["marker_mask"])} if row.get("marker_mask") else {}),
             "marker": int(row.get("marker") or 0),
         }
         for row in rows
     ]
 
 
-def _maps_and_probs(root: str, data_dir: str, split: str, mask_column: str):
-    """The selected model's lesion-class evidence (``A_1 - A_0``, the map whose mean is the log-odds of a lesion; upsampled
-    to the input), probabilities, labels, masks and marker flags."""
+def _maps_and_probs(root: str, data_dir: str, split: str):
+    """The selected model's lesion-class evidence (``A_1 - A_0``, the map whose mean is the log-odds of a lesion;
+    upsampled to the input), probabilities, labels, lesion masks, marker masks (None without) and marker flags, from
+    one pass of the network over the split."""
     import torch
 
     from monai_softcam.checkpoint import load_weights
@@ -128,20 +131,28 @@ def _maps_and_probs(root: str, data_dir: str, split: str, mask_column: str):
     task = load_task(models)
     network = load_weights(build_network(task, return_maps=True), os.path.join(models, "model.pt")).eval()
     load, normalize = task.load_input(), task.normalize()
-    items = _items(data_dir, split, mask_column)
-    maps, probs, masks = [], [], []
+    items = _items(data_dir, split)
+    with_markers = all("marker_mask" in item for item in items)
+    maps, probs, lesions, markers = [], [], [], []
     with torch.no_grad():
         for start in range(0, len(items), 32):
-            batch = [normalize(load(dict(item))) for item in items[start : start + 32]]
+            chunk = items[start : start + 32]
+            batch = [normalize(load(dict(image=item["image"], mask=item["mask"]))) for item in chunk]
             x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).as_subclass(torch.Tensor)
             output = black_box_cam(network, x) if isinstance(network, BlackBox) else network(x)
             logits, evidence = split_output(output)
             maps.append(upsample_maps(margin_evidence(evidence, 1)[:, None], x.shape[2:])[:, 0])
             probs.append(logits.softmax(dim=1))
-            masks.append(torch.stack([torch.as_tensor(b["mask"])[0] > 0 for b in batch]))
+            lesions.append(torch.stack([torch.as_tensor(b["mask"])[0] > 0 for b in batch]))
+            if (
+                with_markers
+            ):  # the marker's mask brought to the same grid (the image is read again, the network not run)
+                marker = [load(dict(image=item["image"], mask=item["marker_mask"]))["mask"] for item in chunk]
+                markers.append(torch.stack([torch.as_tensor(m)[0] > 0 for m in marker]))
     labels = torch.tensor([item["label"] for item in items])
-    markers = torch.tensor([item["marker"] for item in items]).bool()
-    return torch.cat(maps), torch.cat(probs), labels, torch.cat(masks), markers
+    flags = torch.tensor([item["marker"] for item in items]).bool()
+    marker_masks = torch.cat(markers) if with_markers else None
+    return torch.cat(maps), torch.cat(probs), labels, torch.cat(lesions), marker_masks, flags
 
 
 def measure(root: str, data: str, args: argparse.Namespace) -> dict:
@@ -156,12 +167,11 @@ def measure(root: str, data: str, args: argparse.Namespace) -> dict:
         record = json.load(f)["trained_with"]
     result = {"training_time_s": record["training_time_s"]}
     split = "test" if data == "shortcut" else "val"
-    maps, probs, labels, lesions, markers = _maps_and_probs(root, data_dir, split, "mask")
+    maps, probs, labels, lesions, marker_masks, markers = _maps_and_probs(root, data_dir, split)
     result |= {"accuracy": accuracy(probs, labels), "auc": roc_auc(probs, labels), "split": split}
     lesion = labels == 1
     result["lesion_precision"] = float(activation_precision(maps[lesion], lesions[lesion]).nanmean())
-    if data == "shortcut":
-        maps, _, _, marker_masks, markers = _maps_and_probs(root, data_dir, split, "marker_mask")
+    if marker_masks is not None:
         result["marker_share"] = float(activation_precision(maps[markers], marker_masks[markers]).nanmean())
         result["max_on_marker"] = float(pointing_game(maps[markers], marker_masks[markers]).nanmean())
         # the cells around the marker: where its evidence goes when the marker's own cells are penalised (receptive field)
@@ -249,7 +259,7 @@ def picture(args: argparse.Namespace, names: list[str], path: str) -> None:
     from monai_softcam.task import load_task
 
     data_dir = os.path.join(args.out, "data_shortcut")
-    items = _items(data_dir, "test", "marker_mask")
+    items = _items(data_dir, "test")
     cases = [i for i, item in enumerate(items) if item["label"] == 1 and item["marker"] == 1][:4]
     seed = args.seeds[0]
     folders = {n: os.path.join(args.out, "runs", _folder(n), f"seed{seed}") for n in names}

@@ -541,23 +541,23 @@ def guided_datalist(splits: SplitLists, settings: Mapping[str, Any] | None, seed
         if ("mask" in item or item.get("boxes"))
         and (guidance.mode == "avoid" or item.get("label") == guidance.annotated_class)
     ]
-    chosen = guidance_subset(eligible, float(settings.get("fraction", 1.0)), 0 if seed is None else int(seed))
+    fraction = float(settings.get("fraction", 1.0))
+    chosen = guidance_subset(eligible, fraction, 0 if seed is None else int(seed))
     if not chosen:
         whose = "training image" if guidance.mode == "avoid" else f"training image of class {guidance.annotated_class}"
         raise ConfigError(
             f"guidance#mask_column: {asked} has nothing to guide with: no {whose} carries an annotation in "
             f"{spec.annotation_source(splits.dataset_dir)} (or guidance#fraction is 0)"
         )
-    for item in items:
+    for item in items:  # every item has "boxes" (the spec has annotations), so every item gets a mask
         if item["image"] not in chosen:
             item.pop("mask", None)
             item["boxes"] = []
-        item.setdefault("boxes", [])
     logger.info(
         "guidance: the annotations of %d of the %d eligible training images (guidance#fraction %g, seed %s) from %s",
         len(chosen),
         len(eligible),
-        float(settings.get("fraction", 1.0)),
+        fraction,
         seed,
         spec.annotation_source(splits.dataset_dir),
     )
